@@ -1,0 +1,1 @@
+"""Adapters: one module per backend, grouped by port. Only this package imports SDKs."""

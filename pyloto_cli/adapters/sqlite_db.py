@@ -1,0 +1,212 @@
+"""One SQLite file behind one writer thread, with group commit.
+
+sqlite3 blocks, so no call runs on the event loop: every operation is a plain function of the
+connection, handed to a dedicated thread. The thread takes everything waiting, runs it in one
+transaction (each operation inside its own SAVEPOINT, so one failing operation does not undo
+the others), commits once, and then resolves each caller's future. Concurrent webhook requests
+therefore share a commit, and a caller hears back only after its write is durable.
+
+WAL with `synchronous=NORMAL` survives a process crash (kill -9) but not a power loss; FULL
+survives both at a much higher commit cost. Automatic checkpoints are off: the thread runs a
+passive checkpoint when it is idle, so checkpoints never sit on a request's commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Generic, Self, TypeVar
+
+from pyloto_cli.domain.errors import BackendUnavailable
+
+T = TypeVar("T")
+Operation = Callable[[sqlite3.Connection], T]
+
+_CHECKPOINT_EVERY_S = 1.0
+
+
+@dataclass(slots=True)
+class _Job(Generic[T]):
+    op: Operation[T]
+    future: asyncio.Future[T]
+    loop: asyncio.AbstractEventLoop
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # the caller was cancelled; the write happened anyway
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class SqliteDatabase:
+    """An async front for one SQLite file: `await db.run(op)` runs `op(conn)` and commits."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        synchronous: str = "NORMAL",
+        schema: Sequence[str] = (),
+        max_batch: int = 512,
+    ) -> None:
+        self.path = Path(path)
+        self._synchronous = synchronous
+        self._schema = tuple(schema)
+        self._max_batch = max_batch
+        self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+        self.commits = 0  # how many transactions were committed (group commit shows here)
+
+    async def __aenter__(self) -> Self:
+        if self._closed:
+            raise RuntimeError("SqliteDatabase cannot be reopened once closed")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._thread = threading.Thread(
+            target=self._main,
+            args=(ready, asyncio.get_running_loop()),
+            daemon=True,
+            name=f"sqlite-writer:{self.path.name}",
+        )
+        self._thread.start()
+        try:
+            await ready
+        except sqlite3.Error as exc:
+            raise BackendUnavailable(f"sqlite: cannot open {self.path}: {exc}") from exc
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Finish the queued work, checkpoint, close the file."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None:
+            self._jobs.put(None)
+            await asyncio.to_thread(self._thread.join)
+
+    async def run(self, op: Operation[T]) -> T:
+        """Run `op(conn)` in the writer thread inside a transaction; return once committed."""
+        if self._closed or self._thread is None:
+            raise BackendUnavailable(f"sqlite: {self.path} is not open")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put(_Job(op, future, loop))
+        return await future
+
+    # --- the writer thread ---------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        conn.execute("PRAGMA busy_timeout=5000")
+        for statement in self._schema:
+            conn.execute(statement)
+        return conn
+
+    def _main(self, ready: asyncio.Future[None], loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            conn = self._connect()
+        except sqlite3.Error as exc:
+            loop.call_soon_threadsafe(_settle, ready, None, exc)
+            return
+        self._conn = conn
+        loop.call_soon_threadsafe(_settle, ready, None, None)
+        last_checkpoint = time.monotonic()
+        dirty = False
+        try:
+            while True:
+                try:
+                    first = self._jobs.get(timeout=_CHECKPOINT_EVERY_S if dirty else None)
+                except queue.Empty:
+                    first = _IDLE
+                if first is _IDLE:
+                    self._checkpoint(conn)
+                    dirty, last_checkpoint = False, time.monotonic()
+                    continue
+                batch, stop = self._drain(first)
+                if batch:
+                    self._run_batch(conn, batch)
+                    dirty = True
+                if stop:
+                    break
+                if dirty and time.monotonic() - last_checkpoint > _CHECKPOINT_EVERY_S * 5:
+                    self._checkpoint(conn)
+                    dirty, last_checkpoint = False, time.monotonic()
+        finally:
+            self._checkpoint(conn)
+            conn.close()
+
+    def _drain(self, first: _Job[Any] | None) -> tuple[list[_Job[Any]], bool]:
+        if first is None:
+            return [], True
+        batch = [first]
+        while len(batch) < self._max_batch:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                return batch, True
+            batch.append(job)
+        return batch, False
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> None:
+        outcomes: list[tuple[_Job[Any], Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    result = job.op(conn)
+                except Exception as exc:  # the caller gets it; the batch goes on
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    outcomes.append((job, None, exc))
+                else:
+                    conn.execute("RELEASE op")
+                    outcomes.append((job, result, None))
+            conn.execute("COMMIT")
+            self.commits += 1
+        except sqlite3.Error as exc:  # the commit itself failed: nobody's write is durable
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            outcomes = [(job, None, exc) for job in batch]
+        for job, result, error in outcomes:
+            with contextlib.suppress(RuntimeError):  # the caller's loop is gone
+                job.loop.call_soon_threadsafe(_settle, job.future, result, error)
+
+    @staticmethod
+    def _checkpoint(conn: sqlite3.Connection) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+
+class _Idle:
+    pass
+
+
+_IDLE: Any = _Idle()

@@ -1,0 +1,1 @@
+"""Pure domain: webhook parsing, tasks, sessions, replies and Graph bodies. No I/O, no SDKs."""

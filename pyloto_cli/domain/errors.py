@@ -1,0 +1,76 @@
+"""pyloto's error tree.
+
+PylotoError
+├── WebhookRejected        bad signature, malformed JSON, oversized body -> 4xx, nothing enqueued
+│   ├── SignatureError
+│   ├── MalformedPayload
+│   └── PayloadTooLarge
+├── TransientError         LLM timeout, Graph 429/5xx, backend down -> nack with backoff
+│   └── SendPaused         the Graph token is rejected; sending waits for a probe to succeed
+├── PermanentError         Graph 4xx codes, unsupported payload -> dead-lettered now
+├── StaleLeaseError        an ack/nack/renew with a lease the queue no longer honours
+└── BackendUnavailable     a store or queue cannot be reached at start-up
+"""
+
+from __future__ import annotations
+
+
+class PylotoError(Exception):
+    """Base of every error pyloto raises on purpose."""
+
+
+class WebhookRejected(PylotoError):
+    """The webhook request is refused; nothing was enqueued."""
+
+    status_code = 400
+
+
+class SignatureError(WebhookRejected):
+    """`X-Hub-Signature-256` is missing or does not match the raw body."""
+
+    status_code = 401
+
+
+class MalformedPayload(WebhookRejected):
+    """The body is signed correctly but is not a webhook payload."""
+
+    status_code = 400
+
+
+class PayloadTooLarge(WebhookRejected):
+    """The body is larger than Meta ever sends (3 MiB)."""
+
+    status_code = 413
+
+
+class TransientError(PylotoError):
+    """A failure worth retrying later; `retry_after` (seconds) overrides the backoff policy."""
+
+    def __init__(
+        self, reason: str, *, retry_after: float | None = None, code: int | None = None
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+        self.code = code
+
+
+class SendPaused(TransientError):
+    """Sending is paused (e.g. the access token was rejected); retry after a long delay."""
+
+
+class PermanentError(PylotoError):
+    """A failure that retrying cannot fix; the task is dead-lettered with this reason."""
+
+    def __init__(self, reason: str, *, code: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+
+class StaleLeaseError(PylotoError):
+    """The lease expired or was taken by another worker; the ack/nack is refused."""
+
+
+class BackendUnavailable(PylotoError):
+    """A queue or store could not be reached; the message names it and its address."""

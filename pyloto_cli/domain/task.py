@@ -1,0 +1,132 @@
+"""The unit of work: one task per inbound message, status or non-message item.
+
+A task is stored by the webhook before the 200 and processed by the worker. It carries the
+item as received (so nothing the model does not know yet is lost) and the raw `value` it came
+from, trimmed to this item (the sibling messages of a 1000-item POST are not copied 1000 times).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+JsonObject = dict[str, Any]
+
+
+class TaskKind(StrEnum):
+    """What a task carries."""
+
+    MESSAGE = "message"
+    STATUS = "status"
+    EVENT = "event"  # non-message fields (template/account updates) and value-level errors
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One item of a webhook, stored durably before Meta gets its 200.
+
+    `task_id` is unique in a queue: the wamid for a message, `wamid:status` for a status, and a
+    content hash for other items, so a redelivered webhook is not stored twice.
+    """
+
+    task_id: str
+    kind: TaskKind
+    conversation_key: str
+    phone_number_id: str
+    received_at: float
+    item: JsonObject
+    value: JsonObject
+    field: str = "messages"
+
+    def to_json(self) -> bytes:
+        """Serialize for storage."""
+        return json.dumps(
+            {
+                "task_id": self.task_id,
+                "kind": self.kind.value,
+                "conversation_key": self.conversation_key,
+                "phone_number_id": self.phone_number_id,
+                "received_at": self.received_at,
+                "item": self.item,
+                "value": self.value,
+                "field": self.field,
+            },
+            ensure_ascii=False,
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Task:
+        """Inverse of `to_json`."""
+        data = json.loads(raw)
+        return cls(
+            task_id=data["task_id"],
+            kind=TaskKind(data["kind"]),
+            conversation_key=data["conversation_key"],
+            phone_number_id=data["phone_number_id"],
+            received_at=float(data["received_at"]),
+            item=data["item"],
+            value=data["value"],
+            field=data.get("field", "messages"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Leased:
+    """A task handed to one worker until `expires_at` (epoch seconds) unless renewed.
+
+    `attempt` is 1 on the first delivery; it is counted when the lease is taken, so a crash
+    mid-task still counts (arq). `token` identifies this lease: an ack/nack with an older token
+    is refused.
+    """
+
+    task: Task
+    token: str
+    attempt: int
+    expires_at: float
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueResult:
+    """What an enqueue stored: new task ids and ids that were already queued."""
+
+    enqueued: tuple[str, ...] = ()
+    duplicates: tuple[str, ...] = ()
+
+
+class NackOutcome(StrEnum):
+    """What a nack did with the task."""
+
+    RETRY = "retry"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A task that will not be retried, with why."""
+
+    task: Task
+    error: str
+    attempts: int
+    dead_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """A snapshot of a queue, for `/readyz`, `pyloto queue stats` and benchmarks."""
+
+    backend: str
+    ready: int = 0
+    leased: int = 0
+    retrying: int = 0
+    dead: int = 0
+    oldest_age_s: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def depth(self) -> int:
+        """Tasks not yet done (ready, leased or waiting for a retry)."""
+        return self.ready + self.leased + self.retrying

@@ -1,0 +1,182 @@
+"""Ports: the typed seams between the pipeline and its backends.
+
+Adapters do not inherit these Protocols; mypy checks them where `bootstrap.py` wires them.
+Each adapter is an async context manager that opens on enter and closes on exit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+from pyloto_cli.domain.reply import Reply
+from pyloto_cli.domain.session import Session, Turn
+from pyloto_cli.domain.task import (
+    DeadLetter,
+    EnqueueResult,
+    JsonObject,
+    Leased,
+    NackOutcome,
+    QueueStats,
+    Task,
+)
+from pyloto_cli.domain.webhook import InboundMessage
+
+# --- Queue ----------------------------------------------------------------------------------
+
+
+class TaskSink(Protocol):
+    """Where the webhook stores tasks. Returns only once the tasks are durably stored."""
+
+    async def enqueue(self, tasks: Sequence[Task]) -> EnqueueResult:
+        """Store `tasks`; ids already queued are reported as duplicates, not stored twice."""
+        ...
+
+
+class MessageQueue(TaskSink, Protocol):
+    """A pull queue with leases, retries and dead letters.
+
+    At most one task per conversation key is leased at a time, across processes; later tasks of
+    that conversation wait until the earlier one is acked or dead-lettered. The adapter is given
+    a `RetryPolicy` at construction: `nack` without a delay uses it, and dead-letters once the
+    policy's attempts are spent.
+    """
+
+    async def lease(self, max_items: int, lease_s: float) -> list[Leased]:
+        """Take up to `max_items` ready tasks (expired leases included) for `lease_s` seconds."""
+        ...
+
+    async def renew(self, lease: Leased, lease_s: float) -> Leased:
+        """Extend a live lease; raises StaleLeaseError if it was lost."""
+        ...
+
+    async def ack(self, lease: Leased) -> None:
+        """The task is done; raises StaleLeaseError if the lease was lost."""
+        ...
+
+    async def nack(self, lease: Leased, error: str, delay_s: float | None = None) -> NackOutcome:
+        """Retry later (after `delay_s`, or the policy's delay), or dead-letter when spent."""
+        ...
+
+    async def dead_letter(self, lease: Leased, error: str) -> None:
+        """Dead-letter now (a permanent failure), keeping the payload, error and attempts."""
+        ...
+
+
+class QueueAdmin(Protocol):
+    """What the CLI and `/readyz` need from a queue."""
+
+    async def stats(self) -> QueueStats:
+        """Counts and the oldest task's age."""
+        ...
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Dead letters, oldest first."""
+        ...
+
+    async def requeue_dead(self, task_ids: Sequence[str] | None = None) -> int:
+        """Move dead letters back to the queue (all when `task_ids` is None); returns the count."""
+        ...
+
+    async def purge_dead(self) -> int:
+        """Delete every dead letter; returns the count."""
+        ...
+
+
+# --- Stores ---------------------------------------------------------------------------------
+
+
+class SessionStore(Protocol):
+    """Conversation sessions (the seed's contract: load, save, delete, exists) plus an atomic
+    append that concurrent writers can use without losing turns."""
+
+    async def load(self, key: str) -> Session | None:
+        """The session, or None if there is none."""
+        ...
+
+    async def save(self, session: Session) -> None:
+        """Replace the stored session."""
+        ...
+
+    async def append(
+        self, key: str, turns: Sequence[Turn], max_turns: int, meta: dict[str, str] | None = None
+    ) -> Session:
+        """Atomically append `turns` (creating the session), keep the newest `max_turns`."""
+        ...
+
+    async def delete(self, key: str) -> bool:
+        """Delete; True if it existed."""
+        ...
+
+    async def exists(self, key: str) -> bool:
+        """True if a session is stored under `key`."""
+        ...
+
+
+class ClaimResult(StrEnum):
+    """Outcome of `Deduper.claim`."""
+
+    CLAIMED = "claimed"  # first time (or an earlier claim expired): process it
+    IN_PROGRESS = "in_progress"  # another worker holds a live claim: retry later
+    DONE = "done"  # already processed: skip
+
+
+class Deduper(Protocol):
+    """Inbound message ids already handled (Meta redelivers for up to 7 days)."""
+
+    async def claim(self, key: str, ttl_s: float) -> ClaimResult:
+        """Atomically claim `key` for `ttl_s` seconds unless done or claimed by someone else."""
+        ...
+
+    async def mark_done(self, key: str, ttl_s: float) -> None:
+        """Record `key` as processed for `ttl_s` seconds (called after send and session save)."""
+        ...
+
+    async def release(self, key: str) -> None:
+        """Drop a claim that did not finish (so a retry can claim it at once)."""
+        ...
+
+
+# --- Responder and sender -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ResponderRequest:
+    """What the responder sees: the user's turn and the conversation so far."""
+
+    message: InboundMessage
+    session: Session | None
+    turn_number: int
+
+
+class Responder(Protocol):
+    """Decides the reply to a user's turn (the three LLM stages, or the offline stand-in)."""
+
+    async def respond(self, request: ResponderRequest) -> Reply:
+        """The reply; never raises for LLM failures (it falls back to a safe reply)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What the Graph API accepted: the sent message's wamid."""
+
+    message_id: str
+    raw: JsonObject = field(default_factory=dict)
+
+
+class Sender(Protocol):
+    """Posts Graph API message bodies from a business phone number.
+
+    Raises TransientError (retry, maybe after `retry_after`) or PermanentError (dead-letter).
+    """
+
+    async def send(self, phone_number_id: str, body: JsonObject) -> SendResult:
+        """Send one message body to `/{phone_number_id}/messages`."""
+        ...
+
+    async def mark_read(self, phone_number_id: str, message_id: str, typing: bool = False) -> None:
+        """Mark an inbound message read, optionally showing the typing indicator."""
+        ...

@@ -1,0 +1,164 @@
+"""Settings: the only reader of the environment and `.env`.
+
+Built once at the edge (the CLI callback, the ASGI factory's caller, a test) and passed down.
+Environment names are the ones users know from Meta's and OpenAI's docs and from the seed
+design; pyloto's own knobs take the `PYLOTO_` prefix. Every field is listed in the README's
+settings table.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_GRAPH_API_VERSION = "v25.0"
+
+
+class QueueBackend(StrEnum):
+    """Where tasks wait between the webhook and the worker."""
+
+    SQLITE = "sqlite"
+    MEMORY = "memory"
+    CLOUD_TASKS = "cloud_tasks"
+    REDIS = "redis"
+
+
+class StoreBackend(StrEnum):
+    """Where sessions and dedupe markers live."""
+
+    SQLITE = "sqlite"
+    MEMORY = "memory"
+    REDIS = "redis"
+    FIRESTORE = "firestore"
+
+
+class SqliteSync(StrEnum):
+    """SQLite `synchronous` pragma for the embedded files (WAL mode)."""
+
+    NORMAL = "NORMAL"
+    FULL = "FULL"
+
+
+def _env(name: str, *more: str) -> AliasChoices:
+    return AliasChoices(name, *more)
+
+
+class Settings(BaseSettings):
+    """Every setting pyloto reads, from the environment or an optional `.env` file."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        frozen=True,
+    )
+
+    # --- WhatsApp / Graph API -------------------------------------------------------------
+    whatsapp_app_secret: SecretStr | None = Field(
+        None, validation_alias=_env("WHATSAPP_APP_SECRET")
+    )
+    whatsapp_verify_token: SecretStr | None = Field(
+        None, validation_alias=_env("WHATSAPP_VERIFY_TOKEN")
+    )
+    whatsapp_access_token: SecretStr | None = Field(
+        None, validation_alias=_env("WHATSAPP_ACCESS_TOKEN")
+    )
+    graph_api_url: str = Field("https://graph.facebook.com", validation_alias=_env("GRAPH_API_URL"))
+    graph_api_version: str = Field(
+        DEFAULT_GRAPH_API_VERSION, validation_alias=_env("GRAPH_API_VERSION")
+    )
+
+    # --- OpenAI ----------------------------------------------------------------------------
+    openai_enabled: bool = Field(True, validation_alias=_env("OPENAI_ENABLED"))
+    openai_api_key: SecretStr | None = Field(None, validation_alias=_env("OPENAI_API_KEY"))
+    openai_base_url: str | None = Field(None, validation_alias=_env("OPENAI_BASE_URL"))
+    openai_model: str = Field("gpt-4o-mini", validation_alias=_env("OPENAI_MODEL"))
+    openai_model_event: str | None = Field(None, validation_alias=_env("PYLOTO_OPENAI_MODEL_EVENT"))
+    openai_model_response: str | None = Field(
+        None, validation_alias=_env("PYLOTO_OPENAI_MODEL_RESPONSE")
+    )
+    openai_model_type: str | None = Field(None, validation_alias=_env("PYLOTO_OPENAI_MODEL_TYPE"))
+
+    # --- Backends ---------------------------------------------------------------------------
+    queue_backend: QueueBackend = Field(QueueBackend.SQLITE, validation_alias=_env("QUEUE_BACKEND"))
+    session_store_backend: StoreBackend = Field(
+        StoreBackend.SQLITE, validation_alias=_env("SESSION_STORE_BACKEND")
+    )
+    dedupe_backend: StoreBackend = Field(
+        StoreBackend.SQLITE, validation_alias=_env("DEDUPE_BACKEND")
+    )
+    data_dir: Path = Field(Path(".pyloto"), validation_alias=_env("PYLOTO_DATA_DIR"))
+    sqlite_synchronous: SqliteSync = Field(
+        SqliteSync.NORMAL, validation_alias=_env("PYLOTO_SQLITE_SYNCHRONOUS")
+    )
+    redis_url: str | None = Field(None, validation_alias=_env("REDIS_URL"))
+    google_cloud_project: str | None = Field(None, validation_alias=_env("GOOGLE_CLOUD_PROJECT"))
+    cloudtasks_project: str | None = Field(None, validation_alias=_env("CLOUDTASKS_PROJECT"))
+    cloudtasks_location: str = Field("us-central1", validation_alias=_env("CLOUDTASKS_LOCATION"))
+    cloudtasks_queue_name: str = Field(
+        "whatsapp-process", validation_alias=_env("CLOUDTASKS_QUEUE_NAME")
+    )
+    cloudtasks_handler_url: str | None = Field(
+        None, validation_alias=_env("CLOUDTASKS_HANDLER_URL")
+    )
+    cloudtasks_service_account: str | None = Field(
+        None, validation_alias=_env("CLOUDTASKS_SERVICE_ACCOUNT")
+    )
+    cloud_tasks_emulator_host: str | None = Field(
+        None, validation_alias=_env("CLOUD_TASKS_EMULATOR_HOST")
+    )
+    tasks_token: SecretStr | None = Field(None, validation_alias=_env("PYLOTO_TASKS_TOKEN"))
+
+    # --- Worker and queue policy -------------------------------------------------------------
+    worker_enabled: bool = Field(True, validation_alias=_env("PYLOTO_WORKER_ENABLED"))
+    concurrency: int = Field(64, ge=1, le=10_000, validation_alias=_env("PYLOTO_CONCURRENCY"))
+    lease_seconds: float = Field(30.0, gt=0, validation_alias=_env("PYLOTO_LEASE_SECONDS"))
+    poll_interval: float = Field(0.05, gt=0, validation_alias=_env("PYLOTO_POLL_INTERVAL"))
+    max_attempts: int = Field(5, ge=1, validation_alias=_env("PYLOTO_MAX_ATTEMPTS"))
+    retry_base_seconds: float = Field(1.0, ge=0, validation_alias=_env("PYLOTO_RETRY_BASE_SECONDS"))
+    retry_cap_seconds: float = Field(300.0, ge=0, validation_alias=_env("PYLOTO_RETRY_CAP_SECONDS"))
+    retry_jitter: float = Field(0.2, ge=0, le=1, validation_alias=_env("PYLOTO_RETRY_JITTER"))
+    history_turns: int = Field(50, ge=2, validation_alias=_env("PYLOTO_HISTORY_TURNS"))
+    dedupe_ttl_seconds: float = Field(
+        7 * 24 * 3600.0, gt=0, validation_alias=_env("PYLOTO_DEDUPE_TTL_SECONDS")
+    )
+    shutdown_grace_seconds: float = Field(
+        10.0, ge=0, validation_alias=_env("PYLOTO_SHUTDOWN_GRACE_SECONDS")
+    )
+
+    # --- LLM stages (issue: LLM stages) --------------------------------------------------------
+    prompts_dir: Path | None = Field(None, validation_alias=_env("PYLOTO_PROMPTS_DIR"))
+    llm_stage_timeout: float = Field(8.0, gt=0, validation_alias=_env("PYLOTO_LLM_STAGE_TIMEOUT"))
+    llm_deadline: float = Field(20.0, gt=0, validation_alias=_env("PYLOTO_LLM_DEADLINE"))
+    llm_max_retries: int = Field(1, ge=0, le=1, validation_alias=_env("PYLOTO_LLM_MAX_RETRIES"))
+    safe_reply: str = Field(
+        "Sorry, I can't answer right now. We'll get back to you shortly.",
+        validation_alias=_env("PYLOTO_SAFE_REPLY"),
+    )
+
+    # --- Sending ------------------------------------------------------------------------------
+    mark_read: bool = Field(False, validation_alias=_env("PYLOTO_MARK_READ"))
+    typing_indicator: bool = Field(False, validation_alias=_env("PYLOTO_TYPING_INDICATOR"))
+    send_rate_per_number: float = Field(
+        80.0, gt=0, validation_alias=_env("PYLOTO_SEND_RATE_PER_NUMBER")
+    )
+
+    # --- Web ------------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", validation_alias=_env("PYLOTO_HOST"))
+    port: int = Field(8000, ge=0, le=65535, validation_alias=_env("PORT", "PYLOTO_PORT"))
+    log_format: str = Field("console", validation_alias=_env("PYLOTO_LOG_FORMAT"))
+    log_level: str = Field("INFO", validation_alias=_env("PYLOTO_LOG_LEVEL"))
+
+    @property
+    def llm_active(self) -> bool:
+        """The real LLM stages run only when enabled and a key is present."""
+        return self.openai_enabled and self.openai_api_key is not None
+
+    @property
+    def cloudtasks_project_id(self) -> str | None:
+        """`CLOUDTASKS_PROJECT`, falling back to `GOOGLE_CLOUD_PROJECT`."""
+        return self.cloudtasks_project or self.google_cloud_project
