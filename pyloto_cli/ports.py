@@ -180,3 +180,40 @@ class Sender(Protocol):
     async def mark_read(self, phone_number_id: str, message_id: str, typing: bool = False) -> None:
         """Mark an inbound message read, optionally showing the typing indicator."""
         ...
+
+
+# --- Delivery statuses ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryStatus:
+    """One status webhook for a message we sent: `sent`, `delivered`, `read`, `failed`, `played`.
+
+    `error_code`/`error_title` come from the status's first `errors[]` entry (only on `failed`);
+    `callback_data` echoes the `biz_opaque_callback_data` we sent (the inbound wamid).
+    """
+
+    message_id: str
+    status: str
+    timestamp: int
+    phone_number_id: str = ""
+    recipient: str | None = None
+    error_code: int | None = None
+    error_title: str | None = None
+    callback_data: str | None = None
+
+
+class StatusStore(Protocol):
+    """Delivery statuses of sent messages, outside the session, keyed by (wamid, status)."""
+
+    async def record(self, status: DeliveryStatus) -> bool:
+        """Store `status`; False if this (wamid, status) was already recorded (idempotent)."""
+        ...
+
+    async def get(self, message_id: str) -> list[DeliveryStatus]:
+        """Every status recorded for `message_id`, oldest first."""
+        ...
+
+    async def failed(self, limit: int = 100) -> list[DeliveryStatus]:
+        """The most recent `failed` statuses, newest first, with their error codes."""
+        ...

@@ -139,6 +139,24 @@ class Settings(BaseSettings):
         "Sorry, I can't answer right now. We'll get back to you shortly.",
         validation_alias=_env("PYLOTO_SAFE_REPLY"),
     )
+    # Comma-separated LLM#1 events whose configured message replaces the generated reply.
+    override_events: str = Field(
+        "human_handoff,opt_out", validation_alias=_env("PYLOTO_OVERRIDE_EVENTS")
+    )
+    handoff_reply: str = Field(
+        "Thanks! A person from our team will reply here soon.",
+        validation_alias=_env("PYLOTO_HANDOFF_REPLY"),
+    )
+    optout_reply: str = Field(
+        "You won't receive more messages from us. Send any message to start again.",
+        validation_alias=_env("PYLOTO_OPTOUT_REPLY"),
+    )
+    llm_breaker_failures: int = Field(
+        5, ge=1, validation_alias=_env("PYLOTO_LLM_BREAKER_FAILURES")
+    )
+    llm_breaker_cooldown: float = Field(
+        30.0, gt=0, validation_alias=_env("PYLOTO_LLM_BREAKER_COOLDOWN")
+    )
 
     # --- Sending ------------------------------------------------------------------------------
     mark_read: bool = Field(False, validation_alias=_env("PYLOTO_MARK_READ"))

@@ -6,7 +6,8 @@ PylotoError
 │   ├── MalformedPayload
 │   └── PayloadTooLarge
 ├── TransientError         LLM timeout, Graph 429/5xx, backend down -> nack with backoff
-│   └── SendPaused         the Graph token is rejected; sending waits for a probe to succeed
+│   ├── SendPaused         the Graph token is rejected; sending waits for a probe to succeed
+│   └── AmbiguousSendError a send may have reached Meta (read timeout): retried at most once
 ├── PermanentError         Graph 4xx codes, unsupported payload -> dead-lettered now
 ├── StaleLeaseError        an ack/nack/renew with a lease the queue no longer honours
 └── BackendUnavailable     a store or queue cannot be reached at start-up
@@ -57,6 +58,14 @@ class TransientError(PylotoError):
 
 class SendPaused(TransientError):
     """Sending is paused (e.g. the access token was rejected); retry after a long delay."""
+
+
+class AmbiguousSendError(TransientError):
+    """A send may or may not have reached Meta (e.g. a read timeout after the body went out).
+
+    The messages endpoint has no idempotency key, so a retry can duplicate the reply: the
+    pipeline retries it at most once.
+    """
 
 
 class PermanentError(PylotoError):

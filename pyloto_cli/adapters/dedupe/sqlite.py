@@ -1,0 +1,157 @@
+"""Dedupe markers in an SQLite file: one row per key, a claim or a done marker, with its expiry.
+
+Every call is one operation on the file's `SqliteDatabase` (one writer thread, group commit), run
+inside a `BEGIN IMMEDIATE` transaction, so `claim` reads and writes with the write lock held:
+of many concurrent claims, across processes too, exactly one wins. Expired rows count as absent
+when read; now and then (every `purge_every_s` of the clock) a call also deletes up to
+`purge_batch` expired rows, using the index on `expires_at`, so the table holds about a week of
+done markers rather than every message ever seen.
+
+Like `SqliteSessionStore`, the adapter owns its database when given a path, or shares an
+already-open `SqliteDatabase` (which the caller closes) when given one; it creates its table on
+enter.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from pyloto_cli.adapters.sqlite_db import SqliteDatabase
+from pyloto_cli.domain.errors import BackendUnavailable
+from pyloto_cli.ports import ClaimResult
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS dedupe (
+        key TEXT PRIMARY KEY,
+        done INTEGER NOT NULL,
+        expires_at REAL NOT NULL
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS dedupe_expires_at ON dedupe (expires_at)",
+)
+
+_UPSERT = """INSERT INTO dedupe (key, done, expires_at) VALUES (?, ?, ?)
+    ON CONFLICT (key) DO UPDATE SET done = excluded.done, expires_at = excluded.expires_at"""
+_PURGE = """DELETE FROM dedupe WHERE key IN
+    (SELECT key FROM dedupe WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)"""
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    for statement in SCHEMA:
+        conn.execute(statement)
+
+
+def _check_ttl(ttl_s: float) -> None:
+    if not ttl_s > 0:
+        raise ValueError(f"ttl_s must be positive, got {ttl_s}")
+
+
+def _claim(conn: sqlite3.Connection, key: str, now: float, ttl_s: float) -> ClaimResult:
+    row = conn.execute(
+        "SELECT done FROM dedupe WHERE key = ? AND expires_at > ?", (key, now)
+    ).fetchone()
+    if row is not None:
+        return ClaimResult.DONE if row["done"] else ClaimResult.IN_PROGRESS
+    conn.execute(_UPSERT, (key, 0, now + ttl_s))
+    return ClaimResult.CLAIMED
+
+
+class SqliteDeduper:
+    """A `Deduper` on an SQLite file.
+
+    `source` is a path (the adapter opens and closes its own `SqliteDatabase` with
+    `synchronous`) or an already-open `SqliteDatabase` shared with other adapters. `clock`
+    returns epoch seconds; tests pass a fake one to expire markers without sleeping.
+    """
+
+    def __init__(
+        self,
+        source: Path | str | SqliteDatabase,
+        *,
+        synchronous: str = "NORMAL",
+        clock: Callable[[], float] = time.time,
+        purge_every_s: float = 60.0,
+        purge_batch: int = 1000,
+    ) -> None:
+        self._owns_db = not isinstance(source, SqliteDatabase)
+        self._db = (
+            source
+            if isinstance(source, SqliteDatabase)
+            else SqliteDatabase(source, synchronous=synchronous)
+        )
+        self._clock = clock
+        self._purge_every_s = purge_every_s
+        self._purge_batch = purge_batch
+        self._next_purge = float("-inf")
+        self._open = False
+
+    async def __aenter__(self) -> Self:
+        if self._owns_db:
+            await self._db.__aenter__()
+        try:
+            await self._db.run(_create_schema)
+        except BaseException:
+            if self._owns_db:
+                await self._db.close()
+            raise
+        self._open = True
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._open = False
+        if self._owns_db:
+            await self._db.close()
+
+    async def claim(self, key: str, ttl_s: float) -> ClaimResult:
+        """Claim `key` for `ttl_s` seconds unless it is done or claimed by someone else."""
+        _check_ttl(ttl_s)
+        now, purge = self._begin()
+
+        def op(conn: sqlite3.Connection) -> ClaimResult:
+            self._maybe_purge(conn, now, purge)
+            return _claim(conn, key, now, ttl_s)
+
+        return await self._db.run(op)
+
+    async def mark_done(self, key: str, ttl_s: float) -> None:
+        """Record `key` as processed for `ttl_s` seconds, replacing any claim."""
+        _check_ttl(ttl_s)
+        now, purge = self._begin()
+
+        def op(conn: sqlite3.Connection) -> None:
+            self._maybe_purge(conn, now, purge)
+            conn.execute(_UPSERT, (key, 1, now + ttl_s))
+
+        await self._db.run(op)
+
+    async def release(self, key: str) -> None:
+        """Drop an unfinished claim on `key`; a done marker stays."""
+        self._begin()
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM dedupe WHERE key = ? AND done = 0", (key,))
+
+        await self._db.run(op)
+
+    def _begin(self) -> tuple[float, bool]:
+        """Check the adapter is open; return now and whether this call purges."""
+        if not self._open:
+            raise BackendUnavailable(f"sqlite dedupe: {self._db.path} is not open")
+        now = self._clock()
+        purge = now >= self._next_purge
+        if purge:
+            self._next_purge = now + self._purge_every_s
+        return now, purge
+
+    def _maybe_purge(self, conn: sqlite3.Connection, now: float, purge: bool) -> None:
+        if purge:
+            conn.execute(_PURGE, (now, self._purge_batch))

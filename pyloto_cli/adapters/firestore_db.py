@@ -1,0 +1,102 @@
+"""One Firestore `AsyncClient`, opened inside the running loop and closed with its gRPC channel.
+
+The Firestore adapters (sessions, dedupe, dead letters) take either a shared client (the
+composition root opens one `FirestoreDatabase` and hands out `.client`) or a project, in which
+case they open and close their own. `FIRESTORE_EMULATOR_HOST` is read by the client library
+itself when the client is built.
+
+grpc.aio channels belong to the event loop they first ran on, so a client is built in
+`__aenter__` (inside the loop) and never at import time or in `__init__`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from types import TracebackType
+from typing import Self
+
+from google.api_core import exceptions as gexc
+from google.auth.exceptions import DefaultCredentialsError
+from google.cloud import firestore
+
+from pyloto_cli.domain.errors import BackendUnavailable
+
+_PING_TIMEOUT_S = 5.0
+_DEFAULT_HOST = "firestore.googleapis.com"
+
+
+def doc_id(key: str) -> str:
+    """A Firestore-safe document id for any key: its sha256, in hex."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def firestore_address(client: firestore.AsyncClient) -> str:
+    """Where the client talks to (the emulator's host:port, or Google's endpoint)."""
+    return str(getattr(client, "_target", None) or _DEFAULT_HOST)
+
+
+async def close_client(client: firestore.AsyncClient) -> None:
+    """Close the client's HTTP session and its grpc.aio channel (`close()` alone leaves it)."""
+    client.close()
+    api = getattr(client, "_firestore_api_internal", None)
+    if api is not None:
+        await api.transport.close()
+
+
+async def ping(client: firestore.AsyncClient, collection: str) -> None:
+    """One cheap read; raises BackendUnavailable naming the address when it fails."""
+    try:
+        await client.collection(collection).document("_ping").get(
+            retry=None, timeout=_PING_TIMEOUT_S
+        )
+    except gexc.GoogleAPICallError as exc:
+        raise BackendUnavailable(
+            f"Firestore at {firestore_address(client)} (project {client.project}) cannot be "
+            f"reached: {exc.message or exc}"
+        ) from exc
+
+
+class FirestoreDatabase:
+    """An async context manager owning one `AsyncClient` for `project` (checked on enter)."""
+
+    def __init__(self, project: str | None, *, database: str | None = None) -> None:
+        self.project = project
+        self.database = database
+        self._client: firestore.AsyncClient | None = None
+        self._closed = False
+
+    @property
+    def client(self) -> firestore.AsyncClient:
+        """The open client; raises if the database is not entered."""
+        if self._client is None:
+            raise RuntimeError("FirestoreDatabase is not open")
+        return self._client
+
+    async def __aenter__(self) -> Self:
+        if self._closed:
+            raise RuntimeError("FirestoreDatabase cannot be reopened once closed")
+        try:
+            client = firestore.AsyncClient(project=self.project, database=self.database)
+        except DefaultCredentialsError as exc:
+            raise BackendUnavailable(
+                "Firestore needs GOOGLE_CLOUD_PROJECT (or Application Default Credentials): "
+                f"{exc}"
+            ) from exc
+        try:
+            await ping(client, "pyloto_ping")
+        except BaseException:
+            await close_client(client)
+            raise
+        self._client = client
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._closed = True
+        if self._client is not None:
+            client, self._client = self._client, None
+            await close_client(client)

@@ -1,0 +1,329 @@
+"""The embedded queue: one SQLite file in WAL mode that several processes can share.
+
+Live tasks (ready, leased, waiting for a retry) sit in `queue_tasks`; dead letters have their
+own table, so the lease query never reads past them. `seq` orders tasks (FIFO). `head` marks
+the oldest live task of each conversation; it is set and moved in the same transactions that
+insert and delete tasks, and only a head can be leased, so a conversation never has two
+leased tasks. A partial index over the heads keeps `lease` cheap however long a conversation's
+backlog is, and (conversation_key, seq) finds the next head when one is acked or dead-lettered.
+
+Every operation runs in the `SqliteDatabase` writer thread inside `BEGIN IMMEDIATE`, which
+serializes writers across processes: two processes cannot lease the same task, nor two tasks
+of one conversation. There is no in-memory lock map. A process killed while holding a lease
+leaves it to expire; the next lease after that takes the task again with its attempt counted.
+Time comes from the caller's clock and is passed into each operation.
+
+Lease tokens: a lease is honoured while its token is the task's current token. Expiry only
+makes the task leasable again; until another worker leases it, the late worker's ack, nack or
+renew still succeeds (the work is done, and refusing it would cause a needless redelivery).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from pyloto_cli.adapters.sqlite_db import SqliteDatabase
+from pyloto_cli.domain.errors import StaleLeaseError
+from pyloto_cli.domain.task import (
+    DeadLetter,
+    EnqueueResult,
+    Leased,
+    NackOutcome,
+    QueueStats,
+    Task,
+)
+from pyloto_cli.logs import get_logger, log_event
+from pyloto_cli.pipeline.retry import RetryPolicy
+
+_log = get_logger("queue.sqlite")
+
+_SYNCHRONOUS = frozenset({"NORMAL", "FULL", "EXTRA"})
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS queue_tasks (
+        seq INTEGER PRIMARY KEY,
+        task_id TEXT NOT NULL UNIQUE,
+        conversation_key TEXT NOT NULL,
+        head INTEGER NOT NULL,
+        payload BLOB NOT NULL,
+        enqueued_at REAL NOT NULL,
+        available_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        lease_token TEXT,
+        lease_expires REAL,
+        last_error TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS queue_tasks_conversation ON queue_tasks (conversation_key, seq)",
+    "CREATE INDEX IF NOT EXISTS queue_tasks_heads ON queue_tasks (seq) WHERE head = 1",
+    """CREATE TABLE IF NOT EXISTS queue_dead (
+        seq INTEGER PRIMARY KEY,
+        task_id TEXT NOT NULL UNIQUE,
+        conversation_key TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        error TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        dead_at REAL NOT NULL
+    )""",
+)
+
+_INSERT = """
+INSERT OR IGNORE INTO queue_tasks
+    (task_id, conversation_key, head, payload, enqueued_at, available_at, last_error)
+SELECT ?1, ?2, NOT EXISTS (SELECT 1 FROM queue_tasks WHERE conversation_key = ?2), ?3, ?4, ?4, ?5
+"""
+_LEASABLE = """
+SELECT seq, task_id, payload, attempts, lease_token, last_error FROM queue_tasks
+WHERE head = 1 AND available_at <= :now AND (lease_expires IS NULL OR lease_expires <= :now)
+ORDER BY seq LIMIT :limit
+"""
+_PROMOTE = """
+UPDATE queue_tasks SET head = 1
+WHERE seq = (SELECT MIN(seq) FROM queue_tasks WHERE conversation_key = ?)
+"""
+_STATS = """
+SELECT
+    COALESCE(SUM(leased), 0),
+    COALESCE(SUM(NOT leased AND (attempts > 0 OR available_at > :now)), 0),
+    COUNT(*),
+    MIN(enqueued_at)
+FROM (
+    SELECT attempts, available_at, enqueued_at,
+           (lease_token IS NOT NULL AND lease_expires > :now) AS leased
+    FROM queue_tasks
+)
+"""
+
+
+def _insert(conn: sqlite3.Connection, row: tuple[str, str, bytes, float, str | None]) -> bool:
+    """Insert (task_id, conversation_key, payload, now, last_error) unless the id is live."""
+    return conn.execute(_INSERT, row).rowcount == 1
+
+
+def _enqueue(conn: sqlite3.Connection, tasks: Sequence[Task], now: float) -> EnqueueResult:
+    enqueued: list[str] = []
+    duplicates: list[str] = []
+    for task in tasks:
+        dead = conn.execute("SELECT 1 FROM queue_dead WHERE task_id = ?", (task.task_id,))
+        row = (task.task_id, task.conversation_key, task.to_json(), now, None)
+        if dead.fetchone() is None and _insert(conn, row):
+            enqueued.append(task.task_id)
+        else:
+            duplicates.append(task.task_id)
+    return EnqueueResult(enqueued=tuple(enqueued), duplicates=tuple(duplicates))
+
+
+def _lease(conn: sqlite3.Connection, limit: int, lease_s: float, now: float) -> list[Leased]:
+    rows = conn.execute(_LEASABLE, {"now": now, "limit": limit}).fetchall()
+    leased: list[Leased] = []
+    for row in rows:
+        token = secrets.token_hex(16)
+        attempt = row["attempts"] + 1
+        conn.execute(
+            "UPDATE queue_tasks SET attempts = ?, lease_token = ?, lease_expires = ? WHERE seq = ?",
+            (attempt, token, now + lease_s, row["seq"]),
+        )
+        if row["lease_token"] is not None:
+            log_event(
+                _log,
+                "queue_lease_expired",
+                logging.WARNING,
+                task_id=row["task_id"],
+                attempt=attempt,
+            )
+        task = Task.from_json(row["payload"])
+        leased.append(Leased(task, token, attempt, now + lease_s, row["last_error"]))
+    return leased
+
+
+def _owned(conn: sqlite3.Connection, lease: Leased) -> sqlite3.Row:
+    row: sqlite3.Row | None = conn.execute(
+        "SELECT * FROM queue_tasks WHERE task_id = ? AND lease_token = ?",
+        (lease.task.task_id, lease.token),
+    ).fetchone()
+    if row is None:
+        raise StaleLeaseError(f"lease on task {lease.task.task_id} is no longer held")
+    return row
+
+
+def _remove(conn: sqlite3.Connection, row: sqlite3.Row) -> None:
+    conn.execute("DELETE FROM queue_tasks WHERE seq = ?", (row["seq"],))
+    conn.execute(_PROMOTE, (row["conversation_key"],))
+
+
+def _bury(conn: sqlite3.Connection, row: sqlite3.Row, error: str, now: float) -> None:
+    _remove(conn, row)
+    conn.execute(
+        "INSERT INTO queue_dead (task_id, conversation_key, payload, error, attempts, dead_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (row["task_id"], row["conversation_key"], row["payload"], error, row["attempts"], now),
+    )
+
+
+def _requeue(conn: sqlite3.Connection, task_ids: Sequence[str] | None, now: float) -> int:
+    if task_ids is None:
+        rows = conn.execute("SELECT * FROM queue_dead ORDER BY seq").fetchall()
+    else:
+        found = (
+            conn.execute("SELECT * FROM queue_dead WHERE task_id = ?", (i,)).fetchone()
+            for i in task_ids
+        )
+        rows = sorted((r for r in found if r is not None), key=lambda r: r["seq"])
+    count = 0
+    for row in rows:
+        args = (row["task_id"], row["conversation_key"], row["payload"], now, row["error"])
+        if _insert(conn, args):
+            conn.execute("DELETE FROM queue_dead WHERE seq = ?", (row["seq"],))
+            count += 1
+    return count
+
+
+def _stats(conn: sqlite3.Connection, now: float) -> tuple[int, int, int, float | None, int]:
+    leased, retrying, live, oldest = conn.execute(_STATS, {"now": now}).fetchone()
+    (dead,) = conn.execute("SELECT COUNT(*) FROM queue_dead").fetchone()
+    return int(leased), int(retrying), int(live), oldest, int(dead)
+
+
+class SqliteMessageQueue:
+    """`MessageQueue` + `QueueAdmin` on one SQLite file, safe to share between processes."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        policy: RetryPolicy,
+        *,
+        clock: Callable[[], float] = time.time,
+        synchronous: str = "NORMAL",
+    ) -> None:
+        if synchronous.upper() not in _SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {sorted(_SYNCHRONOUS)}: {synchronous!r}")
+        self._policy = policy
+        self._clock = clock
+        self.db = SqliteDatabase(path, synchronous=synchronous.upper(), schema=SCHEMA)
+
+    @property
+    def path(self) -> Path:
+        """The SQLite file."""
+        return self.db.path
+
+    async def __aenter__(self) -> Self:
+        await self.db.__aenter__()
+        log_event(_log, "queue_opened", logging.DEBUG, backend="sqlite", path=str(self.path))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Finish queued writes and close the file; later calls raise BackendUnavailable."""
+        await self.db.close()
+
+    # --- MessageQueue ------------------------------------------------------------------------
+
+    async def enqueue(self, tasks: Sequence[Task]) -> EnqueueResult:
+        """Store `tasks` in one transaction; returns once committed (shared group commit)."""
+        batch, now = list(tasks), self._clock()
+        return await self.db.run(lambda conn: _enqueue(conn, batch, now))
+
+    async def lease(self, max_items: int, lease_s: float) -> list[Leased]:
+        """Lease the oldest leasable head of each conversation, FIFO, up to `max_items`."""
+        if max_items <= 0:
+            return []
+        now = self._clock()
+        return await self.db.run(lambda conn: _lease(conn, max_items, lease_s, now))
+
+    async def renew(self, lease: Leased, lease_s: float) -> Leased:
+        """Extend the lease from now; StaleLeaseError if the token is no longer current."""
+        expires = self._clock() + lease_s
+
+        def op(conn: sqlite3.Connection) -> None:
+            row = _owned(conn, lease)
+            conn.execute(
+                "UPDATE queue_tasks SET lease_expires = ? WHERE seq = ?", (expires, row["seq"])
+            )
+
+        await self.db.run(op)
+        return replace(lease, expires_at=expires)
+
+    async def ack(self, lease: Leased) -> None:
+        """Remove the task; the next task of its conversation becomes leasable."""
+        await self.db.run(lambda conn: _remove(conn, _owned(conn, lease)))
+
+    async def nack(self, lease: Leased, error: str, delay_s: float | None = None) -> NackOutcome:
+        """Retry after `delay_s` (or the policy's delay), or dead-letter once attempts are spent."""
+        now = self._clock()
+        if self._policy.exhausted(lease.attempt):
+            await self.db.run(lambda conn: _bury(conn, _owned(conn, lease), error, now))
+            return NackOutcome.DEAD
+        delay = delay_s if delay_s is not None else self._policy.delay(lease.attempt)
+
+        def op(conn: sqlite3.Connection) -> None:
+            row = _owned(conn, lease)
+            conn.execute(
+                "UPDATE queue_tasks SET available_at = ?, lease_token = NULL,"
+                " lease_expires = NULL, last_error = ? WHERE seq = ?",
+                (now + delay, error, row["seq"]),
+            )
+
+        await self.db.run(op)
+        return NackOutcome.RETRY
+
+    async def dead_letter(self, lease: Leased, error: str) -> None:
+        """Dead-letter now, keeping the payload, the error and the attempt count."""
+        now = self._clock()
+        await self.db.run(lambda conn: _bury(conn, _owned(conn, lease), error, now))
+
+    # --- QueueAdmin --------------------------------------------------------------------------
+
+    async def stats(self) -> QueueStats:
+        """ready = never tried and available; retrying = tried before or delayed."""
+        now = self._clock()
+        leased, retrying, live, oldest, dead = await self.db.run(lambda conn: _stats(conn, now))
+        extra: dict[str, Any] = {"path": str(self.path), "commits": self.db.commits}
+        return QueueStats(
+            backend="sqlite",
+            ready=live - leased - retrying,
+            leased=leased,
+            retrying=retrying,
+            dead=dead,
+            oldest_age_s=None if oldest is None else max(0.0, now - oldest),
+            extra=extra,
+        )
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Dead letters, oldest first."""
+
+        def op(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+            sql = "SELECT payload, error, attempts, dead_at FROM queue_dead ORDER BY seq LIMIT ?"
+            return conn.execute(sql, (max(0, limit),)).fetchall()
+
+        rows = await self.db.run(op)
+        return [
+            DeadLetter(Task.from_json(r["payload"]), r["error"], r["attempts"], r["dead_at"])
+            for r in rows
+        ]
+
+    async def requeue_dead(self, task_ids: Sequence[str] | None = None) -> int:
+        """Queue dead letters again at the end of their conversations, attempts reset to 0."""
+        ids, now = None if task_ids is None else list(task_ids), self._clock()
+        count = await self.db.run(lambda conn: _requeue(conn, ids, now))
+        log_event(_log, "queue_dead_requeued", backend="sqlite", count=count)
+        return count
+
+    async def purge_dead(self) -> int:
+        """Delete every dead letter."""
+        count = await self.db.run(lambda conn: conn.execute("DELETE FROM queue_dead").rowcount)
+        log_event(_log, "queue_dead_purged", backend="sqlite", count=count)
+        return int(count)

@@ -1,0 +1,149 @@
+"""Sessions in an SQLite file: one row per conversation, the session as JSON.
+
+Every call is an operation on the file's `SqliteDatabase` (one writer thread, group commit), so
+it runs inside a `BEGIN IMMEDIATE` transaction: `append` reads, extends and writes the row with
+the file's write lock held, which keeps concurrent appends (from this process or another one on
+the same file) from losing turns. A call returns once its write is committed.
+
+The adapter either owns its database (give it a path: it opens the file on enter and closes it
+on exit) or shares one the caller has already opened (give it the `SqliteDatabase`: several
+adapters, e.g. sessions and dedupe, then use one file and one writer thread, and the caller
+closes it after the adapters). Either way the adapter creates its table on enter.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from pyloto_cli.adapters.sqlite_db import SqliteDatabase
+from pyloto_cli.domain.errors import BackendUnavailable
+from pyloto_cli.domain.session import Session, Turn
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS sessions (
+        key TEXT PRIMARY KEY,
+        data TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    ) WITHOUT ROWID""",
+)
+
+_UPSERT = """INSERT INTO sessions (key, data, updated_at) VALUES (?, ?, ?)
+    ON CONFLICT (key) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at"""
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    for statement in SCHEMA:
+        conn.execute(statement)
+
+
+def _read(conn: sqlite3.Connection, key: str) -> Session | None:
+    row = conn.execute("SELECT data FROM sessions WHERE key = ?", (key,)).fetchone()
+    return None if row is None else Session.from_dict(json.loads(row["data"]))
+
+
+def _write(conn: sqlite3.Connection, session: Session) -> None:
+    data = json.dumps(session.to_dict(), ensure_ascii=False, separators=(",", ":"))
+    conn.execute(_UPSERT, (session.key, data, session.updated_at))
+
+
+class SqliteSessionStore:
+    """A `SessionStore` on an SQLite file.
+
+    `source` is a path (the adapter opens and closes its own `SqliteDatabase` with
+    `synchronous`) or an already-open `SqliteDatabase` shared with other adapters (`synchronous`
+    is then the database's own, and the caller closes it). `clock` (epoch seconds) stamps
+    `updated_at` on append.
+    """
+
+    def __init__(
+        self,
+        source: Path | str | SqliteDatabase,
+        *,
+        synchronous: str = "NORMAL",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._owns_db = not isinstance(source, SqliteDatabase)
+        self._db = (
+            source
+            if isinstance(source, SqliteDatabase)
+            else SqliteDatabase(source, synchronous=synchronous)
+        )
+        self._clock = clock
+        self._open = False
+
+    async def __aenter__(self) -> Self:
+        if self._owns_db:
+            await self._db.__aenter__()
+        try:
+            await self._db.run(_create_schema)
+        except BaseException:
+            if self._owns_db:
+                await self._db.close()
+            raise
+        self._open = True
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._open = False
+        if self._owns_db:
+            await self._db.close()
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise BackendUnavailable(f"sqlite sessions: {self._db.path} is not open")
+
+    async def load(self, key: str) -> Session | None:
+        """The session, or None if there is none."""
+        self._check_open()
+        return await self._db.run(lambda conn: _read(conn, key))
+
+    async def save(self, session: Session) -> None:
+        """Replace the stored session."""
+        self._check_open()
+        await self._db.run(lambda conn: _write(conn, session))
+
+    async def append(
+        self, key: str, turns: Sequence[Turn], max_turns: int, meta: dict[str, str] | None = None
+    ) -> Session:
+        """Append `turns` (creating the session), merge `meta`, keep the newest `max_turns`."""
+        if max_turns < 1:
+            raise ValueError(f"max_turns must be at least 1, got {max_turns}")
+        self._check_open()
+        new_turns, extra, now = tuple(turns), dict(meta or {}), self._clock()
+
+        def op(conn: sqlite3.Connection) -> Session:
+            current = _read(conn, key) or Session(key=key)
+            updated = current.with_turns(new_turns, max_turns, now)
+            if extra:
+                updated = replace(updated, meta={**updated.meta, **extra})
+            _write(conn, updated)
+            return updated
+
+        return await self._db.run(op)
+
+    async def delete(self, key: str) -> bool:
+        """Delete; True if it existed."""
+        self._check_open()
+        return await self._db.run(
+            lambda conn: conn.execute("DELETE FROM sessions WHERE key = ?", (key,)).rowcount > 0
+        )
+
+    async def exists(self, key: str) -> bool:
+        """True if a session is stored under `key`."""
+        self._check_open()
+        return await self._db.run(
+            lambda conn: conn.execute("SELECT 1 FROM sessions WHERE key = ?", (key,)).fetchone()
+            is not None
+        )

@@ -1,0 +1,96 @@
+"""`pyloto serve` (web + worker) and `pyloto worker` (worker alone)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Annotated
+
+import typer
+import uvicorn
+from rich.console import Console
+
+from pyloto_cli.bootstrap import open_runtime
+from pyloto_cli.firstrun import LocalSetup, ensure_local_secrets
+from pyloto_cli.logs import configure_logging
+from pyloto_cli.settings import Settings
+from pyloto_cli.web.app import create_app
+
+_console = Console(stderr=True)
+
+
+def _print_first_run(setup: LocalSetup, host: str, port: int) -> None:
+    settings = setup.settings
+    token = settings.whatsapp_verify_token
+    secret = settings.whatsapp_app_secret
+    shown_token = token.get_secret_value() if token is not None else ""
+    shown_secret = secret.get_secret_value() if secret is not None else ""
+    where = "generated" if setup.generated else "loaded"
+    _console.print(f"[bold]pyloto[/] {where} a local app secret and verify token:")
+    _console.print(f"  file:         {settings.data_dir / 'local-secrets.json'}")
+    _console.print(f"  app secret:   {shown_secret}")
+    _console.print(f"  verify token: {shown_token}")
+    _console.print(
+        "[yellow]Real Meta webhooks will be rejected until WHATSAPP_APP_SECRET is set.[/]"
+    )
+    _console.print("Try it:")
+    _console.print(
+        f"  curl -sS -X POST http://{host}:{port}/webhooks/whatsapp "
+        f"-H 'Content-Type: application/json' "
+        f"-H 'X-Hub-Signature-256: {setup.example_signature}' "
+        f"--data-binary @{setup.example_path}",
+        soft_wrap=True,
+        highlight=False,
+    )
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: $PORT or 8000).")] = None,
+    worker: Annotated[bool, typer.Option(help="Run the worker in this process.")] = True,
+) -> None:
+    """Receive Meta's webhooks (and, by default, process them in the same process)."""
+    settings = Settings()
+    configure_logging(settings.log_format, settings.log_level)
+    bind_host = host or settings.host
+    bind_port = settings.port if port is None else port
+    if settings.whatsapp_app_secret is None or settings.whatsapp_verify_token is None:
+        setup = ensure_local_secrets(settings)
+        settings = setup.settings
+        _print_first_run(setup, bind_host, bind_port)
+    settings = settings.model_copy(update={"worker_enabled": worker and settings.worker_enabled})
+    config = uvicorn.Config(
+        create_app(settings),
+        host=bind_host,
+        port=bind_port,
+        log_level="warning",
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+    )
+    uvicorn.Server(config).run()
+
+
+async def run_worker_process(settings: Settings) -> None:
+    """Open the runtime and run its worker until SIGINT/SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with open_runtime(settings) as runtime:
+        if runtime.worker is None:
+            raise typer.BadParameter("this queue backend pushes tasks; there is nothing to pull")
+        await runtime.worker.run(stop)
+
+
+def worker() -> None:
+    """Process the queue without serving HTTP (more workers on one queue)."""
+    settings = Settings()
+    configure_logging(settings.log_format, settings.log_level)
+    asyncio.run(run_worker_process(settings))
+
+
+def register(app: typer.Typer) -> None:
+    """Add these commands to the app."""
+    app.command()(serve)
+    app.command()(worker)

@@ -1,0 +1,94 @@
+"""First run with no settings: generate a local app secret and verify token, stay closed.
+
+Signature checking is never switched off. With no `WHATSAPP_APP_SECRET`, `pyloto serve`
+generates one (and a verify token) into the data dir, reuses it on later runs, and writes an
+example webhook next to it so the printed `curl` line posts bytes whose signature it computed.
+Real Meta webhooks are rejected until the real app secret is set.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from pyloto_cli.settings import Settings
+from pyloto_cli.web.signature import sign
+
+SECRETS_FILE = "local-secrets.json"
+EXAMPLE_FILE = "example-webhook.json"
+
+
+@dataclass(frozen=True, slots=True)
+class LocalSetup:
+    """What first run generated (or found) and the example it wrote."""
+
+    settings: Settings
+    generated: bool
+    example_path: Path
+    example_signature: str
+
+
+def example_webhook() -> dict[str, object]:
+    """A small signed-able webhook: one text message from a fake number."""
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "100000000000001",
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {
+                                "display_phone_number": "15550000000",
+                                "phone_number_id": "100000000000002",
+                            },
+                            "contacts": [{"profile": {"name": "Ana"}, "wa_id": "15550001234"}],
+                            "messages": [
+                                {
+                                    "from": "15550001234",
+                                    "id": f"wamid.example.{secrets.token_hex(8)}",
+                                    "timestamp": "1767225600",
+                                    "type": "text",
+                                    "text": {"body": "Olá! Qual é o preço? 😊"},
+                                }
+                            ],
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def ensure_local_secrets(settings: Settings) -> LocalSetup:
+    """Fill in a missing app secret / verify token from (or into) the data dir."""
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    generated = False
+    update: dict[str, SecretStr] = {}
+    if settings.whatsapp_app_secret is None or settings.whatsapp_verify_token is None:
+        path = data_dir / SECRETS_FILE
+        if path.exists():
+            stored = json.loads(path.read_text(encoding="utf-8"))
+        else:
+            stored = {"app_secret": secrets.token_hex(32), "verify_token": secrets.token_hex(16)}
+            path.write_text(json.dumps(stored), encoding="utf-8")
+            path.chmod(0o600)
+            generated = True
+        if settings.whatsapp_app_secret is None:
+            update["whatsapp_app_secret"] = SecretStr(stored["app_secret"])
+        if settings.whatsapp_verify_token is None:
+            update["whatsapp_verify_token"] = SecretStr(stored["verify_token"])
+    final = settings.model_copy(update=update) if update else settings
+    example = data_dir / EXAMPLE_FILE
+    body = json.dumps(example_webhook(), ensure_ascii=False, indent=1).encode()
+    example.write_bytes(body)
+    secret = final.whatsapp_app_secret
+    key = secret.get_secret_value().encode() if secret is not None else b""
+    return LocalSetup(final, generated, example, sign(key, body))

@@ -1,0 +1,226 @@
+"""One task, end to end: dedupe, session, responder, Graph body, send, session save, done.
+
+The order of the side effects is the at-least-once contract:
+
+1. claim the wamid in the deduper (a live claim elsewhere -> retry later; done -> skip);
+2. load the session; if it already records a reply sent for this wamid (a crash between the
+   session save and the done marker), only mark it done: the reply did leave;
+3. ask the responder, build the body, send it from the number that received the message;
+4. append the user's turn and the reply (with the sent wamid) to the session;
+5. mark the wamid done.
+
+A crash anywhere before step 5 makes the queue hand the task out again: the reply is sent again
+only if the crash came between the send and the session save (the at-least-once window), and it
+is never skipped. Failures are outcomes, not exceptions: TransientError -> retry (honouring its
+delay), PermanentError -> dead letter with the reason. Anything else the worker treats as a retry.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from pyloto_cli.domain.errors import PermanentError, TransientError
+from pyloto_cli.domain.outbound import build_reply_body
+from pyloto_cli.domain.reply import Reply
+from pyloto_cli.domain.session import Role, Session, Turn
+from pyloto_cli.domain.task import Task, TaskKind
+from pyloto_cli.domain.webhook import InboundMessage, inbound_message, needs_reply, status_update
+from pyloto_cli.logs import get_logger, log_event, mask_phone
+from pyloto_cli.ports import (
+    ClaimResult,
+    Deduper,
+    Responder,
+    ResponderRequest,
+    Sender,
+    SessionStore,
+    StatusStore,
+)
+
+_log = get_logger("pipeline")
+
+
+class Outcome(StrEnum):
+    """What became of a task."""
+
+    DONE = "done"
+    SKIPPED = "skipped"  # a duplicate: already answered
+    RETRY = "retry"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """The outcome of one attempt, with the reason and delay the queue needs."""
+
+    outcome: Outcome
+    reason: str | None = None
+    delay_s: float | None = None
+    sent_id: str | None = None
+    reply: Reply | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    """The knobs the pipeline reads (from Settings, at the edge)."""
+
+    history_turns: int = 50
+    dedupe_ttl_s: float = 7 * 24 * 3600.0
+    claim_ttl_s: float = 60.0
+    in_progress_retry_s: float = 5.0
+    mark_read: bool = False
+    typing_indicator: bool = False
+
+
+class Pipeline:
+    """Runs tasks through the ports it is given: for the worker, /tasks/process and replay."""
+
+    def __init__(
+        self,
+        *,
+        sessions: SessionStore,
+        deduper: Deduper,
+        responder: Responder,
+        sender: Sender,
+        statuses: StatusStore,
+        config: PipelineConfig | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.sessions = sessions
+        self.deduper = deduper
+        self.responder = responder
+        self.sender = sender
+        self.statuses = statuses
+        self.config = config or PipelineConfig()
+        self._clock = clock
+
+    async def process(self, task: Task, attempt: int = 1) -> TaskResult:
+        """Run one attempt of `task`; never raises for transient or permanent failures."""
+        try:
+            if task.kind is TaskKind.MESSAGE:
+                return await self._message(task)
+            if task.kind is TaskKind.STATUS:
+                return await self._status(task)
+            log_event(_log, "webhook_event", field=task.field, task_id=task.task_id)
+            return TaskResult(Outcome.DONE)
+        except TransientError as exc:
+            return TaskResult(Outcome.RETRY, reason=_reason(exc), delay_s=exc.retry_after)
+        except PermanentError as exc:
+            return TaskResult(Outcome.DEAD, reason=_reason(exc))
+
+    async def _status(self, task: Task) -> TaskResult:
+        status = status_update(task)
+        await self.statuses.record(status)
+        errors = [e.code for e in status.errors]
+        log_event(
+            _log,
+            "message_status",
+            message_id=status.id,
+            status=status.status.value,
+            error_codes=errors or None,
+        )
+        return TaskResult(Outcome.DONE)
+
+    async def _message(self, task: Task) -> TaskResult:
+        msg = inbound_message(task)
+        claim = await self.deduper.claim(msg.id, self.config.claim_ttl_s)
+        if claim is ClaimResult.DONE:
+            log_event(_log, "duplicate_skipped", message_id=msg.id)
+            return TaskResult(Outcome.SKIPPED)
+        if claim is ClaimResult.IN_PROGRESS:
+            return TaskResult(
+                Outcome.RETRY,
+                reason="claimed by another worker",
+                delay_s=self.config.in_progress_retry_s,
+            )
+        try:
+            return await self._answer(msg)
+        except BaseException:
+            await self.deduper.release(msg.id)
+            raise
+
+    async def _answer(self, msg: InboundMessage) -> TaskResult:
+        session = await self.sessions.load(msg.conversation_key)
+        if session is not None and _already_answered(session, msg.id):
+            await self.deduper.mark_done(msg.id, self.config.dedupe_ttl_s)
+            log_event(_log, "duplicate_skipped", message_id=msg.id, reason="session")
+            return TaskResult(Outcome.SKIPPED)
+        now = self._clock()
+        user_turn = Turn(Role.USER, msg.text or "", msg.id, now, message_type=msg.raw_type)
+        if not needs_reply(msg):
+            await self._save(msg, (user_turn,))
+            return TaskResult(Outcome.DONE)
+        if self.config.mark_read or self.config.typing_indicator:
+            await self._mark_read(msg)
+        turn_number = _turn_number(session)
+        reply = await self.responder.respond(ResponderRequest(msg, session, turn_number))
+        for stage in reply.errors:
+            log_event(_log, "reply_fallback", stage=stage, message_id=msg.id)
+        body = build_reply_body(reply, msg.recipient, callback_data=msg.id)
+        sent = await self.sender.send(msg.phone_number_id, body)
+        user_turn = Turn(
+            Role.USER, user_turn.text, msg.id, now, event=reply.event, message_type=msg.raw_type
+        )
+        bot_turn = Turn(
+            Role.ASSISTANT,
+            reply.text,
+            sent.message_id,
+            self._clock(),
+            message_type=reply.kind.value,
+            reply_to=msg.id,
+        )
+        await self._save(msg, (user_turn, bot_turn), turn_number=turn_number)
+        return TaskResult(Outcome.DONE, sent_id=sent.message_id, reply=reply)
+
+    async def _save(
+        self, msg: InboundMessage, turns: tuple[Turn, ...], turn_number: int | None = None
+    ) -> None:
+        meta = {"phone_number_id": msg.phone_number_id}
+        if msg.wa_id:
+            meta["wa_id"] = msg.wa_id
+        if msg.user_id:
+            meta["user_id"] = msg.user_id
+        if turn_number is not None:
+            meta["user_turns"] = str(turn_number)
+        await self.sessions.append(msg.conversation_key, turns, self.config.history_turns, meta)
+        log_event(
+            _log,
+            "session_saved",
+            message_id=msg.id,
+            conversation=_masked_key(msg.conversation_key),
+            turns_added=len(turns),
+        )
+        await self.deduper.mark_done(msg.id, self.config.dedupe_ttl_s)
+
+    async def _mark_read(self, msg: InboundMessage) -> None:
+        try:
+            await self.sender.mark_read(
+                msg.phone_number_id, msg.id, typing=self.config.typing_indicator
+            )
+        except (TransientError, PermanentError) as exc:  # a receipt is never worth a retry
+            log_event(_log, "mark_read_failed", message_id=msg.id, reason=_reason(exc))
+
+
+def _already_answered(session: Session, message_id: str) -> bool:
+    return any(t.role is Role.ASSISTANT and t.reply_to == message_id for t in session.turns)
+
+
+def _turn_number(session: Session | None) -> int:
+    if session is None:
+        return 1
+    counted = session.meta.get("user_turns")
+    if counted is not None and counted.isdigit():
+        return int(counted) + 1
+    return session.user_turns + 1
+
+
+def _masked_key(key: str) -> str:
+    number, _, user = key.partition(":")
+    return f"{number}:{mask_phone(user)}"
+
+
+def _reason(exc: TransientError | PermanentError) -> str:
+    code = f" (code {exc.code})" if exc.code is not None else ""
+    return f"{type(exc).__name__}: {exc.reason}{code}"

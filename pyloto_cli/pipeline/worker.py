@@ -1,0 +1,184 @@
+"""The worker loop: lease, process with bounded concurrency, renew leases, ack/nack, stop cleanly.
+
+Leases are renewed every third of their length while a task runs, so a slow LLM does not let
+another worker take the task. The ack (or nack) after the side effects is shielded from
+cancellation (arq): a stop in the middle of bookkeeping must not turn a sent reply into a
+retry. On stop the loop takes no new work, waits `grace_s` for the tasks in flight, then cancels
+them; their leases expire and the tasks are handed out again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+from pyloto_cli.domain.errors import StaleLeaseError
+from pyloto_cli.domain.task import Leased, NackOutcome
+from pyloto_cli.logs import bind, get_logger, log_event
+from pyloto_cli.pipeline.process import Outcome, Pipeline, TaskResult
+from pyloto_cli.ports import MessageQueue
+
+_log = get_logger("worker")
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """Counts since the worker started (drain's summary)."""
+
+    done: int = 0
+    skipped: int = 0
+    retried: int = 0
+    dead: int = 0
+    lease_lost: int = 0
+    outcomes: list[TaskResult] = field(default_factory=list)
+
+    @property
+    def handled(self) -> int:
+        """Every settled attempt."""
+        return self.done + self.skipped + self.retried + self.dead
+
+
+class Worker:
+    """Pulls tasks from a `MessageQueue` and runs them through the pipeline."""
+
+    def __init__(
+        self,
+        queue: MessageQueue,
+        pipeline: Pipeline,
+        *,
+        concurrency: int = 64,
+        lease_s: float = 30.0,
+        poll_interval: float = 0.05,
+        grace_s: float = 10.0,
+        keep_outcomes: bool = False,
+    ) -> None:
+        self.queue = queue
+        self.pipeline = pipeline
+        self.concurrency = concurrency
+        self.lease_s = lease_s
+        self.poll_interval = poll_interval
+        self.grace_s = grace_s
+        self.stats = WorkerStats()
+        self._keep_outcomes = keep_outcomes
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+
+    def notify(self) -> None:
+        """New work was enqueued in this process: look now instead of at the next poll."""
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work until `stop` is set, then wind down (grace period, then cancel)."""
+        try:
+            while not stop.is_set():
+                leased = await self._lease_some()
+                if not leased:
+                    await self._idle(stop)
+        finally:
+            await self._wind_down()
+
+    async def drain(self, max_idle_polls: int = 2) -> WorkerStats:
+        """Burst mode: process until the queue has nothing leasable, then return the counts."""
+        idle = 0
+        while idle < max_idle_polls:
+            leased = await self._lease_some()
+            if leased:
+                idle = 0
+                continue
+            if self._inflight:
+                await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            idle += 1
+            await asyncio.sleep(self.poll_interval)
+        return self.stats
+
+    async def _lease_some(self) -> int:
+        free = self.concurrency - len(self._inflight)
+        if free <= 0:
+            await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+            return -1
+        leased = await self.queue.lease(free, self.lease_s)
+        for lease in leased:
+            task = asyncio.create_task(self._handle(lease), name=f"task:{lease.task.task_id}")
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+        return len(leased)
+
+    async def _idle(self, stop: asyncio.Event) -> None:
+        self._wake.clear()
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=self.poll_interval, return_when="FIRST_COMPLETED")
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _wind_down(self) -> None:
+        if self._inflight:
+            _, pending = await asyncio.wait(self._inflight, timeout=self.grace_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+                log_event(_log, "worker_cancelled_tasks", count=len(pending))
+
+    async def _handle(self, lease: Leased) -> None:
+        task = lease.task
+        with bind(task_id=task.task_id, attempt=lease.attempt):
+            log_event(_log, "task_dequeued", kind=task.kind.value)
+            started = time.perf_counter()
+            holder = [lease]
+            renewer = asyncio.create_task(self._renew(holder))
+            try:
+                result = await self.pipeline.process(task, lease.attempt)
+            except Exception as exc:  # the one broad catch: any bug becomes a retry, not a stall
+                _log.exception("task_failed")
+                result = TaskResult(Outcome.RETRY, reason=f"{type(exc).__name__}: {exc}")
+            finally:
+                renewer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewer
+            duration_ms = round((time.perf_counter() - started) * 1000, 2)
+            await asyncio.shield(self._settle(holder[0], result, duration_ms))
+
+    async def _renew(self, holder: list[Leased]) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                holder[0] = await self.queue.renew(holder[0], self.lease_s)
+            except StaleLeaseError:
+                log_event(_log, "task_lease_lost", stage="renew")
+                return
+
+    async def _settle(self, lease: Leased, result: TaskResult, duration_ms: float) -> None:
+        if self._keep_outcomes:
+            self.stats.outcomes.append(result)
+        try:
+            await self._apply(lease, result, duration_ms)
+        except StaleLeaseError:
+            self.stats.lease_lost += 1
+            log_event(_log, "task_lease_lost", stage="settle", outcome=result.outcome.value)
+
+    async def _apply(self, lease: Leased, result: TaskResult, duration_ms: float) -> None:
+        if result.outcome in (Outcome.DONE, Outcome.SKIPPED):
+            await self.queue.ack(lease)
+            if result.outcome is Outcome.DONE:
+                self.stats.done += 1
+            else:
+                self.stats.skipped += 1
+            log_event(_log, "task_processed", outcome=result.outcome.value, duration_ms=duration_ms)
+            return
+        reason = result.reason or "unknown error"
+        if result.outcome is Outcome.DEAD:
+            await self.queue.dead_letter(lease, reason)
+            outcome = NackOutcome.DEAD
+        else:
+            outcome = await self.queue.nack(lease, reason, result.delay_s)
+        if outcome is NackOutcome.DEAD:
+            self.stats.dead += 1
+            log_event(_log, "task_dead_lettered", reason=reason, duration_ms=duration_ms)
+        else:
+            self.stats.retried += 1
+            log_event(_log, "task_retried", reason=reason, delay_s=result.delay_s)

@@ -1,0 +1,1 @@
+"""The ASGI edge: Meta's webhook, health checks and the Cloud Tasks push endpoint."""

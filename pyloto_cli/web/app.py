@@ -1,0 +1,151 @@
+"""The ASGI app: Meta's verify handshake and webhook, health checks, the Cloud Tasks endpoint.
+
+The webhook does three things and nothing else: check the signature over the raw bytes, split
+the payload into tasks, and store them. The 200 goes out only after the store committed; if
+storing fails the answer is 503 so that Meta retries. Bodies above Meta's 3 MiB maximum are
+refused with 413 as soon as the count passes it, without reading the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from pyloto_cli.bootstrap import Runtime, open_runtime, run_worker
+from pyloto_cli.domain.errors import MalformedPayload, PayloadTooLarge, WebhookRejected
+from pyloto_cli.domain.webhook import split_webhook
+from pyloto_cli.logs import get_logger, log_event
+from pyloto_cli.settings import Settings
+from pyloto_cli.web.signature import verify_signature
+
+MAX_BODY_BYTES = 3 * 1024 * 1024
+_log = get_logger("web")
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The raw body, or PayloadTooLarge as soon as it passes `limit` (chunked bodies too)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body of {declared} bytes is over {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+async def verify_handshake(request: Request) -> Response:
+    """GET: echo `hub.challenge` when the mode is subscribe and the verify token matches."""
+    runtime = _runtime(request)
+    params = request.query_params
+    expected = runtime.settings.whatsapp_verify_token
+    token = params.get("hub.verify_token", "")
+    if (
+        params.get("hub.mode") == "subscribe"
+        and expected is not None
+        and hmac.compare_digest(token.encode(), expected.get_secret_value().encode())
+    ):
+        return PlainTextResponse(params.get("hub.challenge", ""))
+    log_event(_log, "webhook_rejected", reason="verify token mismatch", method="GET")
+    return PlainTextResponse("forbidden", status_code=403)
+
+
+async def receive_webhook(request: Request) -> Response:
+    """POST: signed body -> tasks -> durable store -> 200 (or 4xx/503, nothing half-done)."""
+    runtime = _runtime(request)
+    started = time.perf_counter()
+    try:
+        body = await read_body(request)
+        secret = runtime.settings.whatsapp_app_secret
+        if secret is None:  # serve generates one; a runtime without one accepts nothing
+            raise MalformedPayload("no app secret configured")
+        verify_signature(
+            secret.get_secret_value().encode(), body, request.headers.get("x-hub-signature-256")
+        )
+        tasks = split_webhook(_parse_json(body), time.time())
+    except WebhookRejected as exc:
+        log_event(_log, "webhook_rejected", reason=str(exc), status=exc.status_code)
+        return PlainTextResponse(str(exc), status_code=exc.status_code)
+    except ClientDisconnect:
+        return Response(status_code=400)
+    log_event(_log, "webhook_received", items=len(tasks), bytes=len(body))
+    try:
+        result = await runtime.sink.enqueue(tasks)
+    except Exception as exc:  # storing failed: Meta must retry, so never 200
+        _log.exception("webhook_store_failed", extra={"fields": {"error": type(exc).__name__}})
+        return PlainTextResponse("temporarily unavailable", status_code=503)
+    runtime.notify()
+    log_event(
+        _log,
+        "webhook_enqueued",
+        enqueued=len(result.enqueued),
+        duplicates=len(result.duplicates),
+        ms=round((time.perf_counter() - started) * 1000, 2),
+    )
+    return PlainTextResponse("OK")
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedPayload(f"body is not JSON: {exc}") from exc
+
+
+async def healthz(request: Request) -> Response:
+    """Liveness: the process answers."""
+    return PlainTextResponse("ok")
+
+
+async def readyz(request: Request) -> Response:
+    """Readiness: the queue and stores are open and answer."""
+    runtime = _runtime(request)
+    try:
+        checks = await runtime.check_ready()
+    except Exception as exc:  # readiness reports, it does not crash
+        return JSONResponse({"ready": False, "error": type(exc).__name__}, status_code=503)
+    return JSONResponse({"ready": True, **checks})
+
+
+def create_app(settings: Settings, runtime: Runtime | None = None) -> Starlette:
+    """The ASGI app. With `runtime` given (tests) it is used as is; else the lifespan opens one
+    from `settings` and, when `settings.worker_enabled`, runs the worker beside the web role."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if runtime is not None:
+            app.state.runtime = runtime
+            yield
+            return
+        async with open_runtime(settings) as opened:
+            app.state.runtime = opened
+            async with run_worker(opened, enabled=settings.worker_enabled):
+                yield
+
+    routes = [
+        Route("/webhooks/whatsapp", verify_handshake, methods=["GET"]),
+        Route("/webhooks/whatsapp", receive_webhook, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    if runtime is not None:
+        app.state.runtime = runtime
+    return app
