@@ -96,6 +96,11 @@ class SqliteDatabase:
     ) -> None:
         await self.close()
 
+    @property
+    def pending(self) -> int:
+        """Operations handed to the writer thread and not yet taken into a transaction."""
+        return self._jobs.qsize()
+
     async def close(self) -> None:
         """Finish the queued work, checkpoint, close the file."""
         if self._closed:

@@ -139,7 +139,11 @@ class Decision:
 
 
 def classify(
-    code: int | None, http_status: int, *, pair_strikes: int = 0, retry_after_header: float | None = None
+    code: int | None,
+    http_status: int,
+    *,
+    pair_strikes: int = 0,
+    retry_after_header: float | None = None,
 ) -> Decision:
     """Decide on a failed Graph answer: by `code` when the table knows it, else by HTTP status.
 
@@ -152,7 +156,9 @@ def classify(
     if rule.action is not Action.RETRY:
         return Decision(rule.action, rule.reason)
     if rule.backoff is Backoff.PAIR:
-        return Decision(rule.action, rule.reason, min(4.0 ** max(0, pair_strikes), _PAIR_WAIT_CAP_S))
+        return Decision(
+            rule.action, rule.reason, min(4.0 ** max(0, pair_strikes), _PAIR_WAIT_CAP_S)
+        )
     if rule.backoff is Backoff.FIXED:
         return Decision(rule.action, rule.reason, rule.wait_s)
     return Decision(rule.action, rule.reason, retry_after_header)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Final, NamedTuple, Self
+from typing import Any, Final, Self
 
 from pyloto_cli.domain.task import JsonObject
 
@@ -94,45 +94,6 @@ class InteractiveType(StrEnum):
     @classmethod
     def _missing_(cls, value: object) -> Self:
         return cls("unknown")
-
-
-class MessageStatus(StrEnum):
-    """Delivery status of one of our outbound messages."""
-
-    SENT = "sent"
-    DELIVERED = "delivered"
-    READ = "read"
-    FAILED = "failed"
-    PLAYED = "played"
-    UNKNOWN = "unknown"
-
-    @classmethod
-    def _missing_(cls, value: object) -> Self:
-        return cls("unknown")
-
-
-class ErrorDetail(NamedTuple):
-    """One entry of an `errors[]` list (message-, status- or value-level)."""
-
-    code: int | None
-    title: str | None
-    message: str | None
-    details: str | None
-
-    @classmethod
-    def from_dict(cls, data: JsonObject) -> ErrorDetail:
-        """Build from `{code, title, message, error_data: {details}}`."""
-        return cls(
-            code=int_of(data.get("code")),
-            title=text_of(data, "title"),
-            message=text_of(data, "message"),
-            details=text_of(obj_of(data, "error_data"), "details"),
-        )
-
-
-def errors_of(data: Mapping[str, Any]) -> tuple[ErrorDetail, ...]:
-    """The `errors[]` of an object as `ErrorDetail`s."""
-    return tuple(ErrorDetail.from_dict(item) for item in objs_of(data, "errors"))
 
 
 # --- Message contents: one class per type, each says what the user "said in words" ---------

@@ -20,21 +20,60 @@ business-scoped user ids (`from_user_id`, `user_id`), where the phone may be mis
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, NamedTuple, Self
 
 from pyloto_cli.domain.task import JsonObject
 from pyloto_cli.domain.webhook_content import (
     Content,
-    ErrorDetail,
-    MessageStatus,
     MessageType,
     content_of,
-    errors_of,
     int_of,
     obj_of,
     objs_of,
     text_of,
 )
+
+
+class MessageStatus(StrEnum):
+    """Delivery status of one of our outbound messages."""
+
+    SENT = "sent"
+    DELIVERED = "delivered"
+    READ = "read"
+    FAILED = "failed"
+    PLAYED = "played"
+    UNKNOWN = "unknown"
+
+    @classmethod
+    def _missing_(cls, value: object) -> Self:
+        return cls("unknown")
+
+
+class ErrorDetail(NamedTuple):
+    """One entry of an `errors[]` list (message-, status- or value-level)."""
+
+    code: int | None
+    title: str | None
+    message: str | None
+    details: str | None
+
+    @classmethod
+    def from_dict(cls, data: JsonObject) -> ErrorDetail:
+        """Build from `{code, title, message, error_data: {details}}`."""
+        return cls(
+            code=int_of(data.get("code")),
+            title=text_of(data, "title"),
+            message=text_of(data, "message"),
+            details=text_of(obj_of(data, "error_data"), "details"),
+        )
+
+
+def errors_of(data: Mapping[str, Any]) -> tuple[ErrorDetail, ...]:
+    """The `errors[]` of an object as `ErrorDetail`s."""
+    return tuple(ErrorDetail.from_dict(item) for item in objs_of(data, "errors"))
 
 
 @dataclass(frozen=True, slots=True)

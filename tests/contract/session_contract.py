@@ -80,10 +80,21 @@ class SessionStoreContract:
         session = Session(
             key=KEY,
             turns=(
-                Turn(Role.USER, "Olá! Quero 2 cafés ☕ — 中文 ok?", "wamid.IN1", 1_700_000_000.25,
-                     event="order"),
-                Turn(Role.ASSISTANT, "Claro 🙂\nAnything else?", "wamid.OUT1", 1_700_000_002.0,
-                     message_type="interactive", reply_to="wamid.IN1"),
+                Turn(
+                    Role.USER,
+                    "Olá! Quero 2 cafés ☕ — 中文 ok?",
+                    "wamid.IN1",
+                    1_700_000_000.25,
+                    event="order",
+                ),
+                Turn(
+                    Role.ASSISTANT,
+                    "Claro 🙂\nAnything else?",
+                    "wamid.OUT1",
+                    1_700_000_002.0,
+                    message_type="interactive",
+                    reply_to="wamid.IN1",
+                ),
                 Turn(Role.ASSISTANT, "", "", 1_700_000_003.0),
             ),
             updated_at=1_700_000_003.5,
@@ -100,9 +111,7 @@ class SessionStoreContract:
         await store.save(replacement)
         assert await store.load(KEY) == replacement
 
-    async def test_delete_removes_and_reports_whether_it_existed(
-        self, store: SessionStore
-    ) -> None:
+    async def test_delete_removes_and_reports_whether_it_existed(self, store: SessionStore) -> None:
         """Delete is True once, then False; the key then neither exists nor loads."""
         await store.save(Session(KEY, (user_turn("a"),)))
         await store.save(Session(OTHER_KEY, (user_turn("b"),)))
@@ -169,8 +178,11 @@ class SessionStoreContract:
         async def writer(w: int) -> None:
             for call in range(2):
                 question = f"w{w}-c{call}-in"
-                await store.append(KEY, [user_turn(question), bot_turn(f"{question}-out", question)],
-                                   max_turns=1000)
+                await store.append(
+                    KEY,
+                    [user_turn(question), bot_turn(f"{question}-out", question)],
+                    max_turns=1000,
+                )
 
         await asyncio.gather(*(writer(w) for w in range(self.concurrent_writers)))
         stored = ids(await store.load(KEY))

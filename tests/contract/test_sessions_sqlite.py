@@ -33,21 +33,6 @@ class TestSqliteSessionStore(SessionStoreContract, SessionDurabilityContract):
             yield store
 
 
-async def test_concurrent_appends_share_commits(tmp_path: Path) -> None:
-    """Appends racing on one session are batched by the writer thread, not committed one by one."""
-    async with SqliteDatabase(tmp_path / "shared.db") as db, SqliteSessionStore(db) as store:
-        before = db.commits
-        for _ in range(3):
-            await store.append(KEY, [user_turn("warm-up")], 100)
-        sequential = db.commits - before
-        before = db.commits
-        import asyncio
-
-        await asyncio.gather(*(store.append(KEY, [user_turn(f"m{i}")], 100) for i in range(50)))
-        assert sequential == 3
-        assert db.commits - before < 50
-
-
 async def test_a_shared_database_stays_open_after_the_store_closes(tmp_path: Path) -> None:
     """A store given an open database leaves closing it to the caller."""
     async with SqliteDatabase(tmp_path / "shared.db") as db:

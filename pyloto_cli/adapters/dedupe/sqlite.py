@@ -135,17 +135,20 @@ class SqliteDeduper:
 
     async def release(self, key: str) -> None:
         """Drop an unfinished claim on `key`; a done marker stays."""
-        self._begin()
+        self._check_open()
 
         def op(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM dedupe WHERE key = ? AND done = 0", (key,))
 
         await self._db.run(op)
 
-    def _begin(self) -> tuple[float, bool]:
-        """Check the adapter is open; return now and whether this call purges."""
+    def _check_open(self) -> None:
         if not self._open:
             raise BackendUnavailable(f"sqlite dedupe: {self._db.path} is not open")
+
+    def _begin(self) -> tuple[float, bool]:
+        """Check the adapter is open; return now and whether this call purges."""
+        self._check_open()
         now = self._clock()
         purge = now >= self._next_purge
         if purge:

@@ -24,6 +24,7 @@ from typing import Any, Self
 from google.cloud import firestore
 
 from pyloto_cli.adapters.firestore_db import close_client, doc_id, ping
+from pyloto_cli.domain.errors import BackendUnavailable
 from pyloto_cli.domain.session import Session, Turn
 
 _TURNS = "turns"
@@ -102,6 +103,8 @@ class FirestoreSessionStore:
         self, key: str, turns: Sequence[Turn], max_turns: int, meta: dict[str, str] | None = None
     ) -> Session:
         """Append `turns` in one blind batch (creating the session), then trim to `max_turns`."""
+        if max_turns < 1:
+            raise ValueError(f"max_turns must be at least 1, not {max_turns}")
         head = self._head(key)
         fields: dict[str, Any] = {"key": key, "updated_at": self._clock(), "max_turns": max_turns}
         if meta:
@@ -134,7 +137,7 @@ class FirestoreSessionStore:
     @property
     def _db(self) -> firestore.AsyncClient:
         if self._client is None:
-            raise RuntimeError("FirestoreSessionStore is not open")
+            raise BackendUnavailable("FirestoreSessionStore is not open")
         return self._client
 
     def _head(self, key: str) -> Any:

@@ -144,6 +144,7 @@ class SqliteSessionStore:
         """True if a session is stored under `key`."""
         self._check_open()
         return await self._db.run(
-            lambda conn: conn.execute("SELECT 1 FROM sessions WHERE key = ?", (key,)).fetchone()
-            is not None
+            lambda conn: (
+                conn.execute("SELECT 1 FROM sessions WHERE key = ?", (key,)).fetchone() is not None
+            )
         )

@@ -1,0 +1,177 @@
+"""The real responder: the three LLM stages on one `openai.AsyncOpenAI` client.
+
+    async with open_openai_client(settings) as client:
+        responder = OpenAIResponder(client, settings)
+        reply = await responder.respond(request)
+
+One client per process, on the SDK's aiohttp transport (`DefaultAioHttpClient`), closed on exit.
+Calls go through the client's low-level `post("/chat/completions", cast_to=ChatCompletion)`:
+the same typed result, retries and error types as `chat.completions.create()`, without its
+parameter transform (the cheapest typed path measured, see benchmarks/llm_client_cpu.py).
+Structured answers are validated by the stages (pydantic), not by the SDK.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
+from typing import Any, Final, Self
+
+import openai
+from openai import AsyncOpenAI, DefaultAioHttpClient, RequestOptions
+from openai.types.chat import ChatCompletion
+
+from pyloto_cli.adapters.llm.offline import NON_TEXT_REPLY
+from pyloto_cli.domain.reply import Reply
+from pyloto_cli.logs import get_logger, log_event
+from pyloto_cli.pipeline.breaker import CircuitBreaker
+from pyloto_cli.pipeline.stages import (
+    ChatRequest,
+    LLMCallError,
+    Prompts,
+    Stage,
+    StageContext,
+    StageGraph,
+    StageOutcome,
+    build_reply,
+    default_stages,
+    load_prompts,
+)
+from pyloto_cli.ports import ResponderRequest
+from pyloto_cli.settings import Settings
+
+CIRCUIT_OPEN: Final = "circuit_open"
+_logger = get_logger("llm")
+
+
+@contextlib.asynccontextmanager
+async def open_openai_client(settings: Settings) -> AsyncIterator[AsyncOpenAI]:
+    """The process's OpenAI client on the aiohttp transport, closed on exit.
+
+    `OPENAI_API_KEY` is required; `OPENAI_BASE_URL` points it elsewhere (a proxy, a fake).
+    Timeout and retries come from `PYLOTO_LLM_STAGE_TIMEOUT` / `PYLOTO_LLM_MAX_RETRIES`.
+    """
+    if settings.openai_api_key is None:
+        raise ValueError("OPENAI_API_KEY is required for the OpenAI responder")
+    client = AsyncOpenAI(
+        api_key=settings.openai_api_key.get_secret_value(),
+        base_url=settings.openai_base_url,
+        max_retries=settings.llm_max_retries,
+        timeout=settings.llm_stage_timeout,
+        http_client=DefaultAioHttpClient(),
+    )
+    async with client:
+        yield client
+
+
+class OpenAIChat:
+    """`ChatCall` on an AsyncOpenAI client: one chat completion, errors mapped to reasons."""
+
+    def __init__(self, client: AsyncOpenAI) -> None:
+        self._client = client
+
+    async def __call__(self, request: ChatRequest) -> str:
+        """The first choice's content; raises LLMCallError (chained to the SDK's error)."""
+        body: dict[str, Any] = {
+            "model": request.model,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        }
+        if request.schema is not None:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": request.stage, "strict": True, "schema": request.schema},
+            }
+        options: RequestOptions = {"timeout": request.timeout_s}
+        try:
+            completion = await self._client.post(
+                "/chat/completions", cast_to=ChatCompletion, body=body, options=options
+            )
+        except openai.APIError as exc:
+            raise _call_error(exc) from exc
+        return _content(completion)
+
+
+def _call_error(exc: openai.APIError) -> LLMCallError:
+    if isinstance(exc, openai.APITimeoutError):
+        return LLMCallError("timeout")
+    if isinstance(exc, openai.APIConnectionError):
+        return LLMCallError("connection")
+    if isinstance(exc, openai.APIStatusError):
+        code = exc.status_code
+        reason = "rate_limited" if code == 429 else f"http_{code}"
+        return LLMCallError(reason, service=code >= 500 or code in (408, 409, 429), code=code)
+    return LLMCallError("bad_response", service=False)
+
+
+def _content(completion: ChatCompletion) -> str:
+    choices = getattr(completion, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        raise LLMCallError("bad_response", service=False)
+    message = getattr(choices[0], "message", None)
+    if getattr(message, "refusal", None):
+        raise LLMCallError("refused", service=False)
+    content = getattr(message, "content", None)
+    if not isinstance(content, str) or not content.strip():
+        raise LLMCallError("empty_output", service=False)
+    return content
+
+
+class OpenAIResponder:
+    """`Responder` running the stage graph on OpenAI, behind a circuit breaker.
+
+    It does not own `client` (see `open_openai_client`). `stages` replaces the default graph;
+    `prompts` defaults to the shipped prompts overridden from `settings.prompts_dir`.
+    """
+
+    def __init__(
+        self,
+        client: AsyncOpenAI,
+        settings: Settings,
+        *,
+        stages: Sequence[Stage[Any]] | None = None,
+        prompts: Prompts | None = None,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
+        self._chat = OpenAIChat(client)
+        self._settings = settings
+        self._graph = StageGraph(stages if stages is not None else default_stages())
+        self._prompts = prompts if prompts is not None else load_prompts(settings.prompts_dir)
+        self.breaker = breaker or CircuitBreaker(
+            settings.llm_breaker_failures, settings.llm_breaker_cooldown
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    async def respond(self, request: ResponderRequest) -> Reply:
+        """The reply; LLM failures fall back (never raises for them)."""
+        text = request.message.text
+        if text is None or not text.strip():
+            return Reply(text=NON_TEXT_REPLY, event="other")
+        if not self.breaker.allow():
+            log_event(_logger, "llm_error", logging.WARNING, stage="all", reason=CIRCUIT_OPEN)
+            return Reply(text=self._settings.safe_reply, errors=(CIRCUIT_OPEN,))
+        ctx = StageContext(request, self._settings, self._prompts, self._chat)
+        result = await self._graph.run(
+            ctx,
+            stage_timeout=self._settings.llm_stage_timeout,
+            deadline=self._settings.llm_deadline,
+            on_outcome=self._record,
+        )
+        return build_reply(result, self._settings)
+
+    def _record(self, outcome: StageOutcome) -> None:
+        if outcome.service_failure:
+            self.breaker.record_failure()
+        else:
+            self.breaker.record_success()

@@ -1,0 +1,411 @@
+"""The queue contract: behaviour every `MessageQueue` + `QueueAdmin` adapter must show.
+
+`QueueContract` is a base class, not collected by itself; each adapter's test module
+subclasses it and provides a `make_queue` fixture: a factory of unopened adapters built with
+this suite's `clock` and `policy` (the same backing store each call, for durable adapters).
+`DurableQueueContract` adds what only a durable queue promises: data survives a reopen.
+Time is a fake clock, moved by hand: nothing here sleeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from types import TracebackType
+from typing import Protocol, Self
+
+import pytest
+
+from pyloto_cli.domain.errors import BackendUnavailable, StaleLeaseError
+from pyloto_cli.domain.task import Leased, NackOutcome, Task, TaskKind
+from pyloto_cli.pipeline.retry import RetryPolicy
+from pyloto_cli.ports import MessageQueue, QueueAdmin
+
+LEASE_S = 30.0
+START = 1_700_000_000.0
+
+
+class ContractQueue(MessageQueue, QueueAdmin, Protocol):
+    """What the suite drives: both ports, as an async context manager."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+MakeQueue = Callable[[], ContractQueue]
+
+
+class FakeClock:
+    """Epoch seconds that only move when a test says so."""
+
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def make_task(task_id: str, conversation: str = "conv-a", text: str = "hi") -> Task:
+    """A message task of `conversation` (text may hold non-ASCII, to check the payload)."""
+    item = {"from": "15550001111", "id": task_id, "type": "text", "text": {"body": text}}
+    return Task(
+        task_id=task_id,
+        kind=TaskKind.MESSAGE,
+        conversation_key=conversation,
+        phone_number_id="100000000000001",
+        received_at=START - 5,
+        item=item,
+        value={"messaging_product": "whatsapp", "messages": [item]},
+    )
+
+
+def ids(leases: list[Leased]) -> list[str]:
+    """The task ids of `leases`, in order."""
+    return [lease.task.task_id for lease in leases]
+
+
+class QueueContract:
+    """Behaviour shared by every queue adapter."""
+
+    @pytest.fixture
+    def clock(self) -> FakeClock:
+        return FakeClock()
+
+    @pytest.fixture
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(base_s=10.0, cap_s=100.0, jitter=0.0, max_attempts=3)
+
+    @pytest.fixture
+    async def queue(self, make_queue: MakeQueue) -> AsyncIterator[ContractQueue]:
+        async with make_queue() as queue:
+            yield queue
+
+    # --- enqueue -----------------------------------------------------------------------------
+
+    async def test_lease_on_empty_queue_returns_nothing(self, queue: ContractQueue) -> None:
+        """Nothing queued, nothing leased."""
+        assert await queue.lease(10, LEASE_S) == []
+
+    async def test_task_round_trips_with_its_payload(self, queue: ContractQueue) -> None:
+        """The leased task equals the enqueued one, non-ASCII text included."""
+        task = make_task("wamid.1", text="olá, ção 👋")
+        assert (await queue.enqueue([task])).enqueued == ("wamid.1",)
+        [lease] = await queue.lease(1, LEASE_S)
+        assert lease.task == task
+
+    async def test_batch_enqueue_reports_duplicates(self, queue: ContractQueue) -> None:
+        """Ids already live (or repeated in the batch) are duplicates and stored once."""
+        await queue.enqueue([make_task("a", "c1"), make_task("b", "c2")])
+        result = await queue.enqueue([make_task("a", "c1"), make_task("c", "c3"), make_task("c")])
+        assert result.enqueued == ("c",)
+        assert result.duplicates == ("a", "c")
+        assert sorted(ids(await queue.lease(10, LEASE_S))) == ["a", "b", "c"]
+
+    async def test_leased_retrying_and_dead_ids_are_duplicates(
+        self, queue: ContractQueue, clock: FakeClock
+    ) -> None:
+        """A task id is refused while leased, waiting for a retry, or dead."""
+        await queue.enqueue([make_task("leased", "c1"), make_task("retry", "c2")])
+        await queue.enqueue([make_task("dead", "c3")])
+        by_id = {lease.task.task_id: lease for lease in await queue.lease(10, LEASE_S)}
+        await queue.nack(by_id["retry"], "boom", delay_s=60)
+        await queue.dead_letter(by_id["dead"], "bad")
+        again = [make_task("leased", "c1"), make_task("retry", "c2"), make_task("dead", "c3")]
+        result = await queue.enqueue(again)
+        assert result.enqueued == ()
+        assert result.duplicates == ("leased", "retry", "dead")
+        assert (await queue.stats()).depth == 2
+
+    # --- order -------------------------------------------------------------------------------
+
+    async def test_tasks_are_leased_in_fifo_order(self, queue: ContractQueue) -> None:
+        """Oldest first, up to max_items."""
+        await queue.enqueue([make_task(f"t{i}", f"c{i}") for i in range(5)])
+        assert ids(await queue.lease(2, LEASE_S)) == ["t0", "t1"]
+        assert ids(await queue.lease(10, LEASE_S)) == ["t2", "t3", "t4"]
+        assert await queue.lease(10, LEASE_S) == []
+
+    async def test_later_message_waits_until_the_first_is_acked(self, queue: ContractQueue) -> None:
+        """A conversation's second task is not leased while its first is leased."""
+        await queue.enqueue([make_task("m1", "c1"), make_task("m2", "c1")])
+        [first] = await queue.lease(10, LEASE_S)
+        assert first.task.task_id == "m1"
+        assert await queue.lease(10, LEASE_S) == []
+        await queue.ack(first)
+        assert ids(await queue.lease(10, LEASE_S)) == ["m2"]
+
+    async def test_different_conversations_are_leased_together(self, queue: ContractQueue) -> None:
+        """One task per conversation at a time, conversations side by side."""
+        await queue.enqueue(
+            [make_task("a1", "a"), make_task("a2", "a"), make_task("b1", "b"), make_task("c1", "c")]
+        )
+        assert ids(await queue.lease(10, LEASE_S)) == ["a1", "b1", "c1"]
+
+    async def test_dead_lettered_head_releases_its_conversation(self, queue: ContractQueue) -> None:
+        """After a dead letter, the conversation's next task is leasable."""
+        await queue.enqueue([make_task("m1", "c1"), make_task("m2", "c1")])
+        [first] = await queue.lease(10, LEASE_S)
+        await queue.dead_letter(first, "unsupported")
+        assert ids(await queue.lease(10, LEASE_S)) == ["m2"]
+
+    # --- leases ------------------------------------------------------------------------------
+
+    async def test_first_lease_is_attempt_one_with_a_fresh_token(
+        self, queue: ContractQueue, clock: FakeClock
+    ) -> None:
+        """attempt=1, expiry = now + lease_s, distinct tokens, no error yet."""
+        await queue.enqueue([make_task("a", "c1"), make_task("b", "c2")])
+        first, second = await queue.lease(10, LEASE_S)
+        assert (first.attempt, first.expires_at, first.last_error) == (1, clock.now + LEASE_S, None)
+        assert first.token != second.token
+
+    async def test_expired_lease_is_taken_again_and_old_token_refused(
+        self, queue: ContractQueue, clock: FakeClock
+    ) -> None:
+        """A worker that died: the task comes back as attempt 2, the old ack is refused."""
+        await queue.enqueue([make_task("m1", "c1"), make_task("m2", "c1")])
+        [old] = await queue.lease(10, LEASE_S)
+        clock.advance(LEASE_S - 1)
+        assert await queue.lease(10, LEASE_S) == []
+        clock.advance(2)
+        [new] = await queue.lease(10, LEASE_S)
+        assert (new.task.task_id, new.attempt) == ("m1", 2)
+        assert new.token != old.token
+        with pytest.raises(StaleLeaseError):
+            await queue.ack(old)
+        with pytest.raises(StaleLeaseError):
+            await queue.renew(old, LEASE_S)
+        await queue.ack(new)
+        assert ids(await queue.lease(10, LEASE_S)) == ["m2"]
+
+    async def test_renewed_lease_is_not_taken_again(
+        self, queue: ContractQueue, clock: FakeClock
+    ) -> None:
+        """Renewal moves the expiry from now; the task stays with its worker."""
+        await queue.enqueue([make_task("m1", "c1")])
+        [lease] = await queue.lease(1, LEASE_S)
+        clock.advance(LEASE_S - 5)
+        renewed = await queue.renew(lease, LEASE_S)
+        assert renewed.expires_at == clock.now + LEASE_S
+        assert (renewed.token, renewed.attempt) == (lease.token, lease.attempt)
+        clock.advance(10)
+        assert await queue.lease(1, LEASE_S) == []
+        await queue.ack(renewed)
+        assert (await queue.stats()).depth == 0
+
+    async def test_ack_twice_is_refused(self, queue: ContractQueue) -> None:
+        """An acked lease is stale: ack, nack, renew and dead_letter refuse it."""
+        await queue.enqueue([make_task("m1", "c1")])
+        [lease] = await queue.lease(1, LEASE_S)
+        await queue.ack(lease)
+        with pytest.raises(StaleLeaseError):
+            await queue.ack(lease)
+        with pytest.raises(StaleLeaseError):
+            await queue.nack(lease, "late")
+        with pytest.raises(StaleLeaseError):
+            await queue.renew(lease, LEASE_S)
+        with pytest.raises(StaleLeaseError):
+            await queue.dead_letter(lease, "late")
+
+    async def test_expired_lease_nobody_took_can_still_be_acked(
+        self, queue: ContractQueue, clock: FakeClock
+    ) -> None:
+        """Expiry only makes a task leasable: a late ack with the current token succeeds."""
+        await queue.enqueue([make_task("m1", "c1")])
+        [lease] = await queue.lease(1, LEASE_S)
+        clock.advance(LEASE_S * 2)
+        await queue.ack(lease)
+        assert await queue.lease(1, LEASE_S) == []
+
+    # --- retries and dead letters ------------------------------------------------------------
+
+    async def test_nack_delay_hides_task_until_it_passes(
+        self, queue: ContractQueue, clock: FakeClock
+    ) -> None:
+        """A nacked task comes back after delay_s, as the next attempt, with its error."""
+        await queue.enqueue([make_task("m1", "c1")])
+        [lease] = await queue.lease(1, LEASE_S)
+        assert await queue.nack(lease, "llm timeout", delay_s=60) is NackOutcome.RETRY
+        clock.advance(59)
+        assert await queue.lease(1, LEASE_S) == []
+        clock.advance(1)
+        [again] = await queue.lease(1, LEASE_S)
+        assert (again.attempt, again.last_error) == (2, "llm timeout")
+
+    async def test_nack_without_delay_uses_the_policy(
+        self, queue: ContractQueue, clock: FakeClock, policy: RetryPolicy
+    ) -> None:
+        """No delay given: the policy's backoff for that attempt."""
+        await queue.enqueue([make_task("m1", "c1")])
+        [lease] = await queue.lease(1, LEASE_S)
+        await queue.nack(lease, "429")
+        clock.advance(policy.delay(1) - 0.5)
+        assert await queue.lease(1, LEASE_S) == []
+        clock.advance(0.5)
+        assert ids(await queue.lease(1, LEASE_S)) == ["m1"]
+
+    async def test_nacked_task_keeps_blocking_its_conversation(
+        self, queue: ContractQueue, clock: FakeClock
+    ) -> None:
+        """Waiting for a retry, the head still holds back later messages; others run."""
+        await queue.enqueue([make_task("m1", "c1"), make_task("m2", "c1"), make_task("x1", "c2")])
+        first, other = await queue.lease(10, LEASE_S)
+        await queue.nack(first, "boom", delay_s=60)
+        await queue.ack(other)
+        assert await queue.lease(10, LEASE_S) == []
+        clock.advance(60)
+        [retry] = await queue.lease(10, LEASE_S)
+        assert retry.task.task_id == "m1"
+        await queue.ack(retry)
+        assert ids(await queue.lease(10, LEASE_S)) == ["m2"]
+
+    async def test_nack_after_max_attempts_dead_letters(
+        self, queue: ContractQueue, clock: FakeClock
+    ) -> None:
+        """The policy's last attempt ends in a dead letter with the error and attempt count."""
+        task = make_task("m1", "c1")
+        await queue.enqueue([task, make_task("m2", "c1")])
+        outcomes = []
+        for _ in range(3):
+            [lease] = await queue.lease(1, LEASE_S)
+            assert lease.task.task_id == "m1"
+            outcomes.append(await queue.nack(lease, f"fail {lease.attempt}", delay_s=0))
+        assert outcomes == [NackOutcome.RETRY, NackOutcome.RETRY, NackOutcome.DEAD]
+        [dead] = await queue.dead_letters()
+        assert (dead.task, dead.error, dead.attempts, dead.dead_at) == (
+            task,
+            "fail 3",
+            3,
+            clock.now,
+        )
+        assert ids(await queue.lease(1, LEASE_S)) == ["m2"]
+
+    async def test_dead_letter_now_keeps_payload_error_and_attempts(
+        self, queue: ContractQueue, clock: FakeClock
+    ) -> None:
+        """A permanent failure dead-letters at once."""
+        task = make_task("m1", "c1", text="ünïcode")
+        await queue.enqueue([task])
+        [lease] = await queue.lease(1, LEASE_S)
+        await queue.nack(lease, "first", delay_s=0)
+        [lease] = await queue.lease(1, LEASE_S)
+        await queue.dead_letter(lease, "graph 131047")
+        [dead] = await queue.dead_letters()
+        assert (dead.task, dead.error, dead.attempts) == (task, "graph 131047", 2)
+        assert (await queue.stats()).depth == 0
+
+    async def test_dead_letters_are_listed_oldest_first_up_to_limit(
+        self, queue: ContractQueue, clock: FakeClock
+    ) -> None:
+        """`dead_letters(limit)` returns the oldest ones."""
+        await queue.enqueue([make_task(f"t{i}", f"c{i}") for i in range(3)])
+        for lease in reversed(await queue.lease(10, LEASE_S)):
+            await queue.dead_letter(lease, "bad")
+            clock.advance(1)
+        assert [d.task.task_id for d in await queue.dead_letters(2)] == ["t2", "t1"]
+
+    async def test_requeue_dead_by_id_resets_attempts(self, queue: ContractQueue) -> None:
+        """Requeued dead letters come back as attempt 1, behind their conversation's tasks."""
+        await queue.enqueue([make_task("m1", "c1"), make_task("x1", "c2")])
+        for lease in await queue.lease(10, LEASE_S):
+            await queue.dead_letter(lease, "bad")
+        await queue.enqueue([make_task("m2", "c1")])
+        assert await queue.requeue_dead(["m1", "missing"]) == 1
+        assert [d.task.task_id for d in await queue.dead_letters()] == ["x1"]
+        [lease] = await queue.lease(10, LEASE_S)
+        assert lease.task.task_id == "m2"
+        await queue.ack(lease)
+        [requeued] = await queue.lease(10, LEASE_S)
+        assert (requeued.task.task_id, requeued.attempt) == ("m1", 1)
+
+    async def test_requeue_all_and_purge_dead(self, queue: ContractQueue) -> None:
+        """None requeues every dead letter; purge deletes the rest."""
+        await queue.enqueue([make_task(f"t{i}", f"c{i}") for i in range(3)])
+        for lease in await queue.lease(10, LEASE_S):
+            await queue.dead_letter(lease, "bad")
+        assert await queue.requeue_dead() == 3
+        assert (await queue.stats()).dead == 0
+        for lease in await queue.lease(10, LEASE_S):
+            await queue.dead_letter(lease, "bad again")
+        assert await queue.purge_dead() == 3
+        assert await queue.dead_letters() == []
+        assert await queue.purge_dead() == 0
+        assert (await queue.enqueue([make_task("t0", "c0")])).enqueued == ("t0",)
+
+    # --- admin and lifecycle -----------------------------------------------------------------
+
+    async def test_stats_count_each_state(self, queue: ContractQueue, clock: FakeClock) -> None:
+        """ready, leased, retrying (tried before or delayed), dead, and the oldest age."""
+        assert (await queue.stats()).depth == 0
+        assert (await queue.stats()).oldest_age_s is None
+        await queue.enqueue([make_task(f"t{i}", f"c{i}") for i in range(4)])
+        clock.advance(7)
+        await queue.enqueue([make_task("t4", "c0")])
+        leased = await queue.lease(3, LEASE_S)
+        await queue.nack(leased[1], "later", delay_s=60)
+        await queue.dead_letter(leased[2], "bad")
+        stats = await queue.stats()
+        assert (stats.ready, stats.leased, stats.retrying, stats.dead) == (2, 1, 1, 1)
+        assert stats.oldest_age_s == pytest.approx(7.0)
+        clock.advance(LEASE_S)
+        stats = await queue.stats()
+        assert (stats.ready, stats.leased, stats.retrying) == (2, 0, 2)
+
+    async def test_use_after_close_fails_loudly(self, make_queue: MakeQueue) -> None:
+        """A closed queue raises instead of silently dropping work."""
+        async with make_queue() as queue:
+            pass
+        with pytest.raises(BackendUnavailable):
+            await queue.enqueue([make_task("m1")])
+        with pytest.raises(BackendUnavailable):
+            await queue.lease(1, LEASE_S)
+
+
+class DurableQueueContract(QueueContract):
+    """What a durable queue adds: tasks, leases and dead letters survive close and reopen."""
+
+    async def test_tasks_and_dead_letters_survive_reopen(
+        self, make_queue: MakeQueue, clock: FakeClock
+    ) -> None:
+        """Ready, retrying and dead tasks are all there after a restart."""
+        async with make_queue() as queue:
+            await queue.enqueue([make_task("m1", "c1"), make_task("m2", "c1")])
+            await queue.enqueue([make_task("x1", "c2")])
+            first, other = await queue.lease(10, LEASE_S)
+            await queue.nack(first, "boom", delay_s=5)
+            await queue.dead_letter(other, "bad")
+        clock.advance(5)
+        async with make_queue() as queue:
+            stats = await queue.stats()
+            assert (stats.ready, stats.retrying, stats.dead) == (1, 1, 1)
+            [dead] = await queue.dead_letters()
+            assert (dead.task, dead.error) == (make_task("x1", "c2"), "bad")
+            [lease] = await queue.lease(10, LEASE_S)
+            assert (lease.task, lease.attempt, lease.last_error) == (
+                make_task("m1", "c1"),
+                2,
+                "boom",
+            )
+
+    async def test_lease_of_a_crashed_worker_expires_after_reopen(
+        self, make_queue: MakeQueue, clock: FakeClock
+    ) -> None:
+        """A lease held at shutdown still blocks until it expires, then the task returns."""
+        async with make_queue() as queue:
+            await queue.enqueue([make_task("m1", "c1")])
+            [lost] = await queue.lease(1, LEASE_S)
+        async with make_queue() as queue:
+            assert await queue.lease(1, LEASE_S) == []
+            clock.advance(LEASE_S)
+            [lease] = await queue.lease(1, LEASE_S)
+            assert (lease.task.task_id, lease.attempt) == ("m1", 2)
+            with pytest.raises(StaleLeaseError):
+                await queue.ack(lost)

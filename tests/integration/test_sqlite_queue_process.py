@@ -1,0 +1,165 @@
+"""The SQLite queue shared with a real second process, and its group commit.
+
+Process B is the project's Python running a few lines that lease from the same file. The
+ordering and lease rules live in SQL (under BEGIN IMMEDIATE), so they hold across processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from pyloto_cli.adapters.queue.sqlite import SqliteMessageQueue
+from pyloto_cli.domain.errors import StaleLeaseError
+from pyloto_cli.domain.task import Leased
+from pyloto_cli.pipeline.retry import RetryPolicy
+from tests.contract.queue_contract import FakeClock, ids, make_task
+
+LEASE_S = 30.0
+DEADLINE_S = 20.0
+
+# Process B: lease what it can, print [[task_id, token, attempt], ...]; with "hold", keep the
+# leases (never ack) until it is killed.
+LEASER = """
+import asyncio, json, sys
+from pyloto_cli.adapters.queue.sqlite import SqliteMessageQueue
+from pyloto_cli.pipeline.retry import RetryPolicy
+
+async def main(path: str, hold: bool) -> None:
+    async with SqliteMessageQueue(path, RetryPolicy()) as queue:
+        leases = await queue.lease(10, 30.0)
+        print(json.dumps([[l.task.task_id, l.token, l.attempt] for l in leases]), flush=True)
+        if hold:
+            sys.stdin.readline()
+
+asyncio.run(main(sys.argv[1], sys.argv[2] == "hold"))
+"""
+
+
+async def lease_in_other_process(path: Path) -> list[list[str]]:
+    """Run process B once (it exits holding its leases); what it leased."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        LEASER,
+        str(path),
+        "once",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), DEADLINE_S)
+    if proc.returncode != 0:
+        pytest.fail(f"process B failed ({proc.returncode}): {err.decode()}")
+    leased: list[list[str]] = json.loads(out)
+    return leased
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(time.time())  # real time, shared with process B, moved on by hand
+
+
+@pytest.fixture
+async def queue(tmp_path: Path, clock: FakeClock) -> AsyncIterator[SqliteMessageQueue]:
+    async with SqliteMessageQueue(tmp_path / "queue.db", RetryPolicy(), clock=clock) as queue:
+        yield queue
+
+
+async def test_other_process_waits_for_a_held_conversation_but_takes_others(
+    queue: SqliteMessageQueue,
+) -> None:
+    """While A leases c1's first task, B gets c2 but not c1's next; after A's ack, B gets it."""
+    await queue.enqueue([make_task("c1-m1", "c1"), make_task("c1-m2", "c1")])
+    await queue.enqueue([make_task("c2-m1", "c2")])
+    [held] = await queue.lease(1, LEASE_S)
+    assert held.task.task_id == "c1-m1"
+    assert [row[0] for row in await lease_in_other_process(queue.path)] == ["c2-m1"]
+    assert [row[0] for row in await lease_in_other_process(queue.path)] == []
+    await queue.ack(held)
+    assert [row[0] for row in await lease_in_other_process(queue.path)] == ["c1-m2"]
+    assert await queue.lease(10, LEASE_S) == []  # B still holds both of its leases
+
+
+async def test_lease_of_a_killed_process_returns_after_expiry(
+    queue: SqliteMessageQueue, clock: FakeClock
+) -> None:
+    """kill -9 while B holds a lease: A cannot take it until it expires, then B's token is dead."""
+    await queue.enqueue([make_task("m1", "c1")])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        LEASER,
+        str(queue.path),
+        "hold",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), DEADLINE_S)
+        [[task_id, token, attempt]] = json.loads(line)
+        assert (task_id, attempt) == ("m1", 1)
+        assert await queue.lease(10, LEASE_S) == []
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    assert await queue.lease(10, LEASE_S) == []  # killed, but its lease has not expired yet
+    clock.advance(LEASE_S + 1)
+    [lease] = await queue.lease(10, LEASE_S)
+    assert (lease.task.task_id, lease.attempt) == ("m1", 2)
+    with pytest.raises(StaleLeaseError):
+        await queue.ack(Leased(lease.task, token, 1, 0.0))
+    await queue.ack(lease)
+
+
+async def test_concurrent_enqueues_share_a_commit(queue: SqliteMessageQueue) -> None:
+    """50 enqueues waiting together are committed in one transaction, not 50."""
+
+    entered = threading.Event()
+
+    def hold_writer_until_all_wait(conn: sqlite3.Connection) -> None:
+        entered.set()
+        deadline = time.monotonic() + DEADLINE_S
+        while queue.db.pending < 50 and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+    before = queue.db.commits
+    gate = asyncio.ensure_future(queue.db.run(hold_writer_until_all_wait))
+    assert await asyncio.to_thread(entered.wait, DEADLINE_S)
+    results = await asyncio.gather(
+        *(queue.enqueue([make_task(f"t{i}", f"c{i}")]) for i in range(50))
+    )
+    await gate
+    assert [r.enqueued for r in results] == [(f"t{i}",) for i in range(50)]
+    assert queue.db.commits - before <= 2  # the gate's transaction and one for all 50
+    assert ids(await queue.lease(100, LEASE_S)) == [f"t{i}" for i in range(50)]
+
+
+@pytest.mark.parametrize(("synchronous", "pragma_value"), [("NORMAL", 1), ("FULL", 2)])
+async def test_file_is_wal_with_the_given_synchronous_setting(
+    tmp_path: Path, synchronous: str, pragma_value: int
+) -> None:
+    """WAL journal, and `synchronous` as configured (FULL survives power loss)."""
+    path = tmp_path / "queue.db"
+    async with SqliteMessageQueue(path, RetryPolicy(), synchronous=synchronous) as queue:
+        value = await queue.db.run(lambda c: c.execute("PRAGMA synchronous").fetchone()[0])
+        assert value == pragma_value
+        mode = await queue.db.run(lambda c: c.execute("PRAGMA journal_mode").fetchone()[0])
+        assert mode == "wal"
+
+
+def test_unknown_synchronous_setting_is_refused(tmp_path: Path) -> None:
+    """Only real pragma values reach the SQL."""
+    with pytest.raises(ValueError, match="synchronous"):
+        SqliteMessageQueue(tmp_path / "q.db", RetryPolicy(), synchronous="OFF; DROP TABLE x")

@@ -1,0 +1,360 @@
+"""The pipeline end to end on memory adapters: dedupe, order, retries, dead letters, routing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from pyloto_cli.adapters.dedupe.memory import MemoryDeduper
+from pyloto_cli.adapters.llm.offline import OfflineResponder
+from pyloto_cli.adapters.queue.memory import MemoryMessageQueue
+from pyloto_cli.adapters.sessions.memory import MemorySessionStore
+from pyloto_cli.adapters.statuses.memory import MemoryStatusStore
+from pyloto_cli.domain.errors import PermanentError, TransientError
+from pyloto_cli.domain.session import Role, Session, Turn
+from pyloto_cli.domain.task import JsonObject
+from pyloto_cli.domain.webhook import split_webhook
+from pyloto_cli.pipeline.process import Pipeline, PipelineConfig
+from pyloto_cli.pipeline.retry import RetryPolicy
+from pyloto_cli.pipeline.worker import Worker
+from pyloto_cli.ports import SendResult
+
+PNID = "900000000000002"
+
+
+@dataclass
+class RecordingSender:
+    """A Sender that records bodies and can fail on demand."""
+
+    fail_with: Callable[[int], Exception | None] = lambda n: None
+    sent: list[tuple[str, JsonObject]] = field(default_factory=list)
+    calls: int = 0
+
+    async def send(self, phone_number_id: str, body: JsonObject) -> SendResult:
+        self.calls += 1
+        error = self.fail_with(self.calls)
+        if error is not None:
+            raise error
+        self.sent.append((phone_number_id, body))
+        return SendResult(message_id=f"wamid.out.{len(self.sent)}")
+
+    async def mark_read(self, phone_number_id: str, message_id: str, typing: bool = False) -> None:
+        return None
+
+
+def message(wamid: str, text: str, *, sender: str = "15550001234", **extra: Any) -> JsonObject:
+    return {
+        "from": sender,
+        "id": wamid,
+        "timestamp": "1767225600",
+        "type": "text",
+        "text": {"body": text},
+        **extra,
+    }
+
+
+def webhook(
+    messages: Sequence[JsonObject] = (),
+    *,
+    pnid: str = PNID,
+    statuses: Sequence[JsonObject] = (),
+    contacts: Sequence[JsonObject] | None = None,
+) -> JsonObject:
+    value: JsonObject = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550000000", "phone_number_id": pnid},
+    }
+    if messages:
+        value["contacts"] = (
+            list(contacts)
+            if contacts is not None
+            else [{"profile": {"name": "Ana"}, "wa_id": "15550001234"}]
+        )
+        value["messages"] = list(messages)
+    if statuses:
+        value["statuses"] = list(statuses)
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "900000000000001", "changes": [{"field": "messages", "value": value}]}],
+    }
+
+
+@dataclass
+class Harness:
+    queue: MemoryMessageQueue
+    sessions: MemorySessionStore
+    deduper: MemoryDeduper
+    statuses: MemoryStatusStore
+    sender: RecordingSender
+    worker: Worker
+
+    async def deliver(self, payload: JsonObject) -> None:
+        await self.queue.enqueue(split_webhook(json.loads(json.dumps(payload)), 1767225600.0))
+
+    async def drain(self) -> None:
+        await self.worker.drain()
+
+
+@pytest.fixture
+def sender() -> RecordingSender:
+    return RecordingSender()
+
+
+@pytest.fixture
+async def harness(sender: RecordingSender) -> AsyncIterator[Harness]:
+    policy = RetryPolicy(base_s=0.0, cap_s=0.0, jitter=0.0, max_attempts=3)
+    async with (
+        MemoryMessageQueue(policy) as queue,
+        MemorySessionStore() as sessions,
+        MemoryDeduper() as deduper,
+        MemoryStatusStore() as statuses,
+        OfflineResponder() as responder,
+    ):
+        pipeline = Pipeline(
+            sessions=sessions,
+            deduper=deduper,
+            responder=responder,
+            sender=sender,
+            statuses=statuses,
+            config=PipelineConfig(history_turns=50),
+        )
+        worker = Worker(queue, pipeline, concurrency=8, poll_interval=0.001)
+        yield Harness(queue, sessions, deduper, statuses, sender, worker)
+
+
+def callback_ids(sender: RecordingSender) -> list[str]:
+    return [body["biz_opaque_callback_data"] for _, body in sender.sent]
+
+
+async def test_redelivered_message_gets_one_reply(harness: Harness) -> None:
+    """Meta redelivers a wamid after it was answered: the deduper skips it."""
+    payload = webhook([message("wamid.R1", "hello")])
+    await harness.deliver(payload)
+    await harness.drain()
+    await harness.deliver(payload)
+    await harness.drain()
+    assert callback_ids(harness.sender) == ["wamid.R1"]
+    assert harness.worker.stats.skipped == 1
+    assert (await harness.queue.stats()).depth == 0
+
+
+async def test_burst_of_twelve_gets_twelve_replies_in_order(harness: Harness) -> None:
+    """12 messages from one user: 12 replies in order, and a session of 24 turns in order."""
+    wamids = [f"wamid.B{i:02d}" for i in range(12)]
+    for i, wamid in enumerate(wamids):  # one POST each, as Meta usually sends them
+        await harness.deliver(webhook([message(wamid, f"message number {i}")]))
+    await harness.drain()
+    assert callback_ids(harness.sender) == wamids
+    session = await harness.sessions.load(f"{PNID}:15550001234")
+    assert session is not None
+    assert len(session.turns) == 24
+    assert [t.role for t in session.turns] == [Role.USER, Role.ASSISTANT] * 12
+    assert [t.message_id for t in session.turns[::2]] == wamids
+    assert [t.reply_to for t in session.turns[1::2]] == wamids
+    assert [t.text for t in session.turns[::2]] == [f"message number {i}" for i in range(12)]
+
+
+async def test_send_failure_is_retried_then_dead_lettered_with_reason(
+    harness: Harness, sender: RecordingSender
+) -> None:
+    """A Graph failure that never clears: retried up to max attempts, then a dead letter."""
+    sender.fail_with = lambda n: TransientError("graph 503", code=131016)
+    await harness.deliver(webhook([message("wamid.F1", "hi")]))
+    await harness.drain()
+    dead = await harness.queue.dead_letters()
+    assert [d.task.task_id for d in dead] == ["wamid.F1"]
+    assert dead[0].attempts == 3
+    assert "131016" in dead[0].error
+    assert sender.calls == 3
+    assert await harness.sessions.load(f"{PNID}:15550001234") is None
+
+
+async def test_transient_failure_then_success_sends_once(
+    harness: Harness, sender: RecordingSender
+) -> None:
+    """One failed send, then success: one reply, nothing dead."""
+    sender.fail_with = lambda n: TransientError("timeout") if n == 1 else None
+    await harness.deliver(webhook([message("wamid.T1", "hi")]))
+    await harness.drain()
+    assert callback_ids(sender) == ["wamid.T1"]
+    assert await harness.queue.dead_letters() == []
+
+
+async def test_permanent_failure_is_dead_lettered_at_once(
+    harness: Harness, sender: RecordingSender
+) -> None:
+    """131047 (outside the 24 h window) is never retried."""
+    sender.fail_with = lambda n: PermanentError("outside the 24h window", code=131047)
+    await harness.deliver(webhook([message("wamid.P1", "hi")]))
+    await harness.drain()
+    dead = await harness.queue.dead_letters()
+    assert len(dead) == 1
+    assert dead[0].attempts == 1
+    assert "131047" in dead[0].error
+    assert sender.calls == 1
+
+
+async def test_later_messages_wait_for_a_retrying_one(
+    harness: Harness, sender: RecordingSender
+) -> None:
+    """Order holds through a retry: the second message is answered after the first."""
+    sender.fail_with = lambda n: TransientError("blip") if n == 1 else None
+    await harness.deliver(webhook([message("wamid.O1", "first"), message("wamid.O2", "second")]))
+    await harness.drain()
+    assert callback_ids(sender) == ["wamid.O1", "wamid.O2"]
+
+
+async def test_multi_number_webhook_replies_from_the_receiving_number(harness: Harness) -> None:
+    """Two business numbers in one POST: each reply leaves from the number that received it."""
+    first = webhook([message("wamid.M1", "to number one")], pnid="111")
+    second = webhook([message("wamid.M2", "to number two")], pnid="222")
+    first["entry"].append(second["entry"][0])
+    await harness.deliver(first)
+    await harness.drain()
+    routed = {body["biz_opaque_callback_data"]: pnid for pnid, body in harness.sender.sent}
+    assert routed == {"wamid.M1": "111", "wamid.M2": "222"}
+
+
+async def test_status_only_webhook_is_recorded_without_reply(harness: Harness) -> None:
+    """Delivery receipts are recorded against the sent message; nobody is messaged."""
+    status = {
+        "id": "wamid.out.77",
+        "status": "failed",
+        "timestamp": "1767225700",
+        "recipient_id": "15550001234",
+        "errors": [{"code": 131026, "title": "Message undeliverable"}],
+    }
+    await harness.deliver(webhook(statuses=[status]))
+    await harness.drain()
+    assert harness.sender.sent == []
+    recorded = await harness.statuses.get("wamid.out.77")
+    assert [s.status.value for s in recorded] == ["failed"]
+    assert (await harness.queue.stats()).depth == 0
+
+
+async def test_bsuid_only_message_is_answered_to_recipient(harness: Harness) -> None:
+    """No phone number (username adopted): the reply goes to the BSUID `recipient`."""
+    bsuid = "US.13491208655302741918"
+    msg = {
+        "from": "",
+        "from_user_id": bsuid,
+        "id": "wamid.U1",
+        "timestamp": "1767225600",
+        "type": "text",
+        "text": {"body": "hello"},
+    }
+    contacts = [{"profile": {"name": "Sam"}, "wa_id": "", "user_id": bsuid}]
+    await harness.deliver(webhook([msg], contacts=contacts))
+    await harness.drain()
+    [(_, body)] = harness.sender.sent
+    assert body["recipient"] == bsuid
+    assert "to" not in body
+    assert await harness.sessions.exists(f"{PNID}:{bsuid}")
+
+
+async def test_phone_known_reply_goes_to_phone_with_plus(harness: Harness) -> None:
+    """With a phone number known, the reply goes `to` it in E.164 form."""
+    await harness.deliver(webhook([message("wamid.PH", "hello")]))
+    await harness.drain()
+    [(_, body)] = harness.sender.sent
+    assert body["to"] == "+15550001234"
+
+
+async def test_reaction_is_recorded_without_reply(harness: Harness) -> None:
+    """Reactions get no reply but are kept in the session."""
+    reaction = {
+        "from": "15550001234",
+        "id": "wamid.RX",
+        "timestamp": "1767225600",
+        "type": "reaction",
+        "reaction": {"message_id": "wamid.out.1", "emoji": "👍"},
+    }
+    await harness.deliver(webhook([reaction]))
+    await harness.drain()
+    assert harness.sender.sent == []
+    session = await harness.sessions.load(f"{PNID}:15550001234")
+    assert session is not None
+    assert [t.message_id for t in session.turns] == ["wamid.RX"]
+
+
+async def test_unknown_message_type_is_kept_and_answered_politely(harness: Harness) -> None:
+    """A type pyloto does not know yet neither crashes nor stalls the queue."""
+    odd = {
+        "from": "15550001234",
+        "id": "wamid.X1",
+        "timestamp": "1767225600",
+        "type": "hologram",
+        "hologram": {"beam": 3},
+    }
+    await harness.deliver(webhook([odd]))
+    await harness.drain()
+    assert (await harness.queue.stats()).depth == 0
+    assert await harness.queue.dead_letters() == []
+
+
+class FlakySessions(MemorySessionStore):
+    """Fails the first append: a crash between the send and the session save."""
+
+    failed = False
+
+    async def append(
+        self,
+        key: str,
+        turns: Sequence[Turn],
+        max_turns: int,
+        meta: dict[str, str] | None = None,
+    ) -> Session:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("crash after send, before save")
+        return await super().append(key, turns, max_turns, meta)
+
+
+class FlakyDeduper(MemoryDeduper):
+    """Fails the first mark_done: a crash between the session save and the done marker."""
+
+    failed = False
+
+    async def mark_done(self, key: str, ttl_s: float) -> None:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("crash after save, before done")
+        await super().mark_done(key, ttl_s)
+
+
+async def run_with(sessions: MemorySessionStore, deduper: MemoryDeduper) -> RecordingSender:
+    sender = RecordingSender()
+    policy = RetryPolicy(base_s=0.0, cap_s=0.0, jitter=0.0, max_attempts=3)
+    async with MemoryMessageQueue(policy) as queue, OfflineResponder() as responder:
+        pipeline = Pipeline(
+            sessions=sessions,
+            deduper=deduper,
+            responder=responder,
+            sender=sender,
+            statuses=MemoryStatusStore(),
+        )
+        await queue.enqueue(split_webhook(webhook([message("wamid.K1", "hi")]), 0.0))
+        await Worker(queue, pipeline, poll_interval=0.001).drain()
+        assert (await queue.stats()).depth == 0
+    return sender
+
+
+async def test_crash_between_send_and_save_resends_never_skips() -> None:
+    """The at-least-once window: the reply is sent again, and the session holds it once."""
+    sessions = FlakySessions()
+    sender = await run_with(sessions, MemoryDeduper())
+    assert callback_ids(sender) == ["wamid.K1", "wamid.K1"]
+    session = await sessions.load(f"{PNID}:15550001234")
+    assert session is not None
+    assert len(session.turns) == 2
+
+
+async def test_crash_between_save_and_done_does_not_resend() -> None:
+    """The session already records the sent reply: the retry only marks it done."""
+    sessions = MemorySessionStore()
+    sender = await run_with(sessions, FlakyDeduper())
+    assert callback_ids(sender) == ["wamid.K1"]

@@ -1,0 +1,260 @@
+"""The webhook endpoint: handshake, signature, parsing, size limit, durable-before-200."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import httpx
+import pytest
+
+from pyloto_cli.bootstrap import Runtime, open_runtime
+from pyloto_cli.domain.task import EnqueueResult, Task
+from pyloto_cli.settings import Settings
+from pyloto_cli.web.app import MAX_BODY_BYTES, create_app
+from pyloto_cli.web.signature import sign
+
+SECRET = "test-app-secret"
+
+
+def text_webhook(wamids: Sequence[str], body: str = "Olá 😊") -> dict[str, Any]:
+    """A webhook with one text message per wamid, from one user."""
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "900000000000001",
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {
+                                "display_phone_number": "15550000000",
+                                "phone_number_id": "900000000000002",
+                            },
+                            "contacts": [{"profile": {"name": "Ana"}, "wa_id": "15550001234"}],
+                            "messages": [
+                                {
+                                    "from": "15550001234",
+                                    "id": wamid,
+                                    "timestamp": "1767225600",
+                                    "type": "text",
+                                    "text": {"body": body},
+                                }
+                                for wamid in wamids
+                            ],
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def meta_bytes(payload: dict[str, Any]) -> bytes:
+    """Serialize as Meta does: escaped unicode."""
+    return json.dumps(payload, ensure_ascii=True, separators=(",", ":")).encode()
+
+
+@pytest.fixture
+async def runtime(make_settings: Callable[..., Settings]) -> AsyncIterator[Runtime]:
+    settings = make_settings(
+        queue_backend="memory", session_store_backend="memory", dedupe_backend="memory"
+    )
+    async with open_runtime(settings) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def client(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(runtime.settings, runtime)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+async def queued(runtime: Runtime) -> int:
+    assert runtime.admin is not None
+    return (await runtime.admin.stats()).depth
+
+
+async def post_signed(client: httpx.AsyncClient, body: bytes, secret: str = SECRET) -> httpx.Response:
+    return await client.post(
+        "/webhooks/whatsapp",
+        content=body,
+        headers={
+            "X-Hub-Signature-256": sign(secret.encode(), body),
+            "Content-Type": "application/json",
+        },
+    )
+
+
+class TestHandshake:
+    async def test_right_token_echoes_challenge_as_plain_text(self, client: httpx.AsyncClient):
+        """Meta's verify GET gets its challenge back, verbatim, as text/plain."""
+        response = await client.get(
+            "/webhooks/whatsapp",
+            params={
+                "hub.mode": "subscribe",
+                "hub.verify_token": "test-verify-token",
+                "hub.challenge": "1158201444",
+            },
+        )
+        assert response.status_code == 200
+        assert response.text == "1158201444"
+        assert response.headers["content-type"].startswith("text/plain")
+
+    async def test_wrong_token_is_forbidden(self, client: httpx.AsyncClient):
+        """A wrong verify token gets 403 and no challenge."""
+        response = await client.get(
+            "/webhooks/whatsapp",
+            params={"hub.mode": "subscribe", "hub.verify_token": "nope", "hub.challenge": "42"},
+        )
+        assert response.status_code == 403
+        assert "42" not in response.text
+
+    async def test_wrong_mode_is_forbidden(self, client: httpx.AsyncClient):
+        """Only hub.mode=subscribe is a handshake."""
+        response = await client.get(
+            "/webhooks/whatsapp",
+            params={"hub.mode": "unsubscribe", "hub.verify_token": "test-verify-token"},
+        )
+        assert response.status_code == 403
+
+
+class TestWebhookPost:
+    async def test_signed_webhook_is_stored_before_200(
+        self, client: httpx.AsyncClient, runtime: Runtime
+    ):
+        """Three messages in one POST become three stored tasks by the time 200 arrives."""
+        body = meta_bytes(text_webhook(["wamid.A1", "wamid.A2", "wamid.A3"]))
+        response = await post_signed(client, body)
+        assert response.status_code == 200
+        assert await queued(runtime) == 3
+
+    async def test_unicode_body_signed_as_sent_is_accepted(
+        self, client: httpx.AsyncClient, runtime: Runtime
+    ):
+        """Accents, emoji and Arabic in Meta's escaped form pass the signature check."""
+        body = meta_bytes(text_webhook(["wamid.U1"], body="Olá, preço? 😊 مرحبا"))
+        assert b"\\u" in body
+        assert (await post_signed(client, body)).status_code == 200
+        assert await queued(runtime) == 1
+
+    async def test_bad_signature_is_rejected_and_nothing_enqueued(
+        self, client: httpx.AsyncClient, runtime: Runtime
+    ):
+        """A signature made with another secret: 401, queue untouched."""
+        body = meta_bytes(text_webhook(["wamid.B1"]))
+        response = await post_signed(client, body, secret="someone-else")
+        assert response.status_code in (401, 403)
+        assert await queued(runtime) == 0
+
+    async def test_missing_signature_is_rejected_and_nothing_enqueued(
+        self, client: httpx.AsyncClient, runtime: Runtime
+    ):
+        """No X-Hub-Signature-256: 401, queue untouched."""
+        body = meta_bytes(text_webhook(["wamid.B2"]))
+        response = await client.post("/webhooks/whatsapp", content=body)
+        assert response.status_code in (401, 403)
+        assert await queued(runtime) == 0
+
+    async def test_reserialized_body_is_rejected(
+        self, client: httpx.AsyncClient, runtime: Runtime
+    ):
+        """A proxy that re-dumps the JSON breaks the signature: rejected, not half-accepted."""
+        original = meta_bytes(text_webhook(["wamid.R1"], body="preço 😊"))
+        redumped = json.dumps(json.loads(original), ensure_ascii=False).encode()
+        response = await client.post(
+            "/webhooks/whatsapp",
+            content=redumped,
+            headers={"X-Hub-Signature-256": sign(SECRET.encode(), original)},
+        )
+        assert response.status_code in (401, 403)
+        assert await queued(runtime) == 0
+
+    async def test_malformed_json_with_valid_signature_is_400(
+        self, client: httpx.AsyncClient, runtime: Runtime
+    ):
+        """Signed garbage: 400 with a reason, nothing enqueued."""
+        response = await post_signed(client, b'{"object": "whatsapp_business_account", "entry": [')
+        assert response.status_code == 400
+        assert "JSON" in response.text
+        assert await queued(runtime) == 0
+
+    async def test_json_that_is_not_a_webhook_is_400(
+        self, client: httpx.AsyncClient, runtime: Runtime
+    ):
+        """Valid JSON of the wrong shape is a clear 400 too."""
+        response = await post_signed(client, b"[1, 2, 3]")
+        assert response.status_code == 400
+        assert await queued(runtime) == 0
+
+    async def test_oversized_body_is_413(self, client: httpx.AsyncClient, runtime: Runtime):
+        """Over 3 MiB by Content-Length: 413."""
+        body = b"x" * (MAX_BODY_BYTES + 1)
+        response = await post_signed(client, body)
+        assert response.status_code == 413
+        assert await queued(runtime) == 0
+
+    async def test_oversized_chunked_body_is_413_without_reading_it_all(
+        self, client: httpx.AsyncClient, runtime: Runtime
+    ):
+        """A chunked body (no Content-Length) is cut off once it passes 3 MiB."""
+        sent = 0
+        chunk = b"y" * 65536
+
+        async def chunks() -> AsyncIterator[bytes]:
+            nonlocal sent
+            for _ in range(200):  # 12.5 MiB if read to the end
+                sent += len(chunk)
+                yield chunk
+
+        response = await client.post(
+            "/webhooks/whatsapp",
+            content=chunks(),
+            headers={"X-Hub-Signature-256": "sha256=" + "0" * 64},
+        )
+        assert response.status_code == 413
+        assert sent < 200 * len(chunk)
+        assert await queued(runtime) == 0
+
+    async def test_store_failure_answers_503_never_200(
+        self, client: httpx.AsyncClient, runtime: Runtime
+    ):
+        """If the queue cannot commit, Meta gets 503 so that it retries."""
+
+        class BrokenSink:
+            async def enqueue(self, tasks: Sequence[Task]) -> EnqueueResult:
+                raise OSError("disk full")
+
+        client_app = create_app(runtime.settings, dataclasses.replace(runtime, sink=BrokenSink()))
+        transport = httpx.ASGITransport(app=client_app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as broken:
+            response = await post_signed(broken, meta_bytes(text_webhook(["wamid.D1"])))
+        assert response.status_code == 503
+
+    async def test_redelivered_webhook_is_not_stored_twice(
+        self, client: httpx.AsyncClient, runtime: Runtime
+    ):
+        """Meta's redelivery of the same wamids gets 200 and adds nothing."""
+        body = meta_bytes(text_webhook(["wamid.C1", "wamid.C2"]))
+        assert (await post_signed(client, body)).status_code == 200
+        assert (await post_signed(client, body)).status_code == 200
+        assert await queued(runtime) == 2
+
+
+class TestHealth:
+    async def test_healthz(self, client: httpx.AsyncClient):
+        """Liveness answers."""
+        assert (await client.get("/healthz")).status_code == 200
+
+    async def test_readyz_reports_queue(self, client: httpx.AsyncClient):
+        """Readiness touches the queue and stores."""
+        response = await client.get("/readyz")
+        assert response.status_code == 200
+        assert response.json()["ready"] is True
+        assert response.json()["queue"]["backend"] == "memory"
