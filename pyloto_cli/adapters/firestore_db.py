@@ -37,7 +37,7 @@ def firestore_address(client: firestore.AsyncClient) -> str:
 
 async def close_client(client: firestore.AsyncClient) -> None:
     """Close the client's HTTP session and its grpc.aio channel (`close()` alone leaves it)."""
-    client.close()
+    client.close()  # type: ignore[no-untyped-call]
     api = getattr(client, "_firestore_api_internal", None)
     if api is not None:
         await api.transport.close()
@@ -46,8 +46,8 @@ async def close_client(client: firestore.AsyncClient) -> None:
 async def ping(client: firestore.AsyncClient, collection: str) -> None:
     """One cheap read; raises BackendUnavailable naming the address when it fails."""
     try:
-        await client.collection(collection).document("_ping").get(
-            retry=None, timeout=_PING_TIMEOUT_S
+        await (
+            client.collection(collection).document("_ping").get(retry=None, timeout=_PING_TIMEOUT_S)
         )
     except gexc.GoogleAPICallError as exc:
         raise BackendUnavailable(
@@ -79,8 +79,7 @@ class FirestoreDatabase:
             client = firestore.AsyncClient(project=self.project, database=self.database)
         except DefaultCredentialsError as exc:
             raise BackendUnavailable(
-                "Firestore needs GOOGLE_CLOUD_PROJECT (or Application Default Credentials): "
-                f"{exc}"
+                f"Firestore needs GOOGLE_CLOUD_PROJECT (or Application Default Credentials): {exc}"
             ) from exc
         try:
             await ping(client, "pyloto_ping")

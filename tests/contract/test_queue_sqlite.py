@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from pyloto_cli.adapters.queue.sqlite import SqliteMessageQueue
+from pyloto_cli.adapters.sqlite_db import SqliteDatabase
 from pyloto_cli.pipeline.retry import RetryPolicy
 from tests.contract.queue_contract import (
     ContractQueue,
@@ -25,3 +27,29 @@ class TestSqliteQueue(DurableQueueContract):
             return SqliteMessageQueue(tmp_path / "queue.db", policy, clock=clock)
 
         return make
+
+
+class TestSqliteQueueOnSharedDatabase(DurableQueueContract):
+    """The queue on a `SqliteDatabase` it does not own (one file and writer for all stores)."""
+
+    @pytest.fixture
+    async def database(self, tmp_path: Path) -> AsyncIterator[SqliteDatabase]:
+        async with SqliteDatabase(tmp_path / "pyloto.db") as database:
+            yield database
+
+    @pytest.fixture
+    def make_queue(
+        self, policy: RetryPolicy, clock: FakeClock, database: SqliteDatabase
+    ) -> MakeQueue:
+        def make() -> ContractQueue:
+            return SqliteMessageQueue(database, policy, clock=clock)
+
+        return make
+
+    async def test_closing_the_queue_leaves_the_shared_database_open(
+        self, make_queue: MakeQueue, database: SqliteDatabase
+    ) -> None:
+        """The caller owns a shared database; the queue's close does not end it."""
+        async with make_queue():
+            pass
+        assert await database.run(lambda conn: conn.execute("SELECT 1").fetchone()[0]) == 1

@@ -28,10 +28,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
-from pyloto_cli.adapters.sqlite_db import SqliteDatabase
-from pyloto_cli.domain.errors import StaleLeaseError
+from pyloto_cli.adapters.sqlite_db import Operation, SqliteDatabase
+from pyloto_cli.domain.errors import BackendUnavailable, StaleLeaseError
 from pyloto_cli.domain.task import (
     DeadLetter,
     EnqueueResult,
@@ -45,9 +45,11 @@ from pyloto_cli.pipeline.retry import RetryPolicy
 
 _log = get_logger("queue.sqlite")
 
+T = TypeVar("T")
+
 _SYNCHRONOUS = frozenset({"NORMAL", "FULL", "EXTRA"})
 
-SCHEMA = (
+_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS queue_tasks (
         seq INTEGER PRIMARY KEY,
         task_id TEXT NOT NULL UNIQUE,
@@ -120,9 +122,13 @@ def _enqueue(conn: sqlite3.Connection, tasks: Sequence[Task], now: float) -> Enq
     return EnqueueResult(enqueued=tuple(enqueued), duplicates=tuple(duplicates))
 
 
-def _lease(conn: sqlite3.Connection, limit: int, lease_s: float, now: float) -> list[Leased]:
+def _lease(
+    conn: sqlite3.Connection, limit: int, lease_s: float, now: float
+) -> tuple[list[Leased], list[Leased]]:
+    """The new leases, and those of them taken over from an expired lease."""
     rows = conn.execute(_LEASABLE, {"now": now, "limit": limit}).fetchall()
     leased: list[Leased] = []
+    retaken: list[Leased] = []
     for row in rows:
         token = secrets.token_hex(16)
         attempt = row["attempts"] + 1
@@ -130,17 +136,11 @@ def _lease(conn: sqlite3.Connection, limit: int, lease_s: float, now: float) -> 
             "UPDATE queue_tasks SET attempts = ?, lease_token = ?, lease_expires = ? WHERE seq = ?",
             (attempt, token, now + lease_s, row["seq"]),
         )
-        if row["lease_token"] is not None:
-            log_event(
-                _log,
-                "queue_lease_expired",
-                logging.WARNING,
-                task_id=row["task_id"],
-                attempt=attempt,
-            )
         task = Task.from_json(row["payload"])
         leased.append(Leased(task, token, attempt, now + lease_s, row["last_error"]))
-    return leased
+        if row["lease_token"] is not None:
+            retaken.append(leased[-1])
+    return leased, retaken
 
 
 def _owned(conn: sqlite3.Connection, lease: Leased) -> sqlite3.Row:
@@ -185,6 +185,11 @@ def _requeue(conn: sqlite3.Connection, task_ids: Sequence[str] | None, now: floa
     return count
 
 
+def _create_schema(conn: sqlite3.Connection) -> None:
+    for statement in _SCHEMA:
+        conn.execute(statement)
+
+
 def _stats(conn: sqlite3.Connection, now: float) -> tuple[int, int, int, float | None, int]:
     leased, retrying, live, oldest = conn.execute(_STATS, {"now": now}).fetchone()
     (dead,) = conn.execute("SELECT COUNT(*) FROM queue_dead").fetchone()
@@ -192,21 +197,31 @@ def _stats(conn: sqlite3.Connection, now: float) -> tuple[int, int, int, float |
 
 
 class SqliteMessageQueue:
-    """`MessageQueue` + `QueueAdmin` on one SQLite file, safe to share between processes."""
+    """`MessageQueue` + `QueueAdmin` on one SQLite file, safe to share between processes.
+
+    `source` is a path (the queue opens and closes its own `SqliteDatabase` with
+    `synchronous`, NORMAL or FULL) or an open `SqliteDatabase` shared with other adapters
+    (its own `synchronous` applies, and the caller closes it). `clock` gives epoch seconds.
+    """
 
     def __init__(
         self,
-        path: Path | str,
+        source: Path | str | SqliteDatabase,
         policy: RetryPolicy,
         *,
         clock: Callable[[], float] = time.time,
         synchronous: str = "NORMAL",
     ) -> None:
-        if synchronous.upper() not in _SYNCHRONOUS:
-            raise ValueError(f"synchronous must be one of {sorted(_SYNCHRONOUS)}: {synchronous!r}")
         self._policy = policy
         self._clock = clock
-        self.db = SqliteDatabase(path, synchronous=synchronous.upper(), schema=SCHEMA)
+        self._owns_db = not isinstance(source, SqliteDatabase)
+        if isinstance(source, SqliteDatabase):
+            self.db = source
+        elif synchronous.upper() in _SYNCHRONOUS:
+            self.db = SqliteDatabase(source, synchronous=synchronous.upper())
+        else:
+            raise ValueError(f"synchronous must be one of {sorted(_SYNCHRONOUS)}: {synchronous!r}")
+        self._open = False
 
     @property
     def path(self) -> Path:
@@ -214,7 +229,15 @@ class SqliteMessageQueue:
         return self.db.path
 
     async def __aenter__(self) -> Self:
-        await self.db.__aenter__()
+        if self._owns_db:
+            await self.db.__aenter__()
+        try:
+            await self.db.run(_create_schema)
+        except BaseException:
+            if self._owns_db:
+                await self.db.close()
+            raise
+        self._open = True
         log_event(_log, "queue_opened", logging.DEBUG, backend="sqlite", path=str(self.path))
         return self
 
@@ -227,22 +250,38 @@ class SqliteMessageQueue:
         await self.close()
 
     async def close(self) -> None:
-        """Finish queued writes and close the file; later calls raise BackendUnavailable."""
-        await self.db.close()
+        """Stop taking calls (they raise BackendUnavailable); close the file if it is ours."""
+        self._open = False
+        if self._owns_db:
+            await self.db.close()
+
+    async def _run(self, op: Operation[T]) -> T:
+        if not self._open:
+            raise BackendUnavailable(f"sqlite queue: {self.path} is not open")
+        return await self.db.run(op)
 
     # --- MessageQueue ------------------------------------------------------------------------
 
     async def enqueue(self, tasks: Sequence[Task]) -> EnqueueResult:
         """Store `tasks` in one transaction; returns once committed (shared group commit)."""
         batch, now = list(tasks), self._clock()
-        return await self.db.run(lambda conn: _enqueue(conn, batch, now))
+        return await self._run(lambda conn: _enqueue(conn, batch, now))
 
     async def lease(self, max_items: int, lease_s: float) -> list[Leased]:
         """Lease the oldest leasable head of each conversation, FIFO, up to `max_items`."""
         if max_items <= 0:
             return []
         now = self._clock()
-        return await self.db.run(lambda conn: _lease(conn, max_items, lease_s, now))
+        leased, retaken = await self._run(lambda conn: _lease(conn, max_items, lease_s, now))
+        for lease in retaken:  # a worker died or stalled past its lease
+            log_event(
+                _log,
+                "queue_lease_expired",
+                logging.WARNING,
+                task_id=lease.task.task_id,
+                attempt=lease.attempt,
+            )
+        return leased
 
     async def renew(self, lease: Leased, lease_s: float) -> Leased:
         """Extend the lease from now; StaleLeaseError if the token is no longer current."""
@@ -254,18 +293,18 @@ class SqliteMessageQueue:
                 "UPDATE queue_tasks SET lease_expires = ? WHERE seq = ?", (expires, row["seq"])
             )
 
-        await self.db.run(op)
+        await self._run(op)
         return replace(lease, expires_at=expires)
 
     async def ack(self, lease: Leased) -> None:
         """Remove the task; the next task of its conversation becomes leasable."""
-        await self.db.run(lambda conn: _remove(conn, _owned(conn, lease)))
+        await self._run(lambda conn: _remove(conn, _owned(conn, lease)))
 
     async def nack(self, lease: Leased, error: str, delay_s: float | None = None) -> NackOutcome:
         """Retry after `delay_s` (or the policy's delay), or dead-letter once attempts are spent."""
         now = self._clock()
         if self._policy.exhausted(lease.attempt):
-            await self.db.run(lambda conn: _bury(conn, _owned(conn, lease), error, now))
+            await self._run(lambda conn: _bury(conn, _owned(conn, lease), error, now))
             return NackOutcome.DEAD
         delay = delay_s if delay_s is not None else self._policy.delay(lease.attempt)
 
@@ -277,20 +316,20 @@ class SqliteMessageQueue:
                 (now + delay, error, row["seq"]),
             )
 
-        await self.db.run(op)
+        await self._run(op)
         return NackOutcome.RETRY
 
     async def dead_letter(self, lease: Leased, error: str) -> None:
         """Dead-letter now, keeping the payload, the error and the attempt count."""
         now = self._clock()
-        await self.db.run(lambda conn: _bury(conn, _owned(conn, lease), error, now))
+        await self._run(lambda conn: _bury(conn, _owned(conn, lease), error, now))
 
     # --- QueueAdmin --------------------------------------------------------------------------
 
     async def stats(self) -> QueueStats:
         """ready = never tried and available; retrying = tried before or delayed."""
         now = self._clock()
-        leased, retrying, live, oldest, dead = await self.db.run(lambda conn: _stats(conn, now))
+        leased, retrying, live, oldest, dead = await self._run(lambda conn: _stats(conn, now))
         extra: dict[str, Any] = {"path": str(self.path), "commits": self.db.commits}
         return QueueStats(
             backend="sqlite",
@@ -309,7 +348,7 @@ class SqliteMessageQueue:
             sql = "SELECT payload, error, attempts, dead_at FROM queue_dead ORDER BY seq LIMIT ?"
             return conn.execute(sql, (max(0, limit),)).fetchall()
 
-        rows = await self.db.run(op)
+        rows = await self._run(op)
         return [
             DeadLetter(Task.from_json(r["payload"]), r["error"], r["attempts"], r["dead_at"])
             for r in rows
@@ -318,12 +357,12 @@ class SqliteMessageQueue:
     async def requeue_dead(self, task_ids: Sequence[str] | None = None) -> int:
         """Queue dead letters again at the end of their conversations, attempts reset to 0."""
         ids, now = None if task_ids is None else list(task_ids), self._clock()
-        count = await self.db.run(lambda conn: _requeue(conn, ids, now))
+        count = await self._run(lambda conn: _requeue(conn, ids, now))
         log_event(_log, "queue_dead_requeued", backend="sqlite", count=count)
         return count
 
     async def purge_dead(self) -> int:
         """Delete every dead letter."""
-        count = await self.db.run(lambda conn: conn.execute("DELETE FROM queue_dead").rowcount)
+        count = await self._run(lambda conn: conn.execute("DELETE FROM queue_dead").rowcount)
         log_event(_log, "queue_dead_purged", backend="sqlite", count=count)
         return int(count)

@@ -87,7 +87,7 @@ class FirestoreSessionStore:
         """Replace the stored session (its turns too)."""
         head = self._head(session.key)
         old = [ref async for ref in head.collection(_TURNS).list_documents()]
-        writes: list[tuple[str, Any, dict[str, Any] | None]] = [("delete", r, None) for r in old]
+        writes: list[tuple[str, Any, dict[str, Any]]] = [("delete", r, {}) for r in old]
         for seq, turn in zip(self._seqs(len(session.turns)), session.turns, strict=True):
             writes.append(("set", head.collection(_TURNS).document(seq), _turn_doc(seq, turn)))
         writes.append(
@@ -125,7 +125,7 @@ class FirestoreSessionStore:
         head = self._head(key)
         existed = (await head.get()).exists
         refs = [ref async for ref in head.collection(_TURNS).list_documents()]
-        await self._commit([("delete", ref, None) for ref in [*refs, head]])
+        await self._commit([("delete", ref, {}) for ref in [*refs, head]])
         return bool(existed)
 
     async def exists(self, key: str) -> bool:
@@ -173,9 +173,9 @@ class FirestoreSessionStore:
         )
         stale = [snap.reference async for snap in query.stream()]
         if stale:
-            await self._commit([("delete", ref, None) for ref in stale])
+            await self._commit([("delete", ref, {}) for ref in stale])
 
-    async def _commit(self, writes: list[tuple[str, Any, dict[str, Any] | None]]) -> None:
+    async def _commit(self, writes: list[tuple[str, Any, dict[str, Any]]]) -> None:
         """Commit in batches of at most 500 writes (one batch for any normal history)."""
         for start in range(0, len(writes), _BATCH_LIMIT):
             batch = self._db.batch()

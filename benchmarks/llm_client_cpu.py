@@ -1,0 +1,138 @@
+"""CPU cost per chat completion of the openai client paths, against the fake OpenAI server.
+
+    python benchmarks/llm_client_cpu.py [--calls 2000] [--in-flight 50] [--latency-ms 20]
+
+Starts `tests.fakes.openai_server` as a subprocess on 127.0.0.1 (so its CPU is not counted),
+then, per variant, runs `--calls` completions with `--in-flight` concurrent and prints this
+process's CPU milliseconds per call (`time.process_time`):
+
+- create/default: `chat.completions.create()` on the default httpx2 client
+- create/aiohttp: `chat.completions.create()` on `DefaultAioHttpClient`
+- post/aiohttp:   low-level `client.post("/chat/completions", cast_to=ChatCompletion)` on it
+- pyloto/aiohttp: pyloto's `OpenAIChat` (the post path plus body building and content checks)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from openai import AsyncOpenAI, DefaultAioHttpClient
+from openai.types.chat import ChatCompletion
+
+from pyloto_cli.adapters.llm.openai import OpenAIChat
+from pyloto_cli.pipeline.stages import ChatMessage, ChatRequest
+
+ROOT = Path(__file__).resolve().parent.parent
+MESSAGES: list[Any] = [
+    {"role": "system", "content": "You are a helpful assistant. Answer briefly."},
+    {"role": "user", "content": "Hello, what are your opening hours on Sunday?"},
+]
+Call = Callable[[AsyncOpenAI], Awaitable[object]]
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def fake_server(port: int, latency_ms: float) -> Any:
+    """The fake OpenAI server as a subprocess, ready when its health check answers."""
+    cmd = [sys.executable, "-m", "tests.fakes.openai_server", "--port", str(port)]
+    proc = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
+        [*cmd, "--latency-ms", str(latency_ms)], cwd=ROOT, stdout=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/_fake/health", timeout=0.5)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise SystemExit("the fake OpenAI server did not start") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@contextlib.asynccontextmanager
+async def client_for(base_url: str, aiohttp: bool) -> AsyncIterator[AsyncOpenAI]:
+    """An AsyncOpenAI client on the default or the aiohttp transport."""
+    http_client = DefaultAioHttpClient() if aiohttp else None
+    async with AsyncOpenAI(
+        api_key="bench", base_url=base_url, max_retries=0, timeout=30, http_client=http_client
+    ) as client:
+        yield client
+
+
+async def via_create(client: AsyncOpenAI) -> object:
+    return await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+
+async def via_post(client: AsyncOpenAI) -> object:
+    body = {"model": "gpt-4o-mini", "messages": MESSAGES}
+    return await client.post(
+        "/chat/completions", cast_to=ChatCompletion, body=body, options={"timeout": 30}
+    )
+
+
+async def via_pyloto(client: AsyncOpenAI) -> object:
+    messages = tuple(ChatMessage(m["role"], m["content"]) for m in MESSAGES)
+    return await OpenAIChat(client)(ChatRequest("response", "gpt-4o-mini", messages, 30.0))
+
+
+async def measure(client: AsyncOpenAI, call: Call, calls: int, in_flight: int) -> float:
+    """CPU ms per call over `calls` calls, `in_flight` at a time (after a warm-up)."""
+    await asyncio.gather(*(call(client) for _ in range(in_flight)))
+    gate = asyncio.Semaphore(in_flight)
+
+    async def one() -> None:
+        async with gate:
+            await call(client)
+
+    cpu = time.process_time()
+    await asyncio.gather(*(one() for _ in range(calls)))
+    return (time.process_time() - cpu) * 1000.0 / calls
+
+
+async def run(base_url: str, calls: int, in_flight: int) -> None:
+    variants: list[tuple[str, bool, Call]] = [
+        ("create/default", False, via_create),
+        ("create/aiohttp", True, via_create),
+        ("post/aiohttp", True, via_post),
+        ("pyloto/aiohttp", True, via_pyloto),
+    ]
+    for name, aiohttp, call in variants:
+        async with client_for(base_url, aiohttp) as client:
+            ms = await measure(client, call, calls, in_flight)
+        print(f"{name:16} {ms:6.3f} CPU ms/call  ({calls} calls, {in_flight} in flight)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="CPU per call of the openai client paths.")
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--in-flight", type=int, default=50)
+    parser.add_argument("--latency-ms", type=float, default=20.0)
+    args = parser.parse_args()
+    port = free_port()
+    with fake_server(port, args.latency_ms):
+        asyncio.run(run(f"http://127.0.0.1:{port}/v1", args.calls, args.in_flight))
+
+
+if __name__ == "__main__":
+    main()

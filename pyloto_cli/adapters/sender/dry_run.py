@@ -1,0 +1,81 @@
+"""The offline Sender: logs and records the exact bodies it would have sent, sends nothing.
+
+The default sender (no Graph token needed), the unit tests' fake, and the source of `replay`:
+`records` keeps every body in order; wamids are `wamid.dryrun.<n>`, counted from 1.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+from pyloto_cli.domain.outbound import mark_read_body
+from pyloto_cli.domain.task import JsonObject
+from pyloto_cli.logs import get_logger, log_event
+from pyloto_cli.ports import SendResult
+
+
+@dataclass(frozen=True, slots=True)
+class DryRunRecord:
+    """One body the dry-run sender would have posted; `message_id` is None for read receipts."""
+
+    phone_number_id: str
+    body: JsonObject
+    message_id: str | None
+
+
+class DryRunSender:
+    """A `Sender` that records instead of sending; deterministic wamids."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.records: list[DryRunRecord] = []
+        self._count = 0
+        self._log = logger or get_logger("sender.dry_run")
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    @property
+    def bodies(self) -> list[JsonObject]:
+        """The message bodies (read receipts excluded), in the order they were sent."""
+        return [r.body for r in self.records if r.message_id is not None]
+
+    async def send(self, phone_number_id: str, body: JsonObject) -> SendResult:
+        """Record `body` and answer like Graph would, with the next fake wamid."""
+        self._count += 1
+        message_id = f"wamid.dryrun.{self._count}"
+        self.records.append(DryRunRecord(phone_number_id, copy.deepcopy(body), message_id))
+        peer = body.get("to") or body.get("recipient")
+        log_event(
+            self._log,
+            "message_sent",
+            phone_number_id=phone_number_id,
+            to=str(peer) if peer else None,
+            type=body.get("type"),
+            sent_message_id=message_id,
+            dry_run=True,
+        )
+        contact = {"input": peer, "wa_id": str(peer or "").lstrip("+")}
+        raw: JsonObject = {
+            "messaging_product": "whatsapp",
+            "contacts": [contact],
+            "messages": [{"id": message_id}],
+        }
+        return SendResult(message_id=message_id, raw=raw)
+
+    async def mark_read(self, phone_number_id: str, message_id: str, typing: bool = False) -> None:
+        """Record the mark-as-read body (with the typing indicator when `typing`)."""
+        body = mark_read_body(message_id, typing=typing)
+        self.records.append(DryRunRecord(phone_number_id, body, None))
+        log_event(self._log, "message_marked_read", logging.DEBUG, typing=typing, dry_run=True)

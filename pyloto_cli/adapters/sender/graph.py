@@ -1,0 +1,318 @@
+"""The production Sender: Graph API `/{phone_number_id}/messages` over one shared httpx client.
+
+`open_graph_client(settings)` opens the process's single `httpx.AsyncClient`, sized for the
+worker: every worker task may hold a connection for a send and one for a mark-as-read, so the
+pool never makes a send wait long, and all of them stay alive between sends. A send that
+still cannot get a connection in time raises TransientError (it was never sent): it is
+retried, never lost. The client runs on an aiohttp transport (`httpx-aiohttp`), which costs
+about half the CPU per send of httpx's own (benchmarks/graph_client_cpu.py).
+
+Outcomes are classified by Meta's `error.code` (domain/graph_errors.py). A read timeout or a
+dropped connection after the body went out is ambiguous (Meta may have accepted it): it raises
+AmbiguousSendError, which the pipeline retries at most once. A rejected token pauses every
+send (SendPaused, fast, no request) until a probe send succeeds after the pause.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import aiohttp
+import httpx
+from httpx_aiohttp import AiohttpTransport
+
+from pyloto_cli.adapters.sender.limiter import SendLimiter
+from pyloto_cli.domain.errors import (
+    AmbiguousSendError,
+    PermanentError,
+    SendPaused,
+    TransientError,
+)
+from pyloto_cli.domain.graph_errors import Action, GraphError, classify
+from pyloto_cli.domain.outbound import mark_read_body
+from pyloto_cli.domain.task import JsonObject
+from pyloto_cli.logs import get_logger, log_event
+from pyloto_cli.ports import SendResult
+from pyloto_cli.settings import Settings
+
+ClientKind = Literal["aiohttp", "httpx", "httpx-default"]
+
+_DIGITS = re.compile(r"\+?\d{8,}")
+_NEVER_SENT = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.WriteError,
+    httpx.WriteTimeout,
+    httpx.ProxyError,
+    httpx.UnsupportedProtocol,
+)
+
+
+def graph_timeout() -> httpx.Timeout:
+    """Connect 5 s, wait for a pooled connection 10 s, write 10 s, read (Meta's answer) 20 s."""
+    return httpx.Timeout(connect=5.0, read=20.0, write=10.0, pool=10.0)
+
+
+def graph_limits(concurrency: int) -> httpx.Limits:
+    """Two connections per worker task (a send and a mark-as-read), all kept alive."""
+    size = max(8, 2 * concurrency)
+    return httpx.Limits(max_connections=size, max_keepalive_connections=size, keepalive_expiry=30.0)
+
+
+@asynccontextmanager
+async def open_graph_client(
+    settings: Settings, *, kind: ClientKind = "aiohttp"
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The process's one Graph client, closed on exit. `kind` exists for the benchmark."""
+    if kind == "httpx-default":
+        client = httpx.AsyncClient(timeout=graph_timeout())
+    elif kind == "httpx":
+        client = httpx.AsyncClient(
+            timeout=graph_timeout(), limits=graph_limits(settings.concurrency)
+        )
+    else:
+        transport = AiohttpTransport(limits=graph_limits(settings.concurrency))
+        client = httpx.AsyncClient(transport=transport, timeout=graph_timeout())
+    async with client:
+        yield client
+
+
+def _mask(text: str) -> str:
+    return _DIGITS.sub(lambda m: f"***{m.group(0)[-4:]}", text)
+
+
+def _never_sent(exc: httpx.TransportError) -> bool:
+    """True when the request cannot have reached Meta (safe to retry, no duplicate)."""
+    cause = exc.__cause__
+    if isinstance(cause, aiohttp.ClientError):  # httpx-aiohttp maps every disconnect to Connect*
+        return isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
+    return isinstance(exc, _NEVER_SENT)
+
+
+def _retry_after_header(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+class GraphSender:
+    """Sends message bodies and read receipts through the Graph API (the `Sender` port)."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        access_token: str,
+        api_version: str,
+        base_url: str = "https://graph.facebook.com",
+        limiter: SendLimiter | None = None,
+        auth_pause_s: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self._client = client
+        self._base = f"{base_url.rstrip('/')}/{api_version.strip('/')}"
+        self._headers = {"Authorization": f"Bearer {access_token}"}
+        self.limiter = limiter
+        self.auth_pause_s = auth_pause_s
+        self._clock = clock
+        self._log = logger or get_logger("sender.graph")
+        self._paused_until: float | None = None
+        self._probing = False
+        self._pair_strikes: dict[tuple[str, str], int] = {}
+
+    @classmethod
+    def from_settings(cls, client: httpx.AsyncClient, settings: Settings) -> GraphSender:
+        """A sender for `settings`' Graph URL, version, token and per-number rate."""
+        if settings.whatsapp_access_token is None:
+            raise ValueError("WHATSAPP_ACCESS_TOKEN is required to send through the Graph API")
+        return cls(
+            client,
+            access_token=settings.whatsapp_access_token.get_secret_value(),
+            api_version=settings.graph_api_version,
+            base_url=settings.graph_api_url,
+            limiter=SendLimiter(settings.send_rate_per_number),
+        )
+
+    def __repr__(self) -> str:
+        return f"GraphSender(base={self._base!r})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None  # the client belongs to `open_graph_client`
+
+    @property
+    def paused(self) -> bool:
+        """True while sends fail fast because the token was rejected."""
+        return self._paused_until is not None
+
+    async def send(self, phone_number_id: str, body: JsonObject) -> SendResult:
+        """POST `body`; returns the wamid Meta accepted, or raises Transient/Permanent errors."""
+        recipient = body.get("to") or body.get("recipient")
+        peer = str(recipient) if recipient else None
+        kind = str(body.get("type", ""))
+        data, duration_ms = await self._call(phone_number_id, body, peer, kind)
+        messages = data.get("messages")
+        message_id = ""
+        if isinstance(messages, list) and messages and isinstance(messages[0], dict):
+            message_id = str(messages[0].get("id", ""))
+        if not message_id:
+            log_event(self._log, "send_unexpected_answer", logging.WARNING, keys=sorted(data))
+        log_event(
+            self._log,
+            "message_sent",
+            phone_number_id=phone_number_id,
+            to=peer,
+            type=kind,
+            sent_message_id=message_id,
+            duration_ms=duration_ms,
+        )
+        return SendResult(message_id=message_id, raw=data)
+
+    async def mark_read(self, phone_number_id: str, message_id: str, typing: bool = False) -> None:
+        """Mark `message_id` read (and show the typing indicator when `typing`)."""
+        body = mark_read_body(message_id, typing=typing)
+        kind = "typing" if typing else "read"
+        _, duration_ms = await self._call(phone_number_id, body, None, kind)
+        log_event(
+            self._log, "message_marked_read", logging.DEBUG, type=kind, duration_ms=duration_ms
+        )
+
+    # --- one request ---------------------------------------------------------------------------
+
+    async def _call(
+        self, phone_number_id: str, body: JsonObject, peer: str | None, kind: str
+    ) -> tuple[JsonObject, float]:
+        probe = self._admit()
+        try:
+            if self.limiter is not None:
+                await self.limiter.acquire(phone_number_id, peer)
+            return await self._post(phone_number_id, body, peer, kind)
+        finally:
+            if probe:
+                self._probing = False
+
+    def _admit(self) -> bool:
+        """Fail fast while paused; once the pause is over, let one call through as the probe."""
+        if self._paused_until is None:
+            return False
+        remaining = self._paused_until - self._clock()
+        if remaining > 0 or self._probing:
+            wait = remaining if remaining > 0 else min(30.0, self.auth_pause_s)
+            raise SendPaused("graph_token_rejected", retry_after=wait, code=190)
+        self._probing = True
+        return True
+
+    async def _post(
+        self, phone_number_id: str, body: JsonObject, peer: str | None, kind: str
+    ) -> tuple[JsonObject, float]:
+        url = f"{self._base}/{phone_number_id}/messages"
+        started = time.perf_counter()
+        try:
+            response = await self._client.post(url, json=body, headers=self._headers)
+        except httpx.TransportError as exc:
+            raise self._transport_failure(exc, phone_number_id, peer, kind) from exc
+        duration_ms = round((time.perf_counter() - started) * 1000, 1)
+        try:
+            data: Any = response.json()
+        except ValueError:
+            data = None
+        if response.is_success and isinstance(data, dict):
+            self._resume()
+            if peer is not None:
+                self._pair_strikes.pop((phone_number_id, peer), None)
+            return data, duration_ms
+        raise self._failure(response, data, phone_number_id, peer, kind)
+
+    def _transport_failure(
+        self, exc: httpx.TransportError, phone_number_id: str, peer: str | None, kind: str
+    ) -> TransientError:
+        name = type(exc).__name__
+        fields: dict[str, Any] = {"phone_number_id": phone_number_id, "to": peer, "type": kind}
+        if _never_sent(exc):
+            log_event(self._log, "send_failed", logging.WARNING, error=name, retry=True, **fields)
+            return TransientError(f"graph_unreachable: {name}")
+        log_event(self._log, "send_ambiguous", logging.WARNING, error=name, **fields)
+        return AmbiguousSendError(f"graph_no_answer: {name} after the request was sent")
+
+    def _failure(
+        self,
+        response: httpx.Response,
+        data: Any,
+        phone_number_id: str,
+        peer: str | None,
+        kind: str,
+    ) -> TransientError | PermanentError:
+        error = GraphError.from_body(data) or GraphError(code=None, message=response.reason_phrase)
+        key = (phone_number_id, peer or "")
+        strikes = self._pair_strikes.get(key, 0)
+        decision = classify(
+            error.code,
+            response.status_code,
+            pair_strikes=strikes,
+            retry_after_header=_retry_after_header(response),
+        )
+        if decision.action is Action.AUTH:
+            self._pause(error)
+        else:
+            self._resume()  # Meta read the token and answered: it works
+        if error.code == 131056 and peer is not None:
+            self._pair_strikes[key] = strikes + 1
+            if self.limiter is not None:
+                self.limiter.penalize(phone_number_id, peer, decision.retry_after or 1.0)
+        log_event(
+            self._log,
+            "send_failed",
+            logging.WARNING,
+            phone_number_id=phone_number_id,
+            to=peer,
+            type=kind,
+            http_status=response.status_code,
+            code=error.code,
+            reason=decision.reason,
+            action=decision.action.value,
+            retry_after=decision.retry_after,
+            fbtrace_id=error.fbtrace_id,
+        )
+        reason = _mask(f"graph error {error.code} ({decision.reason}): {error.message}")
+        if decision.action is Action.PERMANENT:
+            return PermanentError(reason, code=error.code)
+        if decision.action is Action.AUTH:
+            return SendPaused(reason, retry_after=self.auth_pause_s, code=error.code)
+        return TransientError(reason, retry_after=decision.retry_after, code=error.code)
+
+    # --- the token pause -----------------------------------------------------------------------
+
+    def _pause(self, error: GraphError) -> None:
+        if self._paused_until is None:
+            log_event(
+                self._log,
+                "graph_auth_error",
+                logging.ERROR,
+                code=error.code,
+                subcode=error.subcode,
+                fbtrace_id=error.fbtrace_id,
+                pause_s=self.auth_pause_s,
+            )
+        self._paused_until = self._clock() + self.auth_pause_s
+
+    def _resume(self) -> None:
+        if self._paused_until is not None:
+            self._paused_until = None
+            log_event(self._log, "graph_auth_restored", logging.WARNING)

@@ -1,0 +1,1 @@
+"""Delivery status stores (the `StatusStore` port): memory and SQLite."""
