@@ -151,9 +151,7 @@ class Settings(BaseSettings):
         "You won't receive more messages from us. Send any message to start again.",
         validation_alias=_env("PYLOTO_OPTOUT_REPLY"),
     )
-    llm_breaker_failures: int = Field(
-        5, ge=1, validation_alias=_env("PYLOTO_LLM_BREAKER_FAILURES")
-    )
+    llm_breaker_failures: int = Field(5, ge=1, validation_alias=_env("PYLOTO_LLM_BREAKER_FAILURES"))
     llm_breaker_cooldown: float = Field(
         30.0, gt=0, validation_alias=_env("PYLOTO_LLM_BREAKER_COOLDOWN")
     )

@@ -28,7 +28,7 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             "whatsapp_verify_token": "test-verify-token",
         }
         values.update(overrides)
-        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+        return Settings(_env_file=None, **values)
 
     return factory
 

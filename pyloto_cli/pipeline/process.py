@@ -32,6 +32,7 @@ from pyloto_cli.logs import get_logger, log_event, mask_phone
 from pyloto_cli.ports import (
     ClaimResult,
     Deduper,
+    DeliveryStatus,
     Responder,
     ResponderRequest,
     Sender,
@@ -111,16 +112,21 @@ class Pipeline:
             return TaskResult(Outcome.DEAD, reason=_reason(exc))
 
     async def _status(self, task: Task) -> TaskResult:
-        status = status_update(task)
-        await self.statuses.record(status)
-        errors = [e.code for e in status.errors]
-        log_event(
-            _log,
-            "message_status",
-            message_id=status.id,
-            status=status.status.value,
-            error_codes=errors or None,
+        update = status_update(task)
+        first_error = update.errors[0] if update.errors else None
+        recipient = update.recipient_id or update.recipient_user_id
+        status = DeliveryStatus(
+            message_id=update.id,
+            status=update.raw_status,
+            timestamp=update.timestamp,
+            phone_number_id=update.phone_number_id,
+            recipient=mask_phone(recipient),
+            error_code=first_error.code if first_error else None,
+            error_title=first_error.title if first_error else None,
+            callback_data=update.biz_opaque_callback_data,
         )
+        if not await self.statuses.record(status):  # new statuses are logged by the store
+            log_event(_log, "message_status", message_id=update.id, duplicate=True)
         return TaskResult(Outcome.DONE)
 
     async def _message(self, task: Task) -> TaskResult:

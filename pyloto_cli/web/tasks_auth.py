@@ -52,7 +52,7 @@ class TaskAuthError(PylotoError):
 
 
 class TaskUnauthenticated(TaskAuthError):
-    """No credentials, or credentials that do not verify (bad signature, expired, wrong audience)."""
+    """No credentials, or ones that do not verify (bad signature, expired, wrong audience)."""
 
     status_code = 401
 
@@ -134,7 +134,7 @@ class OidcVerifier:
     def verify(self, token: str) -> Mapping[str, Any]:
         """The token's claims; raises TaskUnauthenticated or TaskForbidden. Blocking."""
         try:
-            claims: Mapping[str, Any] = jwt.decode(
+            claims: Mapping[str, Any] = jwt.decode(  # type: ignore[no-untyped-call]
                 token,
                 certs=self.certs.certs(),
                 audience=self.audience,

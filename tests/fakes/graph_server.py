@@ -12,8 +12,9 @@ From a script or another process: `python -m tests.fakes.graph_server --port 890
 control it over HTTP: `POST /_fake/faults {"code": 131056, "times": 3, "to": "+1555..."}`,
 `POST /_fake/config {"delay_ms": 50, "token": "t"}`, `GET /_fake/requests`, `POST /_fake/reset`.
 
-Faults: any Graph error code (`KNOWN_ERRORS` gives realistic message/HTTP status), `"close"` to
-drop the connection without an answer, or a bare HTTP status (`{"http_status": 502}`).
+Faults: any Graph error code (`KNOWN_ERRORS` gives a realistic message and HTTP status), a
+bare HTTP status (`{"http_status": 502}`), or a slow answer (`{"delay_s": 2}`: past the client's
+read timeout, the ambiguous case).
 When `token` is set, a request with another Bearer token gets error 190.
 """
 
@@ -60,7 +61,7 @@ class RecordedRequest:
     phone_number_id: str
     authorization: str | None
     body: Any
-    answered: int  # the HTTP status sent back (0: connection dropped)
+    answered: int  # the HTTP status sent back
     code: int | None  # the Graph error code sent back, if any
 
 
@@ -72,7 +73,6 @@ class Fault:
     http_status: int | None = None
     times: int | None = 1
     to: str | None = None  # only requests to this recipient
-    close: bool = False  # drop the connection instead of answering
     delay_s: float = 0.0  # wait this long before the fault's answer
 
     def matches(self, body: Any) -> bool:
@@ -102,10 +102,6 @@ def error_body(code: int, message: str | None = None) -> dict[str, Any]:
             "fbtrace_id": f"AFakeTrace{code}",
         }
     }
-
-
-class _DropConnection(Exception):
-    """Raised inside the app to make uvicorn close the socket without an answer."""
 
 
 class FakeGraphServer:
@@ -176,7 +172,8 @@ class FakeGraphServer:
             timeout_keep_alive=60,
         )
         self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        # the test runner (or asyncio.run in script mode) owns the signals, not the fake
+        self._server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
         self._task = asyncio.create_task(self._server.serve())
         deadline = time.monotonic() + 10.0
         while not self._server.started:
@@ -221,7 +218,7 @@ class FakeGraphServer:
             body: Any = json.loads(raw)
         except ValueError:
             body = raw.decode("utf-8", "replace")
-        status, payload, close = await self._answer(request, body)
+        status, payload = await self._answer(request, body)
         self._state.requests.append(
             RecordedRequest(
                 at=arrived,
@@ -230,15 +227,13 @@ class FakeGraphServer:
                 phone_number_id=request.path_params["phone_number_id"],
                 authorization=request.headers.get("authorization"),
                 body=body,
-                answered=0 if close else status,
+                answered=status,
                 code=payload.get("error", {}).get("code") if isinstance(payload, dict) else None,
             )
         )
-        if close:
-            raise _DropConnection
         return JSONResponse(payload, status_code=status)
 
-    async def _answer(self, request: Request, body: Any) -> tuple[int, Any, bool]:
+    async def _answer(self, request: Request, body: Any) -> tuple[int, Any]:
         state = self._state
         fault = self._take_fault(body)
         delay = state.delay_s + (fault.delay_s if fault else 0.0)
@@ -246,17 +241,15 @@ class FakeGraphServer:
             await asyncio.sleep(delay)
         token = state.token
         if token is not None and request.headers.get("authorization") != f"Bearer {token}":
-            return 401, error_body(190), False
-        if fault is not None:
-            if fault.close:
-                return 0, None, True
-            if fault.code is not None:
-                status = fault.http_status or KNOWN_ERRORS.get(fault.code, (400, ""))[0]
-                return status, error_body(fault.code), False
-            return fault.http_status or 500, {"error": "fake failure"}, False
+            return 401, error_body(190)
+        if fault is not None and fault.code is not None:
+            status = fault.http_status or KNOWN_ERRORS.get(fault.code, (400, ""))[0]
+            return status, error_body(fault.code)
+        if fault is not None and fault.http_status is not None:
+            return fault.http_status, {"error": "fake failure"}
         if isinstance(body, dict) and body.get("status") == "read":
-            return 200, {"success": True}, False
-        return 200, self._accepted(body), False
+            return 200, {"success": True}
+        return 200, self._accepted(body)
 
     def _take_fault(self, body: Any) -> Fault | None:
         for fault in self._state.faults:
@@ -296,7 +289,9 @@ class FakeGraphServer:
             self.delay_s = float(options["delay_ms"]) / 1000
         if "token" in options:
             self.require_token(options["token"])
-        return JSONResponse({"delay_s": self.delay_s, "token_required": self._state.token is not None})
+        return JSONResponse(
+            {"delay_s": self.delay_s, "token_required": self._state.token is not None}
+        )
 
     async def _reset(self, request: Request) -> Response:
         self.reset()

@@ -41,9 +41,7 @@ from aiohttp import web
 
 DEFAULT_CONTENT: Mapping[str, str] = {
     "event": json.dumps({"event": "other"}),
-    "message_type": json.dumps(
-        {"kind": "text", "buttons": [], "list_button": "", "sections": []}
-    ),
+    "message_type": json.dumps({"kind": "text", "buttons": [], "list_button": "", "sections": []}),
     "text": "Thanks for your message! How can I help?",
 }
 

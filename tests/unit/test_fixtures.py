@@ -197,10 +197,7 @@ def test_fixture_parses_into_the_typed_model(name: str) -> None:
     payload = load_fixture(f"webhooks/{name}")
     model = parse_webhook(payload)
     raw_messages = [
-        m
-        for e in payload["entry"]
-        for c in e["changes"]
-        for m in c["value"].get("messages", [])
+        m for e in payload["entry"] for c in e["changes"] for m in c["value"].get("messages", [])
     ]
     assert [m.raw for m in model.messages] == raw_messages
     assert model.object == "whatsapp_business_account"

@@ -232,7 +232,7 @@ async def test_status_only_webhook_is_recorded_without_reply(harness: Harness) -
     await harness.drain()
     assert harness.sender.sent == []
     recorded = await harness.statuses.get("wamid.out.77")
-    assert [s.status.value for s in recorded] == ["failed"]
+    assert [(s.status, s.error_code) for s in recorded] == [("failed", 131026)]
     assert (await harness.queue.stats()).depth == 0
 
 

@@ -81,7 +81,9 @@ async def queued(runtime: Runtime) -> int:
     return (await runtime.admin.stats()).depth
 
 
-async def post_signed(client: httpx.AsyncClient, body: bytes, secret: str = SECRET) -> httpx.Response:
+async def post_signed(
+    client: httpx.AsyncClient, body: bytes, secret: str = SECRET
+) -> httpx.Response:
     return await client.post(
         "/webhooks/whatsapp",
         content=body,
@@ -162,9 +164,7 @@ class TestWebhookPost:
         assert response.status_code in (401, 403)
         assert await queued(runtime) == 0
 
-    async def test_reserialized_body_is_rejected(
-        self, client: httpx.AsyncClient, runtime: Runtime
-    ):
+    async def test_reserialized_body_is_rejected(self, client: httpx.AsyncClient, runtime: Runtime):
         """A proxy that re-dumps the JSON breaks the signature: rejected, not half-accepted."""
         original = meta_bytes(text_webhook(["wamid.R1"], body="preço 😊"))
         redumped = json.dumps(json.loads(original), ensure_ascii=False).encode()
