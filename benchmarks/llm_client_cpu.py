@@ -51,7 +51,7 @@ def free_port() -> int:
 def fake_server(port: int, latency_ms: float) -> Any:
     """The fake OpenAI server as a subprocess, ready when its health check answers."""
     cmd = [sys.executable, "-m", "tests.fakes.openai_server", "--port", str(port)]
-    proc = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
+    proc = subprocess.Popen(
         [*cmd, "--latency-ms", str(latency_ms)], cwd=ROOT, stdout=subprocess.DEVNULL
     )
     try:

@@ -133,7 +133,7 @@ async def _open_stores(
     statuses: StatusStore
     if settings.session_store_backend is StoreBackend.SQLITE and state_db is not None:
         sessions = await stack.enter_async_context(SqliteSessionStore(state_db))
-        statuses = await stack.enter_async_context(SqliteStatusStore(state_db))
+        statuses = await stack.enter_async_context(SqliteStatusStore.from_settings(settings))
     elif settings.session_store_backend is StoreBackend.MEMORY:
         sessions = await stack.enter_async_context(MemorySessionStore())
         statuses = await stack.enter_async_context(MemoryStatusStore())
@@ -150,9 +150,10 @@ async def _open_stores(
 
 async def _open_responder(settings: Settings, stack: contextlib.AsyncExitStack) -> Responder:
     if settings.llm_active:
-        from pyloto_cli.adapters.llm.openai import OpenAIResponder
+        from pyloto_cli.adapters.llm.openai import OpenAIResponder, open_openai_client
 
-        return await stack.enter_async_context(OpenAIResponder.from_settings(settings))
+        client = await stack.enter_async_context(open_openai_client(settings))
+        return await stack.enter_async_context(OpenAIResponder(client, settings))
     from pyloto_cli.adapters.llm.offline import OfflineResponder
 
     return await stack.enter_async_context(OfflineResponder())
@@ -160,9 +161,10 @@ async def _open_responder(settings: Settings, stack: contextlib.AsyncExitStack) 
 
 async def _open_sender(settings: Settings, stack: contextlib.AsyncExitStack) -> Sender:
     if settings.whatsapp_access_token is not None:
-        from pyloto_cli.adapters.sender.graph import GraphSender
+        from pyloto_cli.adapters.sender.graph import GraphSender, open_graph_client
 
-        return await stack.enter_async_context(GraphSender.from_settings(settings))
+        client = await stack.enter_async_context(open_graph_client(settings))
+        return await stack.enter_async_context(GraphSender.from_settings(client, settings))
     from pyloto_cli.adapters.sender.dry_run import DryRunSender
 
     return await stack.enter_async_context(DryRunSender())

@@ -217,3 +217,34 @@ class StatusStore(Protocol):
     async def failed(self, limit: int = 100) -> list[DeliveryStatus]:
         """The most recent `failed` statuses, newest first, with their error codes."""
         ...
+
+
+# --- Dead letters of push queues ------------------------------------------------------------
+
+
+class DeadLetterStore(Protocol):
+    """Dead letters kept outside the queue, for push queues (Cloud Tasks) that keep none.
+
+    Keyed by task id: recording a task again replaces its entry. `requeue` is the caller's
+    job (enqueue `dead.task` again, then `delete` it).
+    """
+
+    async def record(self, dead: DeadLetter) -> None:
+        """Store `dead` (replacing an entry for the same task id)."""
+        ...
+
+    async def list(self, limit: int = 100) -> Sequence[DeadLetter]:
+        """Up to `limit` dead letters, oldest first."""
+        ...
+
+    async def get(self, task_id: str) -> DeadLetter | None:
+        """The dead letter of `task_id`, or None."""
+        ...
+
+    async def delete(self, task_id: str) -> bool:
+        """Delete one; True if it existed."""
+        ...
+
+    async def purge(self) -> int:
+        """Delete every dead letter; returns the count."""
+        ...

@@ -256,11 +256,12 @@ def _change_of(entry: JsonObject, raw: JsonObject, where: str) -> _Change:
     value = raw.get("value")
     if not isinstance(value, dict):
         raise MalformedPayload(f"{where}.value must be an object")
-    for key in _ITEM_LISTS:
-        _objects(value, key, f"{where}.value", required=False)
     field = raw.get("field", "")
     if not isinstance(field, str):
         raise MalformedPayload(f"{where}.field must be a string")
+    if field == MESSAGES_FIELD:  # other fields are stored whole, whatever their shape
+        for key in _ITEM_LISTS:
+            _objects(value, key, f"{where}.value", required=False)
     entry_id = entry.get("id")
     return _Change(
         entry_id=str(entry_id) if entry_id is not None else "",

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pyloto_cli.domain.errors import TransientError
 from pyloto_cli.domain.reply import ListSection, ReplyKind, ReplyOption
@@ -131,9 +131,14 @@ class _Strict(BaseModel):
 
 
 class _EventOut(_Strict):
-    event: Literal[
-        "greeting", "question", "price", "complaint", "cancel", "human_handoff", "opt_out", "other"
-    ]
+    event: str
+
+    @field_validator("event")
+    @classmethod
+    def _known_event(cls, value: str) -> str:
+        if value not in EVENTS:
+            raise ValueError(f"unknown event {value!r}")
+        return value
 
 
 class _ButtonOut(_Strict):

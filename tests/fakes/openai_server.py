@@ -64,6 +64,7 @@ class RecordedRequest:
     route: str
     body: dict[str, Any]
     arrived: float
+    headers: dict[str, str] = field(default_factory=dict)
     finished: float | None = None
     status: int | None = None
 
@@ -143,9 +144,9 @@ class FakeOpenAIServer:
         """The recorded requests of one route, in arrival order."""
         return [r for r in self.requests if r.route == route]
 
-    async def wait_for_requests(self, count: int, timeout: float = 5.0) -> None:
-        """Wait until `count` requests arrived (raises TimeoutError after `timeout`)."""
-        async with asyncio.timeout(timeout), self._arrival:
+    async def wait_for_requests(self, count: int, within_s: float = 5.0) -> None:
+        """Wait until `count` requests arrived (raises TimeoutError after `within_s`)."""
+        async with asyncio.timeout(within_s), self._arrival:
             await self._arrival.wait_for(lambda: len(self.requests) >= count)
 
     async def __aenter__(self) -> Self:
@@ -189,7 +190,8 @@ class FakeOpenAIServer:
         raw = await request.read()
         body = json.loads(raw)
         route = route_of(body)
-        record = RecordedRequest(route=route, body=body, arrived=arrived)
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        record = RecordedRequest(route=route, body=body, arrived=arrived, headers=headers)
         async with self._arrival:
             self.requests.append(record)
             self._arrival.notify_all()

@@ -60,7 +60,9 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
     return make_settings(openai_api_key="test-key", llm_stage_timeout=1.0, llm_deadline=2.0)
 
 
-def context(settings: Settings, chat: Any, text: str = "how much is it?", **kw: Any) -> StageContext:
+def context(
+    settings: Settings, chat: Any, text: str = "how much is it?", **kw: Any
+) -> StageContext:
     return StageContext(request(text, **kw), settings, load_prompts(None), chat)
 
 
@@ -85,6 +87,7 @@ def pure_stage(
     gate: asyncio.Event | None = None,
     value: str | None = None,
     fail: str | None = None,
+    ended: asyncio.Event | None = None,
 ) -> Stage[str]:
     async def run(_ctx: StageContext, inputs: Outputs) -> str:
         log.append(f"start {name}")
@@ -93,6 +96,8 @@ def pure_stage(
         if fail is not None:
             raise LLMCallError(fail)
         log.append(f"end {name}")
+        if ended is not None:
+            ended.set()
         return value or "+".join([name, *(str(inputs[n]) for n in needs)])
 
     return Stage(name, run, lambda _ctx: f"fallback-{name}", needs=needs)
@@ -105,19 +110,19 @@ class TestStageGraph:
         """`b` (needs `a`) starts only after `a` ends, while `c` runs alongside `a`."""
         log: list[str] = []
         gate = asyncio.Event()
+        c_ended = asyncio.Event()
         graph = StageGraph(
             [
                 pure_stage("a", log, gate=gate),
                 pure_stage("b", log, needs=("a",)),
-                pure_stage("c", log),
+                pure_stage("c", log, ended=c_ended),
             ]
         )
-        task = asyncio.create_task(
-            graph.run(context(settings, None), stage_timeout=1, deadline=2)
-        )
-        while len(log) < 2:
-            await asyncio.sleep(0)
-        assert sorted(log) == ["start a", "start c"]
+        task = asyncio.create_task(graph.run(context(settings, None), stage_timeout=1, deadline=2))
+        async with asyncio.timeout(5):
+            await c_ended.wait()
+        assert "start b" not in log
+        assert {"start a", "start c"} <= set(log)
         gate.set()
         result = await task
         assert log.index("end a") < log.index("start b")
@@ -130,7 +135,9 @@ class TestStageGraph:
     ) -> None:
         """A failing stage takes its fallback, logs llm_error; a stage needing it is skipped."""
         log: list[str] = []
-        graph = StageGraph([pure_stage("a", log, fail="http_500"), pure_stage("b", log, needs=("a",))])
+        graph = StageGraph(
+            [pure_stage("a", log, fail="http_500"), pure_stage("b", log, needs=("a",))]
+        )
         with caplog.at_level(logging.WARNING, logger="pyloto"):
             result = await graph.run(context(settings, None), stage_timeout=1, deadline=2)
         assert result.outputs == {"a": "fallback-a", "b": "fallback-b"}
@@ -156,7 +163,11 @@ class TestStageGraph:
         """At the overall deadline, running and waiting stages all take their fallbacks."""
         never = asyncio.Event()
         graph = StageGraph(
-            [pure_stage("a", [], gate=never), pure_stage("b", [], needs=("a",)), pure_stage("c", [])]
+            [
+                pure_stage("a", [], gate=never),
+                pure_stage("b", [], needs=("a",)),
+                pure_stage("c", []),
+            ]
         )
         result = await graph.run(context(settings, None), stage_timeout=5, deadline=0.05)
         assert result.outputs == {"a": "fallback-a", "b": "fallback-b", "c": "c"}
@@ -367,6 +378,11 @@ class TestPrompts:
 # --- Circuit breaker -------------------------------------------------------------------------
 
 
+def state(breaker: CircuitBreaker) -> BreakerState:
+    """The breaker's state, read afresh (so mypy does not keep an earlier narrowing)."""
+    return breaker.state
+
+
 class FakeClock:
     def __init__(self) -> None:
         self.now = 100.0
@@ -388,7 +404,7 @@ class TestCircuitBreaker:
         breaker.record_failure()
         assert breaker.allow()
         breaker.record_failure()
-        assert breaker.state is BreakerState.OPEN
+        assert state(breaker) is BreakerState.OPEN
         assert not breaker.allow()
 
     def test_half_open_allows_one_probe_and_closes_on_success(self) -> None:
@@ -398,10 +414,10 @@ class TestCircuitBreaker:
         breaker.record_failure()
         clock.now += 10.0
         assert breaker.allow()
-        assert breaker.state is BreakerState.HALF_OPEN
+        assert state(breaker) is BreakerState.HALF_OPEN
         assert not breaker.allow()
         breaker.record_success()
-        assert breaker.state is BreakerState.CLOSED
+        assert state(breaker) is BreakerState.CLOSED
         assert breaker.allow()
 
     def test_failed_probe_reopens(self) -> None:
@@ -413,7 +429,7 @@ class TestCircuitBreaker:
         clock.now += 11.0
         assert breaker.allow()
         breaker.record_failure()
-        assert breaker.state is BreakerState.OPEN
+        assert state(breaker) is BreakerState.OPEN
         clock.now += 5.0
         assert not breaker.allow()
 

@@ -14,6 +14,7 @@ Structured answers are validated by the stages (pydantic), not by the SDK.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
@@ -90,6 +91,8 @@ class OpenAIChat:
             )
         except openai.APIError as exc:
             raise _call_error(exc) from exc
+        except json.JSONDecodeError as exc:  # a 200 whose body is not JSON (a proxy's page)
+            raise LLMCallError("bad_response") from exc
         return _content(completion)
 
 

@@ -1,0 +1,1 @@
+"""`DeadLetterStore` adapters: where a push queue's (Cloud Tasks') dead letters are kept."""

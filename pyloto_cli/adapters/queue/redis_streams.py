@@ -1,0 +1,251 @@
+"""A shared queue on Redis Streams: a consumer group, leases, retries and dead letters.
+
+The stream holds the leasable head of each conversation; workers read it through the consumer
+group `workers` (XREADGROUP), and each adapter is one consumer. A conversation's later tasks
+wait in its FIFO list and enter the stream only when the head before them is acked or
+dead-lettered, so the stream never offers two tasks of one conversation; the conversation's
+lease key (the holder's token, with PX) guards that again. Each operation is one Lua script
+(see `redis_streams_lua`), atomic on the server, so any number of processes can share a queue.
+
+- enqueue: a task id already live or dead is a duplicate (a redelivered wamid is not stored
+  twice). A new task joins its conversation's list; as the head it is added to the stream.
+- lease: first re-adds retries that are due (a sorted set by due time), then XAUTOCLAIMs entries
+  idle for the lease time (a crashed worker's), then reads new entries. A task is granted when
+  it has no live lease by the adapter's clock: the attempt is counted and a new token issued.
+- ack: XACK + XDEL, the task is deleted and its conversation's next task enters the stream.
+- nack: XACK + XDEL and into the retry set with the delay (given, or the `RetryPolicy`'s); the
+  task stays its conversation's head. Once the policy's attempts are spent it is dead-lettered.
+- dead letters: a stream of payload, error, attempts and time, plus an index by task id.
+
+Lease tokens: as in the SQLite queue, a lease is honoured while its token is current; expiry
+only makes the task leasable again, so a late ack succeeds until another worker leases it.
+Expiry is decided by `clock`; XAUTOCLAIM's min-idle (server time) only decides which pending
+entries are looked at. It defaults to the lease time; with a fake clock pass
+`reclaim_idle_s=0` so every pending entry is checked against the clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from types import TracebackType
+from typing import Any, Self
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from pyloto_cli.adapters.queue import redis_streams_lua as lua
+from pyloto_cli.adapters.redis_db import LuaScript, RedisConnection, text
+from pyloto_cli.domain.errors import StaleLeaseError
+from pyloto_cli.domain.task import (
+    DeadLetter,
+    EnqueueResult,
+    Leased,
+    NackOutcome,
+    QueueStats,
+    Task,
+)
+from pyloto_cli.logs import get_logger, log_event
+from pyloto_cli.pipeline.retry import RetryPolicy
+
+_log = get_logger("queue.redis")
+_GROUP = "workers"
+
+
+def _ms(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1000))
+
+
+def _num(value: float) -> str:
+    """A time as the exact decimal string stored on the server."""
+    return repr(float(value))
+
+
+def _dead_letter(fields: dict[Any, Any]) -> DeadLetter:
+    f = {text(k): v for k, v in fields.items()}
+    return DeadLetter(
+        task=Task.from_json(f["payload"]),
+        error=text(f["err"]),
+        attempts=int(f["att"]),
+        dead_at=float(text(f["at"])),
+    )
+
+
+class RedisStreamsQueue:
+    """`MessageQueue` + `QueueAdmin` on Redis Streams, shared by any number of processes.
+
+    `source` is a Redis URL (the adapter opens and closes its own client) or an open
+    `redis.asyncio.Redis` shared with other adapters (the caller closes it). Keys live under
+    `{prefix}q:`; `consumer` names this adapter in the group (unique by default).
+    """
+
+    def __init__(
+        self,
+        source: str | aioredis.Redis,
+        policy: RetryPolicy,
+        *,
+        prefix: str = "pyloto:",
+        clock: Callable[[], float] = time.time,
+        reclaim_idle_s: float | None = None,
+        consumer: str | None = None,
+    ) -> None:
+        self._conn = RedisConnection(source, role="queue")
+        self._policy = policy
+        self._prefix = f"{prefix}q:"
+        self._clock = clock
+        self._reclaim_idle_s = reclaim_idle_s
+        self._consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+        self._cursor = "0-0"
+
+    @property
+    def consumer(self) -> str:
+        """This adapter's consumer name in the group."""
+        return self._consumer
+
+    async def __aenter__(self) -> Self:
+        await self._conn.__aenter__()
+        try:
+            await self._conn.client.xgroup_create(
+                f"{self._prefix}stream", _GROUP, id="0", mkstream=True
+            )
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                await self._conn.__aexit__(None, None, None)
+                raise
+        log_event(_log, "queue_opened", logging.DEBUG, backend="redis", consumer=self._consumer)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            await self._run(lua.RETIRE, self._consumer)
+        except RedisError as error:
+            log_event(_log, "queue_close_failed", logging.WARNING, backend="redis", error=str(error))
+        finally:
+            await self._conn.__aexit__(exc_type, exc, tb)
+
+    async def _run(self, script: LuaScript, *args: str | int | float) -> Any:
+        return await script(self._conn.client, [], [self._prefix, *args])
+
+    # --- MessageQueue ------------------------------------------------------------------------
+
+    async def enqueue(self, tasks: Sequence[Task]) -> EnqueueResult:
+        """Store `tasks` atomically; ids already live or dead are reported as duplicates."""
+        batch = list(tasks)
+        args: list[str | int | float] = [_num(self._clock())]
+        for task in batch:
+            args += [task.task_id, task.conversation_key, task.to_json().decode()]
+        stored = await self._run(lua.ENQUEUE, *args) if batch else []
+        enqueued = tuple(t.task_id for t, new in zip(batch, stored, strict=True) if int(new))
+        duplicates = tuple(t.task_id for t, new in zip(batch, stored, strict=True) if not int(new))
+        return EnqueueResult(enqueued=enqueued, duplicates=duplicates)
+
+    async def lease(self, max_items: int, lease_s: float) -> list[Leased]:
+        """Lease up to `max_items` conversation heads: due retries, expired leases, new tasks."""
+        client = self._conn.client
+        if max_items <= 0:
+            return []
+        now = self._clock()
+        expires = now + lease_s
+        idle_s = lease_s if self._reclaim_idle_s is None else self._reclaim_idle_s
+        idle_ms = max(0, math.ceil(idle_s * 1000))
+        tokens = [secrets.token_hex(16) for _ in range(max_items)]
+        args = [self._consumer, _num(now), _num(expires), _ms(lease_s), idle_ms, max_items]
+        cursor, granted = await lua.LEASE(client, [], [self._prefix, *args, self._cursor, *tokens])
+        self._cursor = text(cursor)
+        leases: list[Leased] = []
+        for task_id, payload, attempt, token, has_error, error, expired in granted:
+            if int(expired):
+                log_event(
+                    _log,
+                    "queue_lease_expired",
+                    logging.WARNING,
+                    task_id=text(task_id),
+                    attempt=int(attempt),
+                )
+            last_error = text(error) if int(has_error) else None
+            leases.append(
+                Leased(Task.from_json(payload), text(token), int(attempt), expires, last_error)
+            )
+        return leases
+
+    async def renew(self, lease: Leased, lease_s: float) -> Leased:
+        """Extend the lease from now; StaleLeaseError if the token is no longer current."""
+        expires = self._clock() + lease_s
+        args = (self._consumer, lease.task.task_id, lease.token, _num(expires), _ms(lease_s))
+        self._check(await self._run(lua.RENEW, *args), lease)
+        return replace(lease, expires_at=expires)
+
+    async def ack(self, lease: Leased) -> None:
+        """Remove the task; the next task of its conversation becomes leasable."""
+        self._check(await self._run(lua.ACK, lease.task.task_id, lease.token), lease)
+
+    async def nack(self, lease: Leased, error: str, delay_s: float | None = None) -> NackOutcome:
+        """Retry after `delay_s` (or the policy's delay), or dead-letter once attempts are spent."""
+        if self._policy.exhausted(lease.attempt):
+            await self.dead_letter(lease, error)
+            return NackOutcome.DEAD
+        delay = delay_s if delay_s is not None else self._policy.delay(lease.attempt)
+        due = _num(self._clock() + delay)
+        self._check(await self._run(lua.RETRY, lease.task.task_id, lease.token, error, due), lease)
+        return NackOutcome.RETRY
+
+    async def dead_letter(self, lease: Leased, error: str) -> None:
+        """Dead-letter now, keeping the payload, the error and the attempt count."""
+        now = _num(self._clock())
+        self._check(await self._run(lua.BURY, lease.task.task_id, lease.token, error, now), lease)
+
+    @staticmethod
+    def _check(reply: Any, lease: Leased) -> None:
+        if not int(reply):
+            raise StaleLeaseError(f"lease on task {lease.task.task_id} is no longer held")
+
+    # --- QueueAdmin --------------------------------------------------------------------------
+
+    async def stats(self) -> QueueStats:
+        """ready = never tried; leased = live lease; retrying = tried before, not leased now."""
+        now = self._clock()
+        live, tried, leased, oldest, dead = await self._run(lua.STATS, _num(now))
+        oldest_at = text(oldest)
+        return QueueStats(
+            backend="redis",
+            ready=int(live) - int(tried),
+            leased=int(leased),
+            retrying=int(tried) - int(leased),
+            dead=int(dead),
+            oldest_age_s=max(0.0, now - float(oldest_at)) if oldest_at else None,
+            extra={"consumer": self._consumer, "address": self._conn.address},
+        )
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Dead letters, oldest first."""
+        client = self._conn.client
+        if limit <= 0:
+            return []
+        entries = await client.xrange(f"{self._prefix}dead", count=limit)
+        return [_dead_letter(fields) for _, fields in entries]
+
+    async def requeue_dead(self, task_ids: Sequence[str] | None = None) -> int:
+        """Queue dead letters again at the end of their conversations, attempts reset to 0."""
+        if task_ids is not None and not task_ids:
+            return 0
+        now = _num(self._clock())
+        count = int(await self._run(lua.REQUEUE, now, *(task_ids or ())))
+        log_event(_log, "queue_dead_requeued", backend="redis", count=count)
+        return count
+
+    async def purge_dead(self) -> int:
+        """Delete every dead letter."""
+        count = int(await self._run(lua.PURGE))
+        log_event(_log, "queue_dead_purged", backend="redis", count=count)
+        return count

@@ -1,0 +1,193 @@
+"""A real `pyloto serve` process, killed with SIGKILL mid-stream: nothing acknowledged is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pyloto_cli.web.signature import sign
+from tests.fakes.graph_server import FakeGraphServer
+
+pytestmark = pytest.mark.e2e
+
+SECRET = "e2e-app-secret"
+TOTAL = 200
+USERS = 20
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def webhook_body(index: int) -> tuple[str, bytes]:
+    wamid = f"wamid.e2e.{index:04d}"
+    user = f"1555000{index % USERS:04d}"
+    payload = {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "900000000000001",
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {
+                                "display_phone_number": "15550000000",
+                                "phone_number_id": "900000000000002",
+                            },
+                            "contacts": [{"profile": {"name": "U"}, "wa_id": user}],
+                            "messages": [
+                                {
+                                    "from": user,
+                                    "id": wamid,
+                                    "timestamp": "1767225600",
+                                    "type": "text",
+                                    "text": {"body": f"mensagem {index} 😊"},
+                                }
+                            ],
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+    return wamid, json.dumps(payload).encode()
+
+
+class ServeProcess:
+    """`python -m pyloto_cli serve` on a free port with a fixed data dir."""
+
+    def __init__(self, data_dir: Path, graph_url: str, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "PYLOTO_DATA_DIR": str(data_dir),
+            "WHATSAPP_APP_SECRET": SECRET,
+            "WHATSAPP_VERIFY_TOKEN": "e2e-verify",
+            "WHATSAPP_ACCESS_TOKEN": "e2e-token",
+            "GRAPH_API_URL": graph_url,
+            "OPENAI_ENABLED": "false",
+            "PYLOTO_LOG_FORMAT": "json",
+            "PYLOTO_LEASE_SECONDS": "2",
+            "PYLOTO_RETRY_BASE_SECONDS": "0.1",
+            "PORT": str(self.port),
+        }
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pyloto_cli", "serve"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 20
+        async with httpx.AsyncClient() as client:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    pytest.fail(f"pyloto serve exited: {self.log.read_text()[-2000:]}")
+                try:
+                    if (await client.get(f"{self.url}/readyz")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.05)
+        pytest.fail(f"pyloto serve not ready: {self.log.read_text()[-2000:]}")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def terminate(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+async def graph() -> AsyncIterator[FakeGraphServer]:
+    async with FakeGraphServer() as server:
+        server.delay_s = 0.02  # work stays in flight when the kill comes
+        yield server
+
+
+async def post(client: httpx.AsyncClient, url: str, body: bytes) -> bool:
+    try:
+        response = await client.post(
+            f"{url}/webhooks/whatsapp",
+            content=body,
+            headers={"X-Hub-Signature-256": sign(SECRET.encode(), body)},
+            timeout=5,
+        )
+    except httpx.TransportError:
+        return False
+    return response.status_code == 200
+
+
+def answered(graph: FakeGraphServer) -> Counter[str]:
+    return Counter(
+        str(r.body.get("biz_opaque_callback_data"))
+        for r in graph.messages()
+        if isinstance(r.body, dict)
+    )
+
+
+async def test_kill9_mid_stream_loses_nothing_acknowledged(
+    graph: FakeGraphServer, tmp_path: Path
+) -> None:
+    """200 signed webhooks, SIGKILL after 100, restart: every 200-acknowledged one is answered."""
+    serve = ServeProcess(tmp_path / "data", graph.url, tmp_path / "serve.log")
+    acked: set[str] = set()
+    unacked: list[tuple[str, bytes]] = []
+    await serve.start()
+    try:
+        async with httpx.AsyncClient() as client:
+            bodies = [webhook_body(i) for i in range(TOTAL)]
+            for start in range(0, TOTAL, 10):
+                if start == TOTAL // 2:
+                    serve.kill9()
+                batch = bodies[start : start + 10]
+                results = await asyncio.gather(*(post(client, serve.url, b) for _, b in batch))
+                for (wamid, body), ok in zip(batch, results, strict=True):
+                    (acked.add(wamid) if ok else unacked.append((wamid, body)))
+            assert len(acked) >= TOTAL // 2
+            await serve.start()  # same data dir: expired leases are taken again
+            for wamid, body in unacked:  # Meta retries what it got no 200 for
+                if await post(client, serve.url, body):
+                    acked.add(wamid)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not acked <= set(answered(graph)):
+            await asyncio.sleep(0.1)
+    finally:
+        serve.terminate()
+    replies = answered(graph)
+    missing = acked - set(replies)
+    doubled = sorted(w for w, n in replies.items() if n > 1)
+    print(f"\nkill -9: {len(acked)} acknowledged, {len(missing)} lost, {len(doubled)} doubled")
+    assert not missing, f"acknowledged but never answered: {sorted(missing)[:10]}"
+    assert acked == {w for w, _ in bodies}
+    assert len(doubled) <= 64  # at most the tasks in flight at the kill (the concurrency)
