@@ -56,6 +56,24 @@ async def ping(client: firestore.AsyncClient, collection: str) -> None:
         ) from exc
 
 
+async def open_client(
+    project: str | None, collection: str, *, database: str | None = None
+) -> firestore.AsyncClient:
+    """A new client, checked with one read of `collection`; one BackendUnavailable if not."""
+    try:
+        client = firestore.AsyncClient(project=project, database=database)
+    except DefaultCredentialsError as exc:
+        raise BackendUnavailable(
+            f"Firestore needs GOOGLE_CLOUD_PROJECT (or Application Default Credentials): {exc}"
+        ) from exc
+    try:
+        await ping(client, collection)
+    except BaseException:
+        await close_client(client)
+        raise
+    return client
+
+
 class FirestoreDatabase:
     """An async context manager owning one `AsyncClient` for `project` (checked on enter)."""
 
@@ -69,24 +87,13 @@ class FirestoreDatabase:
     def client(self) -> firestore.AsyncClient:
         """The open client; raises if the database is not entered."""
         if self._client is None:
-            raise RuntimeError("FirestoreDatabase is not open")
+            raise BackendUnavailable("FirestoreDatabase is not open")
         return self._client
 
     async def __aenter__(self) -> Self:
         if self._closed:
             raise RuntimeError("FirestoreDatabase cannot be reopened once closed")
-        try:
-            client = firestore.AsyncClient(project=self.project, database=self.database)
-        except DefaultCredentialsError as exc:
-            raise BackendUnavailable(
-                f"Firestore needs GOOGLE_CLOUD_PROJECT (or Application Default Credentials): {exc}"
-            ) from exc
-        try:
-            await ping(client, "pyloto_ping")
-        except BaseException:
-            await close_client(client)
-            raise
-        self._client = client
+        self._client = await open_client(self.project, "pyloto_ping", database=self.database)
         return self
 
     async def __aexit__(

@@ -73,6 +73,10 @@ class PipelineConfig:
     in_progress_retry_s: float = 5.0
     mark_read: bool = False
     typing_indicator: bool = False
+    # A pull queue (SQLite, memory, Redis Streams) hands a task to one worker at a time and
+    # re-leases it only after the holder stopped renewing: its lease, not the dedupe claim, says
+    # who owns the task. A claim left by a killed worker must not block the retry then.
+    exclusive_queue: bool = True
 
 
 class Pipeline:
@@ -135,7 +139,7 @@ class Pipeline:
         if claim is ClaimResult.DONE:
             log_event(_log, "duplicate_skipped", message_id=msg.id)
             return TaskResult(Outcome.SKIPPED)
-        if claim is ClaimResult.IN_PROGRESS:
+        if claim is ClaimResult.IN_PROGRESS and not self.config.exclusive_queue:
             return TaskResult(
                 Outcome.RETRY,
                 reason="claimed by another worker",

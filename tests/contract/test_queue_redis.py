@@ -9,6 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from pyloto_cli.adapters.queue.redis_streams import RedisStreamsQueue
+from pyloto_cli.adapters.redis_db import text
 from pyloto_cli.domain.errors import BackendUnavailable, StaleLeaseError
 from pyloto_cli.pipeline.retry import RetryPolicy
 from tests.contract.queue_contract import (
@@ -38,3 +39,167 @@ class TestRedisStreamsQueue(DurableQueueContract):
             )
 
         return make
+
+
+POLICY = RetryPolicy(base_s=10.0, cap_s=100.0, jitter=0.0, max_attempts=3)
+
+
+async def test_workers_on_one_queue_take_each_task_once_in_conversation_order(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Three consumers on their own connections: every task leased exactly once, never two
+    leases of one conversation at a time, each conversation in enqueue order."""
+    tasks = [make_task(f"m{i}", f"c{i % 5}") for i in range(40)]
+    queues = [RedisStreamsQueue(redis_url, POLICY, prefix=redis_prefix) for _ in range(3)]
+    busy: set[str] = set()
+    done: list[str] = []
+
+    async def worker(queue: RedisStreamsQueue) -> None:
+        while len(done) < len(tasks):
+            for lease in await queue.lease(4, LEASE_S):
+                conversation = lease.task.conversation_key
+                assert conversation not in busy
+                busy.add(conversation)
+                await asyncio.sleep(0)  # let the other workers lease meanwhile
+                busy.discard(conversation)
+                done.append(lease.task.task_id)
+                await queue.ack(lease)
+            await asyncio.sleep(0.001)
+
+    for queue in queues:
+        await queue.__aenter__()
+    try:
+        await queues[0].enqueue(tasks)
+        await asyncio.wait_for(asyncio.gather(*(worker(q) for q in queues)), timeout=20)
+        stats = await queues[0].stats()
+    finally:
+        for queue in queues:
+            await queue.__aexit__(None, None, None)
+    assert sorted(done) == sorted(t.task_id for t in tasks)
+    for c in range(5):
+        mine = [t for t in done if int(t[1:]) % 5 == c]
+        assert mine == [f"m{i}" for i in range(c, 40, 5)]
+    assert stats.depth == 0
+
+
+async def test_a_crashed_consumers_lease_is_reclaimed_after_the_lease_time(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Real time, default min-idle: a consumer that vanishes holding a lease loses the task to
+    XAUTOCLAIM once the lease has passed; its late ack is refused."""
+    async with RedisStreamsQueue(redis_url, POLICY, prefix=redis_prefix) as crashed:
+        await crashed.enqueue([make_task("m1", "c1")])
+        [lost] = await crashed.lease(1, 0.3)
+    async with RedisStreamsQueue(redis_url, POLICY, prefix=redis_prefix) as survivor:
+        assert await survivor.lease(1, 0.3) == []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5.0
+        leases = await survivor.lease(1, 0.3)
+        while not leases and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+            leases = await survivor.lease(1, 0.3)
+        [lease] = leases
+        assert (lease.task.task_id, lease.attempt) == ("m1", 2)
+        with pytest.raises(StaleLeaseError):
+            await survivor.ack(lost)
+        await survivor.ack(lease)
+        assert (await survivor.stats()).depth == 0
+
+
+async def test_renew_keeps_the_task_past_its_first_lease_time(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """Renewal resets the entry's idle time, so XAUTOCLAIM leaves it with its worker."""
+    stream = f"{redis_prefix}q:stream"
+    async with (
+        RedisStreamsQueue(redis_client, POLICY, prefix=redis_prefix) as holder,
+        RedisStreamsQueue(redis_client, POLICY, prefix=redis_prefix) as other,
+    ):
+        await holder.enqueue([make_task("m1", "c1")])
+        [lease] = await holder.lease(1, 0.3)
+        await asyncio.sleep(0.2)
+        renewed = await holder.renew(lease, 0.3)
+        await asyncio.sleep(0.2)  # past the first lease time, within the renewed one
+        assert await other.lease(1, 0.3) == []
+        [entry] = await redis_client.xpending_range(stream, "workers", "-", "+", 10)
+        consumer = entry["consumer"]
+        assert isinstance(consumer, bytes | str)
+        assert text(consumer) == holder.consumer
+        await holder.ack(renewed)
+
+
+async def test_acked_and_dead_tasks_leave_no_stream_entries(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """XACK + XDEL: after ack and dead-letter the stream and its pending list are empty."""
+    stream = f"{redis_prefix}q:stream"
+    async with RedisStreamsQueue(redis_client, POLICY, prefix=redis_prefix) as queue:
+        await queue.enqueue([make_task("a", "c1"), make_task("b", "c1"), make_task("x", "c2")])
+        assert await redis_client.xlen(stream) == 2  # heads only: a and x
+        first, other = await queue.lease(10, LEASE_S)
+        await queue.ack(first)
+        await queue.dead_letter(other, "bad")
+        [second] = await queue.lease(10, LEASE_S)
+        await queue.ack(second)
+        assert await redis_client.xlen(stream) == 0
+        pending = await redis_client.xpending(stream, "workers")
+        assert pending["pending"] == 0
+        assert [d.task.task_id for d in await queue.dead_letters()] == ["x"]
+    assert await redis_client.ping()  # a borrowed client stays open
+
+
+async def test_closing_retires_an_idle_consumer_but_keeps_one_holding_work(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """A consumer with nothing pending leaves the group; one with a pending entry stays, so its
+    entry can still be reclaimed."""
+    stream = f"{redis_prefix}q:stream"
+    async with RedisStreamsQueue(redis_client, POLICY, prefix=redis_prefix) as idle:
+        await idle.enqueue([make_task("m1", "c1")])
+        assert await idle.lease(0, LEASE_S) == []
+    async with RedisStreamsQueue(redis_client, POLICY, prefix=redis_prefix) as holder:
+        await holder.lease(1, LEASE_S)
+    names = {text(c["name"]) for c in await redis_client.xinfo_consumers(stream, "workers")}
+    assert names == {holder.consumer}
+
+
+async def test_racing_enqueues_of_one_id_store_it_once(redis_url: str, redis_prefix: str) -> None:
+    """Two webhook processes storing the same redelivered wamid: one stores, one is told dup."""
+    async with (
+        RedisStreamsQueue(redis_url, POLICY, prefix=redis_prefix) as first,
+        RedisStreamsQueue(redis_url, POLICY, prefix=redis_prefix) as second,
+    ):
+        results = await asyncio.gather(
+            *(q.enqueue([make_task("wamid.same", "c1")]) for q in (first, second) * 5)
+        )
+        assert sum(len(r.enqueued) for r in results) == 1
+        assert ids(await first.lease(10, LEASE_S)) == ["wamid.same"]
+
+
+async def test_an_unreachable_server_is_backend_unavailable() -> None:
+    """A URL nobody answers on fails on enter, naming the address."""
+    with pytest.raises(BackendUnavailable, match=r"127\.0\.0\.1:1/0"):
+        async with RedisStreamsQueue("redis://127.0.0.1:1/0", POLICY):
+            pass
+
+
+async def test_a_borrowed_client_that_decodes_responses_works_too(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """The composition root may share a `decode_responses=True` client; replies are str then."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        async with RedisStreamsQueue(client, POLICY, prefix=redis_prefix) as queue:
+            task = make_task("m1", "c1", text="olá 👋")
+            await queue.enqueue([task, make_task("m2", "c1")])
+            [lease] = await queue.lease(10, LEASE_S)
+            await queue.nack(lease, "boom", delay_s=0)
+            [lease] = await queue.lease(10, LEASE_S)
+            assert (lease.task, lease.attempt, lease.last_error) == (task, 2, "boom")
+            await queue.dead_letter(lease, "bad")
+            [dead] = await queue.dead_letters()
+            assert (dead.task, dead.error, dead.attempts) == (task, "bad", 2)
+            stats = await queue.stats()
+            assert (stats.ready, stats.dead, stats.backend) == (1, 1, "redis")
+    finally:
+        await client.aclose()

@@ -100,3 +100,17 @@ async def test_a_closed_store_refuses_calls(redis_url: str, redis_prefix: str) -
         await store.append(KEY, [user_turn("a")], 10)
     with pytest.raises(BackendUnavailable, match="not open"):
         await store.load(KEY)
+
+
+async def test_a_borrowed_client_that_decodes_responses_works_too(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """The composition root may share a `decode_responses=True` client; replies are str then."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        async with RedisSessionStore(client, prefix=redis_prefix, clock=lambda: 5.5) as store:
+            appended = await store.append(KEY, [user_turn("a", text="olá")], 10, meta={"k": "v"})
+            assert appended == Session(KEY, (user_turn("a", text="olá"),), 5.5, {"k": "v"})
+            assert await store.load(KEY) == appended
+    finally:
+        await client.aclose()

@@ -103,3 +103,15 @@ class TestOfflineResponder:
         assert reply.overridden
         assert reply.event == "opt_out"
         assert reply.kind is ReplyKind.TEXT
+
+    async def test_from_settings_uses_configured_override_messages(self, make_settings) -> None:
+        """`from_settings` overrides handoff with PYLOTO_HANDOFF_REPLY, like the real one."""
+        responder = OfflineResponder.from_settings(make_settings(handoff_reply="A person soon."))
+        reply = await responder.respond(request("I need a human", turn=1))
+        assert (reply.text, reply.event, reply.overridden) == (
+            "A person soon.",
+            "human_handoff",
+            True,
+        )
+        other = await responder.respond(request("price?", turn=1))
+        assert not other.overridden

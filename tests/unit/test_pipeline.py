@@ -358,3 +358,11 @@ async def test_crash_between_save_and_done_does_not_resend() -> None:
     sessions = MemorySessionStore()
     sender = await run_with(sessions, FlakyDeduper())
     assert callback_ids(sender) == ["wamid.K1"]
+
+
+async def test_claim_left_by_a_killed_worker_does_not_block_the_retry(harness: Harness) -> None:
+    """A pull queue re-leases only once the holder stops renewing: its old claim is taken over."""
+    await harness.deduper.claim("wamid.Z1", 3600)  # the dead worker's claim, still live
+    await harness.deliver(webhook([message("wamid.Z1", "hi")]))
+    await harness.drain()
+    assert callback_ids(harness.sender) == ["wamid.Z1"]

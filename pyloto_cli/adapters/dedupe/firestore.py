@@ -22,7 +22,7 @@ from typing import Any, Self
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from pyloto_cli.adapters.firestore_db import close_client, doc_id, ping
+from pyloto_cli.adapters.firestore_db import close_client, doc_id, open_client
 from pyloto_cli.domain.errors import BackendUnavailable
 from pyloto_cli.ports import ClaimResult
 
@@ -52,14 +52,7 @@ class FirestoreDeduper:
     async def __aenter__(self) -> Self:
         if self._closed:
             raise RuntimeError("FirestoreDeduper cannot be reopened once closed")
-        client = self._shared or firestore.AsyncClient(project=self.project)
-        if self._shared is None:
-            try:
-                await ping(client, self.collection)
-            except BaseException:
-                await close_client(client)
-                raise
-        self._client = client
+        self._client = self._shared or await open_client(self.project, self.collection)
         return self
 
     async def __aexit__(

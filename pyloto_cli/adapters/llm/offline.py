@@ -24,7 +24,9 @@ from types import TracebackType
 from typing import Final, Self
 
 from pyloto_cli.domain.reply import ListSection, Reply, ReplyKind, ReplyOption
+from pyloto_cli.pipeline.stages import override_events, override_reply
 from pyloto_cli.ports import ResponderRequest
+from pyloto_cli.settings import Settings
 
 NON_TEXT_REPLY: Final = "I can read text messages only for now. Could you type your question?"
 _QUOTE_MAX: Final = 200
@@ -98,6 +100,12 @@ class OfflineResponder:
 
     def __init__(self, override_replies: Mapping[str, str] | None = None) -> None:
         self._overrides = dict(override_replies or {})
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OfflineResponder:
+        """With the same override events and messages as the real responder."""
+        events = override_events(settings)
+        return cls({event: override_reply(event, settings) or "" for event in events})
 
     async def __aenter__(self) -> Self:
         return self

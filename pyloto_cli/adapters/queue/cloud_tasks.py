@@ -43,6 +43,7 @@ DEADLINE_MARGIN_S = 10.0  # sending and saving after the LLM stages
 _GOOGLE_ADDRESS = "cloudtasks.googleapis.com"
 _CALL_TIMEOUT_S = 10.0
 _STATS_CAP = 1000  # ListTasks is paged and slow; count this many at most
+_MAX_IN_FLIGHT = 100  # a 1000-item POST: creates share one channel, 100 at a time
 
 _log = get_logger("queue.cloud_tasks")
 
@@ -120,6 +121,7 @@ class CloudTasksSink:
         self._shared = client
         self._client: Any | None = None
         self._closed = False
+        self._in_flight = asyncio.Semaphore(_MAX_IN_FLIGHT)
 
     async def __aenter__(self) -> Self:
         if self._closed:
@@ -297,9 +299,10 @@ class CloudTasksSink:
     async def _create(self, http_task: tasks_v2.Task) -> bool:
         """True if created, False if a task of that name already exists."""
         try:
-            await self._open().create_task(
-                parent=self.config.queue_path, task=http_task, timeout=_CALL_TIMEOUT_S
-            )
+            async with self._in_flight:
+                await self._open().create_task(
+                    parent=self.config.queue_path, task=http_task, timeout=_CALL_TIMEOUT_S
+                )
         except gexc.AlreadyExists:
             return False
         return True

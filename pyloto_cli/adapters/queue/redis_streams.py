@@ -32,7 +32,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import Any, Self
@@ -67,7 +67,7 @@ def _num(value: float) -> str:
     return repr(float(value))
 
 
-def _dead_letter(fields: dict[Any, Any]) -> DeadLetter:
+def _dead_letter(fields: Mapping[bytes | str, bytes | str]) -> DeadLetter:
     f = {text(k): v for k, v in fields.items()}
     return DeadLetter(
         task=Task.from_json(f["payload"]),
@@ -130,7 +130,9 @@ class RedisStreamsQueue:
         try:
             await self._run(lua.RETIRE, self._consumer)
         except RedisError as error:
-            log_event(_log, "queue_close_failed", logging.WARNING, backend="redis", error=str(error))
+            log_event(
+                _log, "queue_close_failed", logging.WARNING, backend="redis", error=str(error)
+            )
         finally:
             await self._conn.__aexit__(exc_type, exc, tb)
 
@@ -160,7 +162,14 @@ class RedisStreamsQueue:
         idle_s = lease_s if self._reclaim_idle_s is None else self._reclaim_idle_s
         idle_ms = max(0, math.ceil(idle_s * 1000))
         tokens = [secrets.token_hex(16) for _ in range(max_items)]
-        args = [self._consumer, _num(now), _num(expires), _ms(lease_s), idle_ms, max_items]
+        args: list[str | int | float] = [
+            self._consumer,
+            _num(now),
+            _num(expires),
+            _ms(lease_s),
+            idle_ms,
+            max_items,
+        ]
         cursor, granted = await lua.LEASE(client, [], [self._prefix, *args, self._cursor, *tokens])
         self._cursor = text(cursor)
         leases: list[Leased] = []
@@ -232,8 +241,8 @@ class RedisStreamsQueue:
         client = self._conn.client
         if limit <= 0:
             return []
-        entries = await client.xrange(f"{self._prefix}dead", count=limit)
-        return [_dead_letter(fields) for _, fields in entries]
+        entries = await client.xrange(f"{self._prefix}dead", count=limit) or []
+        return [_dead_letter(fields or {}) for _, fields in entries]
 
     async def requeue_dead(self, task_ids: Sequence[str] | None = None) -> int:
         """Queue dead letters again at the end of their conversations, attempts reset to 0."""

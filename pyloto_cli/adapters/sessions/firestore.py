@@ -23,7 +23,7 @@ from typing import Any, Self
 
 from google.cloud import firestore
 
-from pyloto_cli.adapters.firestore_db import close_client, doc_id, ping
+from pyloto_cli.adapters.firestore_db import close_client, doc_id, open_client
 from pyloto_cli.domain.errors import BackendUnavailable
 from pyloto_cli.domain.session import Session, Turn
 
@@ -53,14 +53,7 @@ class FirestoreSessionStore:
     async def __aenter__(self) -> Self:
         if self._closed:
             raise RuntimeError("FirestoreSessionStore cannot be reopened once closed")
-        client = self._shared or firestore.AsyncClient(project=self.project)
-        if self._shared is None:
-            try:
-                await ping(client, self.collection)
-            except BaseException:
-                await close_client(client)
-                raise
-        self._client = client
+        self._client = self._shared or await open_client(self.project, self.collection)
         return self
 
     async def __aexit__(

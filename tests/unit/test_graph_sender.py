@@ -1,0 +1,382 @@
+"""GraphSender through the real httpx client and respx routes: bodies, errors, pause, logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from pyloto_cli.adapters.sender.dry_run import DryRunSender
+from pyloto_cli.adapters.sender.graph import GraphSender, open_graph_client
+from pyloto_cli.adapters.sender.limiter import SendLimiter
+from pyloto_cli.domain import outbound as ob
+from pyloto_cli.domain.errors import (
+    AmbiguousSendError,
+    PermanentError,
+    SendPaused,
+    TransientError,
+)
+from pyloto_cli.domain.reply import ListSection, ReplyOption
+from pyloto_cli.domain.webhook import Recipient
+from pyloto_cli.logs import RedactingFilter, event_fields
+from pyloto_cli.settings import Settings
+
+BASE = "https://graph.test"
+NUMBER = "106540352242922"
+URL = f"{BASE}/v25.0/{NUMBER}/messages"
+TOKEN = "EAAG-secret-token-value"
+PEER = Recipient(to="+15550001234")
+WAMID = "wamid.HBgLMTU1NTAwMDEyMzQVAgARGBI"
+
+
+def ok(message_id: str = WAMID) -> httpx.Response:
+    return httpx.Response(
+        200,
+        json={
+            "messaging_product": "whatsapp",
+            "contacts": [{"input": "+15550001234", "wa_id": "15550001234"}],
+            "messages": [{"id": message_id}],
+        },
+    )
+
+
+def graph_error(code: int, status: int = 400, message: str = "boom") -> httpx.Response:
+    return httpx.Response(
+        status,
+        json={
+            "error": {
+                "message": message,
+                "type": "OAuthException",
+                "code": code,
+                "error_data": {"messaging_product": "whatsapp", "details": message},
+                "fbtrace_id": f"Trace{code}",
+            }
+        },
+    )
+
+
+def is_paused(sender: GraphSender) -> bool:
+    """`sender.paused`, read fresh (mypy would keep an earlier assert's narrowing)."""
+    return sender.paused
+
+
+class Clock:
+    """A settable monotonic clock."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient() as http:
+        yield http
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def sender(client: httpx.AsyncClient, clock: Clock) -> GraphSender:
+    return GraphSender(
+        client,
+        access_token=TOKEN,
+        api_version="v25.0",
+        base_url=BASE,
+        limiter=SendLimiter(1000.0, clock=clock),
+        auth_pause_s=300.0,
+        clock=clock,
+    )
+
+
+@pytest.fixture
+def graph() -> Iterator[respx.MockRouter]:
+    with respx.mock(assert_all_called=False) as router:
+        yield router
+
+
+@pytest.fixture
+def records(caplog: pytest.LogCaptureFixture) -> Callable[[str], list[dict[str, Any]]]:
+    caplog.set_level(logging.DEBUG, logger="pyloto")
+
+    def events(name: str) -> list[dict[str, Any]]:
+        return [event_fields(r) for r in caplog.records if r.getMessage() == name]
+
+    return events
+
+
+class TestBodies:
+    @pytest.mark.parametrize(
+        "body",
+        [
+            ob.text_body(
+                PEER, "hi https://example.com", reply_to="wamid.IN", callback_data="wamid.IN"
+            ),
+            ob.buttons_body(PEER, "Pick", [ReplyOption("y", "Yes"), ReplyOption("n", "No")]),
+            ob.list_body(PEER, "Pick", [ListSection("S", (ReplyOption("a", "A"),))]),
+            ob.reaction_body(PEER, "wamid.IN", "👍"),
+            ob.template_body(PEER, "hello_world", "en_US"),
+        ],
+        ids=["text", "buttons", "list", "reaction", "template"],
+    )
+    async def test_posts_body_with_bearer_and_returns_wamid(
+        self, sender: GraphSender, graph: respx.MockRouter, body: dict[str, Any]
+    ) -> None:
+        """Each body type is POSTed as JSON to /{number}/messages; the wamid comes back."""
+        route = graph.post(URL).mock(return_value=ok())
+        result = await sender.send(NUMBER, body)
+        assert result.message_id == WAMID
+        request = route.calls.last.request
+        assert request.headers["authorization"] == f"Bearer {TOKEN}"
+        assert request.headers["content-type"] == "application/json"
+        assert json.loads(request.content) == body
+
+    async def test_mark_read_and_typing(self, sender: GraphSender, graph: respx.MockRouter) -> None:
+        """mark_read posts the read receipt; typing adds the typing indicator."""
+        route = graph.post(URL).mock(return_value=httpx.Response(200, json={"success": True}))
+        await sender.mark_read(NUMBER, "wamid.IN")
+        await sender.mark_read(NUMBER, "wamid.IN", typing=True)
+        first, second = (json.loads(c.request.content) for c in route.calls)
+        assert first == ob.mark_read_body("wamid.IN")
+        assert second["typing_indicator"] == {"type": "text"}
+
+    async def test_message_sent_logged_masked(
+        self, sender: GraphSender, graph: respx.MockRouter, records: Any
+    ) -> None:
+        """message_sent carries the wamid and a masked phone, never the token."""
+        graph.post(URL).mock(return_value=ok())
+        await sender.send(NUMBER, ob.text_body(PEER, "hi"))
+        [event] = records("message_sent")
+        assert event["sent_message_id"] == WAMID
+        assert event["to"] == "***1234"
+        assert TOKEN not in repr(event)
+        assert TOKEN not in repr(sender)
+
+
+class TestErrors:
+    @pytest.mark.parametrize(
+        ("code", "status", "retry_after"),
+        [
+            (130429, 400, 1.0),
+            (131056, 400, 1.0),
+            (4, 400, 60.0),
+            (80007, 400, 30.0),
+            (2, 503, None),
+            (131000, 500, None),
+            (131016, 500, None),
+            (131057, 500, 60.0),
+            (133004, 503, None),
+        ],
+    )
+    async def test_retryable_codes_raise_transient(
+        self,
+        sender: GraphSender,
+        graph: respx.MockRouter,
+        records: Any,
+        code: int,
+        status: int,
+        retry_after: float | None,
+    ) -> None:
+        """Throttling and outages raise TransientError with the code and its wait, logged."""
+        graph.post(URL).mock(return_value=graph_error(code, status))
+        with pytest.raises(TransientError) as info:
+            await sender.send(NUMBER, ob.text_body(PEER, "hi"))
+        assert type(info.value) is TransientError
+        assert (info.value.code, info.value.retry_after) == (code, retry_after)
+        [event] = records("send_failed")
+        assert (event["code"], event["fbtrace_id"]) == (code, f"Trace{code}")
+
+    @pytest.mark.parametrize("code", [131047, 131026, 131048, 131050, 131051, 100, 132001])
+    async def test_permanent_codes_raise_permanent(
+        self, sender: GraphSender, graph: respx.MockRouter, code: int
+    ) -> None:
+        """Permanent codes raise PermanentError with Meta's message."""
+        graph.post(URL).mock(return_value=graph_error(code, message="Re-engagement message"))
+        with pytest.raises(PermanentError) as info:
+            await sender.send(NUMBER, ob.text_body(PEER, "hi"))
+        assert info.value.code == code
+        assert "Re-engagement message" in info.value.reason
+
+    async def test_http_5xx_without_body_is_transient(
+        self, sender: GraphSender, graph: respx.MockRouter
+    ) -> None:
+        """A bare 502 (no Graph error) is retried."""
+        graph.post(URL).mock(return_value=httpx.Response(502, text="<html>bad gateway</html>"))
+        with pytest.raises(TransientError):
+            await sender.send(NUMBER, ob.text_body(PEER, "hi"))
+
+    async def test_pair_rate_limit_backs_off_4_to_the_x(
+        self, sender: GraphSender, graph: respx.MockRouter, clock: Clock
+    ) -> None:
+        """Consecutive 131056 on one recipient wait 1, 4, 16 s; a success resets the count."""
+        route = graph.post(URL)
+        waits = []
+        for _ in range(3):
+            route.mock(return_value=graph_error(131056))
+            with pytest.raises(TransientError) as info:
+                await sender.send(NUMBER, ob.text_body(PEER, "hi"))
+            waits.append(info.value.retry_after)
+            clock.now += 10_000  # let the limiter's hold pass
+        assert waits == [1.0, 4.0, 16.0]
+        route.mock(return_value=ok())
+        await sender.send(NUMBER, ob.text_body(PEER, "hi"))
+        route.mock(return_value=graph_error(131056))
+        with pytest.raises(TransientError) as info:
+            await sender.send(NUMBER, ob.text_body(PEER, "hi"))
+        assert info.value.retry_after == 1.0
+
+    async def test_pair_rate_limit_holds_that_recipient_only(
+        self, sender: GraphSender, graph: respx.MockRouter
+    ) -> None:
+        """After a 131056, the next send to that user is refused locally; others go on."""
+        route = graph.post(URL)
+        route.mock(return_value=graph_error(131056))
+        with pytest.raises(TransientError):
+            await sender.send(NUMBER, ob.text_body(PEER, "hi"))
+        route.mock(return_value=ok())
+        assert sender.limiter is not None
+        sender.limiter.penalize(NUMBER, "+15550001234", 60.0)
+        with pytest.raises(TransientError) as info:
+            await sender.send(NUMBER, ob.text_body(PEER, "again"))
+        assert info.value.retry_after is not None
+        assert info.value.retry_after > 50
+        assert route.call_count == 1
+        await sender.send(NUMBER, ob.text_body(Recipient(to="+15550009999"), "other user"))
+        assert route.call_count == 2
+
+    @pytest.mark.parametrize(
+        "error",
+        [httpx.ConnectError("refused"), httpx.ConnectTimeout("slow"), httpx.PoolTimeout("full")],
+    )
+    async def test_never_sent_errors_are_plain_transient(
+        self, sender: GraphSender, graph: respx.MockRouter, error: Exception
+    ) -> None:
+        """Connect errors and connect/pool timeouts retry freely (nothing reached Meta)."""
+        graph.post(URL).mock(side_effect=error)
+        with pytest.raises(TransientError) as info:
+            await sender.send(NUMBER, ob.text_body(PEER, "hi"))
+        assert not isinstance(info.value, AmbiguousSendError)
+
+    @pytest.mark.parametrize(
+        "error", [httpx.ReadTimeout("slow"), httpx.RemoteProtocolError("disconnected")]
+    )
+    async def test_read_timeout_is_ambiguous(
+        self, sender: GraphSender, graph: respx.MockRouter, records: Any, error: Exception
+    ) -> None:
+        """No answer after the body went out raises AmbiguousSendError and logs send_ambiguous."""
+        graph.post(URL).mock(side_effect=error)
+        with pytest.raises(AmbiguousSendError):
+            await sender.send(NUMBER, ob.text_body(PEER, "hi"))
+        assert len(records("send_ambiguous")) == 1
+
+    async def test_phone_numbers_masked_in_errors(
+        self, sender: GraphSender, graph: respx.MockRouter
+    ) -> None:
+        """Meta's message is kept, with phone numbers masked."""
+        graph.post(URL).mock(return_value=graph_error(131026, message="15550001234 is not on WA"))
+        with pytest.raises(PermanentError) as info:
+            await sender.send(NUMBER, ob.text_body(PEER, "hi"))
+        assert "15550001234" not in info.value.reason
+        assert "***1234" in info.value.reason
+
+
+class TestAuthPause:
+    async def test_token_error_pauses_then_probe_resumes(
+        self, sender: GraphSender, graph: respx.MockRouter, clock: Clock, records: Any
+    ) -> None:
+        """190 pauses all sends (fast SendPaused, no request, one log line) until a probe works."""
+        route = graph.post(URL).mock(return_value=graph_error(190, 401))
+        with pytest.raises(SendPaused) as first:
+            await sender.send(NUMBER, ob.text_body(PEER, "hi"))
+        assert first.value.retry_after == 300.0
+        for _ in range(3):
+            with pytest.raises(SendPaused):
+                await sender.send(NUMBER, ob.text_body(PEER, "hi"))
+            with pytest.raises(SendPaused):
+                await sender.mark_read(NUMBER, "wamid.IN")
+        assert route.call_count == 1
+        assert len(records("graph_auth_error")) == 1
+        assert sender.paused
+
+        clock.now += 301  # the probe still fails: paused again, no new alert
+        with pytest.raises(SendPaused):
+            await sender.send(NUMBER, ob.text_body(PEER, "hi"))
+        assert route.call_count == 2
+        with pytest.raises(SendPaused):
+            await sender.send(NUMBER, ob.text_body(PEER, "hi"))
+        assert route.call_count == 2
+        assert len(records("graph_auth_error")) == 1
+
+        clock.now += 301  # token rotated: the probe succeeds and sending resumes
+        route.mock(return_value=ok())
+        assert (await sender.send(NUMBER, ob.text_body(PEER, "hi"))).message_id == WAMID
+        assert not is_paused(sender)
+        await sender.send(NUMBER, ob.text_body(PEER, "hi"))
+        assert route.call_count == 4
+        assert len(records("graph_auth_restored")) == 1
+
+    async def test_auth_code_0_also_pauses(
+        self, sender: GraphSender, graph: respx.MockRouter
+    ) -> None:
+        """Code 0 (auth failed) pauses like 190."""
+        graph.post(URL).mock(return_value=graph_error(0, 401))
+        with pytest.raises(SendPaused):
+            await sender.send(NUMBER, ob.text_body(PEER, "hi"))
+        assert sender.paused
+
+    async def test_token_never_logged(
+        self, sender: GraphSender, graph: respx.MockRouter, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Neither logs nor errors carry the access token."""
+        caplog.set_level(logging.DEBUG, logger="pyloto")
+        graph.post(URL).mock(return_value=graph_error(190, 401))
+        with pytest.raises(SendPaused) as info:
+            await sender.send(NUMBER, ob.text_body(PEER, "hi"))
+        assert TOKEN not in str(info.value)
+        for record in caplog.records:
+            RedactingFilter().filter(record)
+            assert TOKEN not in record.getMessage() + repr(record.__dict__)
+
+
+class TestDryRun:
+    async def test_records_bodies_with_deterministic_wamids(self, records: Any) -> None:
+        """The dry-run sender records exact bodies and answers wamid.dryrun.<n>."""
+        sender = DryRunSender()
+        body = ob.text_body(PEER, "hi")
+        first = await sender.send(NUMBER, body)
+        await sender.mark_read(NUMBER, "wamid.IN", typing=True)
+        second = await sender.send(NUMBER, ob.reaction_body(PEER, "wamid.IN", "👍"))
+        assert (first.message_id, second.message_id) == ("wamid.dryrun.1", "wamid.dryrun.2")
+        assert sender.bodies[0] == body
+        assert sender.records[1].body == ob.typing_indicator_body("wamid.IN")
+        assert [e["dry_run"] for e in records("message_sent")] == [True, True]
+
+    async def test_records_are_copies(self) -> None:
+        """Changing a body after sending does not change what was recorded."""
+        sender = DryRunSender()
+        body = ob.text_body(PEER, "hi")
+        await sender.send(NUMBER, body)
+        body["text"]["body"] = "changed"
+        assert sender.bodies[0]["text"]["body"] == "hi"
+
+
+async def test_open_graph_client_sizes_pool_for_concurrency(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """The shared client keeps a connection alive per worker task and closes on exit."""
+    async with open_graph_client(make_settings(concurrency=200)) as http:
+        transport = http._transport
+        limits = transport.limits  # type: ignore[attr-defined]
+        assert limits.max_connections >= 200
+        assert limits.max_keepalive_connections >= 200
+    assert http.is_closed
