@@ -10,15 +10,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from pyloto_cli.adapters.sqlite_db import SqliteDatabase
+from pyloto_cli import backends
 from pyloto_cli.logs import get_logger, log_event
 from pyloto_cli.pipeline.process import Pipeline, PipelineConfig
 from pyloto_cli.pipeline.retry import RetryPolicy
 from pyloto_cli.pipeline.worker import Worker
 from pyloto_cli.ports import (
+    DeadLetterStore,
     Deduper,
     MessageQueue,
     QueueAdmin,
@@ -28,7 +29,11 @@ from pyloto_cli.ports import (
     StatusStore,
     TaskSink,
 )
-from pyloto_cli.settings import QueueBackend, Settings, StoreBackend
+from pyloto_cli.settings import Settings
+
+if TYPE_CHECKING:
+    from pyloto_cli.adapters.queue.cloud_tasks import CloudTasksSink
+    from pyloto_cli.web.tasks_auth import TaskAuthenticator
 
 _log = get_logger("bootstrap")
 
@@ -48,7 +53,9 @@ class Runtime:
     statuses: StatusStore
     pipeline: Pipeline
     worker: Worker | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    cloud_tasks: CloudTasksSink | None = None
+    dead_letters: DeadLetterStore | None = None
+    task_auth: TaskAuthenticator | None = None
 
     def notify(self) -> None:
         """Wake this process's worker after an enqueue."""
@@ -76,9 +83,10 @@ def retry_policy(settings: Settings) -> RetryPolicy:
     )
 
 
-def pipeline_config(settings: Settings) -> PipelineConfig:
+def pipeline_config(settings: Settings, *, exclusive_queue: bool = True) -> PipelineConfig:
     """The pipeline's knobs, read from settings."""
     return PipelineConfig(
+        exclusive_queue=exclusive_queue,
         history_turns=settings.history_turns,
         dedupe_ttl_s=settings.dedupe_ttl_seconds,
         claim_ttl_s=max(settings.lease_seconds * 2, 60.0),
@@ -87,106 +95,26 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
     )
 
 
-async def _open_queue(
-    settings: Settings, stack: contextlib.AsyncExitStack, policy: RetryPolicy
-) -> tuple[TaskSink, MessageQueue | None, QueueAdmin | None]:
-    backend = settings.queue_backend
-    if backend is QueueBackend.MEMORY:
-        from pyloto_cli.adapters.queue.memory import MemoryMessageQueue
-
-        memory = await stack.enter_async_context(MemoryMessageQueue(policy))
-        return memory, memory, memory
-    if backend is QueueBackend.SQLITE:
-        from pyloto_cli.adapters.queue.sqlite import SqliteMessageQueue
-
-        sqlite = await stack.enter_async_context(
-            SqliteMessageQueue(
-                settings.data_dir / "queue.db",
-                policy,
-                synchronous=settings.sqlite_synchronous.value,
-            )
-        )
-        return sqlite, sqlite, sqlite
-    raise NotImplementedError(f"QUEUE_BACKEND={backend.value} is not wired yet")
-
-
-async def _open_stores(
-    settings: Settings, stack: contextlib.AsyncExitStack
-) -> tuple[SessionStore, Deduper, StatusStore]:
-    from pyloto_cli.adapters.dedupe.memory import MemoryDeduper
-    from pyloto_cli.adapters.dedupe.sqlite import SqliteDeduper
-    from pyloto_cli.adapters.sessions.memory import MemorySessionStore
-    from pyloto_cli.adapters.sessions.sqlite import SqliteSessionStore
-    from pyloto_cli.adapters.statuses.memory import MemoryStatusStore
-    from pyloto_cli.adapters.statuses.sqlite import SqliteStatusStore
-
-    uses_sqlite = StoreBackend.SQLITE in (settings.session_store_backend, settings.dedupe_backend)
-    state_db: SqliteDatabase | None = None
-    if uses_sqlite:
-        state_db = await stack.enter_async_context(
-            SqliteDatabase(
-                settings.data_dir / "state.db", synchronous=settings.sqlite_synchronous.value
-            )
-        )
-    sessions: SessionStore
-    deduper: Deduper
-    statuses: StatusStore
-    if settings.session_store_backend is StoreBackend.SQLITE and state_db is not None:
-        sessions = await stack.enter_async_context(SqliteSessionStore(state_db))
-        statuses = await stack.enter_async_context(SqliteStatusStore.from_settings(settings))
-    elif settings.session_store_backend is StoreBackend.MEMORY:
-        sessions = await stack.enter_async_context(MemorySessionStore())
-        statuses = await stack.enter_async_context(MemoryStatusStore())
-    else:
-        raise NotImplementedError(f"SESSION_STORE_BACKEND={settings.session_store_backend}")
-    if settings.dedupe_backend is StoreBackend.SQLITE and state_db is not None:
-        deduper = await stack.enter_async_context(SqliteDeduper(state_db))
-    elif settings.dedupe_backend is StoreBackend.MEMORY:
-        deduper = await stack.enter_async_context(MemoryDeduper())
-    else:
-        raise NotImplementedError(f"DEDUPE_BACKEND={settings.dedupe_backend}")
-    return sessions, deduper, statuses
-
-
-async def _open_responder(settings: Settings, stack: contextlib.AsyncExitStack) -> Responder:
-    if settings.llm_active:
-        from pyloto_cli.adapters.llm.openai import OpenAIResponder, open_openai_client
-
-        client = await stack.enter_async_context(open_openai_client(settings))
-        return await stack.enter_async_context(OpenAIResponder(client, settings))
-    from pyloto_cli.adapters.llm.offline import OfflineResponder
-
-    return await stack.enter_async_context(OfflineResponder())
-
-
-async def _open_sender(settings: Settings, stack: contextlib.AsyncExitStack) -> Sender:
-    if settings.whatsapp_access_token is not None:
-        from pyloto_cli.adapters.sender.graph import GraphSender, open_graph_client
-
-        client = await stack.enter_async_context(open_graph_client(settings))
-        return await stack.enter_async_context(GraphSender.from_settings(client, settings))
-    from pyloto_cli.adapters.sender.dry_run import DryRunSender
-
-    return await stack.enter_async_context(DryRunSender())
-
-
 @contextlib.asynccontextmanager
 async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     """Open every adapter the settings name; close them all on exit, in reverse order."""
     async with contextlib.AsyncExitStack() as stack:
-        policy = retry_policy(settings)
-        sink, queue, admin = await _open_queue(settings, stack, policy)
-        sessions, deduper, statuses = await _open_stores(settings, stack)
-        responder = await _open_responder(settings, stack)
-        sender = await _open_sender(settings, stack)
+        shared = backends.Shared(settings, stack)
+        parts = await backends.open_queue(shared, retry_policy(settings))
+        sessions = await backends.open_sessions(shared)
+        deduper = await backends.open_deduper(shared)
+        statuses = await backends.open_statuses(shared)
+        responder = await backends.open_responder(settings, stack)
+        sender = await backends.open_sender(settings, stack)
         pipeline = Pipeline(
             sessions=sessions,
             deduper=deduper,
             responder=responder,
             sender=sender,
             statuses=statuses,
-            config=pipeline_config(settings),
+            config=pipeline_config(settings, exclusive_queue=parts.queue is not None),
         )
+        queue = parts.queue
         worker = None
         if queue is not None:
             worker = Worker(
@@ -208,9 +136,9 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         )
         yield Runtime(
             settings=settings,
-            sink=sink,
+            sink=parts.sink,
             queue=queue,
-            admin=admin,
+            admin=parts.admin,
             sessions=sessions,
             deduper=deduper,
             responder=responder,
@@ -218,6 +146,9 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             statuses=statuses,
             pipeline=pipeline,
             worker=worker,
+            cloud_tasks=parts.cloud_tasks,
+            dead_letters=parts.dead_letters,
+            task_auth=parts.task_auth,
         )
 
 

@@ -21,29 +21,15 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from pyloto_cli.bootstrap import Runtime, open_runtime, run_worker
-from pyloto_cli.domain.errors import MalformedPayload, PayloadTooLarge, WebhookRejected
+from pyloto_cli.domain.errors import MalformedPayload, WebhookRejected
 from pyloto_cli.domain.webhook import split_webhook
 from pyloto_cli.logs import get_logger, log_event
 from pyloto_cli.settings import Settings
+from pyloto_cli.web.body import read_body
 from pyloto_cli.web.signature import verify_signature
+from pyloto_cli.web.tasks import process_pushed
 
-MAX_BODY_BYTES = 3 * 1024 * 1024
 _log = get_logger("web")
-
-
-async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    """The raw body, or PayloadTooLarge as soon as it passes `limit` (chunked bodies too)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"body of {declared} bytes is over {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body is over {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _runtime(request: Request) -> Runtime:
@@ -144,6 +130,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Starlette:
         Route("/webhooks/whatsapp", receive_webhook, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/tasks/process", process_pushed, methods=["POST"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     if runtime is not None:

@@ -34,12 +34,10 @@ async def client(make_settings: Callable[..., Settings]) -> AsyncIterator[httpx.
         yield http
 
 
-def make_sender(
-    client: httpx.AsyncClient, url: str, *, rate: float = 1000.0, token: str = "good-token"
-) -> GraphSender:
+def make_sender(client: httpx.AsyncClient, url: str, *, rate: float = 1000.0) -> GraphSender:
     return GraphSender(
         client,
-        access_token=token,
+        access_token="good-token",
         api_version="v25.0",
         base_url=url,
         limiter=SendLimiter(rate),
@@ -96,9 +94,7 @@ async def test_pair_rate_limit_hits_only_that_recipient(
     assert len(fake_graph.requests) == 2
 
 
-async def test_auth_pause_and_probe(
-    client: httpx.AsyncClient, fake_graph: FakeGraphServer
-) -> None:
+async def test_auth_pause_and_probe(client: httpx.AsyncClient, fake_graph: FakeGraphServer) -> None:
     """A rejected token pauses sends without requests; after the pause one probe resumes."""
     now = [0.0]
     sender = GraphSender(
@@ -141,8 +137,7 @@ async def test_read_timeout_is_ambiguous_and_refused_connection_is_not(
         with pytest.raises(TransientError) as info:
             await make_sender(http, closed_url).send(NUMBER, ob.text_body(PEER, "hi"))
         assert not isinstance(info.value, AmbiguousSendError)
-        await asyncio.sleep(0)
-    assert len(fake_graph.requests) == 1  # the slow one still reached the server
+    await fake_graph.wait_for_requests(1)  # the slow one did reach the server
 
 
 async def test_small_pool_makes_sends_wait_not_fail(
@@ -154,7 +149,10 @@ async def test_small_pool_makes_sends_wait_not_fail(
     async with httpx.AsyncClient(transport=transport) as http:
         sender = make_sender(http, fake_graph.url)
         results = await asyncio.gather(
-            *(sender.send(NUMBER, ob.text_body(PEER, f"m{n}")) for n in range(64))
+            *(
+                sender.send(NUMBER, ob.text_body(Recipient(to=f"+1555000{n:04d}"), "m"))
+                for n in range(64)
+            )
         )
     assert len({r.message_id for r in results}) == 64
     assert len(fake_graph.messages()) == 64
@@ -165,9 +163,13 @@ async def test_burst_of_500_none_lost_and_rate_held(
 ) -> None:
     """500 sends by 64 workers through a slow server: all delivered once, at ≤ the number's rate."""
     rate = 400.0
-    fake_graph.delay_s = 0.02
     sender = make_sender(client, fake_graph.url, rate=rate)
     assert sender.limiter is not None
+    # open the 64 connections first (another number: its own rate budget), so that connection
+    # set-up does not bunch the first sends together
+    await asyncio.gather(*(sender.mark_read("warm-up", f"wamid.{n}") for n in range(64)))
+    fake_graph.reset()
+    fake_graph.delay_s = 0.02
     pending: asyncio.Queue[int] = asyncio.Queue()
     for n in range(500):
         pending.put_nowait(n)
@@ -180,12 +182,14 @@ async def test_burst_of_500_none_lost_and_rate_held(
 
     await asyncio.gather(*(worker() for _ in range(64)))
     sent = fake_graph.messages()
-    assert sorted(r.body["text"]["body"] for r in sent) == sorted(f"message {n}" for n in range(500))
+    assert sorted(r.body["text"]["body"] for r in sent) == sorted(
+        f"message {n}" for n in range(500)
+    )
     times = sorted(r.at for r in sent)
     burst = sender.limiter.number_burst
     span = times[-1] - times[0]
     assert (len(times) - burst) / span <= rate * 1.1
     window = 0.25
-    for i, start in enumerate(times):
-        in_window = sum(1 for t in times[i:] if t < start + window)
-        assert in_window <= rate * window + burst + 10
+    busiest = max(sum(1 for t in times[i:] if t < t0 + window) for i, t0 in enumerate(times))
+    # unlimited, 64 workers on a 20 ms server would put ~800 in a window; allowed: 140 + jitter
+    assert busiest <= rate * window + burst + 25

@@ -13,7 +13,7 @@ import respx
 
 from pyloto_cli.adapters.sender.dry_run import DryRunSender
 from pyloto_cli.adapters.sender.graph import GraphSender, open_graph_client
-from pyloto_cli.adapters.sender.limiter import SendLimiter
+from pyloto_cli.adapters.sender.limiter import Bucket, SendLimiter
 from pyloto_cli.domain import outbound as ob
 from pyloto_cli.domain.errors import (
     AmbiguousSendError,
@@ -380,3 +380,68 @@ async def test_open_graph_client_sizes_pool_for_concurrency(
         assert limits.max_connections >= 200
         assert limits.max_keepalive_connections >= 200
     assert http.is_closed
+
+
+class TestStaleConnection:
+    async def test_unsent_request_is_retried_once_at_once(
+        self, sender: GraphSender, graph: respx.MockRouter
+    ) -> None:
+        """A request that cannot have reached Meta is tried again at once (no duplicate risk)."""
+        route = graph.post(URL).mock(side_effect=[httpx.ConnectError("stale"), ok()])
+        assert (await sender.send(NUMBER, ob.text_body(PEER, "hi"))).message_id == WAMID
+        assert route.call_count == 2
+
+    async def test_ambiguous_request_is_not_retried_here(
+        self, sender: GraphSender, graph: respx.MockRouter
+    ) -> None:
+        """A request that may have reached Meta is never repeated by the sender itself."""
+        route = graph.post(URL).mock(side_effect=[httpx.ReadTimeout("slow"), ok()])
+        with pytest.raises(AmbiguousSendError):
+            await sender.send(NUMBER, ob.text_body(PEER, "hi"))
+        assert route.call_count == 1
+
+
+class TestLimiter:
+    def test_bucket_allows_burst_then_spaces_tokens(self) -> None:
+        """A bucket gives `burst` tokens at once, then one per interval."""
+        bucket = Bucket(interval_s=0.5, burst=3)
+        delays = [bucket.reserve(100.0) for _ in range(5)]
+        assert delays == [0.0, 0.0, 0.0, 0.5, 1.0]
+
+    def test_bucket_refills(self) -> None:
+        """After a quiet spell the burst is available again."""
+        bucket = Bucket(interval_s=0.5, burst=2)
+        bucket.reserve(0.0)
+        bucket.reserve(0.0)
+        assert bucket.wait(0.0) == 0.5
+        assert bucket.wait(10.0) == 0.0
+        assert bucket.idle(10.0)
+
+    async def test_long_wait_raises_instead_of_holding_a_worker(self, clock: Clock) -> None:
+        """A send that would wait past max_wait_s raises TransientError with that wait."""
+        limiter = SendLimiter(1.0, number_burst=1, max_wait_s=0.5, clock=clock)
+        await limiter.acquire(NUMBER)
+        with pytest.raises(TransientError) as info:
+            await limiter.acquire(NUMBER)
+        assert info.value.retry_after == pytest.approx(1.0)
+        clock.now += 1.0
+        await limiter.acquire(NUMBER)  # the refused call reserved nothing
+
+    async def test_pair_limit_burst_45_then_one_per_6s(self, clock: Clock) -> None:
+        """45 messages to one user go at once; the 46th must wait 6 s (so it is refused)."""
+        limiter = SendLimiter(1000.0, number_burst=1000, clock=clock)
+        for _ in range(45):
+            await limiter.acquire(NUMBER, "+15550001234")
+        with pytest.raises(TransientError) as info:
+            await limiter.acquire(NUMBER, "+15550001234")
+        assert info.value.retry_after == pytest.approx(6.0)
+        await limiter.acquire(NUMBER, "+15550009999")  # another user is not affected
+        assert limiter.pair_wait(NUMBER, "+15550001234") == pytest.approx(6.0)
+
+    async def test_numbers_are_limited_separately(self, clock: Clock) -> None:
+        """Each business number has its own budget."""
+        limiter = SendLimiter(1.0, number_burst=1, max_wait_s=0.1, clock=clock)
+        await limiter.acquire("111")
+        await limiter.acquire("222")
+        with pytest.raises(TransientError):
+            await limiter.acquire("111")

@@ -13,7 +13,8 @@ import pytest
 from pyloto_cli.bootstrap import Runtime, open_runtime
 from pyloto_cli.domain.task import EnqueueResult, Task
 from pyloto_cli.settings import Settings
-from pyloto_cli.web.app import MAX_BODY_BYTES, create_app
+from pyloto_cli.web.app import create_app
+from pyloto_cli.web.body import MAX_BODY_BYTES
 from pyloto_cli.web.signature import sign
 
 SECRET = "test-app-secret"

@@ -43,6 +43,7 @@ from pyloto_cli.settings import Settings
 
 ClientKind = Literal["aiohttp", "httpx", "httpx-default"]
 
+_UNWRITTEN = "Can not write request body"  # aiohttp's ClientOSError for a failed write
 _DIGITS = re.compile(r"\+?\d{8,}")
 _NEVER_SENT = (
     httpx.ConnectError,
@@ -92,7 +93,10 @@ def _never_sent(exc: httpx.TransportError) -> bool:
     """True when the request cannot have reached Meta (safe to retry, no duplicate)."""
     cause = exc.__cause__
     if isinstance(cause, aiohttp.ClientError):  # httpx-aiohttp maps every disconnect to Connect*
-        return isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
+        if isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+            return True
+        # a pooled connection the server had closed: the request body could not be written
+        return isinstance(cause, aiohttp.ClientOSError) and str(cause).find(_UNWRITTEN) >= 0
     return isinstance(exc, _NEVER_SENT)
 
 
@@ -224,10 +228,7 @@ class GraphSender:
     ) -> tuple[JsonObject, float]:
         url = f"{self._base}/{phone_number_id}/messages"
         started = time.perf_counter()
-        try:
-            response = await self._client.post(url, json=body, headers=self._headers)
-        except httpx.TransportError as exc:
-            raise self._transport_failure(exc, phone_number_id, peer, kind) from exc
+        response = await self._request(url, body, phone_number_id, peer, kind)
         duration_ms = round((time.perf_counter() - started) * 1000, 1)
         try:
             data: Any = response.json()
@@ -239,6 +240,21 @@ class GraphSender:
                 self._pair_strikes.pop((phone_number_id, peer), None)
             return data, duration_ms
         raise self._failure(response, data, phone_number_id, peer, kind)
+
+    async def _request(
+        self, url: str, body: JsonObject, phone_number_id: str, peer: str | None, kind: str
+    ) -> httpx.Response:
+        """POST once; again at once if the first try cannot have reached Meta (a stale
+        keep-alive connection, a refused connect): that retry cannot duplicate a message."""
+        try:
+            return await self._client.post(url, json=body, headers=self._headers)
+        except httpx.TransportError as exc:
+            if not _never_sent(exc):
+                raise self._transport_failure(exc, phone_number_id, peer, kind) from exc
+        try:
+            return await self._client.post(url, json=body, headers=self._headers)
+        except httpx.TransportError as exc:
+            raise self._transport_failure(exc, phone_number_id, peer, kind) from exc
 
     def _transport_failure(
         self, exc: httpx.TransportError, phone_number_id: str, peer: str | None, kind: str

@@ -1,0 +1,335 @@
+"""A fake Graph API on 127.0.0.1: records every request, answers like Meta, injects faults.
+
+In tests (in the test's event loop):
+
+    async with FakeGraphServer() as graph:            # port 0: a free port
+        sender = GraphSender(client, access_token="t", api_version="v25.0", base_url=graph.url)
+        graph.fail(130429, times=2)                    # the next two sends get a throttling error
+        graph.delay_s = 0.05                           # every answer waits 50 ms
+        ... graph.requests[-1].body ...
+
+From a script or another process: `python -m pyloto_cli.fakes.graph_server --port 8901 [--delay-ms 20]`;
+control it over HTTP: `POST /_fake/faults {"code": 131056, "times": 3, "to": "+1555..."}`,
+`POST /_fake/config {"delay_ms": 50, "token": "t"}`, `GET /_fake/requests`, `POST /_fake/reset`.
+
+Faults: any Graph error code (`KNOWN_ERRORS` gives a realistic message and HTTP status), a
+bare HTTP status (`{"http_status": 502}`), or a slow answer (`{"delay_s": 2}`: past the client's
+read timeout, the ambiguous case).
+When `token` is set, a request with another Bearer token gets error 190.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+KNOWN_ERRORS: dict[int, tuple[int, str]] = {
+    0: (401, "(#0) AuthException"),
+    4: (400, "(#4) Application request limit reached"),
+    100: (400, "(#100) Invalid parameter"),
+    131000: (500, "Something went wrong"),
+    130429: (400, "(#130429) Rate limit hit"),
+    131026: (400, "Message undeliverable"),
+    131047: (400, "Re-engagement message"),
+    131048: (400, "Spam rate limit hit"),
+    131056: (400, "(#131056) (Business Account, Consumer Account) pair rate limit hit"),
+    133004: (503, "Server temporarily unavailable"),
+    190: (401, "Error validating access token: Session has expired."),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRequest:
+    """One request as the fake received it; `at` is `time.monotonic()` on arrival."""
+
+    at: float
+    method: str
+    path: str
+    phone_number_id: str
+    authorization: str | None
+    body: Any
+    answered: int  # the HTTP status sent back
+    code: int | None  # the Graph error code sent back, if any
+
+
+@dataclass(slots=True)
+class Fault:
+    """An injected failure for the next `times` matching requests (None: every one)."""
+
+    code: int | None = None
+    http_status: int | None = None
+    times: int | None = 1
+    to: str | None = None  # only requests to this recipient
+    delay_s: float = 0.0  # wait this long before the fault's answer
+
+    def matches(self, body: Any) -> bool:
+        if self.to is None:
+            return True
+        return isinstance(body, dict) and self.to in (body.get("to"), body.get("recipient"))
+
+
+@dataclass(slots=True)
+class _State:
+    requests: list[RecordedRequest] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
+    delay_s: float = 0.0
+    token: str | None = None
+    ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+
+def error_body(code: int, message: str | None = None) -> dict[str, Any]:
+    """Meta's error shape for `code` (DOMAIN.md §4)."""
+    text = message or KNOWN_ERRORS.get(code, (400, f"(#{code}) Error"))[1]
+    return {
+        "error": {
+            "message": text,
+            "type": "OAuthException",
+            "code": code,
+            "error_data": {"messaging_product": "whatsapp", "details": text},
+            "fbtrace_id": f"AFakeTrace{code}",
+        }
+    }
+
+
+def _error_code(payload: Any) -> int | None:
+    error = payload.get("error") if isinstance(payload, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, int) else None
+
+
+class FakeGraphServer:
+    """The fake Graph API; an async context manager that serves in the running loop."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port
+        self._state = _State()
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # --- test API ----------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """Base URL to use as GRAPH_API_URL."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Every request received so far, in arrival order."""
+        return self._state.requests
+
+    @property
+    def delay_s(self) -> float:
+        """Seconds every answer waits (a slow Graph)."""
+        return self._state.delay_s
+
+    @delay_s.setter
+    def delay_s(self, value: float) -> None:
+        self._state.delay_s = value
+
+    def require_token(self, token: str | None) -> None:
+        """Answer 190 to any other Bearer token (None: accept any)."""
+        self._state.token = token
+
+    def fail(self, code: int | None = None, *, times: int | None = 1, **options: Any) -> Fault:
+        """Inject a fault for the next `times` matching requests (see `Fault`)."""
+        fault = Fault(code=code, times=times, **options)
+        self._state.faults.append(fault)
+        return fault
+
+    def reset(self) -> None:
+        """Forget requests, faults, delay and token."""
+        self._state = _State()
+
+    async def wait_for_requests(self, count: int, within_s: float = 5.0) -> None:
+        """Poll until `count` requests were answered; TimeoutError after `within_s`."""
+        deadline = time.monotonic() + within_s
+        while len(self._state.requests) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(self._state.requests)} of {count} requests arrived")
+            await asyncio.sleep(0.005)
+
+    def messages(self) -> list[RecordedRequest]:
+        """Accepted message sends (not read receipts)."""
+        return [
+            r
+            for r in self.requests
+            if r.answered == 200 and isinstance(r.body, dict) and "status" not in r.body
+        ]
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        config = uvicorn.Config(
+            self.app(),
+            host=self.host,
+            port=self.port,
+            log_config=None,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            backlog=4096,
+            timeout_keep_alive=60,
+        )
+        self._server = uvicorn.Server(config)
+        # the test runner (or asyncio.run in script mode) owns the signals, not the fake
+        self._server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+        self._task = asyncio.create_task(self._server.serve())
+        deadline = time.monotonic() + 10.0
+        while not self._server.started:
+            if self._task.done() or time.monotonic() > deadline:
+                await self._stop()
+                raise RuntimeError(f"fake Graph server did not start on {self.host}:{self.port}")
+            await asyncio.sleep(0.005)
+        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stop()
+
+    async def _stop(self) -> None:
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            await self._task
+
+    # --- the app -----------------------------------------------------------------------------
+
+    def app(self) -> Starlette:
+        """The ASGI app (Graph routes plus `/_fake/` control routes)."""
+        return Starlette(
+            routes=[
+                Route("/_fake/requests", self._list_requests, methods=["GET"]),
+                Route("/_fake/faults", self._add_fault, methods=["POST"]),
+                Route("/_fake/config", self._configure, methods=["POST"]),
+                Route("/_fake/reset", self._reset, methods=["POST"]),
+                Route("/{version}/{phone_number_id}/messages", self._messages, methods=["POST"]),
+            ],
+        )
+
+    async def _messages(self, request: Request) -> Response:
+        arrived = time.monotonic()
+        raw = await request.body()
+        try:
+            body: Any = json.loads(raw)
+        except ValueError:
+            body = raw.decode("utf-8", "replace")
+        status, payload = await self._answer(request, body)
+        self._state.requests.append(
+            RecordedRequest(
+                at=arrived,
+                method=request.method,
+                path=request.url.path,
+                phone_number_id=request.path_params["phone_number_id"],
+                authorization=request.headers.get("authorization"),
+                body=body,
+                answered=status,
+                code=_error_code(payload),
+            )
+        )
+        return JSONResponse(payload, status_code=status)
+
+    async def _answer(self, request: Request, body: Any) -> tuple[int, Any]:
+        state = self._state
+        fault = self._take_fault(body)
+        delay = state.delay_s + (fault.delay_s if fault else 0.0)
+        if delay:
+            await asyncio.sleep(delay)
+        token = state.token
+        if token is not None and request.headers.get("authorization") != f"Bearer {token}":
+            return 401, error_body(190)
+        if fault is not None and fault.code is not None:
+            status = fault.http_status or KNOWN_ERRORS.get(fault.code, (400, ""))[0]
+            return status, error_body(fault.code)
+        if fault is not None and fault.http_status is not None:
+            return fault.http_status, {"detail": "fake failure (no Graph error object)"}
+        if isinstance(body, dict) and body.get("status") == "read":
+            return 200, {"success": True}
+        return 200, self._accepted(body)
+
+    def _take_fault(self, body: Any) -> Fault | None:
+        for fault in self._state.faults:
+            if fault.matches(body):
+                if fault.times is not None:
+                    fault.times -= 1
+                    if fault.times <= 0:
+                        self._state.faults.remove(fault)
+                return fault
+        return None
+
+    def _accepted(self, body: Any) -> dict[str, Any]:
+        n = next(self._state.ids)
+        peer = body.get("to") or body.get("recipient") if isinstance(body, dict) else None
+        contact: dict[str, Any] = {"input": peer}
+        if isinstance(peer, str) and peer.lstrip("+").isdigit():
+            contact["wa_id"] = peer.lstrip("+")
+        else:
+            contact["user_id"] = peer
+        return {
+            "messaging_product": "whatsapp",
+            "contacts": [contact],
+            "messages": [{"id": f"wamid.fake.{n:08d}"}],
+        }
+
+    async def _list_requests(self, request: Request) -> Response:
+        return JSONResponse([asdict(r) for r in self._state.requests])
+
+    async def _add_fault(self, request: Request) -> Response:
+        options = await request.json()
+        fault = self.fail(**options)
+        return JSONResponse(asdict(fault))
+
+    async def _configure(self, request: Request) -> Response:
+        options = await request.json()
+        if "delay_ms" in options:
+            self.delay_s = float(options["delay_ms"]) / 1000
+        if "token" in options:
+            self.require_token(options["token"])
+        return JSONResponse(
+            {"delay_s": self.delay_s, "token_required": self._state.token is not None}
+        )
+
+    async def _reset(self, request: Request) -> Response:
+        self.reset()
+        return JSONResponse({"reset": True})
+
+
+async def _serve_forever(host: str, port: int, delay_ms: float) -> None:
+    async with FakeGraphServer(host, port) as server:
+        server.delay_s = delay_ms / 1000
+        print(f"fake Graph API on {server.url}", flush=True)  # noqa: T201
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
+
+
+def main() -> None:
+    """`python -m pyloto_cli.fakes.graph_server --port N`: serve until interrupted."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8901)
+    parser.add_argument("--delay-ms", type=float, default=0.0)
+    args = parser.parse_args()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve_forever(args.host, args.port, args.delay_ms))
+
+
+if __name__ == "__main__":
+    main()
