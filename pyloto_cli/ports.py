@@ -60,6 +60,16 @@ class MessageQueue(TaskSink, Protocol):
         """Retry later (after `delay_s`, or the policy's delay), or dead-letter when spent."""
         ...
 
+    async def defer(self, lease: Leased, delay_s: float, reason: str) -> None:
+        """Put the task back for `delay_s` without counting this attempt; never dead-letters.
+
+        For outages that are not the task's fault (e.g. the Graph access token rejected):
+        the attempt counter goes back by one (never below 0), `reason` becomes the last
+        error, and the task keeps its place at its conversation's head. Raises
+        StaleLeaseError if the lease was lost.
+        """
+        ...
+
     async def dead_letter(self, lease: Leased, error: str) -> None:
         """Dead-letter now (a permanent failure), keeping the payload, error and attempts."""
         ...

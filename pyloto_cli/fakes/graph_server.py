@@ -8,8 +8,9 @@ In tests (in the test's event loop):
         graph.delay_s = 0.05                           # every answer waits 50 ms
         ... graph.requests[-1].body ...
 
-From a script or another process: `python -m pyloto_cli.fakes.graph_server --port 8901 [--delay-ms 20]`;
-control it over HTTP: `POST /_fake/faults {"code": 131056, "times": 3, "to": "+1555..."}`,
+From a script or another process:
+`python -m pyloto_cli.fakes.graph_server --port 8901 [--delay-ms 20]`; control it over HTTP:
+`POST /_fake/faults {"code": 131056, "times": 3, "to": "+1555..."}`,
 `POST /_fake/config {"delay_ms": 50, "token": "t"}`, `GET /_fake/requests`, `POST /_fake/reset`.
 
 Faults: any Graph error code (`KNOWN_ERRORS` gives a realistic message and HTTP status), a

@@ -22,7 +22,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from pyloto_cli.domain.errors import PermanentError, TransientError
+from pyloto_cli.domain.errors import (
+    AmbiguousSendError,
+    PermanentError,
+    SendPaused,
+    TransientError,
+)
 from pyloto_cli.domain.outbound import build_reply_body
 from pyloto_cli.domain.reply import Reply
 from pyloto_cli.domain.session import Role, Session, Turn
@@ -49,6 +54,7 @@ class Outcome(StrEnum):
     DONE = "done"
     SKIPPED = "skipped"  # a duplicate: already answered
     RETRY = "retry"
+    DEFER = "defer"  # sending is paused (token rejected): wait without spending an attempt
     DEAD = "dead"
 
 
@@ -101,8 +107,14 @@ class Pipeline:
         self.config = config or PipelineConfig()
         self._clock = clock
 
-    async def process(self, task: Task, attempt: int = 1) -> TaskResult:
-        """Run one attempt of `task`; never raises for transient or permanent failures."""
+    async def process(
+        self, task: Task, attempt: int = 1, last_error: str | None = None
+    ) -> TaskResult:
+        """Run one attempt of `task`; never raises for transient or permanent failures.
+
+        `last_error` is the previous attempt's reason (the queue keeps it): an ambiguous send
+        (the reply may have reached Meta) is retried once, never twice.
+        """
         try:
             if task.kind is TaskKind.MESSAGE:
                 return await self._message(task)
@@ -110,6 +122,12 @@ class Pipeline:
                 return await self._status(task)
             log_event(_log, "webhook_event", field=task.field, task_id=task.task_id)
             return TaskResult(Outcome.DONE)
+        except SendPaused as exc:
+            return TaskResult(Outcome.DEFER, reason=_reason(exc), delay_s=exc.retry_after)
+        except AmbiguousSendError as exc:
+            if last_error is not None and last_error.startswith(AmbiguousSendError.__name__):
+                return TaskResult(Outcome.DEAD, reason=f"{_reason(exc)}; not retried twice")
+            return TaskResult(Outcome.RETRY, reason=_reason(exc), delay_s=exc.retry_after)
         except TransientError as exc:
             return TaskResult(Outcome.RETRY, reason=_reason(exc), delay_s=exc.retry_after)
         except PermanentError as exc:

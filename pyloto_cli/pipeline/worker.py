@@ -21,6 +21,7 @@ from pyloto_cli.pipeline.process import Outcome, Pipeline, TaskResult
 from pyloto_cli.ports import MessageQueue
 
 _log = get_logger("worker")
+DEFAULT_DEFER_S = 60.0
 
 
 @dataclass(slots=True)
@@ -30,6 +31,7 @@ class WorkerStats:
     done: int = 0
     skipped: int = 0
     retried: int = 0
+    deferred: int = 0
     dead: int = 0
     lease_lost: int = 0
     outcomes: list[TaskResult] = field(default_factory=list)
@@ -132,7 +134,7 @@ class Worker:
             holder = [lease]
             renewer = asyncio.create_task(self._renew(holder))
             try:
-                result = await self.pipeline.process(task, lease.attempt)
+                result = await self.pipeline.process(task, lease.attempt, lease.last_error)
             except Exception as exc:  # the one broad catch: any bug becomes a retry, not a stall
                 _log.exception("task_failed")
                 result = TaskResult(Outcome.RETRY, reason=f"{type(exc).__name__}: {exc}")
@@ -171,6 +173,11 @@ class Worker:
             log_event(_log, "task_processed", outcome=result.outcome.value, duration_ms=duration_ms)
             return
         reason = result.reason or "unknown error"
+        if result.outcome is Outcome.DEFER:
+            await self.queue.defer(lease, result.delay_s or DEFAULT_DEFER_S, reason)
+            self.stats.deferred += 1
+            log_event(_log, "task_deferred", reason=reason, delay_s=result.delay_s)
+            return
         if result.outcome is Outcome.DEAD:
             await self.queue.dead_letter(lease, reason)
             outcome = NackOutcome.DEAD

@@ -21,6 +21,7 @@ from pyloto_cli.domain.webhook import split_webhook
 from pyloto_cli.logs import get_logger, log_event
 from pyloto_cli.ports import TaskSink
 from pyloto_cli.settings import Settings
+from pyloto_cli.tools import admin_settings
 from pyloto_cli.tools.sources import Source
 
 _log = get_logger("tools.enqueue")
@@ -111,8 +112,3 @@ async def run_enqueue(
         rejected=len(report.rejected),
     )
     return report
-
-
-def admin_settings(settings: Settings) -> Settings:
-    """`settings` without network credentials: queue tools never call Graph or OpenAI."""
-    return settings.model_copy(update={"whatsapp_access_token": None, "openai_api_key": None})

@@ -33,9 +33,7 @@ class Source:
 
 
 def _walk(directory: Path, suffixes: frozenset[str]) -> list[Source]:
-    found = sorted(
-        p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
-    )
+    found = sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
     base = directory.resolve().parent
     return [Source(p.resolve().relative_to(base).as_posix(), path=p) for p in found]
 

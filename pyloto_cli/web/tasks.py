@@ -69,6 +69,12 @@ async def _settle(
         return PlainTextResponse("ok")
     reason = result.reason or "unknown error"
     policy = retry_policy(runtime.settings)
+    if result.outcome is Outcome.DEFER:  # sending paused: wait, without spending an attempt
+        delay = result.delay_s or RESCHEDULE_AFTER_S
+        if runtime.cloud_tasks is not None:
+            await runtime.cloud_tasks.reschedule(task, delay, attempt)
+        log_event(_log, "task_deferred", reason=reason, delay_s=delay)
+        return PlainTextResponse("deferred")
     if result.outcome is Outcome.DEAD or policy.exhausted(attempt):
         assert runtime.dead_letters is not None  # noqa: S101 - wired with cloud_tasks
         await runtime.dead_letters.record(DeadLetter(task, reason, attempt, time.time()))

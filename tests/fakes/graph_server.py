@@ -2,8 +2,8 @@
 
 from pyloto_cli.fakes.graph_server import (
     KNOWN_ERRORS,
-    Fault,
     FakeGraphServer,
+    Fault,
     RecordedRequest,
     error_body,
     main,

@@ -14,7 +14,12 @@ from pyloto_cli.adapters.llm.offline import OfflineResponder
 from pyloto_cli.adapters.queue.memory import MemoryMessageQueue
 from pyloto_cli.adapters.sessions.memory import MemorySessionStore
 from pyloto_cli.adapters.statuses.memory import MemoryStatusStore
-from pyloto_cli.domain.errors import PermanentError, TransientError
+from pyloto_cli.domain.errors import (
+    AmbiguousSendError,
+    PermanentError,
+    SendPaused,
+    TransientError,
+)
 from pyloto_cli.domain.session import Role, Session, Turn
 from pyloto_cli.domain.task import JsonObject
 from pyloto_cli.domain.webhook import split_webhook
@@ -366,3 +371,29 @@ async def test_claim_left_by_a_killed_worker_does_not_block_the_retry(harness: H
     await harness.deliver(webhook([message("wamid.Z1", "hi")]))
     await harness.drain()
     assert callback_ids(harness.sender) == ["wamid.Z1"]
+
+
+async def test_ambiguous_send_is_retried_once_then_dead_lettered(
+    harness: Harness, sender: RecordingSender
+) -> None:
+    """A read timeout after the body went out may have delivered: one retry, never two."""
+    sender.fail_with = lambda n: AmbiguousSendError("read timeout after send")
+    await harness.deliver(webhook([message("wamid.AM", "hi")]))
+    await harness.drain()
+    assert sender.calls == 2
+    dead = await harness.queue.dead_letters()
+    assert [d.task.task_id for d in dead] == ["wamid.AM"]
+    assert "not retried twice" in dead[0].error
+
+
+async def test_paused_sending_defers_without_spending_attempts(
+    harness: Harness, sender: RecordingSender
+) -> None:
+    """Token rejected (190): tasks wait for the pause, they do not end in dead letters."""
+    sender.fail_with = lambda n: SendPaused("token rejected", retry_after=0.0) if n <= 6 else None
+    await harness.deliver(webhook([message("wamid.PA", "hi")]))
+    await harness.drain()
+    assert callback_ids(sender) == ["wamid.PA"]
+    assert sender.calls == 7  # six pauses, more than max_attempts=3, and still answered
+    assert await harness.queue.dead_letters() == []
+    assert harness.worker.stats.deferred == 6

@@ -15,7 +15,7 @@ from __future__ import annotations
 import builtins
 import json
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import redis.asyncio as aioredis
 
@@ -85,7 +85,7 @@ class RedisDeadLetterStore:
         if limit <= 0:
             return []
         client = self._conn.client
-        ids = await client.zrange(self._index, 0, limit - 1)
+        ids = cast("list[bytes | str]", await client.zrange(self._index, 0, limit - 1))
         if not ids:
             return []
         raws = await client.hmget(self._items, ids)

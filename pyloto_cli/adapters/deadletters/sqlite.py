@@ -87,9 +87,7 @@ class SqliteDeadLetterStore:
     is then the database's own, and the caller closes it).
     """
 
-    def __init__(
-        self, source: Path | str | SqliteDatabase, *, synchronous: str = "NORMAL"
-    ) -> None:
+    def __init__(self, source: Path | str | SqliteDatabase, *, synchronous: str = "NORMAL") -> None:
         self._owns_db = not isinstance(source, SqliteDatabase)
         self._db = (
             source

@@ -1,0 +1,76 @@
+"""The bench's own webhooks: one signed text message each, with a distinct wamid.
+
+Senders are fictional `1555…` numbers; message `i` comes from user `i % users`, so with fewer
+users than messages each conversation gets several turns (answered in order, one at a time).
+Bodies and signatures are built before the run so that sending costs no more than a POST.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pyloto_cli.web.signature import sign
+
+PHONE_NUMBER_ID = "109000000000001"
+DISPLAY_NUMBER = "15550100001"
+WABA_ID = "209000000000001"
+QUESTIONS = (
+    "Hi! What are your opening hours on Sunday?",
+    "Do you deliver to the city centre?",
+    "How much is the large pizza?",
+    "Can I change my order from yesterday? 🙂",
+    "Olá, vocês aceitam cartão de crédito?",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """One ready-to-send webhook: its inbound wamid, raw body and signature header."""
+
+    wamid: str
+    body: bytes
+    signature: str
+
+
+def user_number(user: int) -> str:
+    """A fictional wa_id for user `user`."""
+    return f"1555{user:07d}"
+
+
+def message_payload(wamid: str, user: int, text: str, timestamp: int) -> dict[str, Any]:
+    """A `messages` webhook with one inbound text message, shaped like Meta's."""
+    wa_id = user_number(user)
+    value = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": DISPLAY_NUMBER, "phone_number_id": PHONE_NUMBER_ID},
+        "contacts": [{"profile": {"name": f"Bench User {user}"}, "wa_id": wa_id}],
+        "messages": [
+            {
+                "from": wa_id,
+                "id": wamid,
+                "timestamp": str(timestamp),
+                "type": "text",
+                "text": {"body": text},
+            }
+        ],
+    }
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": WABA_ID, "changes": [{"field": "messages", "value": value}]}],
+    }
+
+
+def build_webhooks(count: int, users: int, secret: bytes, run_id: str) -> list[Webhook]:
+    """`count` signed webhooks from `users` senders (round robin), wamids unique to `run_id`."""
+    now = int(time.time())
+    hooks: list[Webhook] = []
+    for index in range(count):
+        wamid = f"wamid.bench.{run_id}.{index:07d}"
+        text = f"{QUESTIONS[index % len(QUESTIONS)]} (#{index})"
+        payload = message_payload(wamid, index % max(users, 1), text, now)
+        body = json.dumps(payload).encode()
+        hooks.append(Webhook(wamid=wamid, body=body, signature=sign(secret, body)))
+    return hooks

@@ -1,0 +1,165 @@
+"""The bench's child processes (the fake OpenAI server, `pyloto serve`) and their /proc figures.
+
+Children start in their own session so that a Ctrl-C in the terminal reaches only the bench,
+which then stops them itself: SIGTERM, a grace period, then SIGKILL. CPU time and peak RSS come
+from `/proc/<pid>/stat` and `/proc/<pid>/status` (Linux; None elsewhere): all threads of the
+process, nothing of the bench's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from pyloto_cli.logs import get_logger, log_event
+
+_log = get_logger("bench")
+_STOP_GRACE_S = 15.0
+
+
+class ChildFailed(RuntimeError):
+    """A child process exited or never became ready; the message ends with its log's tail."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerProcess:
+    """A running `pyloto serve`: its pid, URL and log file."""
+
+    pid: int
+    url: str
+    log: Path
+
+
+def free_port() -> int:
+    """A free TCP port on loopback (bound and released; the child binds it next)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def log_tail(path: Path, chars: int = 2000) -> str:
+    """The end of a child's log, for error messages."""
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")[-chars:]
+    except OSError:
+        return ""
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process `pid` (all its threads), from /proc."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()  # the name may hold spaces; fields start at 3
+    ticks = int(fields[11]) + int(fields[12])  # utime (14) and stime (15)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_bytes(pid: int) -> int | None:
+    """Peak resident set size (VmHWM) of process `pid`, from /proc."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024  # reported in kB
+    return None
+
+
+async def _stop(proc: asyncio.subprocess.Process, grace_s: float = _STOP_GRACE_S) -> None:
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), grace_s)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def child(
+    args: Sequence[str], *, log: Path, cwd: Path, env: Mapping[str, str], pipe_stdout: bool = False
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """Run `args` (stderr, and stdout unless piped, to `log`) and stop it on exit."""
+    with log.open("ab") as out:
+        proc = await asyncio.create_subprocess_exec(
+            *args,
+            cwd=cwd,
+            env=dict(env),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE if pipe_stdout else out,
+            stderr=out,
+            start_new_session=True,
+        )
+    try:
+        yield proc
+    finally:
+        await _stop(proc)
+
+
+@contextlib.asynccontextmanager
+async def fake_openai(
+    workdir: Path, env: Mapping[str, str], options: Mapping[str, Any]
+) -> AsyncIterator[str]:
+    """`python -m pyloto_cli.fakes.openai_server` on a free port; yields its base URL."""
+    args = [sys.executable, "-m", "pyloto_cli.fakes.openai_server", "--port", "0"]
+    for name, value in options.items():
+        if value is not None:
+            args += [f"--{name.replace('_', '-')}", str(value)]
+    log = workdir / "fake-openai.log"
+    async with child(args, log=log, cwd=workdir, env=env, pipe_stdout=True) as proc:
+        line = b""
+        if proc.stdout is not None:
+            with contextlib.suppress(TimeoutError):
+                line = await asyncio.wait_for(proc.stdout.readline(), 20.0)
+        if b"listening on " not in line:
+            raise ChildFailed(f"the fake OpenAI server did not start: {log_tail(log)}")
+        url = line.decode().rsplit("listening on ", 1)[1].strip()
+        log_event(_log, "bench_fake_openai_ready", url=url)
+        yield url
+
+
+async def _wait_ready(
+    proc: asyncio.subprocess.Process, url: str, log: Path, within_s: float
+) -> None:
+    deadline = time.monotonic() + within_s
+    async with httpx.AsyncClient(trust_env=False, timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if proc.returncode is not None:
+                raise ChildFailed(f"pyloto serve exited ({proc.returncode}): {log_tail(log)}")
+            with contextlib.suppress(httpx.TransportError):
+                if (await client.get(f"{url}/readyz")).status_code == 200:
+                    return
+            await asyncio.sleep(0.05)
+    raise ChildFailed(f"pyloto serve not ready within {within_s:.0f} s: {log_tail(log)}")
+
+
+@contextlib.asynccontextmanager
+async def pyloto_serve(
+    workdir: Path, env: Mapping[str, str], within_s: float = 30.0
+) -> AsyncIterator[ServerProcess]:
+    """`python -m pyloto_cli serve` on a free loopback port, ready when /readyz answers 200."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = workdir / "serve.log"
+    full_env = {**env, "PORT": str(port), "PYLOTO_HOST": "127.0.0.1"}
+    args = [sys.executable, "-m", "pyloto_cli", "serve"]
+    async with child(args, log=log, cwd=workdir, env=full_env) as proc:
+        await _wait_ready(proc, url, log, within_s)
+        log_event(_log, "bench_server_ready", pid=proc.pid, url=url)
+        yield ServerProcess(pid=proc.pid, url=url, log=log)

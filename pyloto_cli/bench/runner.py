@@ -1,0 +1,271 @@
+"""One bench run end to end: fakes and server up, load, drain, figures, everything down.
+
+The fake Graph API runs in this process's event loop, so a reply's arrival time and the
+webhook's due time come from the same `time.monotonic()`; replies are matched to webhooks by
+`biz_opaque_callback_data`, which pyloto sets to the inbound wamid. The fake OpenAI server runs
+as a subprocess (its CPU stays out of the server's and the load generator's). The server's CPU
+is read from /proc right after it is ready and again after the drain, so start-up is excluded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+from pyloto_cli.bench.load import Ack, closed_loop, load_client, open_loop
+from pyloto_cli.bench.payloads import Webhook, build_webhooks
+from pyloto_cli.bench.procs import (
+    ServerProcess,
+    cpu_seconds,
+    fake_openai,
+    peak_rss_bytes,
+    pyloto_serve,
+)
+from pyloto_cli.bench.report import BenchReport, RunRecord, summarize
+from pyloto_cli.fakes.graph_server import FakeGraphServer
+from pyloto_cli.logs import get_logger, log_event
+
+_log = get_logger("bench")
+_TICK_S = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class BenchConfig:
+    """The options of one run; the defaults finish in well under a minute."""
+
+    messages: int = 300
+    rate: float = 50.0
+    concurrency: int | None = None  # set: closed loop at this many in flight, `rate` unused
+    users: int | None = None  # None: one conversation per message
+    llm_latency_ms: float = 500.0
+    llm_jitter_ms: float = 50.0
+    llm_error_rate: float = 0.0
+    graph_latency_ms: float = 0.0
+    drain_timeout_s: float = 30.0
+    server_log_level: str = "INFO"
+    data_dir: Path | None = None  # parent of the run's temporary directory
+    seed: int = 1
+
+    @property
+    def mode(self) -> str:
+        """`open` (rate) or `closed` (concurrency)."""
+        return "open" if self.concurrency is None else "closed"
+
+
+class BenchProgress(Protocol):
+    """Receives counts while the run goes (the CLI draws a progress bar)."""
+
+    def update(self, *, sent: int, acked: int, answered: int, total: int) -> None:
+        """Called every tick and once at the end."""
+
+
+class _Silent:
+    def update(self, *, sent: int, acked: int, answered: int, total: int) -> None:
+        return None
+
+
+class ReplyTracker:
+    """Reads the fake Graph server's record incrementally: callback data -> arrival times."""
+
+    def __init__(self, graph: FakeGraphServer) -> None:
+        self._graph = graph
+        self._seen = 0
+        self.replies: dict[str, list[float]] = {}
+
+    def poll(self) -> int:
+        """Take in new requests; returns how many inbound wamids have at least one reply."""
+        requests = self._graph.requests
+        for request in requests[self._seen :]:
+            body = request.body
+            if request.answered != 200 or not isinstance(body, dict) or "status" in body:
+                continue  # an injected failure or a read receipt: not a delivered reply
+            key = body.get("biz_opaque_callback_data")
+            if isinstance(key, str):
+                self.replies.setdefault(key, []).append(request.at)
+        self._seen = len(requests)
+        return len(self.replies)
+
+
+def server_env(config: BenchConfig, graph_url: str, openai_url: str, secret: str) -> dict[str, str]:
+    """The server's environment: the caller's (PYLOTO_* tuning passes), then the bench's."""
+    env = {k: v for k, v in os.environ.items() if k not in {"PORT", "PYLOTO_PORT"}}
+    env.update(
+        {
+            "PYLOTO_DATA_DIR": "data",
+            "WHATSAPP_APP_SECRET": secret,
+            "WHATSAPP_VERIFY_TOKEN": secrets.token_hex(8),
+            "WHATSAPP_ACCESS_TOKEN": "bench",
+            "GRAPH_API_URL": graph_url,
+            "OPENAI_ENABLED": "true",
+            "OPENAI_API_KEY": "bench",
+            "OPENAI_BASE_URL": openai_url,
+            "QUEUE_BACKEND": "sqlite",
+            "SESSION_STORE_BACKEND": "sqlite",
+            "DEDUPE_BACKEND": "sqlite",
+            "PYLOTO_WORKER_ENABLED": "true",
+            "PYLOTO_LOG_FORMAT": "json",
+            "PYLOTO_LOG_LEVEL": config.server_log_level,
+            "NO_PROXY": "127.0.0.1,localhost",
+        }
+    )
+    return env
+
+
+async def _ticker(progress: BenchProgress, counts: dict[str, int], tracker: ReplyTracker) -> None:
+    while True:
+        answered = tracker.poll()
+        progress.update(
+            sent=counts["sent"], acked=counts["acked"], answered=answered, total=counts["total"]
+        )
+        await asyncio.sleep(_TICK_S)
+
+
+async def _send(
+    config: BenchConfig,
+    client: httpx.AsyncClient,
+    url: str,
+    hooks: list[Webhook],
+    counts: dict[str, int],
+) -> list[Ack]:
+    def on_ack(ack: Ack) -> None:
+        counts["sent"] += 1
+        counts["acked"] += ack.ok
+
+    if config.concurrency is not None:
+        return await closed_loop(client, url, hooks, config.concurrency, on_ack)
+    return await open_loop(client, url, hooks, config.rate, on_ack)
+
+
+async def _queue_depth(client: httpx.AsyncClient, url: str) -> tuple[int | None, int | None]:
+    with contextlib.suppress(httpx.HTTPError, ValueError):
+        queue = (await client.get(f"{url}/readyz")).json().get("queue", {})
+        return queue.get("depth"), queue.get("dead")
+    return None, None
+
+
+async def _drain(
+    client: httpx.AsyncClient,
+    server: ServerProcess,
+    tracker: ReplyTracker,
+    wanted: set[str],
+    within_s: float,
+) -> int | None:
+    """Wait until every acked webhook was answered and the queue is empty; the dead count."""
+    deadline = time.monotonic() + within_s
+    dead: int | None = None
+    while time.monotonic() < deadline:
+        tracker.poll()
+        if wanted <= tracker.replies.keys():
+            depth, dead = await _queue_depth(client, server.url)
+            if depth == 0:
+                break
+        await asyncio.sleep(0.05)
+    else:
+        _, dead = await _queue_depth(client, server.url)
+    tracker.poll()
+    return dead
+
+
+async def _measure(
+    config: BenchConfig,
+    client: httpx.AsyncClient,
+    server: ServerProcess,
+    graph: FakeGraphServer,
+    hooks: list[Webhook],
+    progress: BenchProgress,
+) -> RunRecord:
+    tracker = ReplyTracker(graph)
+    counts = {"sent": 0, "acked": 0, "total": len(hooks)}
+    cpu_before = cpu_seconds(server.pid)
+    started = time.monotonic()
+    ticker = asyncio.create_task(_ticker(progress, counts, tracker))
+    try:
+        acks = await _send(config, client, server.url, hooks, counts)
+        wanted = {hooks[a.index].wamid for a in acks if a.ok}
+        dead = await _drain(client, server, tracker, wanted, config.drain_timeout_s)
+    finally:
+        ticker.cancel()
+        await asyncio.gather(ticker, return_exceptions=True)
+    finished = time.monotonic()
+    cpu_after = cpu_seconds(server.pid)
+    progress.update(
+        sent=counts["sent"], acked=counts["acked"], answered=tracker.poll(), total=len(hooks)
+    )
+    cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
+    return RunRecord(
+        hooks=[h.wamid for h in hooks],
+        acks=acks,
+        replies=tracker.replies,
+        started=started,
+        finished=finished,
+        cpu_s=cpu,
+        peak_rss=peak_rss_bytes(server.pid),
+        dead_letters=dead,
+    )
+
+
+def describe(config: BenchConfig) -> dict[str, Any]:
+    """The options as plain values, for the report."""
+    data = asdict(config)
+    data["data_dir"] = None if config.data_dir is None else str(config.data_dir)
+    data["mode"] = config.mode
+    return data
+
+
+def _connections(config: BenchConfig) -> int:
+    """Enough pooled connections that the pool never paces an open-loop sender."""
+    if config.concurrency is not None:
+        return max(1, config.concurrency)
+    return max(100, int(config.rate * 4))
+
+
+def _fake_openai_options(config: BenchConfig) -> Mapping[str, Any]:
+    return {
+        "latency_ms": config.llm_latency_ms,
+        "jitter_ms": config.llm_jitter_ms,
+        "error_rate": config.llm_error_rate,
+        "seed": config.seed,
+    }
+
+
+async def run_bench(config: BenchConfig, progress: BenchProgress | None = None) -> BenchReport:
+    """Run the bench once and return its figures; every process and server is stopped after."""
+    secret = secrets.token_hex(16)
+    users = config.users or config.messages
+    hooks = build_webhooks(config.messages, users, secret.encode(), secrets.token_hex(4))
+    log_event(_log, "bench_started", **describe(config))
+    child_env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
+    async with contextlib.AsyncExitStack() as stack:
+        workdir = Path(
+            stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="pyloto-bench-", dir=config.data_dir)
+            )
+        )
+        graph = await stack.enter_async_context(FakeGraphServer())
+        graph.delay_s = config.graph_latency_ms / 1000
+        openai_url = await stack.enter_async_context(
+            fake_openai(workdir, child_env, _fake_openai_options(config))
+        )
+        env = server_env(config, graph.url, openai_url, secret)
+        server = await stack.enter_async_context(pyloto_serve(workdir, env))
+        client = await stack.enter_async_context(load_client(_connections(config)))
+        record = await _measure(config, client, server, graph, hooks, progress or _Silent())
+    report = summarize(describe(config), record)
+    log_event(
+        _log,
+        "bench_finished",
+        answered=report.counts.answered,
+        lost=report.counts.lost,
+        duplicated=report.counts.duplicated,
+    )
+    return report

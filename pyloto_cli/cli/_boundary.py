@@ -1,0 +1,59 @@
+"""What the operator commands share: settings, quiet logging, the error boundary, JSON output.
+
+The boundary is the CLI's one broad catch (STYLE.md): a usage problem prints one red line and
+exits 2, a pyloto or I/O failure prints one red line and exits 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.markup import escape
+
+from pyloto_cli.domain.errors import PylotoError
+from pyloto_cli.logs import configure_logging
+from pyloto_cli.settings import Settings
+from pyloto_cli.tools import ToolUsageError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def load_settings() -> Settings:
+    """Settings from the environment, and logging that stays out of the way.
+
+    Per-task events are `pyloto worker`'s business; these commands log warnings only, unless
+    PYLOTO_LOG_LEVEL=DEBUG.
+    """
+    settings = Settings()
+    level = "DEBUG" if settings.log_level.upper() == "DEBUG" else "WARNING"
+    configure_logging(settings.log_format, level)
+    return settings
+
+
+def _fail(console: Console, message: str, code: int) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    return typer.Exit(code)
+
+
+@contextlib.contextmanager
+def boundary(console: Console) -> Iterator[None]:
+    """Turn expected failures into one red line on `console` and an exit code."""
+    try:
+        yield
+    except (ToolUsageError, ValidationError) as exc:
+        raise _fail(console, str(exc), EXIT_USAGE) from exc
+    except (PylotoError, OSError) as exc:
+        raise _fail(console, f"{type(exc).__name__}: {exc}", EXIT_FAILURE) from exc
+
+
+def print_json(data: Any) -> None:
+    """One JSON object on stdout, for scripts."""
+    typer.echo(json.dumps(data, ensure_ascii=False, default=str))

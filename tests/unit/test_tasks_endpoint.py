@@ -1,0 +1,330 @@
+"""`POST /tasks/process` in process: authentication, the retry decision, attempt counting.
+
+The runtime is the memory one from `open_runtime`, with the Cloud Tasks roles swapped for test
+doubles: a sink that records reschedules, a token authenticator and a memory dead-letter store.
+The pipeline's sender is scripted so a test decides whether a send succeeds or fails and how.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, cast
+
+import httpx
+import pytest
+
+from pyloto_cli.adapters.deadletters.memory import MemoryDeadLetterStore
+from pyloto_cli.adapters.queue.cloud_tasks import ATTEMPT_HEADER, TOKEN_HEADER
+from pyloto_cli.bootstrap import Runtime, open_runtime, pipeline_config
+from pyloto_cli.domain.errors import PermanentError, TransientError
+from pyloto_cli.domain.task import JsonObject, Task
+from pyloto_cli.domain.webhook_split import split_webhook
+from pyloto_cli.pipeline.process import Pipeline
+from pyloto_cli.ports import SendResult
+from pyloto_cli.settings import Settings
+from pyloto_cli.web.app import create_app
+from pyloto_cli.web.tasks import RESCHEDULE_AFTER_S, pushed_attempt
+from pyloto_cli.web.tasks_auth import TaskAuthenticator
+
+if TYPE_CHECKING:
+    from pyloto_cli.adapters.queue.cloud_tasks import CloudTasksSink
+
+TOKEN = "t" * 32
+MAX_ATTEMPTS = 5
+RETRY_COUNT = "X-CloudTasks-TaskRetryCount"
+
+
+class FakeSink:
+    """Stands in for `CloudTasksSink`: records `reschedule` calls."""
+
+    def __init__(self) -> None:
+        self.rescheduled: list[tuple[Task, float, int]] = []
+
+    async def reschedule(self, task: Task, delay_s: float, attempt: int) -> None:
+        self.rescheduled.append((task, delay_s, attempt))
+
+
+class ScriptedSender:
+    """A `Sender` that raises the scripted errors in turn, then accepts every body."""
+
+    def __init__(self) -> None:
+        self.errors: list[Exception] = []
+        self.bodies: list[JsonObject] = []
+        self.calls = 0
+
+    async def send(self, phone_number_id: str, body: JsonObject) -> SendResult:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        self.bodies.append(body)
+        return SendResult(message_id=f"wamid.sent.{len(self.bodies)}")
+
+    async def mark_read(self, phone_number_id: str, message_id: str, typing: bool = False) -> None:
+        return None
+
+
+@dataclasses.dataclass
+class Harness:
+    runtime: Runtime
+    http: httpx.AsyncClient
+    sender: ScriptedSender
+    sink: FakeSink
+    dead: MemoryDeadLetterStore
+
+
+def message_task(wamid: str = "wamid.TASKS.0001", user: str = "15550004321") -> Task:
+    """The task the webhook would store for one text message."""
+    payload = {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "900000000000001",
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {
+                                "display_phone_number": "15550000000",
+                                "phone_number_id": "900000000000002",
+                            },
+                            "contacts": [{"profile": {"name": "Bia"}, "wa_id": user}],
+                            "messages": [
+                                {
+                                    "from": user,
+                                    "id": wamid,
+                                    "timestamp": "1767225600",
+                                    "type": "text",
+                                    "text": {"body": "Oi, tudo bem? 😊"},
+                                }
+                            ],
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+    (task,) = split_webhook(payload, time.time())
+    return task
+
+
+@pytest.fixture
+async def harness(make_settings: Callable[..., Settings]) -> AsyncIterator[Harness]:
+    settings = make_settings(
+        queue_backend="memory",
+        session_store_backend="memory",
+        dedupe_backend="memory",
+        max_attempts=MAX_ATTEMPTS,
+    )
+    async with open_runtime(settings) as opened:
+        sender, sink, dead = ScriptedSender(), FakeSink(), MemoryDeadLetterStore()
+        pipeline = Pipeline(
+            sessions=opened.sessions,
+            deduper=opened.deduper,
+            responder=opened.responder,
+            sender=sender,
+            statuses=opened.statuses,
+            config=pipeline_config(settings, exclusive_queue=False),
+        )
+        runtime = dataclasses.replace(
+            opened,
+            pipeline=pipeline,
+            cloud_tasks=cast("CloudTasksSink", sink),
+            task_auth=TaskAuthenticator(token=TOKEN),
+            dead_letters=dead,
+        )
+        transport = httpx.ASGITransport(app=create_app(settings, runtime))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            yield Harness(runtime, http, sender, sink, dead)
+
+
+async def push(
+    h: Harness, task: Task, *, token: str | None = TOKEN, **headers: str
+) -> httpx.Response:
+    """POST the task as Cloud Tasks would, with the shared token unless `token` is None."""
+    sent = dict(headers)
+    if token is not None:
+        sent[TOKEN_HEADER] = token
+    return await h.http.post("/tasks/process", content=task.to_json(), headers=sent)
+
+
+# --- authentication -----------------------------------------------------------------------------
+
+
+async def test_no_token_is_401_and_nothing_runs(harness: Harness) -> None:
+    task = message_task()
+    response = await push(harness, task, token=None)
+    assert response.status_code == 401
+    assert harness.sender.calls == 0
+    assert not await harness.runtime.sessions.exists(task.conversation_key)
+
+
+async def test_wrong_token_is_refused_and_nothing_runs(harness: Harness) -> None:
+    task = message_task()
+    response = await push(harness, task, token="x" * 32)
+    assert response.status_code in (401, 403)
+    assert harness.sender.calls == 0
+    assert not await harness.runtime.sessions.exists(task.conversation_key)
+
+
+async def test_a_bearer_token_alone_does_not_pass_the_shared_secret(harness: Harness) -> None:
+    response = await push(harness, message_task(), token=None, Authorization=f"Bearer {TOKEN}")
+    assert response.status_code == 401
+    assert harness.sender.calls == 0
+
+
+async def test_auth_comes_before_the_body_is_read(harness: Harness) -> None:
+    response = await harness.http.post("/tasks/process", content=b"{not json")
+    assert response.status_code == 401
+
+
+async def test_not_a_push_queue_is_404(harness: Harness) -> None:
+    harness.runtime.cloud_tasks = None
+    response = await push(harness, message_task())
+    assert response.status_code == 404
+    assert harness.sender.calls == 0
+
+
+# --- the retry decision -------------------------------------------------------------------------
+
+
+async def test_right_token_runs_the_task_and_answers_200(harness: Harness) -> None:
+    task = message_task()
+    response = await push(harness, task)
+    assert response.status_code == 200
+    (body,) = harness.sender.bodies
+    assert body["biz_opaque_callback_data"] == task.task_id
+    session = await harness.runtime.sessions.load(task.conversation_key)
+    assert session is not None
+    assert [t.message_id for t in session.turns] == [task.task_id, "wamid.sent.1"]
+
+
+async def test_a_redelivered_task_is_answered_once(harness: Harness) -> None:
+    task = message_task()
+    assert (await push(harness, task)).status_code == 200
+    assert (await push(harness, task, **{RETRY_COUNT: "1"})).status_code == 200
+    assert len(harness.sender.bodies) == 1
+
+
+async def test_retryable_failure_is_503_with_retry_after(harness: Harness) -> None:
+    harness.sender.errors.append(TransientError("Graph 131000", retry_after=3.0, code=131000))
+    task = message_task()
+    response = await push(harness, task)
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "3"
+    assert harness.sender.bodies == []
+    assert harness.sink.rescheduled == []
+    assert await harness.dead.list() == []
+    # the claim was released: Cloud Tasks' retry gets through and sends once
+    retried = await push(harness, task, **{RETRY_COUNT: "1"})
+    assert retried.status_code == 200
+    assert len(harness.sender.bodies) == 1
+
+
+async def test_retryable_failure_without_a_delay_is_a_bare_503(harness: Harness) -> None:
+    harness.sender.errors.append(TransientError("HTTP 500 from Graph"))
+    response = await push(harness, message_task())
+    assert response.status_code == 503
+    assert "retry-after" not in response.headers  # Cloud Tasks' own backoff decides
+
+
+async def test_a_live_claim_elsewhere_is_retried_later(harness: Harness) -> None:
+    task = message_task()
+    await harness.runtime.deduper.claim(task.task_id, 60.0)  # another instance is on it
+    response = await push(harness, task)
+    assert response.status_code == 503
+    assert int(response.headers["retry-after"]) >= 1
+    assert harness.sender.calls == 0
+
+
+async def test_long_delay_is_rescheduled_with_the_next_attempt(harness: Harness) -> None:
+    harness.sender.errors.append(TransientError("pair rate limit", retry_after=16.0, code=131056))
+    task = message_task()
+    response = await push(harness, task, **{ATTEMPT_HEADER: "2", RETRY_COUNT: "0"})
+    assert response.status_code == 200
+    assert RESCHEDULE_AFTER_S < 16.0  # the case the endpoint schedules itself
+    assert harness.sink.rescheduled == [(task, 16.0, 3)]
+    assert await harness.dead.list() == []
+    assert harness.sender.bodies == []
+
+
+async def test_retry_count_at_max_attempts_dead_letters_with_200(harness: Harness) -> None:
+    harness.sender.errors.append(TransientError("still failing", retry_after=1.0))
+    task = message_task()
+    response = await push(harness, task, **{RETRY_COUNT: str(MAX_ATTEMPTS - 1)})
+    assert response.status_code == 200
+    dead = await harness.dead.get(task.task_id)
+    assert dead is not None
+    assert dead.attempts == MAX_ATTEMPTS
+    assert "still failing" in dead.error
+    assert harness.sink.rescheduled == []
+
+
+async def test_exhausted_attempts_win_over_a_reschedule(harness: Harness) -> None:
+    harness.sender.errors.append(TransientError("pair rate limit", retry_after=64.0, code=131056))
+    task = message_task()
+    response = await push(harness, task, **{ATTEMPT_HEADER: "4", RETRY_COUNT: "1"})
+    assert response.status_code == 200
+    assert harness.sink.rescheduled == []
+    dead = await harness.dead.get(task.task_id)
+    assert dead is not None
+    assert dead.attempts == MAX_ATTEMPTS
+
+
+async def test_permanent_failure_dead_letters_with_200(harness: Harness) -> None:
+    harness.sender.errors.append(PermanentError("Message undeliverable", code=131026))
+    task = message_task()
+    response = await push(harness, task)
+    assert response.status_code == 200
+    dead = await harness.dead.get(task.task_id)
+    assert dead is not None
+    assert dead.attempts == 1
+    assert "131026" in dead.error
+    assert dead.task == task
+    assert harness.sink.rescheduled == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{not json", b"[]", json.dumps({"task_id": "x"}).encode(), b""],
+    ids=["not-json", "not-an-object", "missing-fields", "empty"],
+)
+async def test_malformed_body_is_400(harness: Harness, body: bytes) -> None:
+    response = await harness.http.post(
+        "/tasks/process", content=body, headers={TOKEN_HEADER: TOKEN}
+    )
+    assert response.status_code == 400
+    assert harness.sender.calls == 0
+    assert await harness.dead.list() == []
+
+
+# --- attempt arithmetic -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "attempt"),
+    [
+        ({}, 1),
+        ({"x-cloudtasks-taskretrycount": "0"}, 1),
+        ({"x-cloudtasks-taskretrycount": "2"}, 3),
+        ({"x-pyloto-attempt": "3"}, 3),
+        ({"x-pyloto-attempt": "3", "x-cloudtasks-taskretrycount": "2"}, 5),
+        ({"x-pyloto-attempt": "junk", "x-cloudtasks-taskretrycount": "-1"}, 1),
+    ],
+)
+def test_pushed_attempt(headers: dict[str, str], attempt: int) -> None:
+    assert pushed_attempt(headers) == attempt
+
+
+async def test_attempt_headers_reach_the_dead_letter(harness: Harness) -> None:
+    """A re-created task (X-Pyloto-Attempt 3) on its Cloud Tasks retry 1 is attempt 4."""
+    harness.sender.errors.append(PermanentError("bad recipient", code=131026))
+    task = message_task()
+    response = await push(harness, task, **{ATTEMPT_HEADER: "3", RETRY_COUNT: "1"})
+    assert response.status_code == 200
+    dead = await harness.dead.get(task.task_id)
+    assert dead is not None
+    assert dead.attempts == 4
