@@ -21,14 +21,23 @@ from typing import Any
 
 import httpx
 
+from pyloto_cli.domain.errors import PylotoError
 from pyloto_cli.logs import get_logger, log_event
 
 _log = get_logger("bench")
 _STOP_GRACE_S = 15.0
 
 
-class ChildFailed(RuntimeError):
+class ChildFailed(PylotoError):
     """A child process exited or never became ready; the message ends with its log's tail."""
+
+
+@dataclass(frozen=True, slots=True)
+class FakeLLMProcess:
+    """A running fake OpenAI server: its pid and `OPENAI_BASE_URL`."""
+
+    pid: int
+    url: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +124,8 @@ async def child(
 @contextlib.asynccontextmanager
 async def fake_openai(
     workdir: Path, env: Mapping[str, str], options: Mapping[str, Any]
-) -> AsyncIterator[str]:
-    """`python -m pyloto_cli.fakes.openai_server` on a free port; yields its base URL."""
+) -> AsyncIterator[FakeLLMProcess]:
+    """`python -m pyloto_cli.fakes.openai_server` on a free port, ready when it says so."""
     args = [sys.executable, "-m", "pyloto_cli.fakes.openai_server", "--port", "0"]
     for name, value in options.items():
         if value is not None:
@@ -131,7 +140,7 @@ async def fake_openai(
             raise ChildFailed(f"the fake OpenAI server did not start: {log_tail(log)}")
         url = line.decode().rsplit("listening on ", 1)[1].strip()
         log_event(_log, "bench_fake_openai_ready", url=url)
-        yield url
+        yield FakeLLMProcess(pid=proc.pid, url=url)
 
 
 async def _wait_ready(

@@ -7,8 +7,9 @@ Pure functions over what the run recorded; `BenchReport.to_json()` is the `--jso
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from pyloto_cli.bench.load import Ack
@@ -79,6 +80,15 @@ class ServerUsage:
 
 
 @dataclass(frozen=True, slots=True)
+class HostUsage:
+    """CPU seconds of the other processes of the run, to tell a saturated host apart."""
+
+    bench_cpu_s: float | None
+    fake_llm_cpu_s: float | None
+    cpus: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class BenchReport:
     """Everything one run measured, with the options it ran with."""
 
@@ -89,9 +99,9 @@ class BenchReport:
     offered_per_s: float | None
     replies_per_s: float | None
     server: ServerUsage
+    host: HostUsage
     duration_s: float
     send_lag_ms_max: float | None
-    notes: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -106,7 +116,7 @@ class BenchReport:
 
     def rows(self) -> list[tuple[str, str]]:
         """(figure, value) pairs for a table, in reading order."""
-        c, s = self.counts, self.server
+        c, s, h = self.counts, self.server, self.host
         return [
             ("webhooks sent / acked 200", f"{c.sent} / {c.acked}"),
             ("rejected (non-200) / failed", f"{c.rejected} / {c.failed}"),
@@ -119,8 +129,13 @@ class BenchReport:
             ("answered / lost / duplicated", f"{c.answered} / {c.lost} / {c.duplicated}"),
             ("dead letters", _num(c.dead_letters, 0)),
             ("max send lag ms", _num(self.send_lag_ms_max)),
+            ("CPU s: bench / fake LLM", f"{_num(h.bench_cpu_s)} / {_num(h.fake_llm_cpu_s)}"),
             ("wall time s", _num(self.duration_s)),
         ]
+
+
+def _round(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def _num(value: float | None, digits: int = 1) -> str:
@@ -139,6 +154,8 @@ class RunRecord:
     cpu_s: float | None
     peak_rss: int | None
     dead_letters: int | None
+    bench_cpu_s: float | None = None  # this process: load generator and fake Graph API
+    fake_llm_cpu_s: float | None = None
 
 
 def count(record: RunRecord) -> Counts:
@@ -186,8 +203,13 @@ def summarize(config: Mapping[str, Any], record: RunRecord) -> BenchReport:
         replies_per_s=None if replies is None else round(replies, 2),
         server=ServerUsage(
             cpu_ms_per_msg=cpu_per_msg,
-            cpu_s=None if record.cpu_s is None else round(record.cpu_s, 3),
+            cpu_s=_round(record.cpu_s),
             peak_rss_mb=None if record.peak_rss is None else round(record.peak_rss / 2**20, 1),
+        ),
+        host=HostUsage(
+            bench_cpu_s=_round(record.bench_cpu_s),
+            fake_llm_cpu_s=_round(record.fake_llm_cpu_s),
+            cpus=os.cpu_count(),
         ),
         duration_s=round(record.finished - record.started, 3),
         send_lag_ms_max=round(max(lags) * 1000, 2) if lags else None,

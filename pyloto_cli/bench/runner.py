@@ -15,7 +15,7 @@ import os
 import secrets
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,6 +25,7 @@ import httpx
 from pyloto_cli.bench.load import Ack, closed_loop, load_client, open_loop
 from pyloto_cli.bench.payloads import Webhook, build_webhooks
 from pyloto_cli.bench.procs import (
+    FakeLLMProcess,
     ServerProcess,
     cpu_seconds,
     fake_openai,
@@ -176,42 +177,66 @@ async def _drain(
     return dead
 
 
+@dataclass(frozen=True, slots=True)
+class _Peers:
+    """What a run talks to, once everything is up."""
+
+    client: httpx.AsyncClient
+    server: ServerProcess
+    graph: FakeGraphServer
+    llm: FakeLLMProcess
+
+
+def _cpu(peers: _Peers) -> tuple[float | None, float | None, float]:
+    """CPU seconds so far: the server, the fake LLM, this process."""
+    return cpu_seconds(peers.server.pid), cpu_seconds(peers.llm.pid), time.process_time()
+
+
+def _spent(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else after - before
+
+
 async def _measure(
-    config: BenchConfig,
-    client: httpx.AsyncClient,
-    server: ServerProcess,
-    graph: FakeGraphServer,
-    hooks: list[Webhook],
-    progress: BenchProgress,
+    config: BenchConfig, peers: _Peers, hooks: list[Webhook], progress: BenchProgress
 ) -> RunRecord:
-    tracker = ReplyTracker(graph)
+    tracker = ReplyTracker(peers.graph)
     counts = {"sent": 0, "acked": 0, "total": len(hooks)}
-    cpu_before = cpu_seconds(server.pid)
+    cpu_before = _cpu(peers)
     started = time.monotonic()
     ticker = asyncio.create_task(_ticker(progress, counts, tracker))
     try:
-        acks = await _send(config, client, server.url, hooks, counts)
+        acks = await _send(config, peers.client, peers.server.url, hooks, counts)
         wanted = {hooks[a.index].wamid for a in acks if a.ok}
-        dead = await _drain(client, server, tracker, wanted, config.drain_timeout_s)
+        dead = await _drain(peers.client, peers.server, tracker, wanted, config.drain_timeout_s)
     finally:
         ticker.cancel()
         await asyncio.gather(ticker, return_exceptions=True)
     finished = time.monotonic()
-    cpu_after = cpu_seconds(server.pid)
+    cpu_after = _cpu(peers)
     progress.update(
         sent=counts["sent"], acked=counts["acked"], answered=tracker.poll(), total=len(hooks)
     )
-    cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
     return RunRecord(
         hooks=[h.wamid for h in hooks],
         acks=acks,
         replies=tracker.replies,
         started=started,
         finished=finished,
-        cpu_s=cpu,
-        peak_rss=peak_rss_bytes(server.pid),
+        cpu_s=_spent(cpu_before[0], cpu_after[0]),
+        peak_rss=peak_rss_bytes(peers.server.pid),
         dead_letters=dead,
+        fake_llm_cpu_s=_spent(cpu_before[1], cpu_after[1]),
+        bench_cpu_s=_spent(cpu_before[2], cpu_after[2]),
     )
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop for the load generator when it is installed (it is, with uvicorn[standard])."""
+    try:
+        import uvloop
+    except ImportError:  # e.g. Windows: the default loop
+        return None
+    return uvloop.new_event_loop
 
 
 def describe(config: BenchConfig) -> dict[str, Any]:
@@ -253,13 +278,14 @@ async def run_bench(config: BenchConfig, progress: BenchProgress | None = None) 
         )
         graph = await stack.enter_async_context(FakeGraphServer())
         graph.delay_s = config.graph_latency_ms / 1000
-        openai_url = await stack.enter_async_context(
+        llm = await stack.enter_async_context(
             fake_openai(workdir, child_env, _fake_openai_options(config))
         )
-        env = server_env(config, graph.url, openai_url, secret)
+        env = server_env(config, graph.url, llm.url, secret)
         server = await stack.enter_async_context(pyloto_serve(workdir, env))
         client = await stack.enter_async_context(load_client(_connections(config)))
-        record = await _measure(config, client, server, graph, hooks, progress or _Silent())
+        peers = _Peers(client=client, server=server, graph=graph, llm=llm)
+        record = await _measure(config, peers, hooks, progress or _Silent())
     report = summarize(describe(config), record)
     log_event(
         _log,

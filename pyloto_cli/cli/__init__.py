@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from pyloto_cli.cli import serve
+from pyloto_cli.cli import bench, enqueue, queue, replay, serve
 
 app = typer.Typer(
     name="pyloto",
@@ -13,6 +13,10 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 serve.register(app)
+bench.register(app)
+enqueue.register(app)
+queue.register(app)
+replay.register(app)
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 import typer
@@ -17,13 +17,11 @@ from rich.table import Table
 
 from pyloto_cli.cli._boundary import EXIT_FAILURE, EXIT_OK, boundary, load_settings, print_json
 from pyloto_cli.domain.task import QueueStats
+from pyloto_cli.tools import ToolUsageError
 from pyloto_cli.tools import queue_ops as ops
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 LimitOpt = Annotated[int, typer.Option(min=1, help="Show at most this many.")]
-
-queue_app = typer.Typer(no_args_is_help=True, help="Inspect and operate the queue.")
-dead_app = typer.Typer(no_args_is_help=True, help="Tasks that will not be retried.")
 
 
 def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
@@ -37,30 +35,174 @@ def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
 
 def _stats_table(stats: QueueStats) -> Table:
     data = ops.stats_json(stats)
-    age = data["oldest_age_s"]
-    data["oldest_age_s"] = "-" if age is None else f"{age:.1f} s"
+    age = data.pop("oldest_age_s")
+    data["oldest_age"] = "-" if age is None else f"{age:.1f} s"
     table = Table(title="queue", title_justify="left", show_header=False)
     for key, value in data.items():
         table.add_row(key.replace("_", " "), str(value))
     return table
 
 
-@queue_app.command()
+@contextlib.contextmanager
+def _stats_view(
+    console: Console, *, live: bool, as_json: bool
+) -> Iterator[Callable[[QueueStats], None]]:
+    if as_json:
+        yield lambda s: print_json(ops.stats_json(s))
+    elif not live:
+        yield lambda s: console.print(_stats_table(s))
+    else:
+        with Live(console=console, auto_refresh=False) as view:
+            yield lambda s: view.update(_stats_table(s), refresh=True)
+        if not console.is_terminal:
+            console.line()
+
+
 def stats(
     watch: Annotated[bool, typer.Option(help="Refresh until Ctrl-C.")] = False,
     interval: Annotated[float, typer.Option(min=0.05, help="Seconds between refreshes.")] = 1.0,
-    count: Annotated[int | None, typer.Option(min=1, help="Stop after N refreshes.")] = None,
+    count: Annotated[int | None, typer.Option(min=1, help="With --watch: stop after N.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Depth, ready, leased, retrying, dead-lettered, oldest age (one JSON line per refresh)."""
-    console, err = Console(), Console(stderr=True)
+    """Depth, ready, leased, retrying, dead-lettered, oldest age, backend.
+
+    With --watch --json, one JSON object per line per refresh.
+    """
     times = count if watch else 1
-    with boundary(err), contextlib.suppress(KeyboardInterrupt):
+    view = _stats_view(Console(), live=watch, as_json=as_json)
+    with boundary(Console(stderr=True)), contextlib.suppress(KeyboardInterrupt), view as show:
         settings = load_settings()
-        if as_json or not watch:
-            show = (lambda s: print_json(ops.stats_json(s))) if as_json else console.print
-            asyncio.run(ops.watch_stats(settings, lambda s: show(_stats_table(s) if not as_json else s), interval_s=interval, count=times))
-            return
-        with Live(console=console, auto_refresh=False) as live:
-            update = lambda s: live.update(_stats_table(s), refresh=True)  # noqa: E731
-            asyncio.run(ops.watch_stats(settings, update, interval_s=interval, count=times))
+        asyncio.run(ops.watch_stats(settings, show, interval_s=interval, count=times))
+
+
+@contextlib.contextmanager
+def _drain_progress(
+    console: Console, *, enabled: bool
+) -> Iterator[Callable[[int, int], None] | None]:
+    if not enabled:
+        yield None
+        return
+    with Progress(console=console, transient=True) as progress:
+        bar = progress.add_task("draining", total=None)
+
+        def update(handled: int, total: int) -> None:
+            progress.update(bar, completed=handled, total=max(total, handled))
+
+        yield update
+
+
+def _drain_table(report: ops.DrainReport) -> Table:
+    table = Table(title="drain", title_justify="left", show_header=False)
+    summary = report.to_json()
+    remaining = summary.pop("remaining")
+    for key, value in summary.items():
+        table.add_row(key.replace("_", " "), str(value))
+    table.add_row("left in queue", str(remaining["depth"]))
+    table.add_row("dead letters in total", str(remaining["dead_lettered"]))
+    return table
+
+
+def drain(as_json: JsonOpt = False) -> None:
+    """Process until nothing is left to lease (burst mode); exit 1 if a task was dead-lettered."""
+    err = Console(stderr=True)
+    with boundary(err), _drain_progress(err, enabled=not as_json) as on_progress:
+        report = asyncio.run(ops.run_drain(load_settings(), on_progress))
+    if as_json:
+        print_json(report.to_json())
+    else:
+        Console().print(_drain_table(report))
+    raise typer.Exit(EXIT_FAILURE if report.dead else EXIT_OK)
+
+
+def failed_deliveries(limit: LimitOpt = 100, as_json: JsonOpt = False) -> None:
+    """Sent messages whose delivery failed (status webhooks), newest first, with error codes."""
+    with boundary(Console(stderr=True)):
+        rows = [
+            ops.delivery_json(s) for s in asyncio.run(ops.failed_deliveries(load_settings(), limit))
+        ]
+    if as_json:
+        print_json({"failed": rows})
+        return
+    columns = ["message_id", "error_code", "error_title", "recipient", "timestamp"]
+    Console().print(_table(f"failed deliveries ({len(rows)})", rows, columns))
+
+
+def dead_list(limit: LimitOpt = 100, as_json: JsonOpt = False) -> None:
+    """Dead letters, oldest first."""
+    with boundary(Console(stderr=True)):
+        rows = [ops.dead_letter_json(d) for d in asyncio.run(ops.list_dead(load_settings(), limit))]
+    if as_json:
+        print_json({"dead_letters": rows})
+        return
+    columns = ["task_id", "kind", "conversation", "attempts", "error", "dead_at"]
+    Console().print(_table(f"dead letters ({len(rows)})", rows, columns))
+
+
+def dead_show(task_id: str, as_json: JsonOpt = False) -> None:
+    """One dead letter with its error and the item as received."""
+    err = Console(stderr=True)
+    with boundary(err):
+        dead = asyncio.run(ops.show_dead(load_settings(), task_id))
+    if dead is None:
+        err.print(f"[bold red]error:[/] no dead letter {escape(task_id)}", highlight=False)
+        raise typer.Exit(EXIT_FAILURE)
+    data = ops.dead_letter_json(dead, full=True)
+    if as_json:
+        print_json(data)
+        return
+    item = data.pop("item")
+    console = Console()
+    for key, value in data.items():
+        console.print(f"[bold]{key}[/]: {escape(str(value))}", highlight=False)
+    console.print(JSON.from_data(item))
+
+
+def dead_requeue(
+    task_ids: Annotated[list[str] | None, typer.Argument(metavar="[ID]...")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Requeue every dead letter.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Put dead letters back on the queue (attempts reset); exit 1 if an ID was not dead."""
+    err = Console(stderr=True)
+    with boundary(err):
+        if bool(task_ids) == all_:
+            raise ToolUsageError("give dead letter IDs or --all (not both)")
+        report = asyncio.run(ops.requeue_dead(load_settings(), None if all_ else task_ids))
+    if as_json:
+        print_json({"requeued": report.requeued, "missing": list(report.missing)})
+    else:
+        for missing in report.missing:
+            err.print(f"[red]not a dead letter:[/] {escape(missing)}", highlight=False)
+        Console().print(f"requeued [bold]{report.requeued}[/]", highlight=False)
+    raise typer.Exit(EXIT_FAILURE if report.missing else EXIT_OK)
+
+
+def dead_purge(
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete every dead letter (asks first unless --yes)."""
+    with boundary(Console(stderr=True)):
+        settings = load_settings()
+        if not yes:
+            typer.confirm("Delete every dead letter?", abort=True)
+        purged = asyncio.run(ops.purge_dead(settings))
+    if as_json:
+        print_json({"purged": purged})
+    else:
+        Console().print(f"purged [bold]{purged}[/]", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `pyloto queue ...` (and its `dead-letter` group) to the app."""
+    queue_app = typer.Typer(no_args_is_help=True, help="Inspect and operate the queue.")
+    queue_app.command()(stats)
+    queue_app.command()(drain)
+    queue_app.command("failed-deliveries")(failed_deliveries)
+    dead_app = typer.Typer(no_args_is_help=True, help="Tasks that will not be retried.")
+    dead_app.command("list")(dead_list)
+    dead_app.command("show")(dead_show)
+    dead_app.command("requeue")(dead_requeue)
+    dead_app.command("purge")(dead_purge)
+    queue_app.add_typer(dead_app, name="dead-letter")
+    app.add_typer(queue_app, name="queue")

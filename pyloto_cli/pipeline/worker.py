@@ -174,7 +174,8 @@ class Worker:
             return
         reason = result.reason or "unknown error"
         if result.outcome is Outcome.DEFER:
-            await self.queue.defer(lease, result.delay_s or DEFAULT_DEFER_S, reason)
+            delay = DEFAULT_DEFER_S if result.delay_s is None else result.delay_s
+            await self.queue.defer(lease, delay, reason)
             self.stats.deferred += 1
             log_event(_log, "task_deferred", reason=reason, delay_s=result.delay_s)
             return

@@ -70,10 +70,10 @@ async def _settle(
     reason = result.reason or "unknown error"
     policy = retry_policy(runtime.settings)
     if result.outcome is Outcome.DEFER:  # sending paused: wait, without spending an attempt
-        delay = result.delay_s or RESCHEDULE_AFTER_S
+        pause = result.delay_s or RESCHEDULE_AFTER_S
         if runtime.cloud_tasks is not None:
-            await runtime.cloud_tasks.reschedule(task, delay, attempt)
-        log_event(_log, "task_deferred", reason=reason, delay_s=delay)
+            await runtime.cloud_tasks.reschedule(task, pause, attempt)
+        log_event(_log, "task_deferred", reason=reason, delay_s=pause)
         return PlainTextResponse("deferred")
     if result.outcome is Outcome.DEAD or policy.exhausted(attempt):
         assert runtime.dead_letters is not None  # noqa: S101 - wired with cloud_tasks

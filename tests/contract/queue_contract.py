@@ -288,6 +288,74 @@ class QueueContract:
         )
         assert ids(await queue.lease(1, LEASE_S)) == ["m2"]
 
+    async def test_defer_gives_the_attempt_back_and_never_dead_letters(
+        self, queue: ContractQueue
+    ) -> None:
+        """Deferring many times spends no attempts: the policy's retries are all still there."""
+        task = make_task("m1", "c1")
+        await queue.enqueue([task])
+        for _ in range(5):
+            [lease] = await queue.lease(1, LEASE_S)
+            await queue.defer(lease, 0, "graph token rejected")
+        assert await queue.dead_letters() == []
+        [lease] = await queue.lease(1, LEASE_S)
+        assert (lease.attempt, lease.last_error) == (1, "graph token rejected")
+        assert await queue.nack(lease, "fail 1", delay_s=0) is NackOutcome.RETRY
+        [lease] = await queue.lease(1, LEASE_S)
+        await queue.defer(lease, 0, "graph token rejected")
+        [lease] = await queue.lease(1, LEASE_S)
+        assert lease.attempt == 2  # the failed attempt stays counted, the deferred one not
+        assert await queue.nack(lease, "fail 2", delay_s=0) is NackOutcome.RETRY
+        [lease] = await queue.lease(1, LEASE_S)
+        assert await queue.nack(lease, "fail 3", delay_s=0) is NackOutcome.DEAD
+        [dead] = await queue.dead_letters()
+        assert (dead.task, dead.attempts) == (task, 3)
+
+    async def test_defer_hides_task_until_the_delay_passes(
+        self, queue: ContractQueue, clock: FakeClock
+    ) -> None:
+        """A deferred task comes back after delay_s with the reason as its last error."""
+        await queue.enqueue([make_task("m1", "c1")])
+        [lease] = await queue.lease(1, LEASE_S)
+        await queue.defer(lease, 120, "graph token rejected")
+        clock.advance(119)
+        assert await queue.lease(1, LEASE_S) == []
+        clock.advance(1)
+        [again] = await queue.lease(1, LEASE_S)
+        assert (again.task.task_id, again.attempt) == ("m1", 1)
+        assert again.last_error == "graph token rejected"
+
+    async def test_defer_with_a_stale_lease_is_refused(
+        self, queue: ContractQueue, clock: FakeClock
+    ) -> None:
+        """A lease taken over or acked cannot defer; the current holder's lease is untouched."""
+        await queue.enqueue([make_task("m1", "c1")])
+        [old] = await queue.lease(1, LEASE_S)
+        clock.advance(LEASE_S)
+        [new] = await queue.lease(1, LEASE_S)
+        with pytest.raises(StaleLeaseError):
+            await queue.defer(old, 60, "late")
+        assert await queue.lease(1, LEASE_S) == []
+        await queue.ack(new)
+        with pytest.raises(StaleLeaseError):
+            await queue.defer(new, 60, "late")
+        assert (await queue.stats()).depth == 0
+
+    async def test_deferred_task_keeps_its_place_in_its_conversation(
+        self, queue: ContractQueue, clock: FakeClock
+    ) -> None:
+        """Deferred, the head still holds back later messages of its conversation; others run."""
+        await queue.enqueue([make_task("m1", "c1"), make_task("m2", "c1"), make_task("x1", "c2")])
+        first, other = await queue.lease(10, LEASE_S)
+        await queue.defer(first, 60, "graph token rejected")
+        await queue.ack(other)
+        assert await queue.lease(10, LEASE_S) == []
+        clock.advance(60)
+        [again] = await queue.lease(10, LEASE_S)
+        assert again.task.task_id == "m1"
+        await queue.ack(again)
+        assert ids(await queue.lease(10, LEASE_S)) == ["m2"]
+
     async def test_dead_letter_now_keeps_payload_error_and_attempts(
         self, queue: ContractQueue, clock: FakeClock
     ) -> None:

@@ -154,6 +154,14 @@ class MemoryMessageQueue:
         entry.last_error = error
         return NackOutcome.RETRY
 
+    async def defer(self, lease: Leased, delay_s: float, reason: str) -> None:
+        """Put the task back for `delay_s`, giving this attempt back; never dead-letters."""
+        entry = self._owned(lease)
+        entry.attempts = max(0, entry.attempts - 1)
+        entry.available_at = self._clock() + delay_s
+        entry.token = entry.expires_at = None
+        entry.last_error = reason
+
     async def dead_letter(self, lease: Leased, error: str) -> None:
         """Dead-letter now, keeping the payload, the error and the attempt count."""
         self._bury(self._owned(lease), error)

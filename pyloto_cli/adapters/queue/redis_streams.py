@@ -15,6 +15,7 @@ lease key (the holder's token, with PX) guards that again. Each operation is one
 - ack: XACK + XDEL, the task is deleted and its conversation's next task enters the stream.
 - nack: XACK + XDEL and into the retry set with the delay (given, or the `RetryPolicy`'s); the
   task stays its conversation's head. Once the policy's attempts are spent it is dead-lettered.
+- defer: as nack with the given delay, but the attempt is given back and never dead-lettered.
 - dead letters: a stream of payload, error, attempts and time, plus an index by task id.
 
 Lease tokens: as in the SQLite queue, a lease is honoured while its token is current; expiry
@@ -208,6 +209,12 @@ class RedisStreamsQueue:
         due = _num(self._clock() + delay)
         self._check(await self._run(lua.RETRY, lease.task.task_id, lease.token, error, due), lease)
         return NackOutcome.RETRY
+
+    async def defer(self, lease: Leased, delay_s: float, reason: str) -> None:
+        """Put the task back for `delay_s`, giving this attempt back; never dead-letters."""
+        due = _num(self._clock() + delay_s)
+        args = (lease.task.task_id, lease.token, reason, due, 1)
+        self._check(await self._run(lua.RETRY, *args), lease)
 
     async def dead_letter(self, lease: Leased, error: str) -> None:
         """Dead-letter now, keeping the payload, the error and the attempt count."""

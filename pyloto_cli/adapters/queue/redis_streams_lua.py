@@ -181,13 +181,17 @@ return 1
 """
 )
 
-# ARGV: prefix, id, token, error, due -> 1, or 0 if stale
+# ARGV: prefix, id, token, error, due[, uncount] -> 1, or 0 if stale
+# uncount = '1' (defer): the attempt is given back, never below 0
 RETRY = LuaScript(
     _PRELUDE
     + """
 local id, token = ARGV[2], ARGV[3]
 local t = owned(id, token)
 if not t then return 0 end
+if ARGV[6] == '1' and tonumber(redis.call('HGET', t, 'att')) > 0 then
+  redis.call('HINCRBY', t, 'att', -1)
+end
 unlock(t, token)
 unstream(t)
 redis.call('HDEL', t, 'tok', 'exp')

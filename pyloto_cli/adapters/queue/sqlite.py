@@ -319,6 +319,20 @@ class SqliteMessageQueue:
         await self._run(op)
         return NackOutcome.RETRY
 
+    async def defer(self, lease: Leased, delay_s: float, reason: str) -> None:
+        """Put the task back for `delay_s`, giving this attempt back; never dead-letters."""
+        available = self._clock() + delay_s
+
+        def op(conn: sqlite3.Connection) -> None:
+            row = _owned(conn, lease)
+            conn.execute(
+                "UPDATE queue_tasks SET available_at = ?, attempts = MAX(attempts - 1, 0),"
+                " lease_token = NULL, lease_expires = NULL, last_error = ? WHERE seq = ?",
+                (available, reason, row["seq"]),
+            )
+
+        await self._run(op)
+
     async def dead_letter(self, lease: Leased, error: str) -> None:
         """Dead-letter now, keeping the payload, the error and the attempt count."""
         now = self._clock()
