@@ -68,13 +68,12 @@ async def post_webhook(
 
 async def open_loop(
     client: httpx.AsyncClient,
-    base_url: str,
+    url: str,
     hooks: Sequence[Webhook],
     rate: float,
     on_ack: AckCallback,
 ) -> list[Ack]:
-    """Send `hooks` at `rate` per second on schedule, never waiting for earlier answers."""
-    url = base_url + WEBHOOK_PATH
+    """POST `hooks` to `url` at `rate` per second on schedule, never waiting for answers."""
     t0 = time.monotonic()
     pending: set[asyncio.Task[Ack]] = set()
     acks: list[Ack] = []
@@ -105,13 +104,12 @@ async def open_loop(
 
 async def closed_loop(
     client: httpx.AsyncClient,
-    base_url: str,
+    url: str,
     hooks: Sequence[Webhook],
     concurrency: int,
     on_ack: AckCallback,
 ) -> list[Ack]:
-    """Keep `concurrency` webhooks in flight until all are sent."""
-    url = base_url + WEBHOOK_PATH
+    """POST `hooks` to `url` keeping `concurrency` in flight until all are sent."""
     queue = iter(enumerate(hooks))
     acks: list[Ack] = []
 

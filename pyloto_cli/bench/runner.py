@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from pyloto_cli.bench.load import Ack, closed_loop, load_client, open_loop
+from pyloto_cli.bench.load import WEBHOOK_PATH, Ack, closed_loop, load_client, open_loop
 from pyloto_cli.bench.payloads import Webhook, build_webhooks
 from pyloto_cli.bench.procs import (
     FakeLLMProcess,
@@ -55,6 +55,7 @@ class BenchConfig:
     drain_timeout_s: float = 30.0
     server_log_level: str = "INFO"
     data_dir: Path | None = None  # parent of the run's temporary directory
+    keep: bool = False  # keep that directory (server log, SQLite files) after the run
     seed: int = 1
 
     @property
@@ -205,7 +206,8 @@ async def _measure(
     started = time.monotonic()
     ticker = asyncio.create_task(_ticker(progress, counts, tracker))
     try:
-        acks = await _send(config, peers.client, peers.server.url, hooks, counts)
+        url = peers.server.url + WEBHOOK_PATH
+        acks = await _send(config, peers.client, url, hooks, counts)
         wanted = {hooks[a.index].wamid for a in acks if a.ok}
         dead = await _drain(peers.client, peers.server, tracker, wanted, config.drain_timeout_s)
     finally:
@@ -247,6 +249,16 @@ def describe(config: BenchConfig) -> dict[str, Any]:
     return data
 
 
+def _workdir(config: BenchConfig, stack: contextlib.AsyncExitStack) -> Path:
+    """The run's directory: removed on exit unless `config.keep`."""
+    prefix, parent = "pyloto-bench-", config.data_dir
+    if config.keep:
+        path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        log_event(_log, "bench_workdir_kept", path=str(path))
+        return path
+    return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix, dir=parent)))
+
+
 def _connections(config: BenchConfig) -> int:
     """Enough pooled connections that the pool never paces an open-loop sender."""
     if config.concurrency is not None:
@@ -271,11 +283,7 @@ async def run_bench(config: BenchConfig, progress: BenchProgress | None = None) 
     log_event(_log, "bench_started", **describe(config))
     child_env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
     async with contextlib.AsyncExitStack() as stack:
-        workdir = Path(
-            stack.enter_context(
-                tempfile.TemporaryDirectory(prefix="pyloto-bench-", dir=config.data_dir)
-            )
-        )
+        workdir = _workdir(config, stack)
         graph = await stack.enter_async_context(FakeGraphServer())
         graph.delay_s = config.graph_latency_ms / 1000
         llm = await stack.enter_async_context(
@@ -286,7 +294,8 @@ async def run_bench(config: BenchConfig, progress: BenchProgress | None = None) 
         client = await stack.enter_async_context(load_client(_connections(config)))
         peers = _Peers(client=client, server=server, graph=graph, llm=llm)
         record = await _measure(config, peers, hooks, progress or _Silent())
-    report = summarize(describe(config), record)
+    kept = {"workdir": str(workdir) if config.keep else None}
+    report = summarize({**describe(config), **kept}, record)
     log_event(
         _log,
         "bench_finished",

@@ -85,6 +85,9 @@ def bench(
         Path | None, typer.Option(help="Parent of the run's temporary data directory.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the fake LLM's jitter and errors.")] = 1,
+    keep: Annotated[
+        bool, typer.Option(help="Keep the run's directory (server log, SQLite files).")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object last.")] = False,
 ) -> None:
     """Latency and throughput: real server, real pipeline, real HTTP, fake LLM and Graph API.
@@ -110,6 +113,7 @@ def bench(
         server_log_level=server_log_level,
         data_dir=data_dir,
         seed=seed,
+        keep=keep,
     )
     with boundary(err):
         report = _run(config, err)
@@ -117,6 +121,8 @@ def bench(
         print_json(report.to_json())
     else:
         console.print(_table(report))
+        if report.config.get("workdir"):
+            console.print(f"kept: {report.config['workdir']}", highlight=False)
     if not report.clean:
         counts = report.counts
         err.print(f"[bold red]error:[/] {counts.lost} lost, {counts.duplicated} doubled")

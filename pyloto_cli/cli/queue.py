@@ -158,7 +158,7 @@ def dead_show(task_id: str, as_json: JsonOpt = False) -> None:
 
 
 def dead_requeue(
-    task_ids: Annotated[list[str] | None, typer.Argument(metavar="[ID]...")] = None,
+    task_ids: Annotated[list[str] | None, typer.Argument(metavar="ID")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Requeue every dead letter.")] = False,
     as_json: JsonOpt = False,
 ) -> None:

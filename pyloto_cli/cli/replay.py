@@ -70,7 +70,7 @@ def _show_summary(console: Console, report: ReplayReport) -> None:
 
 
 def replay(
-    paths: Annotated[list[str], typer.Argument(metavar="PATH...", help="Files or directories.")],
+    paths: Annotated[list[str], typer.Argument(metavar="PATH", help="Files or directories.")],
     live_llm: Annotated[bool, typer.Option(help="Use the real LLM (OPENAI_*).")] = False,
     record: Annotated[Path | None, typer.Option(help="Write the transcript here.")] = None,
     expect: Annotated[Path | None, typer.Option(help="Compare with this transcript.")] = None,

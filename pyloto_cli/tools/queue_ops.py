@@ -124,10 +124,13 @@ async def run_drain(
         total = (await admin.stats()).depth
         started = time.perf_counter()
         burst = asyncio.create_task(worker.drain(), name="pyloto-drain")
-        while not burst.done():
-            await asyncio.wait({burst}, timeout=refresh_s)
-            if on_progress is not None:
-                on_progress(worker.stats.handled, total)
+        try:
+            while not burst.done():
+                await asyncio.wait({burst}, timeout=refresh_s)
+                if on_progress is not None:
+                    on_progress(worker.stats.handled, total)
+        finally:
+            burst.cancel()  # a no-op once it is done; on Ctrl-C the leases simply expire
         stats = burst.result()
         seconds = time.perf_counter() - started
         after = await admin.stats()

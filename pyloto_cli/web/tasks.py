@@ -72,7 +72,8 @@ async def _settle(
     if result.outcome is Outcome.DEFER:  # sending paused: wait, without spending an attempt
         pause = result.delay_s or RESCHEDULE_AFTER_S
         if runtime.cloud_tasks is not None:
-            await runtime.cloud_tasks.reschedule(task, pause, attempt)
+            salt = f"defer:{time.time_ns()}"  # same attempt, so a name of its own (per call)
+            await runtime.cloud_tasks.reschedule(task, pause, attempt, salt)
         log_event(_log, "task_deferred", reason=reason, delay_s=pause)
         return PlainTextResponse("deferred")
     if result.outcome is Outcome.DEAD or policy.exhausted(attempt):

@@ -19,7 +19,7 @@ import pytest
 from pyloto_cli.adapters.deadletters.memory import MemoryDeadLetterStore
 from pyloto_cli.adapters.queue.cloud_tasks import ATTEMPT_HEADER, TOKEN_HEADER
 from pyloto_cli.bootstrap import Runtime, open_runtime, pipeline_config
-from pyloto_cli.domain.errors import PermanentError, TransientError
+from pyloto_cli.domain.errors import PermanentError, SendPaused, TransientError
 from pyloto_cli.domain.task import JsonObject, Task
 from pyloto_cli.domain.webhook_split import split_webhook
 from pyloto_cli.pipeline.process import Pipeline
@@ -38,13 +38,15 @@ RETRY_COUNT = "X-CloudTasks-TaskRetryCount"
 
 
 class FakeSink:
-    """Stands in for `CloudTasksSink`: records `reschedule` calls."""
+    """Stands in for `CloudTasksSink`: records `reschedule` calls (and their name salts)."""
 
     def __init__(self) -> None:
         self.rescheduled: list[tuple[Task, float, int]] = []
+        self.salts: list[str] = []
 
-    async def reschedule(self, task: Task, delay_s: float, attempt: int) -> None:
+    async def reschedule(self, task: Task, delay_s: float, attempt: int, salt: str = "") -> None:
         self.rescheduled.append((task, delay_s, attempt))
+        self.salts.append(salt)
 
 
 class ScriptedSender:
@@ -285,6 +287,28 @@ async def test_permanent_failure_dead_letters_with_200(harness: Harness) -> None
     assert "131026" in dead.error
     assert dead.task == task
     assert harness.sink.rescheduled == []
+
+
+async def test_paused_sending_defers_without_spending_an_attempt(harness: Harness) -> None:
+    """SendPaused: rescheduled at the same attempt, even the last one; never dead-lettered."""
+    harness.sender.errors.append(SendPaused("graph_token_rejected", retry_after=60.0, code=190))
+    task = message_task()
+    response = await push(harness, task, **{RETRY_COUNT: str(MAX_ATTEMPTS - 1)})
+    assert response.status_code == 200
+    assert harness.sink.rescheduled == [(task, 60.0, MAX_ATTEMPTS)]
+    assert await harness.dead.list() == []
+    assert harness.sender.bodies == []
+
+
+async def test_each_deferral_gets_a_task_name_of_its_own(harness: Harness) -> None:
+    """A deferred task deferred again (same attempt, within a second) must not reuse its name:
+    Cloud Tasks would answer ALREADY_EXISTS and the task would be dropped with the 200."""
+    task = message_task()
+    for _ in range(3):
+        harness.sender.errors.append(SendPaused("graph_token_rejected", retry_after=0.5))
+        assert (await push(harness, task, **{ATTEMPT_HEADER: "1"})).status_code == 200
+    assert [attempt for _, _, attempt in harness.sink.rescheduled] == [1, 1, 1]
+    assert len(set(harness.sink.salts)) == 3, harness.sink.salts
 
 
 @pytest.mark.parametrize(

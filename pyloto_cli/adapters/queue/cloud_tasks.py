@@ -174,12 +174,14 @@ class CloudTasksSink:
             self._raise_failed(failures, len(unique))
         return EnqueueResult(enqueued=tuple(enqueued), duplicates=tuple(duplicates))
 
-    async def reschedule(self, task: Task, delay_s: float, attempt: int) -> None:
+    async def reschedule(self, task: Task, delay_s: float, attempt: int, salt: str = "") -> None:
         """Create the task again, due in `delay_s` seconds, under a name of its own per attempt.
 
-        For retries Cloud Tasks cannot time itself (e.g. Graph 131056: 4**attempt seconds).
+        For retries Cloud Tasks cannot time itself (e.g. Graph 131056: 4**attempt seconds). The
+        name is stable per (task, attempt, salt), so a handler that is itself retried does not
+        schedule twice; a deferral that keeps the attempt passes a `salt` to get a new name.
         """
-        name_id = cloud_task_id(f"{task.task_id}\x00retry\x00{attempt}")
+        name_id = cloud_task_id(f"{task.task_id}\x00retry\x00{attempt}\x00{salt}")
         due = datetime.now(UTC) + timedelta(seconds=max(0.0, delay_s))
         try:
             created = await self._create(self._http_task(task, name_id, due=due, attempt=attempt))

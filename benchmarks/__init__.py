@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that measure pyloto (and reference bots) against local fakes."""

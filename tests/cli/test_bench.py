@@ -1,0 +1,118 @@
+"""`pyloto bench`: real runs (server, fakes, HTTP) and the honesty of the load generator."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import httpx
+from typer.testing import CliRunner
+
+from pyloto_cli.bench.load import Ack, load_client, open_loop
+from pyloto_cli.bench.payloads import build_webhooks
+from pyloto_cli.bench.procs import cpu_seconds, peak_rss_bytes
+from pyloto_cli.bench.report import percentile
+from pyloto_cli.cli import app
+from pyloto_cli.fakes.graph_server import FakeGraphServer
+from pyloto_cli.fakes.openai_server import FakeOpenAIServer
+from pyloto_cli.web.signature import verify_signature
+
+
+def run_bench(runner: CliRunner, *args: str) -> dict[str, Any]:
+    result = runner.invoke(app, ["bench", *args, "--json"])
+    assert result.exit_code == 0, f"{result.stdout}\n{result.stderr}"
+    report: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return report
+
+
+def test_small_open_loop_run_answers_every_webhook_exactly_once(runner: CliRunner) -> None:
+    """20 signed webhooks at 20/s through the real server and LLM stages: all answered once."""
+    report = run_bench(
+        runner, "-n", "20", "--rate", "20", "--llm-latency-ms", "20", "--llm-jitter-ms", "5"
+    )
+    counts = report["counts"]
+    assert (counts["sent"], counts["acked"], counts["answered"], counts["replies"]) == (20,) * 4
+    assert (counts["lost"], counts["duplicated"], counts["rejected"], counts["failed"]) == (0,) * 4
+    assert counts["dead_letters"] == 0
+    assert report["ack_ms"]["count"] == 20
+    assert report["ack_ms"]["p50"] > 0
+    assert report["e2e_ms"]["count"] == 20
+    # LLM#3 waits for LLM#2 (each >= 15 ms here): the real responder is on the path
+    assert report["e2e_ms"]["p50"] >= 30
+    assert report["ack_ms"]["p99"] <= report["ack_ms"]["max"]
+    assert report["replies_per_s"] > 0
+    assert report["server"]["cpu_ms_per_msg"] > 0
+    assert report["server"]["peak_rss_mb"] > 0
+    assert report["config"]["mode"] == "open"
+
+
+def test_closed_loop_with_failing_llm_still_answers_every_webhook(runner: CliRunner) -> None:
+    """Every LLM call answered 500: the safe reply still goes out, once per webhook."""
+    report = run_bench(
+        runner,
+        *("-n", "8", "--concurrency", "4", "--users", "3"),
+        *("--llm-latency-ms", "0", "--llm-jitter-ms", "0", "--llm-error-rate", "1"),
+    )
+    counts = report["counts"]
+    assert counts["acked"] == counts["answered"] == 8
+    assert counts["lost"] == counts["duplicated"] == 0
+    assert report["config"]["mode"] == "closed"
+
+
+async def test_open_loop_sends_on_schedule_while_answers_are_slow() -> None:
+    """Coordinated omission: every request leaves before the first (1 s) answer comes back."""
+    hooks = build_webhooks(10, 10, b"secret", "sched")
+    acks: list[Ack] = []
+    async with FakeGraphServer() as slow, load_client(20) as client:
+        slow.delay_s = 1.0
+        url = f"{slow.url}/v25.0/109000000000001/messages"
+        result = await open_loop(client, url, hooks, 100.0, acks.append)
+    assert [a.index for a in result] == list(range(10))
+    assert len(acks) == 10
+    assert all(a.ok for a in result)
+    assert max(a.started for a in result) < min(a.finished for a in result)
+    assert all(a.latency_s >= 1.0 for a in result)  # counted from when each was due
+
+
+def test_webhooks_are_signed_and_unique() -> None:
+    """Each body verifies against its own signature; wamids differ; senders go round robin."""
+    hooks = build_webhooks(6, 2, b"s3cret", "run1")
+    for hook in hooks:
+        verify_signature(b"s3cret", hook.body, hook.signature)
+    assert len({h.wamid for h in hooks}) == 6
+    senders = [
+        json.loads(h.body)["entry"][0]["changes"][0]["value"]["contacts"][0]["wa_id"] for h in hooks
+    ]
+    assert len(set(senders)) == 2
+
+
+def test_percentile_is_nearest_rank() -> None:
+    """p50 of 1..100 is 50, p99 is 99, p100 the maximum; one value is every percentile."""
+    values = [float(v) for v in range(1, 101)]
+    assert (percentile(values, 50), percentile(values, 99), percentile(values, 100)) == (
+        50.0,
+        99.0,
+        100.0,
+    )
+    assert percentile([7.0], 99) == 7.0
+
+
+def test_proc_figures_of_this_process() -> None:
+    """CPU seconds and peak RSS are read for a live pid and are None for a missing one."""
+    assert (cpu_seconds(os.getpid()) or 0) > 0
+    assert (peak_rss_bytes(os.getpid()) or 0) > 1_000_000
+    assert cpu_seconds(2**22 + 1) is None
+    assert peak_rss_bytes(2**22 + 1) is None
+
+
+async def test_fake_llm_error_rate_and_jitter() -> None:
+    """error_rate=1 answers every unscripted call with the error status; jitter stays in range."""
+    async with FakeOpenAIServer(latency_ms=5, jitter_ms=5, error_rate=1.0, seed=3) as fake:
+        async with httpx.AsyncClient(trust_env=False) as client:
+            body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+            answers = [
+                await client.post(f"{fake.base_url}/chat/completions", json=body) for _ in range(3)
+            ]
+    assert [a.status_code for a in answers] == [500] * 3
+    assert all(0 <= (r.finished or 0) - r.arrived < 1.0 for r in fake.requests)

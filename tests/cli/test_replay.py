@@ -1,0 +1,201 @@
+"""`pyloto replay`: conversations against their golden transcripts, diffs, inputs, fixtures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from pyloto_cli.adapters.llm import offline
+from pyloto_cli.cli import app
+from pyloto_cli.settings import Settings
+from pyloto_cli.tools.replay import run_replay
+from pyloto_cli.tools.sources import Source
+from pyloto_cli.tools.transcript import diff_transcripts, normalize, read_transcript
+from tests.conftest import FIXTURES
+
+CONVERSATIONS = sorted(p.name for p in (FIXTURES / "conversations").iterdir() if p.is_dir())
+GOLDEN = FIXTURES / "golden"
+WEBHOOKS = sorted((FIXTURES / "webhooks").glob("*.json"))
+
+
+def replay(runner: CliRunner, *args: str) -> tuple[int, Any]:
+    result = runner.invoke(app, ["replay", *args, "--json"])
+    assert result.exit_code in (0, 1), result.output
+    return result.exit_code, json.loads(result.stdout)
+
+
+def test_every_conversation_has_a_golden_transcript() -> None:
+    """The fixtures the README points at exist in pairs."""
+    assert CONVERSATIONS == ["mixed_media", "pricing", "support_bsuid"]
+    assert sorted(p.stem for p in GOLDEN.glob("*.jsonl")) == CONVERSATIONS
+
+
+@pytest.mark.parametrize("name", CONVERSATIONS)
+def test_conversation_replays_as_its_golden_transcript(runner: CliRunner, name: str) -> None:
+    """Replayed offline, each recorded conversation matches its golden transcript."""
+    conversation, golden = FIXTURES / "conversations" / name, GOLDEN / f"{name}.jsonl"
+    result = runner.invoke(app, ["replay", str(conversation), "--expect", str(golden)])
+    assert result.exit_code == 0, result.output
+    assert "transcript matches --expect" in result.stdout
+
+
+def test_sessions_carry_across_files_and_redeliveries_are_skipped(runner: CliRunner) -> None:
+    """One replay is one conversation: turns count up, a redelivered wamid is not answered."""
+    code, report = replay(runner, str(FIXTURES / "conversations" / "pricing"))
+    assert code == 0
+    items = report["items"]
+    assert [i["outcome"] for i in items].count("skipped") == 1
+    replies = [i["reply"] for i in items if "reply" in i]
+    assert [r["text"].rsplit("(", 1)[1] for r in replies] == [f"turn {n})" for n in range(1, 7)]
+    assert [r["message_type"] for r in replies] == [
+        "text",
+        "text",
+        "buttons",
+        "text",
+        "list",
+        "buttons",
+    ]
+    interactive = items[3]["sent"][0]["body"]
+    assert interactive["type"] == "interactive"
+    assert interactive["interactive"]["type"] == "button"
+    assert items[3]["message"]["from"] == "***1234"
+
+
+def test_a_different_golden_fails_with_a_readable_diff(runner: CliRunner, tmp_path: Path) -> None:
+    """A golden whose reply differs exits 1 and shows both versions in a unified diff."""
+    golden = GOLDEN / "pricing.jsonl"
+    changed = tmp_path / "changed.jsonl"
+    changed.write_text(
+        golden.read_text(encoding="utf-8").replace("(turn 2)", "(turn two)"), encoding="utf-8"
+    )
+    result = runner.invoke(
+        app, ["replay", str(FIXTURES / "conversations" / "pricing"), "--expect", str(changed)]
+    )
+    assert result.exit_code == 1
+    assert "transcript differs from --expect" in result.stdout
+    assert (
+        '-    "text": "You said: \\"What is the price for 5 people?\\" (turn two)"' in result.stdout
+    )
+    assert (
+        '+    "text": "You said: \\"What is the price for 5 people?\\" (turn 2)"' in result.stdout
+    )
+
+
+def test_a_changed_offline_reply_fails_the_golden(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the responder's replies change, --expect catches it (exit 1, diff in --json)."""
+    monkeypatch.setattr(offline, "_quote", lambda text: text.upper())
+    code, report = replay(
+        runner,
+        str(FIXTURES / "conversations" / "mixed_media"),
+        "--expect",
+        str(GOLDEN / "mixed_media.jsonl"),
+    )
+    assert code == 1
+    assert report["matched"] is False
+    assert '+    "text": "You said: \\"OLÁ! VOCÊS ABREM NO DOMINGO?\\" (turn 4)"' in report["diff"]
+
+
+def test_record_writes_a_transcript_that_matches_the_golden(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    """`--record` writes JSON lines equal to the golden once timings and generated ids go."""
+    recorded = tmp_path / "out" / "support.jsonl"
+    code, report = replay(
+        runner, str(FIXTURES / "conversations" / "support_bsuid"), "--record", str(recorded)
+    )
+    assert code == 0
+    assert report["recorded"] == str(recorded)
+    items = read_transcript(recorded)
+    assert all("timings_ms" in i for i in items)
+    golden = read_transcript(GOLDEN / "support_bsuid.jsonl")
+    assert [normalize(i) for i in items] == [normalize(i) for i in golden]
+
+
+def test_normalize_ignores_timings_and_generated_ids_only() -> None:
+    """Timings and sent wamids do not count as differences; the inbound wamid does."""
+    item = {
+        "task_id": "wamid.IN_1",
+        "message": {"id": "wamid.IN_1"},
+        "sent": [{"message_id": "wamid.dryrun.1", "body": {"context": {"message_id": "x"}}}],
+        "timings_ms": {"total": 1.0},
+    }
+    other = json.loads(json.dumps(item))
+    other["sent"][0]["message_id"] = "wamid.dryrun.7"
+    other["timings_ms"] = {"total": 9.0}
+    assert diff_transcripts([item], [other]) == ""
+    other["message"]["id"] = "wamid.IN_2"
+    assert "wamid.IN_2" in diff_transcripts([item], [other])
+    assert normalize(item)["sent"][0]["body"]["context"]["message_id"] == "x"
+
+
+def test_json_lines_requests_in_both_shapes(runner: CliRunner, tmp_path: Path) -> None:
+    """A .jsonl file holds bodies or {"body": ...} records (object or raw text); bad lines fail."""
+    body = json.loads((FIXTURES / "webhooks" / "text.json").read_text(encoding="utf-8"))
+    second = json.loads(json.dumps(body).replace("PYLOTO_TEXT_0001", "PYLOTO_TEXT_0002"))
+    third = json.loads(json.dumps(body).replace("PYLOTO_TEXT_0001", "PYLOTO_TEXT_0003"))
+    requests = tmp_path / "requests.jsonl"
+    lines = [
+        json.dumps(body),
+        json.dumps({"received_at": 1, "headers": {}, "body": second}),
+        "",
+        json.dumps({"body": json.dumps(third)}),
+        "{broken",
+    ]
+    requests.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    code, report = replay(runner, str(requests))
+    assert code == 1
+    items = report["items"]
+    assert [i["source"] for i in items] == [f"requests.jsonl:{n}" for n in (1, 2, 4, 5)]
+    assert [i["outcome"] for i in items] == ["done", "done", "done", "rejected"]
+    assert [i["reply"]["text"][-8:] for i in items[:3]] == ["(turn 1)", "(turn 2)", "(turn 3)"]
+    assert items[3]["reason"].startswith("not JSON")
+    assert report["failed"] == 1
+
+
+def test_arguments_replay_in_the_order_given(runner: CliRunner) -> None:
+    """Files given one by one are replayed in argument order, not sorted."""
+    pricing = FIXTURES / "conversations" / "pricing"
+    code, report = replay(runner, str(pricing / "003.json"), str(pricing / "001.json"))
+    assert code == 0
+    assert [i["source"] for i in report["items"]] == ["003.json", "001.json"]
+
+
+def test_live_llm_needs_a_key(runner: CliRunner) -> None:
+    """`--live-llm` without OPENAI_API_KEY is a usage error."""
+    result = runner.invoke(app, ["replay", "--live-llm", str(WEBHOOKS[0])])
+    assert result.exit_code == 2
+    assert "OPENAI_API_KEY" in result.stderr
+
+
+def test_human_output_shows_message_reply_and_graph_body(runner: CliRunner) -> None:
+    """Without --json each item is a panel with the parsed message, the reply and the body."""
+    result = runner.invoke(app, ["replay", str(FIXTURES / "webhooks" / "text.json")])
+    assert result.exit_code == 0, result.output
+    for expected in ("text from ***1234", "greeting", "POST /200000000000001/messages", "timings"):
+        assert expected in result.stdout
+    assert '"biz_opaque_callback_data": "wamid.PYLOTO_TEXT_0001"' in result.stdout
+
+
+@pytest.mark.parametrize("path", WEBHOOKS, ids=[p.stem for p in WEBHOOKS])
+async def test_every_webhook_fixture_replays_without_failure(path: Path, tmp_path: Path) -> None:
+    """Each fixture alone goes through the whole pipeline: no rejection, retry or dead letter."""
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data")
+    report = await run_replay(settings, [Source(path.name, path=path)])
+    assert report.items
+    assert report.failures == []
+    assert all(i["outcome"] in ("done", "skipped") for i in report.items)
+
+
+def test_the_whole_webhooks_directory_replays_in_one_run(runner: CliRunner) -> None:
+    """All fixtures in one replay (one runtime, sorted by name) exit 0."""
+    code, report = replay(runner, str(FIXTURES / "webhooks"))
+    assert code == 0
+    names = [i["source"] for i in report["items"]]
+    assert names == sorted(names, key=lambda n: n.split("/")[1])
+    assert len({n for n in names}) == len(WEBHOOKS)
