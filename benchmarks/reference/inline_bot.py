@@ -38,8 +38,13 @@ from benchmarks.reference.llm import Answer, answer_message, load_prompts
 class _Clients:
     """The app's two clients, set by the lifespan."""
 
-    llm: AsyncOpenAI | None = None
-    graph: httpx.AsyncClient | None = None
+    opened: tuple[AsyncOpenAI, httpx.AsyncClient] | None = None
+
+    def get(self) -> tuple[AsyncOpenAI, httpx.AsyncClient]:
+        """The clients; RuntimeError outside the lifespan."""
+        if self.opened is None:
+            raise RuntimeError("the app's lifespan is not running")
+        return self.opened
 
 
 def signature_ok(secret: str, body: bytes, header: str | None) -> bool:
@@ -115,8 +120,9 @@ def create_app(config: BotConfig | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         llm = AsyncOpenAI(api_key=cfg.openai_api_key, base_url=cfg.openai_base_url)
         async with llm, httpx.AsyncClient() as graph:
-            clients.llm, clients.graph = llm, graph
+            clients.opened = (llm, graph)
             yield
+            clients.opened = None
 
     app = FastAPI(lifespan=lifespan)
 
@@ -129,13 +135,11 @@ def create_app(config: BotConfig | None = None) -> FastAPI:
         body = await request.body()
         if not signature_ok(cfg.app_secret, body, request.headers.get("x-hub-signature-256")):
             return Response("invalid signature", status_code=403)
-        assert clients.llm is not None and clients.graph is not None  # noqa: S101 - lifespan ran
+        llm, graph = clients.get()
         for phone_number_id, message in text_messages(json.loads(body)):
-            answer = await answer_message(
-                clients.llm, cfg.openai_model, prompts, message["text"]["body"]
-            )
+            answer = await answer_message(llm, cfg.openai_model, prompts, message["text"]["body"])
             url = f"{cfg.graph_api_url}/{cfg.graph_api_version}/{phone_number_id}/messages"
-            response = await clients.graph.post(
+            response = await graph.post(
                 url,
                 json=graph_message(message["from"], message["id"], answer),
                 headers={"Authorization": f"Bearer {cfg.access_token}"},
