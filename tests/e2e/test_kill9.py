@@ -92,14 +92,17 @@ class ServeProcess:
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 
-    async def start(self) -> None:
+    def spawn(self) -> subprocess.Popen[bytes]:
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
+            return subprocess.Popen(
                 [sys.executable, "-m", "pyloto_cli", "serve"],
                 env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
+
+    async def start(self) -> None:
+        self.proc = self.spawn()
         deadline = time.monotonic() + 20
         async with httpx.AsyncClient() as client:
             while time.monotonic() < deadline:
@@ -179,15 +182,17 @@ async def test_kill9_mid_stream_loses_nothing_acknowledged(
             for wamid, body in unacked:  # Meta retries what it got no 200 for
                 if await post(client, serve.url, body):
                     acked.add(wamid)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not acked <= set(answered(graph)):
+        for _ in range(600):  # up to 60 s for the restarted worker to catch up
+            if acked <= set(answered(graph)):
+                break
             await asyncio.sleep(0.1)
     finally:
         serve.terminate()
     replies = answered(graph)
     missing = acked - set(replies)
     doubled = sorted(w for w, n in replies.items() if n > 1)
-    print(f"\nkill -9: {len(acked)} acknowledged, {len(missing)} lost, {len(doubled)} doubled")
+    report = f"kill -9: {len(acked)} acknowledged, {len(missing)} lost, {len(doubled)} doubled"
+    print("\n" + report)  # noqa: T201 - the at-least-once window is a figure to report
     problems = [ln for ln in serve.log.read_text().splitlines() if '"level": "info"' not in ln]
     assert not missing, f"never answered: {sorted(missing)[:10]}; log: {problems[-20:]}"
     assert acked == {w for w, _ in bodies}
