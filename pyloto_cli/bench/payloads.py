@@ -2,6 +2,8 @@
 
 Senders are fictional `1555…` numbers; message `i` comes from user `i % users`, so with fewer
 users than messages each conversation gets several turns (answered in order, one at a time).
+It is addressed to business number `i % numbers`: pyloto paces sends per business number
+(`PYLOTO_SEND_RATE_PER_NUMBER`, Meta's 80/s by default), so more numbers lift that cap.
 Bodies and signatures are built before the run so that sending costs no more than a POST.
 """
 
@@ -14,8 +16,6 @@ from typing import Any
 
 from pyloto_cli.web.signature import sign
 
-PHONE_NUMBER_ID = "109000000000001"
-DISPLAY_NUMBER = "15550100001"
 WABA_ID = "209000000000001"
 QUESTIONS = (
     "Hi! What are your opening hours on Sunday?",
@@ -40,12 +40,20 @@ def user_number(user: int) -> str:
     return f"1555{user:07d}"
 
 
-def message_payload(wamid: str, user: int, text: str, timestamp: int) -> dict[str, Any]:
+def business_number(number: int) -> tuple[str, str]:
+    """(phone_number_id, display_phone_number) of fictional business number `number`."""
+    return f"10900000{number:07d}", f"1555010{number:04d}"
+
+
+def message_payload(
+    wamid: str, user: int, text: str, timestamp: int, number: int = 0
+) -> dict[str, Any]:
     """A `messages` webhook with one inbound text message, shaped like Meta's."""
     wa_id = user_number(user)
+    phone_number_id, display = business_number(number)
     value = {
         "messaging_product": "whatsapp",
-        "metadata": {"display_phone_number": DISPLAY_NUMBER, "phone_number_id": PHONE_NUMBER_ID},
+        "metadata": {"display_phone_number": display, "phone_number_id": phone_number_id},
         "contacts": [{"profile": {"name": f"Bench User {user}"}, "wa_id": wa_id}],
         "messages": [
             {
@@ -63,14 +71,17 @@ def message_payload(wamid: str, user: int, text: str, timestamp: int) -> dict[st
     }
 
 
-def build_webhooks(count: int, users: int, secret: bytes, run_id: str) -> list[Webhook]:
-    """`count` signed webhooks from `users` senders (round robin), wamids unique to `run_id`."""
+def build_webhooks(
+    count: int, users: int, secret: bytes, run_id: str, numbers: int = 1
+) -> list[Webhook]:
+    """`count` signed webhooks from `users` senders to `numbers` business numbers (both round
+    robin), wamids unique to `run_id`."""
     now = int(time.time())
     hooks: list[Webhook] = []
     for index in range(count):
         wamid = f"wamid.bench.{run_id}.{index:07d}"
         text = f"{QUESTIONS[index % len(QUESTIONS)]} (#{index})"
-        payload = message_payload(wamid, index % max(users, 1), text, now)
+        payload = message_payload(wamid, index % max(users, 1), text, now, index % max(numbers, 1))
         body = json.dumps(payload).encode()
         hooks.append(Webhook(wamid=wamid, body=body, signature=sign(secret, body)))
     return hooks

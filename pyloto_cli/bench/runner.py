@@ -48,6 +48,7 @@ class BenchConfig:
     rate: float = 50.0
     concurrency: int | None = None  # set: closed loop at this many in flight, `rate` unused
     users: int | None = None  # None: one conversation per message
+    numbers: int = 1  # business numbers the webhooks are addressed to (sends are paced per number)
     llm_latency_ms: float = 500.0
     llm_jitter_ms: float = 50.0
     llm_error_rate: float = 0.0
@@ -279,7 +280,8 @@ async def run_bench(config: BenchConfig, progress: BenchProgress | None = None) 
     """Run the bench once and return its figures; every process and server is stopped after."""
     secret = secrets.token_hex(16)
     users = config.users or config.messages
-    hooks = build_webhooks(config.messages, users, secret.encode(), secrets.token_hex(4))
+    run_id = secrets.token_hex(4)
+    hooks = build_webhooks(config.messages, users, secret.encode(), run_id, config.numbers)
     log_event(_log, "bench_started", **describe(config))
     child_env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
     async with contextlib.AsyncExitStack() as stack:

@@ -71,6 +71,9 @@ def bench(
     users: Annotated[
         int | None, typer.Option(min=1, help="Distinct senders (default: one per webhook).")
     ] = None,
+    numbers: Annotated[
+        int, typer.Option(min=1, help="Business numbers (sends are paced per number).")
+    ] = 1,
     llm_latency_ms: Annotated[float, typer.Option(min=0, help="Fake LLM latency.")] = 500.0,
     llm_jitter_ms: Annotated[float, typer.Option(min=0, help="± uniform jitter on it.")] = 50.0,
     llm_error_rate: Annotated[
@@ -94,7 +97,8 @@ def bench(
 
     Defaults: 300 webhooks at 50/s, LLM 500 ± 50 ms, no LLM errors (about 10 s).
 
-    PYLOTO_* settings in the environment reach the server (e.g. PYLOTO_CONCURRENCY).
+    PYLOTO_* settings in the environment reach the server (e.g. PYLOTO_CONCURRENCY; note
+    PYLOTO_SEND_RATE_PER_NUMBER, 80/s by default, caps replies per business number).
 
     Exit 1 if an acknowledged webhook was never answered or was answered twice.
     """
@@ -105,6 +109,7 @@ def bench(
         rate=rate,
         concurrency=concurrency,
         users=users,
+        numbers=numbers,
         llm_latency_ms=llm_latency_ms,
         llm_jitter_ms=llm_jitter_ms,
         llm_error_rate=llm_error_rate,

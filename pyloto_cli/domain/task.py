@@ -14,6 +14,11 @@ from typing import Any
 
 JsonObject = dict[str, Any]
 
+# Headers a push queue (Cloud Tasks) carries between tries of one task: pyloto's attempt count
+# and the previous try's error, which Cloud Tasks itself does not keep.
+ATTEMPT_HEADER = "X-Pyloto-Attempt"
+LAST_ERROR_HEADER = "X-Pyloto-Last-Error"
+
 
 class TaskKind(StrEnum):
     """What a task carries."""

@@ -158,8 +158,8 @@ class Pipeline:
             log_event(_log, "duplicate_skipped", message_id=msg.id)
             return TaskResult(Outcome.SKIPPED)
         if claim is ClaimResult.IN_PROGRESS and not self.config.exclusive_queue:
-            return TaskResult(
-                Outcome.RETRY,
+            return TaskResult(  # another instance is on it: wait, without spending an attempt
+                Outcome.DEFER,
                 reason="claimed by another worker",
                 delay_s=self.config.in_progress_retry_s,
             )

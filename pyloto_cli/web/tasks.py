@@ -19,8 +19,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from pyloto_cli.bootstrap import Runtime, retry_policy
-from pyloto_cli.domain.errors import PayloadTooLarge
-from pyloto_cli.domain.task import DeadLetter, Task
+from pyloto_cli.domain.errors import AmbiguousSendError, PayloadTooLarge
+from pyloto_cli.domain.task import ATTEMPT_HEADER, LAST_ERROR_HEADER, DeadLetter, Task
 from pyloto_cli.logs import bind, get_logger, log_event
 from pyloto_cli.pipeline.process import Outcome, TaskResult
 from pyloto_cli.web.body import read_body
@@ -32,7 +32,7 @@ _log = get_logger("tasks")
 
 def pushed_attempt(headers: Mapping[str, str]) -> int:
     """1-based attempt: pyloto's base (re-created tasks) plus Cloud Tasks' retry count."""
-    base = headers.get("x-pyloto-attempt", "1")
+    base = headers.get(ATTEMPT_HEADER.lower(), "1")
     retries = headers.get("x-cloudtasks-taskretrycount", "0")
     return (int(base) if base.isdigit() else 1) + (int(retries) if retries.isdigit() else 0)
 
@@ -56,7 +56,8 @@ async def process_pushed(request: Request) -> Response:
     with bind(task_id=task.task_id, attempt=attempt):
         log_event(_log, "task_dequeued", kind=task.kind.value, queue="cloud_tasks")
         started = time.perf_counter()
-        result = await runtime.pipeline.process(task, attempt)
+        last_error = request.headers.get(LAST_ERROR_HEADER.lower())
+        result = await runtime.pipeline.process(task, attempt, last_error)
         duration_ms = round((time.perf_counter() - started) * 1000, 2)
         return await _settle(runtime, task, attempt, result, duration_ms)
 
@@ -81,11 +82,13 @@ async def _settle(
         await runtime.dead_letters.record(DeadLetter(task, reason, attempt, time.time()))
         log_event(_log, "task_dead_lettered", reason=reason, duration_ms=duration_ms)
         return PlainTextResponse("dead-lettered")
-    delay = result.delay_s
-    if delay is not None and delay > RESCHEDULE_AFTER_S and runtime.cloud_tasks is not None:
-        await runtime.cloud_tasks.reschedule(task, delay, attempt + 1)
+    delay = result.delay_s if result.delay_s is not None else policy.delay(attempt)
+    ambiguous = reason.startswith(AmbiguousSendError.__name__)  # the next try must know
+    if (delay > RESCHEDULE_AFTER_S or ambiguous) and runtime.cloud_tasks is not None:
+        last = reason if ambiguous else None
+        await runtime.cloud_tasks.reschedule(task, delay, attempt + 1, last_error=last)
         log_event(_log, "task_retried", reason=reason, delay_s=delay, rescheduled=True)
         return PlainTextResponse("rescheduled")
     log_event(_log, "task_retried", reason=reason, delay_s=delay)
-    headers = {"Retry-After": str(max(1, round(delay)))} if delay else None
+    headers = {"Retry-After": str(max(1, round(delay)))}
     return PlainTextResponse("retry", status_code=503, headers=headers)

@@ -17,10 +17,10 @@ import httpx
 import pytest
 
 from pyloto_cli.adapters.deadletters.memory import MemoryDeadLetterStore
-from pyloto_cli.adapters.queue.cloud_tasks import ATTEMPT_HEADER, TOKEN_HEADER
+from pyloto_cli.adapters.queue.cloud_tasks import TOKEN_HEADER
 from pyloto_cli.bootstrap import Runtime, open_runtime, pipeline_config
-from pyloto_cli.domain.errors import PermanentError, SendPaused, TransientError
-from pyloto_cli.domain.task import JsonObject, Task
+from pyloto_cli.domain.errors import AmbiguousSendError, PermanentError, SendPaused, TransientError
+from pyloto_cli.domain.task import ATTEMPT_HEADER, LAST_ERROR_HEADER, JsonObject, Task
 from pyloto_cli.domain.webhook_split import split_webhook
 from pyloto_cli.pipeline.process import Pipeline
 from pyloto_cli.ports import SendResult
@@ -43,10 +43,19 @@ class FakeSink:
     def __init__(self) -> None:
         self.rescheduled: list[tuple[Task, float, int]] = []
         self.salts: list[str] = []
+        self.last_errors: list[str | None] = []
 
-    async def reschedule(self, task: Task, delay_s: float, attempt: int, salt: str = "") -> None:
+    async def reschedule(
+        self,
+        task: Task,
+        delay_s: float,
+        attempt: int,
+        salt: str = "",
+        last_error: str | None = None,
+    ) -> None:
         self.rescheduled.append((task, delay_s, attempt))
         self.salts.append(salt)
+        self.last_errors.append(last_error)
 
 
 class ScriptedSender:
@@ -226,20 +235,46 @@ async def test_retryable_failure_is_503_with_retry_after(harness: Harness) -> No
     assert len(harness.sender.bodies) == 1
 
 
-async def test_retryable_failure_without_a_delay_is_a_bare_503(harness: Harness) -> None:
+async def test_retryable_failure_without_a_delay_gets_the_policy_delay(harness: Harness) -> None:
+    """No delay from the error: the 503 carries the backoff policy's delay as Retry-After."""
     harness.sender.errors.append(TransientError("HTTP 500 from Graph"))
     response = await push(harness, message_task())
     assert response.status_code == 503
-    assert "retry-after" not in response.headers  # Cloud Tasks' own backoff decides
+    assert int(response.headers["retry-after"]) >= 1
 
 
-async def test_a_live_claim_elsewhere_is_retried_later(harness: Harness) -> None:
+async def test_ambiguous_send_is_rescheduled_with_its_error_and_not_retried_twice(
+    harness: Harness,
+) -> None:
+    """Cloud Tasks keeps no error between tries: the reschedule carries it in a header."""
+    harness.sender.errors.append(AmbiguousSendError("read timeout after send"))
+    task = message_task()
+    response = await push(harness, task)
+    assert response.status_code == 200
+    assert harness.sink.rescheduled == [(task, harness.sink.rescheduled[0][1], 2)]
+    carried = harness.sink.last_errors[0] or ""
+    assert carried.startswith("AmbiguousSendError")
+    harness.sender.errors.append(AmbiguousSendError("read timeout again"))
+    again = await push(harness, task, **{ATTEMPT_HEADER: "2", LAST_ERROR_HEADER: carried})
+    assert again.status_code == 200
+    dead = await harness.dead.get(task.task_id)
+    assert dead is not None
+    assert "not retried twice" in dead.error
+
+
+async def test_a_live_claim_elsewhere_is_deferred_without_spending_an_attempt(
+    harness: Harness,
+) -> None:
+    """Another instance holds the claim: rescheduled at the same attempt, nothing sent."""
     task = message_task()
     await harness.runtime.deduper.claim(task.task_id, 60.0)  # another instance is on it
-    response = await push(harness, task)
-    assert response.status_code == 503
-    assert int(response.headers["retry-after"]) >= 1
+    response = await push(harness, task, **{ATTEMPT_HEADER: "3"})
+    assert response.status_code == 200
+    assert [(t.task_id, attempt) for t, _, attempt in harness.sink.rescheduled] == [
+        (task.task_id, 3)
+    ]
     assert harness.sender.calls == 0
+    assert await harness.dead.list() == []
 
 
 async def test_long_delay_is_rescheduled_with_the_next_attempt(harness: Harness) -> None:

@@ -31,12 +31,17 @@ from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcAsyncIOTransport
 
 from pyloto_cli.domain.errors import BackendUnavailable, TransientError
-from pyloto_cli.domain.task import EnqueueResult, QueueStats, Task
+from pyloto_cli.domain.task import (
+    ATTEMPT_HEADER,
+    LAST_ERROR_HEADER,
+    EnqueueResult,
+    QueueStats,
+    Task,
+)
 from pyloto_cli.logs import get_logger, log_event
 from pyloto_cli.settings import Settings
 
 TOKEN_HEADER = "X-Pyloto-Task-Token"  # noqa: S105 - a header name, not a secret
-ATTEMPT_HEADER = "X-Pyloto-Attempt"
 MIN_DISPATCH_DEADLINE_S = 15.0  # Cloud Tasks' floor for HTTP targets
 MAX_DISPATCH_DEADLINE_S = 1800.0  # and its ceiling
 DEADLINE_MARGIN_S = 10.0  # sending and saving after the LLM stages
@@ -174,7 +179,14 @@ class CloudTasksSink:
             self._raise_failed(failures, len(unique))
         return EnqueueResult(enqueued=tuple(enqueued), duplicates=tuple(duplicates))
 
-    async def reschedule(self, task: Task, delay_s: float, attempt: int, salt: str = "") -> None:
+    async def reschedule(
+        self,
+        task: Task,
+        delay_s: float,
+        attempt: int,
+        salt: str = "",
+        last_error: str | None = None,
+    ) -> None:
         """Create the task again, due in `delay_s` seconds, under a name of its own per attempt.
 
         For retries Cloud Tasks cannot time itself (e.g. Graph 131056: 4**attempt seconds). The
@@ -184,7 +196,11 @@ class CloudTasksSink:
         name_id = cloud_task_id(f"{task.task_id}\x00retry\x00{attempt}\x00{salt}")
         due = datetime.now(UTC) + timedelta(seconds=max(0.0, delay_s))
         try:
-            created = await self._create(self._http_task(task, name_id, due=due, attempt=attempt))
+            http_task = self._http_task(task, name_id, due=due, attempt=attempt)
+            if last_error:  # Cloud Tasks keeps no error between tries; the next one needs it
+                clean = last_error.encode("ascii", "replace").decode()[:200]
+                http_task.http_request.headers[LAST_ERROR_HEADER] = clean
+            created = await self._create(http_task)
         except gexc.GoogleAPICallError as exc:
             raise TransientError(f"Cloud Tasks reschedule failed: {exc.message or exc}") from exc
         log_event(
