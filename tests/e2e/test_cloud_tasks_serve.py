@@ -187,6 +187,17 @@ async def queue_counts(client: httpx.AsyncClient, serve: ServeProcess) -> tuple[
     return int(queue["depth"]), int(queue["dead"])
 
 
+async def wait_counts(
+    client: httpx.AsyncClient, serve: ServeProcess, wanted: tuple[int, int], within_s: float = 20.0
+) -> None:
+    """Until `/readyz` reports (depth, dead) == `wanted` (a task leaves once its 200 is in)."""
+    deadline = time.monotonic() + within_s
+    while (counts := await queue_counts(client, serve)) != wanted:
+        if time.monotonic() > deadline:
+            pytest.fail(f"(depth, dead) = {counts}, not {wanted}; log: {serve.log_tail()}")
+        await asyncio.sleep(0.05)
+
+
 async def test_webhooks_are_pushed_back_and_answered_once(
     serve: ServeProcess, graph: FakeGraphServer
 ) -> None:
@@ -205,7 +216,7 @@ async def test_webhooks_are_pushed_back_and_answered_once(
             *(post_webhook(client, serve, w, f"1555000{i % 6:04d}") for i, w in enumerate(wamids))
         )
         await wait_until(lambda: set(wamids) <= set(answered(graph)), serve)
-        assert await queue_counts(client, serve) == (0, 0)
+        await wait_counts(client, serve, (0, 0))
     replies = answered(graph)
     assert {w: n for w, n in replies.items() if n != 1} == {}
     assert set(replies) == set(wamids)  # the forged task was never run
@@ -224,7 +235,7 @@ async def test_5xx_is_retried_by_the_queue_and_answered_once(
         await post_webhook(client, serve, "wamid.e2e.ct.ok", "15550001003")
         wanted = {"wamid.e2e.ct.r1", "wamid.e2e.ct.r2", "wamid.e2e.ct.ok"}
         await wait_until(lambda: wanted <= set(answered(graph)), serve)
-        assert await queue_counts(client, serve) == (0, 0)
+        await wait_counts(client, serve, (0, 0))
     assert answered(graph) == Counter(dict.fromkeys(wanted, 1))
     assert sends_for(graph, "wamid.e2e.ct.r1") == [500, 200]
     assert sends_for(graph, "wamid.e2e.ct.r2") == [502, 200]
@@ -240,11 +251,7 @@ async def test_failures_end_in_dead_letters_before_the_queue_gives_up(
     async with httpx.AsyncClient(timeout=10) as client:
         await post_webhook(client, serve, "wamid.e2e.ct.perm", "15550002001")
         await post_webhook(client, serve, "wamid.e2e.ct.flaky", "15550002002")
-        deadline = time.monotonic() + 20
-        while await queue_counts(client, serve) != (0, 2):
-            if time.monotonic() > deadline:
-                pytest.fail(f"dead letters not recorded; log: {serve.log_tail()}")
-            await asyncio.sleep(0.05)
+        await wait_counts(client, serve, (0, 2))
     serve.terminate()  # the queue is empty: no send can follow; the state file is free
     assert sends_for(graph, "wamid.e2e.ct.perm") == [400]
     assert sends_for(graph, "wamid.e2e.ct.flaky") == [500] * MAX_ATTEMPTS

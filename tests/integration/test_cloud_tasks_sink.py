@@ -20,7 +20,6 @@ from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcAsyncIOTransport
 
 from pyloto_cli.adapters.queue.cloud_tasks import (
-    ATTEMPT_HEADER,
     TOKEN_HEADER,
     CloudTasksConfig,
     CloudTasksSink,
@@ -28,7 +27,7 @@ from pyloto_cli.adapters.queue.cloud_tasks import (
     dispatch_deadline_for,
 )
 from pyloto_cli.domain.errors import BackendUnavailable, TransientError
-from pyloto_cli.domain.task import Task, TaskKind
+from pyloto_cli.domain.task import ATTEMPT_HEADER, Task, TaskKind
 from pyloto_cli.settings import Settings
 from tests.servers import CloudTasksQueueRef
 
