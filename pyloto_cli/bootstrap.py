@@ -134,6 +134,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             responder=type(responder).__name__,
             sender=type(sender).__name__,
         )
+        stack.callback(log_event, _log, "runtime_closed")  # runs last: everything is closed
         yield Runtime(
             settings=settings,
             sink=parts.sink,

@@ -1,0 +1,129 @@
+"""The README's first command: `pyloto serve` with no settings at all starts, stays closed, and
+prints a curl line that works."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pyloto_cli.firstrun import SECRETS_FILE, ensure_local_secrets
+from pyloto_cli.settings import Settings
+from pyloto_cli.web.signature import sign, verify_signature
+
+pytestmark = pytest.mark.e2e
+
+_SETTING_PREFIXES = ("WHATSAPP_", "OPENAI_", "PYLOTO_", "GRAPH_", "QUEUE_", "REDIS_", "CLOUD")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_SETTING_PREFIXES)}
+    env.pop("PORT", None)
+    env.pop("SESSION_STORE_BACKEND", None)
+    env.pop("DEDUPE_BACKEND", None)
+    return {**env, **extra}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_local_secrets_are_generated_once_and_reused(tmp_path: Path) -> None:
+    """First run writes a secret file (mode 600); the second run reads the same values."""
+    settings = Settings(_env_file=None, data_dir=tmp_path)
+    first = ensure_local_secrets(settings)
+    second = ensure_local_secrets(settings)
+    assert first.generated
+    assert not second.generated
+    secret = first.settings.whatsapp_app_secret
+    assert secret is not None
+    assert second.settings.whatsapp_app_secret == secret
+    assert (tmp_path / SECRETS_FILE).stat().st_mode & 0o777 == 0o600
+    body = second.example_path.read_bytes()  # rewritten each start, with a fresh wamid
+    verify_signature(secret.get_secret_value().encode(), body, second.example_signature)
+
+
+def test_a_configured_secret_is_never_replaced(tmp_path: Path) -> None:
+    """With WHATSAPP_APP_SECRET set, nothing is generated and the example is signed with it."""
+    settings = Settings(
+        _env_file=None,
+        data_dir=tmp_path,
+        whatsapp_app_secret="real-secret",
+        whatsapp_verify_token="real-token",
+    )
+    setup = ensure_local_secrets(settings)
+    assert not setup.generated
+    assert not (tmp_path / SECRETS_FILE).exists()
+    body = setup.example_path.read_bytes()
+    assert setup.example_signature == sign(b"real-secret", body)
+
+
+def test_serve_with_no_settings_prints_a_working_curl_line(tmp_path: Path) -> None:
+    """No env at all: serve starts, prints the curl line; that line's request gets 200 and a
+    dry-run reply; an unsigned post is refused."""
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pyloto_cli", "serve", "--port", str(port)],
+            cwd=tmp_path,
+            env=clean_env(PYLOTO_LOG_FORMAT="json"),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        ready = False
+        while time.monotonic() < deadline and not ready:
+            try:
+                ready = httpx.get(f"{url}/readyz").status_code == 200
+            except httpx.TransportError:
+                time.sleep(0.05)
+        assert ready, log.read_text()
+        printed = log.read_text()
+        assert "Real Meta webhooks will be rejected until WHATSAPP_APP_SECRET is set" in printed
+        curl = next(line.strip() for line in printed.splitlines() if "curl " in line)
+        args = shlex.split(curl)
+        signature = next(a for a in args if a.startswith("X-Hub-Signature-256:")).split(": ")[1]
+        data_file = next(a for a in args if a.startswith("@"))[1:]
+        body = (tmp_path / data_file).read_bytes()
+        accepted = httpx.post(
+            f"{url}/webhooks/whatsapp", content=body, headers={"X-Hub-Signature-256": signature}
+        )
+        assert accepted.status_code == 200
+        refused = httpx.post(f"{url}/webhooks/whatsapp", content=body)
+        assert refused.status_code == 401
+        wamid = json.loads(body)["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+        for _ in range(100):
+            if re.search(r'"event": "task_processed"', log.read_text()):
+                break
+            time.sleep(0.05)
+        events = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+        sent = [e for e in events if e["event"] == "message_sent"]
+        assert sent, printed
+        assert any(e.get("task_id") == wamid for e in events if e["event"] == "task_processed")
+        assert all("15550001234" not in json.dumps(e) for e in events)  # phones masked
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    # uvicorn re-raises the SIGTERM it handled once shutdown is complete
+    assert proc.returncode in (0, -signal.SIGTERM), log.read_text()[-2000:]
+    assert '"event": "runtime_closed"' in log.read_text()
