@@ -207,7 +207,18 @@ async def open_statuses(shared: Shared) -> StatusStore:
 
 
 async def open_responder(settings: Settings, stack: Stack) -> Responder:
-    """The three LLM stages with an OpenAI key, else the offline stand-in."""
+    """The three LLM stages with an OpenAI key, else the offline stand-in; behind the reply
+    cache when PYLOTO_REPLY_CACHE is on."""
+    responder = await _open_llm_responder(settings, stack)
+    if not settings.reply_cache:
+        return responder
+    from pyloto_cli.adapters.llm.cache import CachingResponder
+
+    cached = CachingResponder.from_settings(responder, settings)
+    return await stack.enter_async_context(cached)
+
+
+async def _open_llm_responder(settings: Settings, stack: Stack) -> Responder:
     if settings.llm_active:
         from pyloto_cli.adapters.llm.openai import OpenAIResponder, open_openai_client
 

@@ -155,6 +155,14 @@ class Settings(BaseSettings):
     llm_breaker_cooldown: float = Field(
         30.0, gt=0, validation_alias=_env("PYLOTO_LLM_BREAKER_COOLDOWN")
     )
+    # Optional reply cache for short context-free turns (adapters/llm/cache.py); off by default.
+    reply_cache: bool = Field(False, validation_alias=_env("PYLOTO_REPLY_CACHE"))
+    reply_cache_ttl_seconds: float = Field(
+        600.0, gt=0, validation_alias=_env("PYLOTO_REPLY_CACHE_TTL_SECONDS")
+    )
+    reply_cache_max_words: int = Field(
+        4, ge=1, le=20, validation_alias=_env("PYLOTO_REPLY_CACHE_MAX_WORDS")
+    )
 
     # --- Sending ------------------------------------------------------------------------------
     mark_read: bool = Field(False, validation_alias=_env("PYLOTO_MARK_READ"))
