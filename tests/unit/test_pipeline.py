@@ -397,3 +397,35 @@ async def test_paused_sending_defers_without_spending_attempts(
     assert sender.calls == 7  # six pauses, more than max_attempts=3, and still answered
     assert await harness.queue.dead_letters() == []
     assert harness.worker.stats.deferred == 6
+
+
+async def test_one_failing_message_of_three_never_resends_the_other_two(
+    harness: Harness, sender: RecordingSender
+) -> None:
+    """Three messages in one POST, the second keeps failing: the others are sent exactly once."""
+    failing = {"calls": 0}
+
+    def fail_second(n: int) -> Exception | None:
+        body = pending_bodies[n - 1] if n - 1 < len(pending_bodies) else None
+        if body == "wamid.W2":
+            failing["calls"] += 1
+            return TransientError("graph 500")
+        return None
+
+    pending_bodies: list[str] = []
+    original_send = sender.send
+
+    async def tracking_send(phone_number_id: str, body: JsonObject) -> SendResult:
+        pending_bodies.append(body["biz_opaque_callback_data"])
+        return await original_send(phone_number_id, body)
+
+    sender.fail_with = fail_second
+    sender.send = tracking_send  # type: ignore[method-assign]
+    users = ("15550001111", "15550002222", "15550003333")
+    msgs = [message(f"wamid.W{i}", "hi", sender=u) for i, u in enumerate(users, start=1)]
+    contacts = [{"profile": {"name": "U"}, "wa_id": u} for u in users]
+    await harness.deliver(webhook(msgs, contacts=contacts))
+    await harness.drain()
+    assert sorted(callback_ids(sender)) == ["wamid.W1", "wamid.W3"]
+    assert failing["calls"] == 3  # retried up to max_attempts, alone
+    assert [d.task.task_id for d in await harness.queue.dead_letters()] == ["wamid.W2"]
