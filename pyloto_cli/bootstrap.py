@@ -124,6 +124,8 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                 lease_s=settings.lease_seconds,
                 poll_interval=settings.poll_interval,
                 grace_s=settings.shutdown_grace_seconds,
+                coalesce_window_s=settings.coalesce_window_seconds,
+                coalesce_max=settings.coalesce_max,
             )
         log_event(
             _log,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import json
 import logging
 import re
@@ -58,9 +59,16 @@ def get_logger(name: str = "") -> logging.Logger:
 
 
 def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:
-    """Log `event` with `fields` (plus the bound task context)."""
+    """Log `event` with `fields` (plus the bound task context).
+
+    The record is made directly, without `Logger.log`'s caller lookup (a walk up the stack per
+    event): the events carry their own names, so file and line are not recorded.
+    """
     if logger.isEnabledFor(level):
-        logger.log(level, event, extra={"fields": fields}, stacklevel=2)
+        record = logger.makeRecord(
+            logger.name, level, "(unknown file)", 0, event, None, None, extra={"fields": fields}
+        )
+        logger.handle(record)
 
 
 @contextlib.contextmanager
@@ -73,18 +81,25 @@ def bind(**fields: Any) -> Iterator[None]:
         _context.reset(token)
 
 
+@functools.cache
+def _field_kind(key: str) -> int:
+    """0: dropped (secret-named), 1: a phone number (masked), 2: anything else."""
+    lowered = key.lower()
+    if lowered in _SECRET_FIELDS or lowered.endswith(("_token", "_secret", "_key")):
+        return 0
+    return 1 if lowered in _PHONE_FIELDS else 2
+
+
 def event_fields(record: logging.LogRecord) -> dict[str, Any]:
     """The redacted fields of a record: bound context, then the event's own."""
     merged: dict[str, Any] = {**_context.get(), **getattr(record, "fields", {})}
     clean: dict[str, Any] = {}
     for key, value in merged.items():
-        lowered = key.lower()
-        if lowered in _SECRET_FIELDS or lowered.endswith(("_token", "_secret", "_key")):
+        kind = _field_kind(key)
+        if kind == 0:
             continue
-        if lowered in _PHONE_FIELDS and isinstance(value, str):
-            clean[key] = mask_phone(value)
-        elif isinstance(value, str):
-            clean[key] = _mask_digits(value)
+        if isinstance(value, str):
+            clean[key] = mask_phone(value) if kind == 1 else _mask_digits(value)
         else:
             clean[key] = value
     return clean

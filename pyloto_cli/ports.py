@@ -74,6 +74,22 @@ class MessageQueue(TaskSink, Protocol):
         """Dead-letter now (a permanent failure), keeping the payload, error and attempts."""
         ...
 
+    async def lease_followers(
+        self, lease: Leased, window_s: float, max_items: int, lease_s: float
+    ) -> list[Leased]:
+        """Also lease the tasks queued right behind `lease` in its conversation (burst coalescing).
+
+        Atomically, while `lease` is held (else StaleLeaseError): the next tasks of the same
+        conversation, in order and contiguous, that are available and not leased and whose
+        `received_at` is at most `lease.task.received_at + window_s`, up to `max_items`; the
+        first that does not qualify ends the run. Each gets its own token and a counted attempt,
+        and is settled (ack, nack, defer, dead_letter) on its own. The one exception to "one
+        leased task per conversation": the followers belong to the head's holder. A follower
+        nacked or deferred keeps its place behind the head and, once it is the head, becomes
+        leasable when its delay has passed.
+        """
+        ...
+
 
 class QueueAdmin(Protocol):
     """What the CLI and `/readyz` need from a queue."""

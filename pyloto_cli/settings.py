@@ -129,6 +129,12 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(
         10.0, ge=0, validation_alias=_env("PYLOTO_SHUTDOWN_GRACE_SECONDS")
     )
+    # Burst coalescing (pull queues): a user's messages received within this many seconds of
+    # the first one after an idle spell are answered as one turn. 0 = off.
+    coalesce_window_seconds: float = Field(
+        0.0, ge=0, le=60, validation_alias=_env("PYLOTO_COALESCE_WINDOW_SECONDS")
+    )
+    coalesce_max: int = Field(10, ge=1, le=100, validation_alias=_env("PYLOTO_COALESCE_MAX"))
 
     # --- LLM stages (issue: LLM stages) --------------------------------------------------------
     prompts_dir: Path | None = Field(None, validation_alias=_env("PYLOTO_PROMPTS_DIR"))

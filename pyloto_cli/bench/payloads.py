@@ -5,6 +5,8 @@ users than messages each conversation gets several turns (answered in order, one
 It is addressed to business number `i % numbers`: pyloto paces sends per business number
 (`PYLOTO_SEND_RATE_PER_NUMBER`, Meta's 80/s by default), so more numbers lift that cap.
 Bodies and signatures are built before the run so that sending costs no more than a POST.
+A `greetings` share of the messages (spread evenly) are short greetings and thanks instead of
+numbered questions: the turns the optional reply cache (PYLOTO_REPLY_CACHE) can answer.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ QUESTIONS = (
     "Can I change my order from yesterday? 🙂",
     "Olá, vocês aceitam cartão de crédito?",
 )
+GREETINGS = ("Hi!", "Hello", "Olá", "Thanks!", "obrigado 🙏")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,16 +74,24 @@ def message_payload(
     }
 
 
+def message_text(index: int, greetings: float = 0.0) -> str:
+    """Message `index`'s text: a greeting for a `greetings` share of indexes, else a question."""
+    nth = int((index + 1) * greetings)
+    if nth > int(index * greetings):
+        return GREETINGS[(nth - 1) % len(GREETINGS)]
+    return f"{QUESTIONS[index % len(QUESTIONS)]} (#{index})"
+
+
 def build_webhooks(
-    count: int, users: int, secret: bytes, run_id: str, numbers: int = 1
+    count: int, users: int, secret: bytes, run_id: str, numbers: int = 1, greetings: float = 0.0
 ) -> list[Webhook]:
     """`count` signed webhooks from `users` senders to `numbers` business numbers (both round
-    robin), wamids unique to `run_id`."""
+    robin), wamids unique to `run_id`; a `greetings` share (0..1) are greetings."""
     now = int(time.time())
     hooks: list[Webhook] = []
     for index in range(count):
         wamid = f"wamid.bench.{run_id}.{index:07d}"
-        text = f"{QUESTIONS[index % len(QUESTIONS)]} (#{index})"
+        text = message_text(index, greetings)
         payload = message_payload(wamid, index % max(users, 1), text, now, index % max(numbers, 1))
         body = json.dumps(payload).encode()
         hooks.append(Webhook(wamid=wamid, body=body, signature=sign(secret, body)))

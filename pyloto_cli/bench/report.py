@@ -6,9 +6,10 @@ Pure functions over what the run recorded; `BenchReport.to_json()` is the `--jso
 
 from __future__ import annotations
 
+import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -89,6 +90,51 @@ class HostUsage:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplyCacheUsage:
+    """The server's reply cache (PYLOTO_REPLY_CACHE), read from its log: hits among the eligible
+    lookups. `enabled` is None when the log says nothing (e.g. a level above INFO)."""
+
+    enabled: bool | None
+    hits: int = 0
+    misses: int = 0
+
+    @property
+    def hit_rate(self) -> float | None:
+        """Hits / eligible lookups, None without lookups."""
+        lookups = self.hits + self.misses
+        return round(self.hits / lookups, 4) if lookups else None
+
+    def show(self) -> str:
+        """`hits / lookups (rate)`, `off`, or `-` when unknown."""
+        if not self.enabled:
+            return "-" if self.enabled is None else "off"
+        rate = "-" if self.hit_rate is None else f"{self.hit_rate:.1%}"
+        return f"{self.hits} / {self.hits + self.misses} ({rate})"
+
+
+def reply_cache_usage(log_lines: Iterable[str]) -> ReplyCacheUsage:
+    """Count `reply_cache_hit`/`reply_cache_miss` in the server's JSON log; `runtime_opened`
+    names the responder (`CachingResponder` when the cache is on)."""
+    enabled: bool | None = None
+    hits = misses = 0
+    for line in log_lines:
+        if "reply_cache_" not in line and "runtime_opened" not in line:
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        event = record.get("event") if isinstance(record, dict) else None
+        if event == "runtime_opened":
+            enabled = record.get("responder") == "CachingResponder"
+        hits += event == "reply_cache_hit"
+        misses += event == "reply_cache_miss"
+    if enabled is None and hits + misses:
+        enabled = True
+    return ReplyCacheUsage(enabled, hits, misses)
+
+
+@dataclass(frozen=True, slots=True)
 class BenchReport:
     """Everything one run measured, with the options it ran with."""
 
@@ -102,6 +148,7 @@ class BenchReport:
     host: HostUsage
     duration_s: float
     send_lag_ms_max: float | None
+    reply_cache: ReplyCacheUsage = ReplyCacheUsage(None)
 
     @property
     def clean(self) -> bool:
@@ -112,6 +159,7 @@ class BenchReport:
         """The `--json` object (plain types only)."""
         data = asdict(self)
         data["config"] = dict(self.config)
+        data["reply_cache"]["hit_rate"] = self.reply_cache.hit_rate
         return data
 
     def rows(self) -> list[tuple[str, str]]:
@@ -129,6 +177,7 @@ class BenchReport:
             ("answered / lost / duplicated", f"{c.answered} / {c.lost} / {c.duplicated}"),
             ("dead letters", _num(c.dead_letters, 0)),
             ("max send lag ms", _num(self.send_lag_ms_max)),
+            ("reply cache hits / lookups (rate)", self.reply_cache.show()),
             ("CPU s: bench / fake LLM", f"{_num(h.bench_cpu_s)} / {_num(h.fake_llm_cpu_s)}"),
             ("wall time s", _num(self.duration_s)),
         ]
@@ -156,6 +205,7 @@ class RunRecord:
     dead_letters: int | None
     bench_cpu_s: float | None = None  # this process: load generator and fake Graph API
     fake_llm_cpu_s: float | None = None
+    reply_cache: ReplyCacheUsage = ReplyCacheUsage(None)
 
 
 def count(record: RunRecord) -> Counts:
@@ -213,4 +263,5 @@ def summarize(config: Mapping[str, Any], record: RunRecord) -> BenchReport:
         ),
         duration_s=round(record.finished - record.started, 3),
         send_lag_ms_max=round(max(lags) * 1000, 2) if lags else None,
+        reply_cache=record.reply_cache,
     )

@@ -32,7 +32,13 @@ from pyloto_cli.bench.procs import (
     peak_rss_bytes,
     pyloto_serve,
 )
-from pyloto_cli.bench.report import BenchReport, RunRecord, summarize
+from pyloto_cli.bench.report import (
+    BenchReport,
+    ReplyCacheUsage,
+    RunRecord,
+    reply_cache_usage,
+    summarize,
+)
 from pyloto_cli.fakes.graph_server import FakeGraphServer
 from pyloto_cli.logs import get_logger, log_event
 
@@ -49,6 +55,7 @@ class BenchConfig:
     concurrency: int | None = None  # set: closed loop at this many in flight, `rate` unused
     users: int | None = None  # None: one conversation per message
     numbers: int = 1  # business numbers the webhooks are addressed to (sends are paced per number)
+    greetings: float = 0.0  # share of webhooks that are short greetings (reply cache eligible)
     llm_latency_ms: float = 500.0
     llm_jitter_ms: float = 50.0
     llm_error_rate: float = 0.0
@@ -230,7 +237,17 @@ async def _measure(
         dead_letters=dead,
         fake_llm_cpu_s=_spent(cpu_before[1], cpu_after[1]),
         bench_cpu_s=_spent(cpu_before[2], cpu_after[2]),
+        reply_cache=_reply_cache(peers.server.log),
     )
+
+
+def _reply_cache(log: Path) -> ReplyCacheUsage:
+    """The server's reply cache figures, from its log (every reply was logged before sent)."""
+    try:
+        with log.open(encoding="utf-8", errors="replace") as lines:
+            return reply_cache_usage(lines)
+    except OSError:
+        return ReplyCacheUsage(None)
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -281,7 +298,9 @@ async def run_bench(config: BenchConfig, progress: BenchProgress | None = None) 
     secret = secrets.token_hex(16)
     users = config.users or config.messages
     run_id = secrets.token_hex(4)
-    hooks = build_webhooks(config.messages, users, secret.encode(), run_id, config.numbers)
+    hooks = build_webhooks(
+        config.messages, users, secret.encode(), run_id, config.numbers, config.greetings
+    )
     log_event(_log, "bench_started", **describe(config))
     child_env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
     async with contextlib.AsyncExitStack() as stack:

@@ -74,6 +74,10 @@ def bench(
     numbers: Annotated[
         int, typer.Option(min=1, help="Business numbers (sends are paced per number).")
     ] = 1,
+    greetings: Annotated[
+        float,
+        typer.Option(min=0, max=1, help="Share of webhooks that are greetings (reply cache)."),
+    ] = 0.0,
     llm_latency_ms: Annotated[float, typer.Option(min=0, help="Fake LLM latency.")] = 500.0,
     llm_jitter_ms: Annotated[float, typer.Option(min=0, help="± uniform jitter on it.")] = 50.0,
     llm_error_rate: Annotated[
@@ -99,6 +103,7 @@ def bench(
 
     PYLOTO_* settings in the environment reach the server (e.g. PYLOTO_CONCURRENCY; note
     PYLOTO_SEND_RATE_PER_NUMBER, 80/s by default, caps replies per business number).
+    With PYLOTO_REPLY_CACHE=true and --greetings 0.3, the reply cache's hit rate is shown.
 
     Exit 1 if an acknowledged webhook was never answered or was answered twice.
     """
@@ -110,6 +115,7 @@ def bench(
         concurrency=concurrency,
         users=users,
         numbers=numbers,
+        greetings=greetings,
         llm_latency_ms=llm_latency_ms,
         llm_jitter_ms=llm_jitter_ms,
         llm_error_rate=llm_error_rate,

@@ -13,13 +13,19 @@ A crash anywhere before step 5 makes the queue hand the task out again: the repl
 only if the crash came between the send and the session save (the at-least-once window), and it
 is never skipped. Failures are outcomes, not exceptions: TransientError -> retry (honouring its
 delay), PermanentError -> dead letter with the reason. Anything else the worker treats as a retry.
+
+A burst (`process_batch`, burst coalescing) follows the same steps once for all its messages:
+every wamid is claimed; one reply answers the last message that needs one, from all the users'
+words; the session gets each user turn and that reply in one append; every wamid is marked
+done. A message whose user turn is already in the session counts as answered, so a burst
+retried one message at a time after a crash before step 5 is not answered twice.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from pyloto_cli.domain.errors import (
@@ -122,16 +128,25 @@ class Pipeline:
                 return await self._status(task)
             log_event(_log, "webhook_event", field=task.field, task_id=task.task_id)
             return TaskResult(Outcome.DONE)
-        except SendPaused as exc:
-            return TaskResult(Outcome.DEFER, reason=_reason(exc), delay_s=exc.retry_after)
-        except AmbiguousSendError as exc:
-            if last_error is not None and last_error.startswith(AmbiguousSendError.__name__):
-                return TaskResult(Outcome.DEAD, reason=f"{_reason(exc)}; not retried twice")
-            return TaskResult(Outcome.RETRY, reason=_reason(exc), delay_s=exc.retry_after)
-        except TransientError as exc:
-            return TaskResult(Outcome.RETRY, reason=_reason(exc), delay_s=exc.retry_after)
-        except PermanentError as exc:
-            return TaskResult(Outcome.DEAD, reason=_reason(exc))
+        except (TransientError, PermanentError) as exc:
+            return _failed(exc, last_error)
+
+    async def process_batch(
+        self, tasks: Sequence[Task], attempt: int = 1, last_error: str | None = None
+    ) -> TaskResult:
+        """Answer a burst of one conversation's MESSAGE tasks as one turn with one reply.
+
+        The responder sees the last message with the users' texts joined by newlines; the reply
+        answers the last message (its wamid is the callback data); the session gets every
+        user turn, then the one reply; every wamid is marked done. The result is the outcome
+        of the whole burst, for every task of it. One task is simply `process`.
+        """
+        if len(tasks) == 1:
+            return await self.process(tasks[0], attempt, last_error)
+        try:
+            return await self._burst([inbound_message(task) for task in tasks])
+        except (TransientError, PermanentError) as exc:
+            return _failed(exc, last_error)
 
     async def _status(self, task: Task) -> TaskResult:
         update = status_update(task)
@@ -222,6 +237,89 @@ class Pipeline:
         )
         await self.deduper.mark_done(msg.id, self.config.dedupe_ttl_s)
 
+    async def _burst(self, msgs: list[InboundMessage]) -> TaskResult:
+        claimed: list[InboundMessage] = []
+        try:
+            for msg in msgs:
+                claim = await self.deduper.claim(msg.id, self.config.claim_ttl_s)
+                if claim is ClaimResult.DONE:
+                    log_event(_log, "duplicate_skipped", message_id=msg.id)
+                    continue
+                claimed.append(msg)
+                if claim is ClaimResult.IN_PROGRESS and not self.config.exclusive_queue:
+                    await self._release(claimed)
+                    return TaskResult(
+                        Outcome.DEFER,
+                        reason="claimed by another worker",
+                        delay_s=self.config.in_progress_retry_s,
+                    )
+            if not claimed:
+                return TaskResult(Outcome.SKIPPED)
+            return await self._answer_burst(claimed)
+        except BaseException:
+            await self._release(claimed)
+            raise
+
+    async def _release(self, msgs: list[InboundMessage]) -> None:
+        for msg in msgs:
+            await self.deduper.release(msg.id)
+
+    async def _answer_burst(self, msgs: list[InboundMessage]) -> TaskResult:
+        session = await self.sessions.load(msgs[-1].conversation_key)
+        fresh: list[InboundMessage] = []
+        for msg in msgs:
+            if session is not None and _already_answered(session, msg.id):
+                await self.deduper.mark_done(msg.id, self.config.dedupe_ttl_s)
+                log_event(_log, "duplicate_skipped", message_id=msg.id, reason="session")
+            else:
+                fresh.append(msg)
+        replying = [m for m in fresh if needs_reply(m)]
+        if not replying:  # e.g. only reactions are left: recorded, not answered
+            for msg in fresh:
+                await self._answer(msg)
+            return TaskResult(Outcome.DONE if fresh else Outcome.SKIPPED)
+        return await self._reply_once(fresh, replying[-1], session)
+
+    async def _reply_once(
+        self, msgs: list[InboundMessage], last: InboundMessage, session: Session | None
+    ) -> TaskResult:
+        """One reply to `last` for the words of every message in `msgs`."""
+        now = self._clock()
+        if self.config.mark_read or self.config.typing_indicator:
+            await self._mark_read(last)
+        joined = "\n".join(m.text for m in msgs if m.text and needs_reply(m)) or None
+        turn_number = _turn_number(session)
+        request = ResponderRequest(replace(last, text=joined), session, turn_number)
+        reply = await self.responder.respond(request)
+        for stage in reply.errors:
+            log_event(_log, "reply_fallback", stage=stage, message_id=last.id)
+        body = build_reply_body(reply, last.recipient, callback_data=last.id)
+        sent = await self.sender.send(last.phone_number_id, body)
+        user_turns = tuple(
+            Turn(
+                Role.USER,
+                m.text or "",
+                m.id,
+                now,
+                event=reply.event if m is last else None,
+                message_type=m.raw_type,
+            )
+            for m in msgs
+        )
+        bot_turn = Turn(
+            Role.ASSISTANT,
+            reply.text,
+            sent.message_id,
+            self._clock(),
+            message_type=reply.kind.value,
+            reply_to=last.id,
+        )
+        await self._save(last, (*user_turns, bot_turn), turn_number=turn_number)
+        for msg in msgs:
+            await self.deduper.mark_done(msg.id, self.config.dedupe_ttl_s)
+        log_event(_log, "burst_answered", message_id=last.id, messages=len(msgs))
+        return TaskResult(Outcome.DONE, sent_id=sent.message_id, reply=reply)
+
     async def _mark_read(self, msg: InboundMessage) -> None:
         try:
             await self.sender.mark_read(
@@ -232,7 +330,26 @@ class Pipeline:
 
 
 def _already_answered(session: Session, message_id: str) -> bool:
-    return any(t.role is Role.ASSISTANT and t.reply_to == message_id for t in session.turns)
+    """A reply to it was saved, or its user turn was (saved only after the reply, if any, was
+    sent: a coalesced burst's earlier messages have no reply of their own)."""
+    return any(
+        (t.role is Role.ASSISTANT and t.reply_to == message_id)
+        or (t.role is Role.USER and t.message_id == message_id)
+        for t in session.turns
+    )
+
+
+def _failed(exc: TransientError | PermanentError, last_error: str | None) -> TaskResult:
+    """The outcome of an attempt that raised `exc`."""
+    if isinstance(exc, SendPaused):
+        return TaskResult(Outcome.DEFER, reason=_reason(exc), delay_s=exc.retry_after)
+    if isinstance(exc, AmbiguousSendError):
+        if last_error is not None and last_error.startswith(AmbiguousSendError.__name__):
+            return TaskResult(Outcome.DEAD, reason=f"{_reason(exc)}; not retried twice")
+        return TaskResult(Outcome.RETRY, reason=_reason(exc), delay_s=exc.retry_after)
+    if isinstance(exc, TransientError):
+        return TaskResult(Outcome.RETRY, reason=_reason(exc), delay_s=exc.retry_after)
+    return TaskResult(Outcome.DEAD, reason=_reason(exc))
 
 
 def _turn_number(session: Session | None) -> int:

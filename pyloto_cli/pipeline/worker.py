@@ -5,6 +5,12 @@ another worker take the task. The ack (or nack) after the side effects is shield
 cancellation (arq): a stop in the middle of bookkeeping must not turn a sent reply into a
 retry. On stop the loop takes no new work, waits `grace_s` for the tasks in flight, then cancels
 them; their leases expire and the tasks are handed out again.
+
+Burst coalescing (off unless `coalesce_window_s` > 0): a leased MESSAGE task that needs a reply,
+on its first attempt, waits until `coalesce_window_s` after it was received (never longer than
+the window), then leases the conversation's messages received within that window
+(`lease_followers`, at most `coalesce_max` messages in all) and the pipeline answers them as one
+turn. The burst is settled together: every lease acked, or every one nacked or deferred alike.
 """
 
 from __future__ import annotations
@@ -12,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pyloto_cli.domain.errors import StaleLeaseError
-from pyloto_cli.domain.task import Leased, NackOutcome
+from pyloto_cli.domain.task import Leased, NackOutcome, TaskKind
+from pyloto_cli.domain.webhook import inbound_message, needs_reply
 from pyloto_cli.logs import bind, get_logger, log_event
 from pyloto_cli.pipeline.process import Outcome, Pipeline, TaskResult
 from pyloto_cli.ports import MessageQueue
@@ -55,6 +63,9 @@ class Worker:
         poll_interval: float = 0.05,
         grace_s: float = 10.0,
         keep_outcomes: bool = False,
+        coalesce_window_s: float = 0.0,
+        coalesce_max: int = 10,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.queue = queue
         self.pipeline = pipeline
@@ -62,7 +73,10 @@ class Worker:
         self.lease_s = lease_s
         self.poll_interval = poll_interval
         self.grace_s = grace_s
+        self.coalesce_window_s = coalesce_window_s
+        self.coalesce_max = coalesce_max
         self.stats = WorkerStats()
+        self._clock = clock
         self._keep_outcomes = keep_outcomes
         self._inflight: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -134,7 +148,7 @@ class Worker:
             holder = [lease]
             renewer = asyncio.create_task(self._renew(holder))
             try:
-                result = await self.pipeline.process(task, lease.attempt, lease.last_error)
+                result = await self._process(holder)
             except Exception as exc:  # the one broad catch: any bug becomes a retry, not a stall
                 _log.exception("task_failed")
                 result = TaskResult(Outcome.RETRY, reason=f"{type(exc).__name__}: {exc}")
@@ -143,16 +157,58 @@ class Worker:
                 with contextlib.suppress(asyncio.CancelledError):
                     await renewer
             duration_ms = round((time.perf_counter() - started) * 1000, 2)
-            await asyncio.shield(self._settle(holder[0], result, duration_ms))
+            await asyncio.shield(self._settle_all(holder, result, duration_ms))
+
+    async def _process(self, holder: list[Leased]) -> TaskResult:
+        """Run the head lease's task, or the burst it heads (`holder` gets the followers)."""
+        lease = holder[0]
+        if self._coalescible(lease):
+            holder.extend(await self._followers(lease))
+        if len(holder) == 1:
+            return await self.pipeline.process(lease.task, lease.attempt, lease.last_error)
+        log_event(_log, "task_coalesced", count=len(holder))
+        tasks = [held.task for held in holder]
+        return await self.pipeline.process_batch(tasks, lease.attempt, lease.last_error)
+
+    def _coalescible(self, lease: Leased) -> bool:
+        """A first attempt of a message that needs a reply, with coalescing on."""
+        if self.coalesce_window_s <= 0 or self.coalesce_max < 2 or lease.attempt != 1:
+            return False
+        return lease.task.kind is TaskKind.MESSAGE and needs_reply(inbound_message(lease.task))
+
+    async def _followers(self, lease: Leased) -> list[Leased]:
+        """Wait out the rest of the window, then lease the burst's later messages."""
+        window = self.coalesce_window_s
+        wait = min(window, lease.task.received_at + window - self._clock())
+        if wait > 0:
+            await asyncio.sleep(wait)
+        try:
+            return await self.queue.lease_followers(
+                lease, window, self.coalesce_max - 1, self.lease_s
+            )
+        except StaleLeaseError:
+            log_event(_log, "task_lease_lost", stage="coalesce")
+            return []
 
     async def _renew(self, holder: list[Leased]) -> None:
+        lost: set[int] = set()
         while True:
             await asyncio.sleep(self.lease_s / 3)
-            try:
-                holder[0] = await self.queue.renew(holder[0], self.lease_s)
-            except StaleLeaseError:
-                log_event(_log, "task_lease_lost", stage="renew")
-                return
+            for i, lease in enumerate(holder):
+                if i in lost:
+                    continue
+                try:
+                    holder[i] = await self.queue.renew(lease, self.lease_s)
+                except StaleLeaseError:
+                    lost.add(i)
+                    log_event(_log, "task_lease_lost", stage="renew", task_id=lease.task.task_id)
+
+    async def _settle_all(self, holder: list[Leased], result: TaskResult, ms: float) -> None:
+        """Settle a burst's followers (last first), then its head, all with `result`."""
+        for lease in reversed(holder[1:]):
+            with bind(task_id=lease.task.task_id, attempt=lease.attempt):
+                await self._settle(lease, result, ms)
+        await self._settle(holder[0], result, ms)
 
     async def _settle(self, lease: Leased, result: TaskResult, duration_ms: float) -> None:
         if self._keep_outcomes:

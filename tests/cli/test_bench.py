@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 import httpx
+import pytest
 from typer.testing import CliRunner
 
 from pyloto_cli.bench.load import Ack, load_client, open_loop
@@ -112,3 +113,21 @@ async def test_fake_llm_error_rate_and_jitter() -> None:
         answers = [await client.post(url, json=body) for _ in range(3)]
     assert [a.status_code for a in answers] == [500] * 3
     assert all(0 <= (r.finished or 0) - r.arrived < 1.0 for r in fake.requests)
+
+
+def test_reply_cache_hit_rate_is_reported(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With PYLOTO_REPLY_CACHE on, repeated first-turn greetings are answered from the cache."""
+    monkeypatch.setenv("PYLOTO_REPLY_CACHE", "true")
+    report = run_bench(
+        runner,
+        *("-n", "20", "--rate", "40", "--greetings", "0.5"),
+        *("--llm-latency-ms", "5", "--llm-jitter-ms", "1"),
+    )
+    assert report["counts"]["answered"] == 20
+    assert report["counts"]["duplicated"] == 0
+    cache = report["reply_cache"]
+    # 10 greetings, 5 distinct texts, one conversation each: 5 misses, then 5 hits
+    assert (cache["enabled"], cache["hits"], cache["misses"]) == (True, 5, 5)
+    assert cache["hit_rate"] == 0.5

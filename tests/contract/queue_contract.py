@@ -53,7 +53,9 @@ class FakeClock:
         self.now += seconds
 
 
-def make_task(task_id: str, conversation: str = "conv-a", text: str = "hi") -> Task:
+def make_task(
+    task_id: str, conversation: str = "conv-a", text: str = "hi", *, received_at: float = START - 5
+) -> Task:
     """A message task of `conversation` (text may hold non-ASCII, to check the payload)."""
     item = {"from": "15550001111", "id": task_id, "type": "text", "text": {"body": text}}
     return Task(
@@ -61,10 +63,15 @@ def make_task(task_id: str, conversation: str = "conv-a", text: str = "hi") -> T
         kind=TaskKind.MESSAGE,
         conversation_key=conversation,
         phone_number_id="100000000000001",
-        received_at=START - 5,
+        received_at=received_at,
         item=item,
         value={"messaging_product": "whatsapp", "messages": [item]},
     )
+
+
+def burst(task_id: str, offset_s: float) -> Task:
+    """A message of conversation `burst`, received `offset_s` after the burst's first."""
+    return make_task(task_id, "burst", received_at=START - 60 + offset_s)
 
 
 def ids(leases: list[Leased]) -> list[str]:
@@ -407,6 +414,134 @@ class QueueContract:
         assert await queue.dead_letters() == []
         assert await queue.purge_dead() == 0
         assert (await queue.enqueue([make_task("t0", "c0")])).enqueued == ("t0",)
+
+    # --- followers (burst coalescing) --------------------------------------------------------
+
+    async def test_followers_within_the_window_are_leased_in_order(
+        self, queue: ContractQueue, clock: FakeClock
+    ) -> None:
+        """Tasks right behind the head, received within the window, are leased with it."""
+        await queue.enqueue([burst("m1", 0.0), make_task("x1", "c2"), burst("m2", 0.5)])
+        await queue.enqueue([burst("m3", 1.5), burst("m4", 1.6), make_task("x2", "c2")])
+        head, other = await queue.lease(10, LEASE_S)
+        followers = await queue.lease_followers(head, 1.5, 10, LEASE_S)
+        assert ids(followers) == ["m2", "m3"]
+        assert [(f.attempt, f.expires_at, f.last_error) for f in followers] == [
+            (1, clock.now + LEASE_S, None)
+        ] * 2
+        assert len({head.token, *(f.token for f in followers)}) == 3
+        assert followers[0].task == burst("m2", 0.5)
+        assert await queue.lease(10, LEASE_S) == []
+        assert (await queue.stats()).leased == 4
+        await queue.ack(other)
+        assert ids(await queue.lease(10, LEASE_S)) == ["x2"]
+
+    async def test_followers_stop_at_max_items_and_at_a_leased_task(
+        self, queue: ContractQueue
+    ) -> None:
+        """At most `max_items`; the run is contiguous, so a leased follower ends the next one."""
+        await queue.enqueue([burst(f"m{i}", i * 0.1) for i in range(4)])
+        [head] = await queue.lease(10, LEASE_S)
+        assert await queue.lease_followers(head, 1.0, 0, LEASE_S) == []
+        assert ids(await queue.lease_followers(head, 1.0, 2, LEASE_S)) == ["m1", "m2"]
+        assert await queue.lease_followers(head, 1.0, 10, LEASE_S) == []
+
+    async def test_followers_of_a_stale_lease_are_refused(
+        self, queue: ContractQueue, clock: FakeClock
+    ) -> None:
+        """A head lease taken over or acked cannot lease followers."""
+        await queue.enqueue([burst("m1", 0.0), burst("m2", 0.1), burst("m3", 0.2)])
+        [old] = await queue.lease(1, LEASE_S)
+        clock.advance(LEASE_S)
+        [new] = await queue.lease(1, LEASE_S)
+        with pytest.raises(StaleLeaseError):
+            await queue.lease_followers(old, 1.0, 10, LEASE_S)
+        await queue.ack(new)
+        with pytest.raises(StaleLeaseError):
+            await queue.lease_followers(new, 1.0, 10, LEASE_S)
+        assert ids(await queue.lease(10, LEASE_S)) == ["m2"]
+
+    async def test_acked_head_and_followers_release_the_conversation(
+        self, queue: ContractQueue
+    ) -> None:
+        """Whatever the order of the acks, the followers stay held until acked; then the
+        conversation's next task is leasable."""
+        await queue.enqueue([burst("m1", 0.0), burst("m2", 0.1), burst("m3", 0.2)])
+        await queue.enqueue([burst("m4", 5.0)])
+        [head] = await queue.lease(10, LEASE_S)
+        first, second = await queue.lease_followers(head, 1.0, 10, LEASE_S)
+        await queue.ack(head)
+        assert await queue.lease(10, LEASE_S) == []
+        await queue.ack(second)
+        assert await queue.lease(10, LEASE_S) == []
+        await queue.ack(first)
+        [nxt] = await queue.lease(10, LEASE_S)
+        assert (nxt.task.task_id, nxt.attempt) == ("m4", 1)
+        with pytest.raises(StaleLeaseError):
+            await queue.ack(first)
+
+    async def test_nacked_head_and_followers_come_back_one_by_one(
+        self, queue: ContractQueue, clock: FakeClock
+    ) -> None:
+        """All nacked together: the head returns after its delay as attempt 2; each follower
+        keeps its place and is leased after the task before it, with its attempt and error."""
+        await queue.enqueue([burst("m1", 0.0), burst("m2", 0.1), burst("m3", 0.2)])
+        [head] = await queue.lease(10, LEASE_S)
+        followers = await queue.lease_followers(head, 1.0, 10, LEASE_S)
+        for lease in [*reversed(followers), head]:
+            assert await queue.nack(lease, "boom", delay_s=60) is NackOutcome.RETRY
+        clock.advance(59)
+        assert await queue.lease(10, LEASE_S) == []
+        clock.advance(1)
+        for task_id in ("m1", "m2", "m3"):
+            [again] = await queue.lease(10, LEASE_S)
+            assert (again.task.task_id, again.attempt, again.last_error) == (task_id, 2, "boom")
+            assert await queue.lease(10, LEASE_S) == []
+            await queue.ack(again)
+        assert (await queue.stats()).depth == 0
+
+    async def test_deferred_head_and_followers_are_leased_together_again(
+        self, queue: ContractQueue, clock: FakeClock
+    ) -> None:
+        """All deferred together: attempts given back, the same burst can be leased again."""
+        await queue.enqueue([burst("m1", 0.0), burst("m2", 0.1), burst("m3", 0.2)])
+        [head] = await queue.lease(10, LEASE_S)
+        followers = await queue.lease_followers(head, 1.0, 10, LEASE_S)
+        for lease in [*reversed(followers), head]:
+            await queue.defer(lease, 30, "graph token rejected")
+        clock.advance(30)
+        [head] = await queue.lease(10, LEASE_S)
+        again = await queue.lease_followers(head, 1.0, 10, LEASE_S)
+        assert [(f.task.task_id, f.attempt) for f in [head, *again]] == [
+            ("m1", 1),
+            ("m2", 1),
+            ("m3", 1),
+        ]
+        assert again[0].last_error == "graph token rejected"
+
+    async def test_a_follower_still_waiting_for_its_retry_ends_the_run(
+        self, queue: ContractQueue, clock: FakeClock
+    ) -> None:
+        """Followers are contiguous: one not yet due stops the lease at it."""
+        await queue.enqueue([burst("m1", 0.0), burst("m2", 0.1), burst("m3", 0.2)])
+        [head] = await queue.lease(10, LEASE_S)
+        first, second = await queue.lease_followers(head, 1.0, 10, LEASE_S)
+        await queue.nack(second, "boom", delay_s=10)
+        await queue.nack(first, "boom", delay_s=100)
+        await queue.nack(head, "boom", delay_s=10)
+        clock.advance(10)
+        [head] = await queue.lease(10, LEASE_S)
+        assert await queue.lease_followers(head, 1.0, 10, LEASE_S) == []
+
+    async def test_dead_lettered_head_leaves_its_followers_held(self, queue: ContractQueue) -> None:
+        """A dead-lettered head does not free its leased followers for another worker."""
+        await queue.enqueue([burst("m1", 0.0), burst("m2", 0.1), burst("m3", 5.0)])
+        [head] = await queue.lease(10, LEASE_S)
+        [follower] = await queue.lease_followers(head, 1.0, 10, LEASE_S)
+        await queue.dead_letter(follower, "bad")
+        await queue.dead_letter(head, "bad")
+        assert [d.task.task_id for d in await queue.dead_letters()] == ["m2", "m1"]
+        assert ids(await queue.lease(10, LEASE_S)) == ["m3"]
 
     # --- admin and lifecycle -----------------------------------------------------------------
 

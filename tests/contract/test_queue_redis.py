@@ -203,3 +203,27 @@ async def test_a_borrowed_client_that_decodes_responses_works_too(
             assert (stats.ready, stats.dead, stats.backend) == (1, 1, "redis")
     finally:
         await client.aclose()
+
+
+async def test_followers_never_enter_the_stream_and_leave_no_entries(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """Leased followers wait in their list, not the stream; acked head-first, each follower
+    enters the stream as head and leaves it on its ack: nothing is left pending."""
+    stream = f"{redis_prefix}q:stream"
+    async with (
+        RedisStreamsQueue(redis_client, POLICY, prefix=redis_prefix) as holder,
+        RedisStreamsQueue(redis_client, POLICY, prefix=redis_prefix) as other,
+    ):
+        await holder.enqueue([make_task(f"m{i}", "c1") for i in range(3)])
+        [head] = await holder.lease(10, LEASE_S)
+        followers = await holder.lease_followers(head, 1.0, 10, LEASE_S)
+        assert ids(followers) == ["m1", "m2"]
+        assert await redis_client.xlen(stream) == 1
+        await holder.ack(head)
+        assert await other.lease(10, LEASE_S) == []  # m1 is in the stream now, but held
+        for lease in followers:
+            await holder.ack(lease)
+        assert await redis_client.xlen(stream) == 0
+        assert (await redis_client.xpending(stream, "workers"))["pending"] == 0
+        assert (await holder.stats()).depth == 0

@@ -10,16 +10,16 @@ returned at once (`timings_ms == {"cache": ...}`), logged as `reply_cache_hit`; 
 
 Eligible turns (by shape: the event is not known before LLM#1): a `text` message that quotes no
 earlier message (no `context`), at most `max_words` words and `MAX_CHARS` characters once
-normalized, and no question mark (`?`, `¿`, `？`), digit, link, e-mail or `@` mention. Everything
-else goes straight to the wrapped responder and is neither counted nor logged.
+normalized, and no question mark (`?`, `¿`, fullwidth `?`), digit, link, e-mail or `@` mention.
+Everything else goes straight to the wrapped responder and is neither counted nor logged.
 
 Key: (business number, point of the conversation, normalized text). Normalized: NFKC,
 casefolded, punctuation, emoji variation selectors and skin-tone modifiers dropped, spaces
 collapsed ("Hi!!", " hi ", "HI." are one key; "👋🏽" and "👋" too). The point is `first` on a
 conversation's first turn, whose reply the LLM writes with no history. On a later turn the
 reply is written with the history in view, so the point is the previous assistant message
-(a digest of its text): "thanks" after "Your order is on its way" is reused only after that
-same message, never across unrelated conversations at the "later" stage.
+(a digest of its text): a reply to "thanks" given after "Your order is on its way" is reused
+only after that same message, not after any later turn.
 
 Stored: only replies with no fallen-back stage (`errors`), not overridden (handoff, opt-out),
 and whose event is in `CACHEABLE_EVENTS` (LLM#1's `greeting` and `other`, where thanks and small
@@ -30,7 +30,8 @@ Limits: the cache is per process (each worker has its own, nothing shared, lost 
 The reuse is exact: a turn the LLM once misclassified as `other` is answered alike for the TTL,
 and a later-turn reply that mentions earlier history (a name) is reused after the same previous
 message. Keep the TTL short. Under asyncio a lookup and a store never interleave; two concurrent
-misses for one key both call the wrapped responder (the later store wins).
+misses for one key both call the wrapped responder (the later store wins). `pyloto bench`
+counts the hit and miss events in the server's log (`CachingResponder.stats()` has them too).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ MAX_ENTRIES: Final = 10_000
 FIRST_TURN: Final = "first"
 
 _logger = get_logger("llm")
-_QUESTION_MARKS: Final = frozenset("?¿？")
+_QUESTION_MARKS: Final = frozenset("?¿\uff1f")
 _LINK: Final = re.compile(r"@|://|\bwww\.|\w\.(?:[a-z]{2,})\b", re.IGNORECASE)
 _EMOJI_MODIFIERS: Final = frozenset(
     [chr(c) for c in range(0xFE00, 0xFE10)] + [chr(c) for c in range(0x1F3FB, 0x1F400)]
@@ -222,7 +223,7 @@ class CachingResponder:
         if cached is not None:
             self._hits += 1
             elapsed = round((time.perf_counter() - start) * 1000.0, 3)
-            log_event(_logger, "reply_cache_hit", point=point, event=cached.event)
+            log_event(_logger, "reply_cache_hit", point=point, detected=cached.event)
             return replace(cached, timings_ms={"cache": elapsed})
         self._misses += 1
         log_event(_logger, "reply_cache_miss", point=point)
@@ -230,7 +231,9 @@ class CachingResponder:
         if self._storable(reply):
             self._cache.put(key, replace(reply, timings_ms={}))
             self._stored += 1
-            log_event(_logger, "reply_cache_stored", logging.DEBUG, point=point, event=reply.event)
+            log_event(
+                _logger, "reply_cache_stored", logging.DEBUG, point=point, detected=reply.event
+            )
         return reply
 
     def _storable(self, reply: Reply) -> bool:

@@ -56,7 +56,7 @@ class _Entry:
 
 
 class MemoryMessageQueue:
-    """`MessageQueue` + `QueueAdmin` in memory; at most one leased task per conversation."""
+    """`MessageQueue` + `QueueAdmin` in memory; one leased task per conversation (and followers)."""
 
     def __init__(self, policy: RetryPolicy, *, clock: Callable[[], float] = time.time) -> None:
         self._policy = policy
@@ -166,6 +166,27 @@ class MemoryMessageQueue:
         """Dead-letter now, keeping the payload, the error and the attempt count."""
         self._bury(self._owned(lease), error)
 
+    async def lease_followers(
+        self, lease: Leased, window_s: float, max_items: int, lease_s: float
+    ) -> list[Leased]:
+        """Lease the available tasks right behind `lease` in its conversation, within the window."""
+        head = self._owned(lease)
+        now = self._clock()
+        line = self._lines[head.task.conversation_key]
+        after = list(line)[line.index(head.task.task_id) + 1 :]
+        last = head.task.received_at + window_s
+        leased: list[Leased] = []
+        for entry in (self._live[task_id] for task_id in after[: max(0, max_items)]):
+            if not entry.leasable(now) or entry.task.received_at > last:
+                break
+            entry.attempts += 1
+            entry.token = secrets.token_hex(16)
+            entry.expires_at = now + lease_s
+            leased.append(
+                Leased(entry.task, entry.token, entry.attempts, entry.expires_at, entry.last_error)
+            )
+        return leased
+
     # --- QueueAdmin --------------------------------------------------------------------------
 
     async def stats(self) -> QueueStats:
@@ -236,7 +257,7 @@ class MemoryMessageQueue:
     def _remove(self, entry: _Entry) -> None:
         del self._live[entry.task.task_id]
         line = self._lines[entry.task.conversation_key]
-        line.remove(entry.task.task_id)  # a leased entry is its line's head: O(1)
+        line.remove(entry.task.task_id)  # the head (O(1)), or one of its leased followers
         if not line:
             del self._lines[entry.task.conversation_key]
 

@@ -16,6 +16,9 @@ lease key (the holder's token, with PX) guards that again. Each operation is one
 - nack: XACK + XDEL and into the retry set with the delay (given, or the `RetryPolicy`'s); the
   task stays its conversation's head. Once the policy's attempts are spent it is dead-lettered.
 - defer: as nack with the given delay, but the attempt is given back and never dead-lettered.
+- lease_followers: the tasks right behind a leased head in its list are leased too (never
+  entering the stream); nacked or deferred, such a follower waits in `delayed` until it is
+  its conversation's head.
 - dead letters: a stream of payload, error, attempts and time, plus an index by task id.
 
 Lease tokens: as in the SQLite queue, a lease is honoured while its token is current; expiry
@@ -220,6 +223,26 @@ class RedisStreamsQueue:
         """Dead-letter now, keeping the payload, the error and the attempt count."""
         now = _num(self._clock())
         self._check(await self._run(lua.BURY, lease.task.task_id, lease.token, error, now), lease)
+
+    async def lease_followers(
+        self, lease: Leased, window_s: float, max_items: int, lease_s: float
+    ) -> list[Leased]:
+        """Lease the available tasks right behind `lease` in its conversation, within the window."""
+        now = self._clock()
+        expires = now + lease_s
+        count = max(0, max_items)
+        last = _num(lease.task.received_at + window_s)
+        args = (lease.task.task_id, lease.token, _num(now), _num(expires), last, count)
+        tokens = [secrets.token_hex(16) for _ in range(count)]
+        reply = await self._run(lua.FOLLOW, *args, *tokens)
+        if not isinstance(reply, list):
+            self._check(reply, lease)  # 0: the head's lease is no longer held
+        leases: list[Leased] = []
+        for _, payload, attempt, token, has_error, error in reply[1]:
+            last_error = text(error) if int(has_error) else None
+            task = Task.from_json(payload)
+            leases.append(Leased(task, text(token), int(attempt), expires, last_error))
+        return leases
 
     @staticmethod
     def _check(reply: Any, lease: Leased) -> None:

@@ -11,10 +11,11 @@ needs one Redis, or a Sentinel-managed primary; not Redis Cluster). Keys, for pr
     P..'delayed'       zset id -> retry due time    P..'tried'    set of ids leased at least once
     P..'dead'          stream of dead letters       P..'deadidx'  hash id -> dead entry id
 
-Invariant: only a conversation's head (first in its list) is ever in the stream or in
-`delayed`, so the stream never offers two tasks of one conversation. Times (`now`, expiries)
-come from the adapter's clock as decimal strings and are stored as given, so they round-trip
-exactly; the lock's PX and XAUTOCLAIM's min-idle use the server's clock.
+Invariant: only a conversation's head (first in its list) is ever in the stream, so the stream
+never offers two tasks of one conversation. `delayed` holds heads waiting for a retry and may
+also hold followers (see FOLLOW) nacked behind their head; LEASE publishes only heads from it.
+Times (`now`, expiries) come from the adapter's clock as decimal strings and are stored as
+given, so they round-trip exactly; the lock's PX and XAUTOCLAIM's min-idle use the server's clock.
 """
 
 from __future__ import annotations
@@ -108,9 +109,15 @@ LEASE = LuaScript(
 local consumer, now, exp, lease_ms = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local max_items = tonumber(ARGV[7])
 local nnow = tonumber(now)
+local function is_head(id)
+  local conv = redis.call('HGET', tkey(id), 'conv')
+  return not conv or redis.call('LINDEX', ckey(conv), 0) == id
+end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now, 'LIMIT', 0, 1000)) do
-  redis.call('ZREM', P .. 'delayed', id)
-  publish(id)
+  if is_head(id) then  -- a nacked follower waits until it is its conversation's head
+    redis.call('ZREM', P .. 'delayed', id)
+    publish(id)
+  end
 end
 
 local out = {}
@@ -150,6 +157,41 @@ if #out < max_items then
   end
 end
 return {claimed[1], out}
+"""
+)
+
+# ARGV: prefix, id, token, now, expires_at, last_received_at, max_items, tokens...
+# -> 0 if the lease is stale, else {1, {{id, payload, attempt, token, has_error, error}...}}
+# Followers are never in the stream: they wait in the list behind the head, leased.
+FOLLOW = LuaScript(
+    _PRELUDE
+    + """
+local t = owned(ARGV[2], ARGV[3])
+if not t then return 0 end
+local now, exp, last = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+local line = ckey(redis.call('HGET', t, 'conv'))
+local pos = redis.call('LPOS', line, ARGV[2])
+local out = {}
+if not pos or tonumber(ARGV[7]) < 1 then return {1, out} end
+for _, id in ipairs(redis.call('LRANGE', line, pos + 1, pos + tonumber(ARGV[7]))) do
+  local f = tkey(id)
+  local fexp = redis.call('HGET', f, 'exp')
+  local due = redis.call('ZSCORE', P .. 'delayed', id)
+  local payload = redis.call('HGET', f, 'payload')
+  if (fexp and tonumber(fexp) > now) or (due and tonumber(due) > now)
+      or tonumber(cjson.decode(payload).received_at) > last then
+    break
+  end
+  local token = ARGV[7 + #out + 1]
+  local att = redis.call('HINCRBY', f, 'att', 1)
+  redis.call('HSET', f, 'tok', token, 'exp', exp)
+  redis.call('ZADD', P .. 'leased', exp, id)
+  redis.call('ZREM', P .. 'delayed', id)
+  redis.call('SADD', P .. 'tried', id)
+  local err = redis.call('HGET', f, 'err')
+  out[#out + 1] = {id, payload, att, token, err and 1 or 0, err or ''}
+end
+return {1, out}
 """
 )
 

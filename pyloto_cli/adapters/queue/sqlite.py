@@ -4,8 +4,9 @@ Live tasks (ready, leased, waiting for a retry) sit in `queue_tasks`; dead lette
 own table, so the lease query never reads past them. `seq` orders tasks (FIFO). `head` marks
 the oldest live task of each conversation; it is set and moved in the same transactions that
 insert and delete tasks, and only a head can be leased, so a conversation never has two
-leased tasks. A partial index over the heads keeps `lease` cheap however long a conversation's
-backlog is, and (conversation_key, seq) finds the next head when one is acked or dead-lettered.
+leased tasks (but for the followers the head's holder takes with `lease_followers`). A partial
+index over the heads keeps `lease` cheap however long a conversation's backlog is, and
+(conversation_key, seq) finds the next head when one is acked or dead-lettered.
 
 Every operation runs in the `SqliteDatabase` writer thread inside `BEGIN IMMEDIATE`, which
 serializes writers across processes: two processes cannot lease the same task, nor two tasks
@@ -86,6 +87,10 @@ SELECT seq, task_id, payload, attempts, lease_token, last_error FROM queue_tasks
 WHERE head = 1 AND available_at <= :now AND (lease_expires IS NULL OR lease_expires <= :now)
 ORDER BY seq LIMIT :limit
 """
+_FOLLOWERS = """
+SELECT seq, payload, attempts, available_at, lease_expires, last_error FROM queue_tasks
+WHERE conversation_key = ? AND seq > ? ORDER BY seq LIMIT ?
+"""
 _PROMOTE = """
 UPDATE queue_tasks SET head = 1
 WHERE seq = (SELECT MIN(seq) FROM queue_tasks WHERE conversation_key = ?)
@@ -130,17 +135,38 @@ def _lease(
     leased: list[Leased] = []
     retaken: list[Leased] = []
     for row in rows:
-        token = secrets.token_hex(16)
-        attempt = row["attempts"] + 1
-        conn.execute(
-            "UPDATE queue_tasks SET attempts = ?, lease_token = ?, lease_expires = ? WHERE seq = ?",
-            (attempt, token, now + lease_s, row["seq"]),
-        )
-        task = Task.from_json(row["payload"])
-        leased.append(Leased(task, token, attempt, now + lease_s, row["last_error"]))
+        leased.append(_grant(conn, row, Task.from_json(row["payload"]), now + lease_s))
         if row["lease_token"] is not None:
             retaken.append(leased[-1])
     return leased, retaken
+
+
+def _grant(conn: sqlite3.Connection, row: sqlite3.Row, task: Task, expires: float) -> Leased:
+    """Lease the task of `row` until `expires` with a new token, counting the attempt."""
+    token = secrets.token_hex(16)
+    attempt = row["attempts"] + 1
+    conn.execute(
+        "UPDATE queue_tasks SET attempts = ?, lease_token = ?, lease_expires = ? WHERE seq = ?",
+        (attempt, token, expires, row["seq"]),
+    )
+    return Leased(task, token, attempt, expires, row["last_error"])
+
+
+def _followers(
+    conn: sqlite3.Connection, lease: Leased, window_s: float, limit: int, lease_s: float, now: float
+) -> list[Leased]:
+    """Lease the available tasks right behind `lease` in its conversation, within the window."""
+    head = _owned(conn, lease)
+    rows = conn.execute(_FOLLOWERS, (head["conversation_key"], head["seq"], limit)).fetchall()
+    last = lease.task.received_at + window_s
+    leased: list[Leased] = []
+    for row in rows:
+        task = Task.from_json(row["payload"])
+        busy = row["lease_expires"] is not None and row["lease_expires"] > now
+        if busy or row["available_at"] > now or task.received_at > last:
+            break
+        leased.append(_grant(conn, row, task, now + lease_s))
+    return leased
 
 
 def _owned(conn: sqlite3.Connection, lease: Leased) -> sqlite3.Row:
@@ -337,6 +363,13 @@ class SqliteMessageQueue:
         """Dead-letter now, keeping the payload, the error and the attempt count."""
         now = self._clock()
         await self._run(lambda conn: _bury(conn, _owned(conn, lease), error, now))
+
+    async def lease_followers(
+        self, lease: Leased, window_s: float, max_items: int, lease_s: float
+    ) -> list[Leased]:
+        """Lease the available tasks right behind `lease` in its conversation, within the window."""
+        limit, now = max(0, max_items), self._clock()
+        return await self._run(lambda conn: _followers(conn, lease, window_s, limit, lease_s, now))
 
     # --- QueueAdmin --------------------------------------------------------------------------
 
