@@ -50,6 +50,8 @@ def mask_phone(value: str | None) -> str | None:
 
 
 def _mask_digits(text: str) -> str:
+    if len(text) < 8:  # too short to hold a phone number
+        return text
     return _LONG_DIGITS.sub(lambda m: f"***{m.group(0)[-4:]}", text)
 
 
@@ -66,7 +68,7 @@ def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **f
     """
     if logger.isEnabledFor(level):
         record = logger.makeRecord(
-            logger.name, level, "(unknown file)", 0, event, None, None, extra={"fields": fields}
+            logger.name, level, "(unknown file)", 0, event, (), None, extra={"fields": fields}
         )
         logger.handle(record)
 

@@ -15,6 +15,7 @@ from pyloto_cli.firstrun import LocalSetup, ensure_local_secrets
 from pyloto_cli.logs import configure_logging
 from pyloto_cli.settings import Settings
 from pyloto_cli.web.app import create_app
+from pyloto_cli.workers import worker_processes
 
 _console = Console(stderr=True)
 
@@ -48,6 +49,14 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: $PORT or 8000).")] = None,
     worker: Annotated[bool, typer.Option(help="Run the worker in this process.")] = True,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Run N `pyloto worker` processes beside the web process (0: the worker runs "
+            "inside it).",
+        ),
+    ] = 0,
 ) -> None:
     """Receive Meta's webhooks (and, by default, process them in the same process)."""
     settings = Settings()
@@ -58,7 +67,8 @@ def serve(
         setup = ensure_local_secrets(settings)
         settings = setup.settings
         _print_first_run(setup, bind_host, bind_port)
-    settings = settings.model_copy(update={"worker_enabled": worker and settings.worker_enabled})
+    in_process = worker and settings.worker_enabled and workers == 0
+    settings = settings.model_copy(update={"worker_enabled": in_process})
     config = uvicorn.Config(
         create_app(settings),
         host=bind_host,
@@ -68,7 +78,8 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
     )
-    uvicorn.Server(config).run()
+    with worker_processes(settings, workers if worker else 0):
+        uvicorn.Server(config).run()
 
 
 async def run_worker_process(settings: Settings) -> None:

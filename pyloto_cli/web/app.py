@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -71,7 +72,7 @@ async def receive_webhook(request: Request) -> Response:
         return PlainTextResponse(str(exc), status_code=exc.status_code)
     except ClientDisconnect:
         return Response(status_code=400)
-    log_event(_log, "webhook_received", items=len(tasks), bytes=len(body))
+    log_event(_log, "webhook_received", logging.DEBUG, items=len(tasks), bytes=len(body))
     try:
         result = await runtime.sink.enqueue(tasks)
     except Exception as exc:  # storing failed: Meta must retry, so never 200
