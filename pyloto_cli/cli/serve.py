@@ -78,8 +78,17 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
     )
+    # uvicorn re-raises the SIGINT/SIGTERM it handled once it has shut down; with Python-level
+    # handlers in place that re-raise lands here instead of killing the process, so the worker
+    # processes are stopped and the exit is clean.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _after_shutdown)
     with worker_processes(settings, workers if worker else 0):
         uvicorn.Server(config).run()
+
+
+def _after_shutdown(signum: int, frame: object) -> None:
+    """Swallow the signal uvicorn re-raises after its graceful shutdown."""
 
 
 async def run_worker_process(settings: Settings) -> None:

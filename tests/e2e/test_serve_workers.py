@@ -1,0 +1,66 @@
+"""`pyloto serve --workers 2`: the web process plus two worker processes on one SQLite queue."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.test_kill9 import ServeProcess, answered, post, webhook_body
+from tests.fakes.graph_server import FakeGraphServer
+
+pytestmark = pytest.mark.e2e
+
+
+class WorkersServe(ServeProcess):
+    def spawn(self) -> subprocess.Popen[bytes]:
+        with self.log.open("ab") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "pyloto_cli", "serve", "--workers", "2"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+
+async def test_two_worker_processes_answer_everything_once_in_order(tmp_path: Path) -> None:
+    """120 webhooks over 20 conversations: each answered once, in order, by both workers."""
+    async with FakeGraphServer() as graph:
+        graph.delay_s = 0.01
+        serve = WorkersServe(tmp_path / "data", graph.url, tmp_path / "serve.log")
+        await serve.start()
+        try:
+            bodies = [webhook_body(i) for i in range(120)]
+            async with httpx.AsyncClient() as client:
+                results = await asyncio.gather(*(post(client, serve.url, b) for _, b in bodies))
+            assert all(results)
+            wanted = {w for w, _ in bodies}
+            for _ in range(300):
+                if wanted <= set(answered(graph)):
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            assert serve.proc is not None
+            serve.proc.send_signal(signal.SIGTERM)
+            serve.proc.wait(timeout=30)
+    replies = answered(graph)
+    assert set(replies) == wanted
+    assert max(replies.values()) == 1
+    log = [json.loads(x) for x in serve.log.read_text().splitlines() if x.startswith("{")]
+    pids = Counter(e.get("pid") for e in log if e["event"] == "workers_started")
+    assert pids  # the web process started its workers
+    assert any(e["event"] == "workers_stopped" for e in log)
+    # per conversation (user), replies left in the order the messages were sent
+    order: dict[str, list[int]] = {}
+    for request in graph.messages():
+        wamid = str(request.body["biz_opaque_callback_data"])
+        index = int(wamid.rsplit(".", 1)[1])
+        order.setdefault(str(request.body.get("to")), []).append(index)
+    assert all(seq == sorted(seq) for seq in order.values())
