@@ -108,8 +108,8 @@ def test_serve_with_no_settings_prints_a_working_curl_line(tmp_path: Path) -> No
         refused = httpx.post(f"{url}/webhooks/whatsapp", content=body)
         assert refused.status_code == 401
         wamid = json.loads(body)["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
-        for _ in range(100):
-            if re.search(r'"event": "task_processed"', log.read_text()):
+        for _ in range(300):  # up to 15 s on a busy machine
+            if re.search(r'"event": "task_processed".*' + re.escape(wamid), log.read_text()):
                 break
             time.sleep(0.05)
         events = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
