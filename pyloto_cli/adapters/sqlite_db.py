@@ -215,3 +215,54 @@ class _Idle:
 
 
 _IDLE: Any = _Idle()
+
+
+class SqliteAttachment:
+    """One adapter's use of a `SqliteDatabase`: owned (opened and closed here) or shared.
+
+    Given a path, it opens its own database on `open()` and closes it on `close()`; given an
+    open `SqliteDatabase`, it only uses it (the caller closes it). `open()` runs the adapter's
+    schema; `run()` refuses work before `open()` and after `close()`.
+    """
+
+    def __init__(
+        self,
+        source: Path | str | SqliteDatabase,
+        *,
+        synchronous: str,
+        schema: Operation[None],
+        role: str,
+    ) -> None:
+        self._owned = not isinstance(source, SqliteDatabase)
+        self.db = (
+            source
+            if isinstance(source, SqliteDatabase)
+            else SqliteDatabase(source, synchronous=synchronous)
+        )
+        self._schema = schema
+        self._role = role
+        self._open = False
+
+    async def open(self) -> None:
+        """Open the database if owned, then create the adapter's tables."""
+        if self._owned:
+            await self.db.__aenter__()
+        try:
+            await self.db.run(self._schema)
+        except BaseException:
+            if self._owned:
+                await self.db.close()
+            raise
+        self._open = True
+
+    async def close(self) -> None:
+        """Stop serving calls; close the database if owned."""
+        self._open = False
+        if self._owned:
+            await self.db.close()
+
+    async def run(self, op: Operation[T]) -> T:
+        """`op(conn)` in the database's writer thread, committed."""
+        if not self._open:
+            raise BackendUnavailable(f"sqlite {self._role}: {self.db.path} is not open")
+        return await self.db.run(op)

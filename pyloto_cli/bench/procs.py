@@ -87,6 +87,50 @@ def peak_rss_bytes(pid: int) -> int | None:
     return None
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its live descendants (e.g. `pyloto serve --workers N`'s worker processes)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{current}/task"):
+                with contextlib.suppress(OSError):
+                    children = Path(f"/proc/{current}/task/{tid}/children").read_text()
+                    todo.extend(int(c) for c in children.split())
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds of `pid` and its live descendants (None when `pid` is gone)."""
+    own = cpu_seconds(pid)
+    if own is None:
+        return None
+    return own + sum(cpu_seconds(p) or 0.0 for p in process_tree(pid)[1:])
+
+
+def tree_peak_rss_bytes(pid: int) -> int | None:
+    """The sum of the peak RSS of `pid` and of its live descendants (an upper bound of the
+    tree's peak: each process's peak may fall at a different time)."""
+    own = peak_rss_bytes(pid)
+    if own is None:
+        return None
+    return own + sum(peak_rss_bytes(p) or 0 for p in process_tree(pid)[1:])
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Current resident set size (VmRSS) of process `pid`, from /proc."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
 async def _stop(proc: asyncio.subprocess.Process, grace_s: float = _STOP_GRACE_S) -> None:
     if proc.returncode is not None:
         return
@@ -160,15 +204,19 @@ async def _wait_ready(
 
 @contextlib.asynccontextmanager
 async def pyloto_serve(
-    workdir: Path, env: Mapping[str, str], within_s: float = 30.0
+    workdir: Path,
+    env: Mapping[str, str],
+    within_s: float = 30.0,
+    args: Sequence[str] = (),
+    log_name: str = "serve.log",
 ) -> AsyncIterator[ServerProcess]:
-    """`python -m pyloto_cli serve` on a free loopback port, ready when /readyz answers 200."""
+    """`python -m pyloto_cli serve [args]` on a free loopback port, ready when /readyz is 200."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = workdir / "serve.log"
+    log = workdir / log_name
     full_env = {**env, "PORT": str(port), "PYLOTO_HOST": "127.0.0.1"}
-    args = [sys.executable, "-m", "pyloto_cli", "serve"]
-    async with child(args, log=log, cwd=workdir, env=full_env) as proc:
+    command = [sys.executable, "-m", "pyloto_cli", "serve", *args]
+    async with child(command, log=log, cwd=workdir, env=full_env) as proc:
         await _wait_ready(proc, url, log, within_s)
         log_event(_log, "bench_server_ready", pid=proc.pid, url=url)
         yield ServerProcess(pid=proc.pid, url=url, log=log)

@@ -75,7 +75,7 @@ class Counts:
 class ServerUsage:
     """The server process's CPU over the run and its peak memory."""
 
-    cpu_ms_per_msg: float | None
+    cpu_ms_per_msg: float | None  # per message acknowledged or answered
     cpu_s: float | None
     peak_rss_mb: float | None
 
@@ -234,6 +234,13 @@ def _rates(record: RunRecord) -> tuple[float | None, float | None]:
     return offered, len(firsts) / (max(firsts) - min(dues))
 
 
+def _handled(record: RunRecord) -> int:
+    """Messages the server worked on: acknowledged or answered (a server that answers after
+    the load generator gave up on the ack still spent the CPU on that message)."""
+    acked = {record.hooks[a.index] for a in record.acks if a.ok}
+    return len(acked | {w for w, times in record.replies.items() if times})
+
+
 def summarize(config: Mapping[str, Any], record: RunRecord) -> BenchReport:
     """The report of one run."""
     counts = count(record)
@@ -241,8 +248,9 @@ def summarize(config: Mapping[str, Any], record: RunRecord) -> BenchReport:
     e2e = [min(t) - by_wamid[w].due for w, t in record.replies.items() if t and w in by_wamid]
     offered, replies = _rates(record)
     cpu_per_msg = None
-    if record.cpu_s is not None and counts.acked:
-        cpu_per_msg = round(record.cpu_s * 1000 / counts.acked, 3)
+    handled = _handled(record)
+    if record.cpu_s is not None and handled:
+        cpu_per_msg = round(record.cpu_s * 1000 / handled, 3)
     lags = [a.started - a.due for a in record.acks]
     return BenchReport(
         config=config,

@@ -27,10 +27,10 @@ from pyloto_cli.bench.payloads import Webhook, build_webhooks
 from pyloto_cli.bench.procs import (
     FakeLLMProcess,
     ServerProcess,
-    cpu_seconds,
     fake_openai,
-    peak_rss_bytes,
     pyloto_serve,
+    tree_cpu_seconds,
+    tree_peak_rss_bytes,
 )
 from pyloto_cli.bench.report import (
     BenchReport,
@@ -65,6 +65,7 @@ class BenchConfig:
     data_dir: Path | None = None  # parent of the run's temporary directory
     keep: bool = False  # keep that directory (server log, SQLite files) after the run
     seed: int = 1
+    workers: int = 0  # `pyloto serve --workers N`: N worker processes beside the web process
 
     @property
     def mode(self) -> str:
@@ -197,8 +198,9 @@ class _Peers:
 
 
 def _cpu(peers: _Peers) -> tuple[float | None, float | None, float]:
-    """CPU seconds so far: the server, the fake LLM, this process."""
-    return cpu_seconds(peers.server.pid), cpu_seconds(peers.llm.pid), time.process_time()
+    """CPU seconds so far: the server (with its worker processes), the fake LLM, this process."""
+    server, llm = tree_cpu_seconds(peers.server.pid), tree_cpu_seconds(peers.llm.pid)
+    return server, llm, time.process_time()
 
 
 def _spent(before: float | None, after: float | None) -> float | None:
@@ -233,7 +235,7 @@ async def _measure(
         started=started,
         finished=finished,
         cpu_s=_spent(cpu_before[0], cpu_after[0]),
-        peak_rss=peak_rss_bytes(peers.server.pid),
+        peak_rss=tree_peak_rss_bytes(peers.server.pid),
         dead_letters=dead,
         fake_llm_cpu_s=_spent(cpu_before[1], cpu_after[1]),
         bench_cpu_s=_spent(cpu_before[2], cpu_after[2]),
@@ -284,7 +286,13 @@ def _connections(config: BenchConfig) -> int:
     return max(100, int(config.rate * 4))
 
 
-def _fake_openai_options(config: BenchConfig) -> Mapping[str, Any]:
+def pyloto_args(config: BenchConfig) -> list[str]:
+    """`pyloto serve`'s arguments for `config`."""
+    return ["--workers", str(config.workers)] if config.workers else []
+
+
+def fake_openai_options(config: BenchConfig) -> Mapping[str, Any]:
+    """The fake OpenAI server's command-line options for `config`."""
     return {
         "latency_ms": config.llm_latency_ms,
         "jitter_ms": config.llm_jitter_ms,
@@ -308,10 +316,12 @@ async def run_bench(config: BenchConfig, progress: BenchProgress | None = None) 
         graph = await stack.enter_async_context(FakeGraphServer())
         graph.delay_s = config.graph_latency_ms / 1000
         llm = await stack.enter_async_context(
-            fake_openai(workdir, child_env, _fake_openai_options(config))
+            fake_openai(workdir, child_env, fake_openai_options(config))
         )
         env = server_env(config, graph.url, llm.url, secret)
-        server = await stack.enter_async_context(pyloto_serve(workdir, env))
+        server = await stack.enter_async_context(
+            pyloto_serve(workdir, env, args=pyloto_args(config))
+        )
         client = await stack.enter_async_context(load_client(_connections(config)))
         peers = _Peers(client=client, server=server, graph=graph, llm=llm)
         record = await _measure(config, peers, hooks, progress or _Silent())

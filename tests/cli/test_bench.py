@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from typing import Any
 
 import httpx
@@ -12,7 +14,13 @@ from typer.testing import CliRunner
 
 from pyloto_cli.bench.load import Ack, load_client, open_loop
 from pyloto_cli.bench.payloads import build_webhooks
-from pyloto_cli.bench.procs import cpu_seconds, peak_rss_bytes
+from pyloto_cli.bench.procs import (
+    cpu_seconds,
+    peak_rss_bytes,
+    process_tree,
+    tree_cpu_seconds,
+    tree_peak_rss_bytes,
+)
 from pyloto_cli.bench.report import percentile
 from pyloto_cli.cli import app
 from pyloto_cli.fakes.graph_server import FakeGraphServer
@@ -104,6 +112,22 @@ def test_proc_figures_of_this_process() -> None:
     assert peak_rss_bytes(2**22 + 1) is None
 
 
+def test_tree_figures_count_child_processes() -> None:
+    """`serve --workers N` is measured as a tree: a live child is in it, and in its sums."""
+    code = "import sys; sys.stdin.read()"  # lives until its stdin closes
+    with subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE) as kid:
+        try:
+            assert kid.pid in process_tree(os.getpid())
+            own_rss = peak_rss_bytes(os.getpid()) or 0
+            assert (tree_peak_rss_bytes(os.getpid()) or 0) > own_rss
+            assert (tree_cpu_seconds(os.getpid()) or 0) >= (cpu_seconds(os.getpid()) or 0)
+        finally:
+            assert kid.stdin is not None
+            kid.stdin.close()
+            kid.wait(timeout=10)
+    assert tree_cpu_seconds(2**22 + 1) is None
+
+
 async def test_fake_llm_error_rate_and_jitter() -> None:
     """error_rate=1 answers every unscripted call with the error status; jitter stays in range."""
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -131,3 +155,35 @@ def test_reply_cache_hit_rate_is_reported(
     # 10 greetings, 5 distinct texts, one conversation each: 5 misses, then 5 hits
     assert (cache["enabled"], cache["hits"], cache["misses"]) == (True, 5, 5)
     assert cache["hit_rate"] == 0.5
+
+
+def test_compare_runs_the_inline_bot_then_pyloto_through_the_same_load(
+    runner: CliRunner,
+) -> None:
+    """`--compare inline`: the reference bot and pyloto each answer all 10 webhooks once."""
+    result = runner.invoke(
+        app,
+        [
+            "bench",
+            *("--compare", "inline", "--no-pin", "-n", "10", "--rate", "20"),
+            *("--llm-latency-ms", "20", "--llm-jitter-ms", "5", "--json"),
+        ],
+    )
+    assert result.exit_code == 0, f"{result.stdout}\n{result.stderr}"
+    reports: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    assert list(reports) == ["inline", "pyloto"]
+    for kind, report in reports.items():
+        counts = report["counts"]
+        assert (counts["acked"], counts["answered"], counts["replies"]) == (10, 10, 10), kind
+        assert report["config"]["system"] == kind
+        assert report["server"]["cpu_ms_per_msg"] > 0
+    # the inline bot answers the webhook only after its three LLM calls (>= 15 ms each)
+    assert reports["inline"]["ack_ms"]["p50"] >= 45
+    assert reports["pyloto"]["config"]["send_rate_per_number"] == "1000"
+
+
+def test_compare_refuses_an_unknown_system(runner: CliRunner) -> None:
+    """A typo in --compare is a usage error before anything starts."""
+    result = runner.invoke(app, ["bench", "--compare", "inline,flask", "-n", "1"])
+    assert result.exit_code == 2
+    assert "choose from inline, background, pyloto" in result.stderr

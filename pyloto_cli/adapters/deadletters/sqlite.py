@@ -18,8 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from pyloto_cli.adapters.sqlite_db import SqliteDatabase
-from pyloto_cli.domain.errors import BackendUnavailable
+from pyloto_cli.adapters.sqlite_db import SqliteAttachment, SqliteDatabase
 from pyloto_cli.domain.task import DeadLetter, Task
 
 SCHEMA = (
@@ -88,24 +87,12 @@ class SqliteDeadLetterStore:
     """
 
     def __init__(self, source: Path | str | SqliteDatabase, *, synchronous: str = "NORMAL") -> None:
-        self._owns_db = not isinstance(source, SqliteDatabase)
-        self._db = (
-            source
-            if isinstance(source, SqliteDatabase)
-            else SqliteDatabase(source, synchronous=synchronous)
+        self._sql = SqliteAttachment(
+            source, synchronous=synchronous, schema=_create_schema, role="dead letters"
         )
-        self._open = False
 
     async def __aenter__(self) -> Self:
-        if self._owns_db:
-            await self._db.__aenter__()
-        try:
-            await self._db.run(_create_schema)
-        except BaseException:
-            if self._owns_db:
-                await self._db.close()
-            raise
-        self._open = True
+        await self._sql.open()
         return self
 
     async def __aexit__(
@@ -114,35 +101,25 @@ class SqliteDeadLetterStore:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._open = False
-        if self._owns_db:
-            await self._db.close()
-
-    def _check_open(self) -> None:
-        if not self._open:
-            raise BackendUnavailable(f"sqlite dead letters: {self._db.path} is not open")
+        await self._sql.close()
 
     async def record(self, dead: DeadLetter) -> None:
         """Store `dead`, replacing an entry for the same task id."""
-        self._check_open()
-        await self._db.run(lambda conn: _record(conn, dead))
+        await self._sql.run(lambda conn: _record(conn, dead))
 
     async def list(self, limit: int = 100) -> builtins.list[DeadLetter]:
         """Up to `limit` dead letters, oldest first."""
-        self._check_open()
         if limit <= 0:
             return []
-        return await self._db.run(lambda conn: _list(conn, limit))
+        return await self._sql.run(lambda conn: _list(conn, limit))
 
     async def get(self, task_id: str) -> DeadLetter | None:
         """The dead letter of `task_id`, or None."""
-        self._check_open()
-        return await self._db.run(lambda conn: _get(conn, task_id))
+        return await self._sql.run(lambda conn: _get(conn, task_id))
 
     async def delete(self, task_id: str) -> bool:
         """Delete one; True if it existed."""
-        self._check_open()
-        return await self._db.run(
+        return await self._sql.run(
             lambda conn: (
                 conn.execute("DELETE FROM dead_letters WHERE task_id = ?", (task_id,)).rowcount > 0
             )
@@ -150,5 +127,4 @@ class SqliteDeadLetterStore:
 
     async def purge(self) -> int:
         """Delete every dead letter; returns the count."""
-        self._check_open()
-        return await self._db.run(lambda conn: conn.execute("DELETE FROM dead_letters").rowcount)
+        return await self._sql.run(lambda conn: conn.execute("DELETE FROM dead_letters").rowcount)

@@ -21,8 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from pyloto_cli.adapters.sqlite_db import SqliteDatabase
-from pyloto_cli.domain.errors import BackendUnavailable
+from pyloto_cli.adapters.sqlite_db import SqliteAttachment, SqliteDatabase
 from pyloto_cli.ports import ClaimResult
 
 SCHEMA = (
@@ -77,28 +76,16 @@ class SqliteDeduper:
         purge_every_s: float = 60.0,
         purge_batch: int = 1000,
     ) -> None:
-        self._owns_db = not isinstance(source, SqliteDatabase)
-        self._db = (
-            source
-            if isinstance(source, SqliteDatabase)
-            else SqliteDatabase(source, synchronous=synchronous)
+        self._sql = SqliteAttachment(
+            source, synchronous=synchronous, schema=_create_schema, role="dedupe"
         )
         self._clock = clock
         self._purge_every_s = purge_every_s
         self._purge_batch = purge_batch
         self._next_purge = float("-inf")
-        self._open = False
 
     async def __aenter__(self) -> Self:
-        if self._owns_db:
-            await self._db.__aenter__()
-        try:
-            await self._db.run(_create_schema)
-        except BaseException:
-            if self._owns_db:
-                await self._db.close()
-            raise
-        self._open = True
+        await self._sql.open()
         return self
 
     async def __aexit__(
@@ -107,9 +94,7 @@ class SqliteDeduper:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._open = False
-        if self._owns_db:
-            await self._db.close()
+        await self._sql.close()
 
     async def claim(self, key: str, ttl_s: float) -> ClaimResult:
         """Claim `key` for `ttl_s` seconds unless it is done or claimed by someone else."""
@@ -120,7 +105,7 @@ class SqliteDeduper:
             self._maybe_purge(conn, now, purge)
             return _claim(conn, key, now, ttl_s)
 
-        return await self._db.run(op)
+        return await self._sql.run(op)
 
     async def mark_done(self, key: str, ttl_s: float) -> None:
         """Record `key` as processed for `ttl_s` seconds, replacing any claim."""
@@ -131,24 +116,18 @@ class SqliteDeduper:
             self._maybe_purge(conn, now, purge)
             conn.execute(_UPSERT, (key, 1, now + ttl_s))
 
-        await self._db.run(op)
+        await self._sql.run(op)
 
     async def release(self, key: str) -> None:
         """Drop an unfinished claim on `key`; a done marker stays."""
-        self._check_open()
 
         def op(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM dedupe WHERE key = ? AND done = 0", (key,))
 
-        await self._db.run(op)
-
-    def _check_open(self) -> None:
-        if not self._open:
-            raise BackendUnavailable(f"sqlite dedupe: {self._db.path} is not open")
+        await self._sql.run(op)
 
     def _begin(self) -> tuple[float, bool]:
         """Check the adapter is open; return now and whether this call purges."""
-        self._check_open()
         now = self._clock()
         purge = now >= self._next_purge
         if purge:

@@ -22,8 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from pyloto_cli.adapters.sqlite_db import SqliteDatabase
-from pyloto_cli.domain.errors import BackendUnavailable
+from pyloto_cli.adapters.sqlite_db import SqliteAttachment, SqliteDatabase
 from pyloto_cli.domain.session import Session, Turn
 
 SCHEMA = (
@@ -69,25 +68,13 @@ class SqliteSessionStore:
         synchronous: str = "NORMAL",
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._owns_db = not isinstance(source, SqliteDatabase)
-        self._db = (
-            source
-            if isinstance(source, SqliteDatabase)
-            else SqliteDatabase(source, synchronous=synchronous)
+        self._sql = SqliteAttachment(
+            source, synchronous=synchronous, schema=_create_schema, role="sessions"
         )
         self._clock = clock
-        self._open = False
 
     async def __aenter__(self) -> Self:
-        if self._owns_db:
-            await self._db.__aenter__()
-        try:
-            await self._db.run(_create_schema)
-        except BaseException:
-            if self._owns_db:
-                await self._db.close()
-            raise
-        self._open = True
+        await self._sql.open()
         return self
 
     async def __aexit__(
@@ -96,23 +83,15 @@ class SqliteSessionStore:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._open = False
-        if self._owns_db:
-            await self._db.close()
-
-    def _check_open(self) -> None:
-        if not self._open:
-            raise BackendUnavailable(f"sqlite sessions: {self._db.path} is not open")
+        await self._sql.close()
 
     async def load(self, key: str) -> Session | None:
         """The session, or None if there is none."""
-        self._check_open()
-        return await self._db.run(lambda conn: _read(conn, key))
+        return await self._sql.run(lambda conn: _read(conn, key))
 
     async def save(self, session: Session) -> None:
         """Replace the stored session."""
-        self._check_open()
-        await self._db.run(lambda conn: _write(conn, session))
+        await self._sql.run(lambda conn: _write(conn, session))
 
     async def append(
         self, key: str, turns: Sequence[Turn], max_turns: int, meta: dict[str, str] | None = None
@@ -120,7 +99,6 @@ class SqliteSessionStore:
         """Append `turns` (creating the session), merge `meta`, keep the newest `max_turns`."""
         if max_turns < 1:
             raise ValueError(f"max_turns must be at least 1, got {max_turns}")
-        self._check_open()
         new_turns, extra, now = tuple(turns), dict(meta or {}), self._clock()
 
         def op(conn: sqlite3.Connection) -> Session:
@@ -131,19 +109,17 @@ class SqliteSessionStore:
             _write(conn, updated)
             return updated
 
-        return await self._db.run(op)
+        return await self._sql.run(op)
 
     async def delete(self, key: str) -> bool:
         """Delete; True if it existed."""
-        self._check_open()
-        return await self._db.run(
+        return await self._sql.run(
             lambda conn: conn.execute("DELETE FROM sessions WHERE key = ?", (key,)).rowcount > 0
         )
 
     async def exists(self, key: str) -> bool:
         """True if a session is stored under `key`."""
-        self._check_open()
-        return await self._db.run(
+        return await self._sql.run(
             lambda conn: (
                 conn.execute("SELECT 1 FROM sessions WHERE key = ?", (key,)).fetchone() is not None
             )
