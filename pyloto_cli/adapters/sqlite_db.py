@@ -7,8 +7,10 @@ the others), commits once, and then resolves each caller's future. Concurrent we
 therefore share a commit, and a caller hears back only after its write is durable.
 
 WAL with `synchronous=NORMAL` survives a process crash (kill -9) but not a power loss; FULL
-survives both at a much higher commit cost. Automatic checkpoints are off: the thread runs a
-passive checkpoint when it is idle, so checkpoints never sit on a request's commit.
+survives both at a much higher commit cost. Automatic checkpoints are off (they would run inside
+a commit, under a request): a second thread with its own connection runs a passive checkpoint
+every second while there are new commits. A passive checkpoint never takes the write lock, so
+the writer keeps committing while it copies pages, and no webhook waits for it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import contextlib
 import queue
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,10 @@ class SqliteDatabase:
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
         self._closed = False
-        self.commits = 0  # how many transactions were committed (group commit shows here)
+        self._dirty = threading.Event()
+        self._stopping = threading.Event()
+        self.commits = 0
+        self.checkpoints = 0  # background checkpoints run so far  # how many transactions were committed (group commit shows here)
 
     async def __aenter__(self) -> Self:
         if self._closed:
@@ -139,30 +143,42 @@ class SqliteDatabase:
             loop.call_soon_threadsafe(_settle, ready, None, exc)
             return
         self._conn = conn
+        checkpointer = threading.Thread(
+            target=self._checkpoint_loop, daemon=True, name=f"sqlite-checkpoint:{self.path.name}"
+        )
+        checkpointer.start()
         loop.call_soon_threadsafe(_settle, ready, None, None)
-        last_checkpoint = time.monotonic()
-        dirty = False
         try:
             while True:
-                try:
-                    first = self._jobs.get(timeout=_CHECKPOINT_EVERY_S if dirty else None)
-                except queue.Empty:
-                    first = _IDLE
-                if first is _IDLE:
-                    self._checkpoint(conn)
-                    dirty, last_checkpoint = False, time.monotonic()
-                    continue
-                batch, stop = self._drain(first)
+                batch, stop = self._drain(self._jobs.get())
                 if batch:
                     self._run_batch(conn, batch)
-                    dirty = True
+                    self._dirty.set()
                 if stop:
                     break
-                if dirty and time.monotonic() - last_checkpoint > _CHECKPOINT_EVERY_S * 5:
-                    self._checkpoint(conn)
-                    dirty, last_checkpoint = False, time.monotonic()
         finally:
+            self._stopping.set()
+            self._dirty.set()
+            checkpointer.join()
             self._checkpoint(conn)
+            conn.close()
+
+    def _checkpoint_loop(self) -> None:
+        """Passive checkpoints from a connection of its own, at most once a second."""
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error:
+            return
+        try:
+            while not self._stopping.is_set():
+                self._dirty.wait()
+                if self._stopping.is_set():
+                    break
+                self._dirty.clear()
+                self._checkpoint(conn)
+                self.checkpoints += 1
+                self._stopping.wait(_CHECKPOINT_EVERY_S)
+        finally:
             conn.close()
 
     def _drain(self, first: _Job[Any] | None) -> tuple[list[_Job[Any]], bool]:
@@ -208,13 +224,6 @@ class SqliteDatabase:
     def _checkpoint(conn: sqlite3.Connection) -> None:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-
-
-class _Idle:
-    pass
-
-
-_IDLE: Any = _Idle()
 
 
 class SqliteAttachment:

@@ -16,6 +16,7 @@ turn. The burst is settled together: every lease acked, or every one nacked or d
 from __future__ import annotations
 
 import asyncio
+import logging
 import contextlib
 import time
 from collections.abc import Callable
@@ -143,7 +144,7 @@ class Worker:
     async def _handle(self, lease: Leased) -> None:
         task = lease.task
         with bind(task_id=task.task_id, attempt=lease.attempt):
-            log_event(_log, "task_dequeued", kind=task.kind.value)
+            log_event(_log, "task_dequeued", logging.DEBUG, kind=task.kind.value)
             started = time.perf_counter()
             holder = [lease]
             renewer = asyncio.create_task(self._renew(holder))
