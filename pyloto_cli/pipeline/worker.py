@@ -16,8 +16,8 @@ turn. The burst is settled together: every lease acked, or every one nacked or d
 from __future__ import annotations
 
 import asyncio
-import logging
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
