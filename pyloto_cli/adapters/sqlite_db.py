@@ -71,8 +71,8 @@ class SqliteDatabase:
         self._closed = False
         self._dirty = threading.Event()
         self._stopping = threading.Event()
-        self.commits = 0
-        self.checkpoints = 0  # background checkpoints run so far  # how many transactions were committed (group commit shows here)
+        self.commits = 0  # transactions committed (group commit shows here)
+        self.checkpoints = 0  # background checkpoints run so far
 
     async def __aenter__(self) -> Self:
         if self._closed:
