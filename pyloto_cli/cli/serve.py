@@ -50,13 +50,13 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default: $PORT or 8000).")] = None,
     worker: Annotated[bool, typer.Option(help="Run the worker in this process.")] = True,
     workers: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=0,
             help="Run N `pyloto worker` processes beside the web process (0: the worker runs "
-            "inside it).",
+            "inside it). Default: $PYLOTO_WORKERS or 0.",
         ),
-    ] = 0,
+    ] = None,
 ) -> None:
     """Receive Meta's webhooks (and, by default, process them in the same process)."""
     settings = Settings()
@@ -67,7 +67,8 @@ def serve(
         setup = ensure_local_secrets(settings)
         settings = setup.settings
         _print_first_run(setup, bind_host, bind_port)
-    in_process = worker and settings.worker_enabled and workers == 0
+    children = settings.workers if workers is None else workers
+    in_process = worker and settings.worker_enabled and children == 0
     settings = settings.model_copy(update={"worker_enabled": in_process})
     config = uvicorn.Config(
         create_app(settings),
@@ -83,7 +84,7 @@ def serve(
     # processes are stopped and the exit is clean.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _after_shutdown)
-    with worker_processes(settings, workers if worker else 0):
+    with worker_processes(settings, children if worker else 0):
         uvicorn.Server(config).run()
 
 
