@@ -39,6 +39,7 @@ class _Job(Generic[T]):
     op: Operation[T]
     future: asyncio.Future[T]
     loop: asyncio.AbstractEventLoop
+    readonly: bool = False
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -114,13 +115,17 @@ class SqliteDatabase:
             self._jobs.put(None)
             await asyncio.to_thread(self._thread.join)
 
-    async def run(self, op: Operation[T]) -> T:
-        """Run `op(conn)` in the writer thread inside a transaction; return once committed."""
+    async def run(self, op: Operation[T], *, readonly: bool = False) -> T:
+        """Run `op(conn)` in the writer thread inside a transaction; return once committed.
+
+        A batch made only of `readonly` operations opens a deferred transaction, which takes no
+        write lock: a poll that finds nothing does not contend with other processes' writers.
+        """
         if self._closed or self._thread is None:
             raise BackendUnavailable(f"sqlite: {self.path} is not open")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._jobs.put(_Job(op, future, loop))
+        self._jobs.put(_Job(op, future, loop, readonly))
         return await future
 
     # --- the writer thread ---------------------------------------------------------------------
@@ -198,7 +203,8 @@ class SqliteDatabase:
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> None:
         outcomes: list[tuple[_Job[Any], Any, BaseException | None]] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            readonly = all(job.readonly for job in batch)
+            conn.execute("BEGIN" if readonly else "BEGIN IMMEDIATE")
             for job in batch:
                 conn.execute("SAVEPOINT op")
                 try:

@@ -59,3 +59,23 @@ async def test_closed_database_refuses_work(tmp_path: Path) -> None:
         await db.run(insert("a"))
     with pytest.raises(BackendUnavailable):
         await db.run(insert("b"))
+
+
+async def test_readonly_operations_do_not_wait_for_another_writer(tmp_path: Path) -> None:
+    """While another connection holds the write lock, a read-only poll still answers at once."""
+    path = tmp_path / "db.sqlite"
+    async with SqliteDatabase(path, schema=SCHEMA) as db:
+        await db.run(insert("a"))
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # another process's writer, mid-transaction
+            count = await asyncio.wait_for(
+                db.run(
+                    lambda conn: conn.execute("SELECT count(*) FROM t").fetchone()[0], readonly=True
+                ),
+                timeout=1.0,
+            )
+            assert count == 1
+            other.execute("COMMIT")
+        finally:
+            other.close()

@@ -141,6 +141,12 @@ def _lease(
     return leased, retaken
 
 
+def _any_leasable(conn: sqlite3.Connection, now: float) -> bool:
+    """Whether `_lease` would find anything (a read: no write lock)."""
+    row = conn.execute(_LEASABLE, {"now": now, "limit": 1}).fetchone()
+    return row is not None
+
+
 def _grant(conn: sqlite3.Connection, row: sqlite3.Row, task: Task, expires: float) -> Leased:
     """Lease the task of `row` until `expires` with a new token, counting the attempt."""
     token = secrets.token_hex(16)
@@ -298,6 +304,11 @@ class SqliteMessageQueue:
         if max_items <= 0:
             return []
         now = self._clock()
+        if not self._open:
+            raise BackendUnavailable(f"sqlite queue: {self.path} is not open")
+        # a lock-free look first: an idle poll never takes the write lock other processes need
+        if not await self.db.run(lambda conn: _any_leasable(conn, now), readonly=True):
+            return []
         leased, retaken = await self._run(lambda conn: _lease(conn, max_items, lease_s, now))
         for lease in retaken:  # a worker died or stalled past its lease
             log_event(
