@@ -116,6 +116,7 @@ class Settings(BaseSettings):
     # --- Worker and queue policy -------------------------------------------------------------
     worker_enabled: bool = Field(True, validation_alias=_env("PYLOTO_WORKER_ENABLED"))
     workers: int = Field(0, ge=0, le=64, validation_alias=_env("PYLOTO_WORKERS"))
+    parent_pid: int | None = Field(None, validation_alias=_env("PYLOTO_PARENT_PID"))
     concurrency: int = Field(256, ge=1, le=10_000, validation_alias=_env("PYLOTO_CONCURRENCY"))
     lease_seconds: float = Field(30.0, gt=0, validation_alias=_env("PYLOTO_LEASE_SECONDS"))
     poll_interval: float = Field(0.05, gt=0, validation_alias=_env("PYLOTO_POLL_INTERVAL"))

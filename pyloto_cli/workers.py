@@ -8,6 +8,7 @@ any, and are stopped (SIGTERM, then SIGKILL after the grace period) when the web
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import subprocess
@@ -25,7 +26,21 @@ def _child_env(settings: Settings) -> dict[str, str]:
     env["PYLOTO_DATA_DIR"] = str(settings.data_dir.resolve())
     # children poll the shared queue (the web process cannot wake them): poll often
     env.setdefault("PYLOTO_POLL_INTERVAL", "0.01")
+    env["PYLOTO_PARENT_PID"] = str(os.getpid())  # the child stops if this process dies
     return env
+
+
+async def stop_when_orphaned(stop: asyncio.Event, parent: int | None) -> None:
+    """Set `stop` once the supervising `pyloto serve` is gone (even after a SIGKILL, even one
+    that came before this process got here)."""
+    if parent is None:
+        return
+    while not stop.is_set():
+        if os.getppid() != parent:
+            log_event(_log, "worker_orphaned", parent_pid=parent)
+            stop.set()
+            return
+        await asyncio.sleep(1.0)
 
 
 @contextlib.contextmanager

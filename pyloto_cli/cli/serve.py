@@ -15,7 +15,7 @@ from pyloto_cli.firstrun import LocalSetup, ensure_local_secrets
 from pyloto_cli.logs import configure_logging
 from pyloto_cli.settings import Settings
 from pyloto_cli.web.app import create_app
-from pyloto_cli.workers import worker_processes
+from pyloto_cli.workers import stop_when_orphaned, worker_processes
 
 _console = Console(stderr=True)
 
@@ -98,10 +98,16 @@ async def run_worker_process(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with open_runtime(settings) as runtime:
-        if runtime.worker is None:
-            raise typer.BadParameter("this queue backend pushes tasks; there is nothing to pull")
-        await runtime.worker.run(stop)
+    watcher = asyncio.create_task(stop_when_orphaned(stop, settings.parent_pid))
+    try:
+        async with open_runtime(settings) as runtime:
+            if runtime.worker is None:
+                raise typer.BadParameter(
+                    "this queue backend pushes tasks; there is nothing to pull"
+                )
+            await runtime.worker.run(stop)
+    finally:
+        watcher.cancel()
 
 
 def worker() -> None:

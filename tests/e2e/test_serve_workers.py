@@ -64,3 +64,32 @@ async def test_two_worker_processes_answer_everything_once_in_order(tmp_path: Pa
         index = int(wamid.rsplit(".", 1)[1])
         order.setdefault(str(request.body.get("to")), []).append(index)
     assert all(seq == sorted(seq) for seq in order.values())
+
+
+async def test_worker_processes_stop_when_serve_is_killed(tmp_path: Path) -> None:
+    """SIGKILL on the web process leaves no orphan worker processes behind."""
+    async with FakeGraphServer() as graph:
+        serve = WorkersServe(tmp_path / "data", graph.url, tmp_path / "serve.log")
+        await serve.start()
+        log = [json.loads(x) for x in serve.log.read_text().splitlines() if x.startswith("{")]
+        [started] = [e for e in log if e["event"] == "workers_started"]
+        pids = [int(p) for p in started["pids"]]
+        serve.kill9()
+        alive = pids
+        for _ in range(100):  # the children look at their parent once a second
+            alive = _alive(pids)
+            if not alive:
+                break
+            await asyncio.sleep(0.1)
+        assert alive == []
+
+
+def _alive(pids: list[int]) -> list[int]:
+    return [p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)]
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+    except (FileNotFoundError, IndexError):
+        return False
