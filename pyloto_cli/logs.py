@@ -31,7 +31,19 @@ _context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
     "pyloto_log_context", default=_EMPTY
 )
 _PHONE_FIELDS: Final = frozenset(
-    {"wa_id", "from", "to", "phone", "recipient_id", "display_phone_number", "user_id", "recipient"}
+    {
+        "wa_id",
+        "from",
+        "to",
+        "phone",
+        "recipient_id",
+        "display_phone_number",
+        "user_id",
+        "from_user_id",
+        "parent_user_id",
+        "recipient_user_id",
+        "recipient",
+    }
 )
 _SECRET_FIELDS: Final = frozenset(
     {"token", "access_token", "app_secret", "secret", "signature", "authorization", "api_key"}
@@ -85,11 +97,14 @@ def bind(**fields: Any) -> Iterator[None]:
 
 @functools.cache
 def _field_kind(key: str) -> int:
-    """0: dropped (secret-named), 1: a phone number (masked), 2: anything else."""
+    """0: dropped (secret-named), 1: a phone number (masked), 2: free text (digit runs masked),
+    3: an id (wamid, task id: kept whole, so users can grep for it)."""
     lowered = key.lower()
     if lowered in _SECRET_FIELDS or lowered.endswith(("_token", "_secret", "_key")):
         return 0
-    return 1 if lowered in _PHONE_FIELDS else 2
+    if lowered in _PHONE_FIELDS:
+        return 1
+    return 3 if lowered.endswith("_id") else 2
 
 
 def event_fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -101,7 +116,10 @@ def event_fields(record: logging.LogRecord) -> dict[str, Any]:
         if kind == 0:
             continue
         if isinstance(value, str):
-            clean[key] = mask_phone(value) if kind == 1 else _mask_digits(value)
+            if kind == 1:
+                clean[key] = mask_phone(value)
+            else:
+                clean[key] = _mask_digits(value) if kind == 2 else value
         else:
             clean[key] = value
     return clean

@@ -107,3 +107,12 @@ def test_console_format_is_one_readable_line() -> None:
     assert "task_retried" in line
     assert "delay_s=2.0" in line
     assert "\n" not in line
+
+
+def test_message_and_task_ids_are_kept_whole(captured: io.StringIO) -> None:
+    """A wamid with a long digit run is an id, not a phone: it stays greppable."""
+    wamid = "wamid.example.47e93c7ee0123456789"
+    log_event(get_logger("test"), "task_processed", task_id=wamid, message_id=wamid)
+    [event] = events(captured)
+    assert event["task_id"] == wamid
+    assert event["message_id"] == wamid
