@@ -28,9 +28,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from google.auth import exceptions as gauth_exc
-from google.auth import jwt
-
 from pyloto_cli.domain.errors import PylotoError
 from pyloto_cli.logs import get_logger, log_event
 from pyloto_cli.settings import Settings
@@ -133,6 +130,10 @@ class OidcVerifier:
 
     def verify(self, token: str) -> Mapping[str, Any]:
         """The token's claims; raises TaskUnauthenticated or TaskForbidden. Blocking."""
+        # google-auth is the `gcp` extra: imported only where Cloud Tasks is in use
+        from google.auth import exceptions as gauth_exc
+        from google.auth import jwt
+
         try:
             claims: Mapping[str, Any] = jwt.decode(  # type: ignore[no-untyped-call]
                 token,
