@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from typing import Annotated
+from collections.abc import Coroutine
+from typing import Annotated, Any
 
 import typer
 import uvicorn
 from rich.console import Console
 
-from pyloto_cli.bootstrap import open_runtime
+from pyloto_cli.bootstrap import open_runtime, run_worker
+from pyloto_cli.cli._boundary import boundary
 from pyloto_cli.firstrun import LocalSetup, ensure_local_secrets
 from pyloto_cli.logs import configure_logging
 from pyloto_cli.settings import Settings
@@ -70,22 +72,43 @@ def serve(
     children = settings.workers if workers is None else workers
     in_process = worker and settings.worker_enabled and children == 0
     settings = settings.model_copy(update={"worker_enabled": in_process})
-    config = uvicorn.Config(
-        create_app(settings),
-        host=bind_host,
-        port=bind_port,
-        log_level="warning",
-        lifespan="on",
-        access_log=False,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
-    )
     # uvicorn re-raises the SIGINT/SIGTERM it handled once it has shut down; with Python-level
     # handlers in place that re-raise lands here instead of killing the process, so the worker
     # processes are stopped and the exit is clean.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _after_shutdown)
-    with worker_processes(settings, children if worker else 0):
-        uvicorn.Server(config).run()
+    with boundary(_console):
+        _run(run_server(settings, bind_host, bind_port, children if worker else 0))
+
+
+async def run_server(settings: Settings, host: str, port: int, children: int) -> None:
+    """Open the runtime first (a backend that cannot be reached is one clear error, before
+    anything listens), then serve on it until a signal, with the worker(s) beside."""
+    async with (
+        open_runtime(settings) as runtime,
+        run_worker(runtime, enabled=settings.worker_enabled),
+    ):
+        config = uvicorn.Config(
+            create_app(settings, runtime),
+            host=host,
+            port=port,
+            log_level="warning",
+            lifespan="on",
+            access_log=False,
+            timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+        )
+        with worker_processes(settings, children):
+            await uvicorn.Server(config).serve()
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop when it is installed (it comes with uvicorn[standard])."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings it
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 def _after_shutdown(signum: int, frame: object) -> None:

@@ -128,3 +128,26 @@ def test_serve_with_no_settings_prints_a_working_curl_line(tmp_path: Path) -> No
     # uvicorn re-raises the SIGTERM it handled once shutdown is complete
     assert proc.returncode in (0, -signal.SIGTERM), log.read_text()[-2000:]
     assert '"event": "runtime_closed"' in log.read_text()
+
+
+def test_unreachable_backend_is_one_clear_error_and_exit_1(tmp_path: Path) -> None:
+    """A backend that cannot be reached stops `serve` before it listens: one line, its address."""
+    port = free_port()
+    env = clean_env(
+        QUEUE_BACKEND="redis",
+        REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+        WHATSAPP_APP_SECRET="s",
+        WHATSAPP_VERIFY_TOKEN="t",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pyloto_cli", "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "BackendUnavailable" in result.stderr
+    assert env["REDIS_URL"].rsplit("/", 1)[0] in result.stderr.replace("\n", "")
