@@ -106,3 +106,47 @@ class FirestoreDatabase:
         if self._client is not None:
             client, self._client = self._client, None
             await close_client(client)
+
+
+class FirestoreAttachment:
+    """One adapter's use of a Firestore client: its own (opened and closed here) or shared.
+
+    Given a client, it only uses it (the caller closes it); without one it opens a client on
+    `open()` (checked with one read of `collection`) and closes it on `close()`. Once closed it
+    cannot be reopened, and `client` fails loudly outside open/close.
+    """
+
+    def __init__(
+        self,
+        project: str | None,
+        collection: str,
+        client: firestore.AsyncClient | None,
+        *,
+        role: str,
+    ) -> None:
+        self._project = project
+        self._collection = collection
+        self._shared = client
+        self._client: firestore.AsyncClient | None = None
+        self._role = role
+        self._closed = False
+
+    async def open(self) -> None:
+        """Use the shared client, or open one."""
+        if self._closed:
+            raise RuntimeError(f"{self._role} cannot be reopened once closed")
+        self._client = self._shared or await open_client(self._project, self._collection)
+
+    async def close(self) -> None:
+        """Stop; close the client if it is this adapter's own."""
+        self._closed = True
+        client, self._client = self._client, None
+        if client is not None and self._shared is None:
+            await close_client(client)
+
+    @property
+    def client(self) -> firestore.AsyncClient:
+        """The open client."""
+        if self._client is None:
+            raise BackendUnavailable(f"{self._role} is not open")
+        return self._client

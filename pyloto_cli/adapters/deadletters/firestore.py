@@ -14,8 +14,7 @@ from typing import Any, Self
 
 from google.cloud import firestore
 
-from pyloto_cli.adapters.firestore_db import close_client, doc_id, open_client
-from pyloto_cli.domain.errors import BackendUnavailable
+from pyloto_cli.adapters.firestore_db import FirestoreAttachment, doc_id
 from pyloto_cli.domain.task import DeadLetter, Task
 
 _MAX_ERROR_CHARS = 8192
@@ -34,14 +33,10 @@ class FirestoreDeadLetterStore:
     ) -> None:
         self.project = project
         self.collection = collection
-        self._shared = client
-        self._client: firestore.AsyncClient | None = None
-        self._closed = False
+        self._fs = FirestoreAttachment(project, collection, client, role="FirestoreDeadLetterStore")
 
     async def __aenter__(self) -> Self:
-        if self._closed:
-            raise RuntimeError("FirestoreDeadLetterStore cannot be reopened once closed")
-        self._client = self._shared or await open_client(self.project, self.collection)
+        await self._fs.open()
         return self
 
     async def __aexit__(
@@ -50,10 +45,7 @@ class FirestoreDeadLetterStore:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._closed = True
-        client, self._client = self._client, None
-        if client is not None and self._shared is None:
-            await close_client(client)
+        await self._fs.close()
 
     async def record(self, dead: DeadLetter) -> None:
         """Store `dead`, replacing an entry for the same task id."""
@@ -90,9 +82,7 @@ class FirestoreDeadLetterStore:
 
     @property
     def _db(self) -> firestore.AsyncClient:
-        if self._client is None:
-            raise BackendUnavailable("FirestoreDeadLetterStore is not open")
-        return self._client
+        return self._fs.client
 
     def _coll(self) -> Any:
         return self._db.collection(self.collection)

@@ -22,8 +22,7 @@ from typing import Any, Self
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from pyloto_cli.adapters.firestore_db import close_client, doc_id, open_client
-from pyloto_cli.domain.errors import BackendUnavailable
+from pyloto_cli.adapters.firestore_db import FirestoreAttachment, doc_id
 from pyloto_cli.ports import ClaimResult
 
 _CLAIMED = "claimed"
@@ -44,15 +43,11 @@ class FirestoreDeduper:
     ) -> None:
         self.project = project
         self.collection = collection
-        self._shared = client
-        self._client: firestore.AsyncClient | None = None
+        self._fs = FirestoreAttachment(project, collection, client, role="FirestoreDeduper")
         self._clock = clock
-        self._closed = False
 
     async def __aenter__(self) -> Self:
-        if self._closed:
-            raise RuntimeError("FirestoreDeduper cannot be reopened once closed")
-        self._client = self._shared or await open_client(self.project, self.collection)
+        await self._fs.open()
         return self
 
     async def __aexit__(
@@ -61,10 +56,7 @@ class FirestoreDeduper:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._closed = True
-        client, self._client = self._client, None
-        if client is not None and self._shared is None:
-            await close_client(client)
+        await self._fs.close()
 
     # --- Deduper --------------------------------------------------------------------------------
 
@@ -107,9 +99,7 @@ class FirestoreDeduper:
 
     @property
     def _db(self) -> firestore.AsyncClient:
-        if self._client is None:
-            raise BackendUnavailable("FirestoreDeduper is not open")
-        return self._client
+        return self._fs.client
 
     def _ref(self, key: str) -> Any:
         return self._db.collection(self.collection).document(doc_id(key))
