@@ -276,8 +276,8 @@ class SqliteAttachment:
         if self._owned:
             await self.db.close()
 
-    async def run(self, op: Operation[T]) -> T:
-        """`op(conn)` in the database's writer thread, committed."""
+    async def run(self, op: Operation[T], *, readonly: bool = False) -> T:
+        """`op(conn)` in the database's writer thread, committed (see `SqliteDatabase.run`)."""
         if not self._open:
             raise BackendUnavailable(f"sqlite {self._role}: {self.db.path} is not open")
-        return await self.db.run(op)
+        return await self.db.run(op, readonly=readonly)

@@ -31,8 +31,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from pyloto_cli.adapters.sqlite_db import Operation, SqliteDatabase
-from pyloto_cli.domain.errors import BackendUnavailable, StaleLeaseError
+from pyloto_cli.adapters.sqlite_db import Operation, SqliteAttachment, SqliteDatabase
+from pyloto_cli.domain.errors import StaleLeaseError
 from pyloto_cli.domain.task import (
     DeadLetter,
     EnqueueResult,
@@ -246,14 +246,12 @@ class SqliteMessageQueue:
     ) -> None:
         self._policy = policy
         self._clock = clock
-        self._owns_db = not isinstance(source, SqliteDatabase)
-        if isinstance(source, SqliteDatabase):
-            self.db = source
-        elif synchronous.upper() in _SYNCHRONOUS:
-            self.db = SqliteDatabase(source, synchronous=synchronous.upper())
-        else:
+        if not isinstance(source, SqliteDatabase) and synchronous.upper() not in _SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {sorted(_SYNCHRONOUS)}: {synchronous!r}")
-        self._open = False
+        self._sql = SqliteAttachment(
+            source, synchronous=synchronous.upper(), schema=_create_schema, role="queue"
+        )
+        self.db = self._sql.db
 
     @property
     def path(self) -> Path:
@@ -261,15 +259,7 @@ class SqliteMessageQueue:
         return self.db.path
 
     async def __aenter__(self) -> Self:
-        if self._owns_db:
-            await self.db.__aenter__()
-        try:
-            await self.db.run(_create_schema)
-        except BaseException:
-            if self._owns_db:
-                await self.db.close()
-            raise
-        self._open = True
+        await self._sql.open()
         log_event(_log, "queue_opened", logging.DEBUG, backend="sqlite", path=str(self.path))
         return self
 
@@ -283,14 +273,10 @@ class SqliteMessageQueue:
 
     async def close(self) -> None:
         """Stop taking calls (they raise BackendUnavailable); close the file if it is ours."""
-        self._open = False
-        if self._owns_db:
-            await self.db.close()
+        await self._sql.close()
 
-    async def _run(self, op: Operation[T]) -> T:
-        if not self._open:
-            raise BackendUnavailable(f"sqlite queue: {self.path} is not open")
-        return await self.db.run(op)
+    async def _run(self, op: Operation[T], *, readonly: bool = False) -> T:
+        return await self._sql.run(op, readonly=readonly)
 
     # --- MessageQueue ------------------------------------------------------------------------
 
@@ -304,10 +290,8 @@ class SqliteMessageQueue:
         if max_items <= 0:
             return []
         now = self._clock()
-        if not self._open:
-            raise BackendUnavailable(f"sqlite queue: {self.path} is not open")
         # a lock-free look first: an idle poll never takes the write lock other processes need
-        if not await self.db.run(lambda conn: _any_leasable(conn, now), readonly=True):
+        if not await self._run(lambda conn: _any_leasable(conn, now), readonly=True):
             return []
         leased, retaken = await self._run(lambda conn: _lease(conn, max_items, lease_s, now))
         for lease in retaken:  # a worker died or stalled past its lease
