@@ -192,17 +192,22 @@ async def open_deduper(shared: Shared) -> Deduper:
 
 
 async def open_statuses(shared: Shared) -> StatusStore:
-    """Delivery statuses: in memory with the memory session store, else in an SQLite file.
+    """Delivery statuses: in memory with the memory session store, else in SQLite (the shared
+    state file with the SQLite sessions, a file of their own beside Redis or Firestore).
 
     Statuses are high-volume and append-only; they stay out of the session documents.
     """
-    if shared.settings.session_store_backend is StoreBackend.MEMORY:
+    backend = shared.settings.session_store_backend
+    if backend is StoreBackend.MEMORY:
         from pyloto_cli.adapters.statuses.memory import MemoryStatusStore
 
         return await shared.stack.enter_async_context(MemoryStatusStore())
     from pyloto_cli.adapters.statuses.sqlite import SqliteStatusStore
 
-    store = SqliteStatusStore.from_settings(shared.settings)
+    if backend is StoreBackend.SQLITE:
+        store = SqliteStatusStore(await shared.state_db())
+    else:
+        store = SqliteStatusStore.from_settings(shared.settings)
     return await shared.stack.enter_async_context(store)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from pyloto_cli.adapters.sqlite_db import SqliteDatabase
+from pyloto_cli.adapters.sqlite_db import SqliteAttachment, SqliteDatabase
 from pyloto_cli.logs import get_logger
 from pyloto_cli.ports import DeliveryStatus
 from pyloto_cli.settings import Settings
@@ -52,13 +52,28 @@ def _row(row: sqlite3.Row) -> DeliveryStatus:
     )
 
 
+def _create_schema(conn: sqlite3.Connection) -> None:
+    for statement in SCHEMA:
+        conn.execute(statement)
+
+
 class SqliteStatusStore:
-    """`StatusStore` on an embedded SQLite file (durable, shared by processes on one host)."""
+    """`StatusStore` on an embedded SQLite file (durable, shared by processes on one host).
+
+    `source` is a path (its own database) or an open `SqliteDatabase` shared with the sessions
+    and dedupe stores (one writer thread, shared commits; the caller closes it).
+    """
 
     def __init__(
-        self, path: Path | str, *, synchronous: str = "NORMAL", logger: logging.Logger | None = None
+        self,
+        source: Path | str | SqliteDatabase,
+        *,
+        synchronous: str = "NORMAL",
+        logger: logging.Logger | None = None,
     ) -> None:
-        self._db = SqliteDatabase(path, synchronous=synchronous, schema=SCHEMA)
+        self._db = SqliteAttachment(
+            source, synchronous=synchronous, schema=_create_schema, role="statuses"
+        )
         self._log = logger or get_logger("statuses.sqlite")
 
     @classmethod
@@ -69,7 +84,7 @@ class SqliteStatusStore:
         )
 
     async def __aenter__(self) -> Self:
-        await self._db.__aenter__()
+        await self._db.open()
         return self
 
     async def __aexit__(
