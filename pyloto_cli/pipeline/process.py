@@ -167,77 +167,10 @@ class Pipeline:
         return TaskResult(Outcome.DONE)
 
     async def _message(self, task: Task) -> TaskResult:
-        msg = inbound_message(task)
-        claim = await self.deduper.claim(msg.id, self.config.claim_ttl_s)
-        if claim is ClaimResult.DONE:
-            log_event(_log, "duplicate_skipped", message_id=msg.id)
-            return TaskResult(Outcome.SKIPPED)
-        if claim is ClaimResult.IN_PROGRESS and not self.config.exclusive_queue:
-            return TaskResult(  # another instance is on it: wait, without spending an attempt
-                Outcome.DEFER,
-                reason="claimed by another worker",
-                delay_s=self.config.in_progress_retry_s,
-            )
-        try:
-            return await self._answer(msg)
-        except BaseException:
-            await self.deduper.release(msg.id)
-            raise
-
-    async def _answer(self, msg: InboundMessage) -> TaskResult:
-        session = await self.sessions.load(msg.conversation_key)
-        if session is not None and _already_answered(session, msg.id):
-            await self.deduper.mark_done(msg.id, self.config.dedupe_ttl_s)
-            log_event(_log, "duplicate_skipped", message_id=msg.id, reason="session")
-            return TaskResult(Outcome.SKIPPED)
-        now = self._clock()
-        user_turn = Turn(Role.USER, msg.text or "", msg.id, now, message_type=msg.raw_type)
-        if not needs_reply(msg):
-            await self._save(msg, (user_turn,))
-            return TaskResult(Outcome.DONE)
-        if self.config.mark_read or self.config.typing_indicator:
-            await self._mark_read(msg)
-        turn_number = _turn_number(session)
-        reply = await self.responder.respond(ResponderRequest(msg, session, turn_number))
-        for stage in reply.errors:
-            log_event(_log, "reply_fallback", stage=stage, message_id=msg.id)
-        body = build_reply_body(reply, msg.recipient, callback_data=msg.id)
-        sent = await self.sender.send(msg.phone_number_id, body)
-        user_turn = Turn(
-            Role.USER, user_turn.text, msg.id, now, event=reply.event, message_type=msg.raw_type
-        )
-        bot_turn = Turn(
-            Role.ASSISTANT,
-            reply.text,
-            sent.message_id,
-            self._clock(),
-            message_type=reply.kind.value,
-            reply_to=msg.id,
-        )
-        await self._save(msg, (user_turn, bot_turn), turn_number=turn_number)
-        return TaskResult(Outcome.DONE, sent_id=sent.message_id, reply=reply)
-
-    async def _save(
-        self, msg: InboundMessage, turns: tuple[Turn, ...], turn_number: int | None = None
-    ) -> None:
-        meta = {"phone_number_id": msg.phone_number_id}
-        if msg.wa_id:
-            meta["wa_id"] = msg.wa_id
-        if msg.user_id:
-            meta["user_id"] = msg.user_id
-        if turn_number is not None:
-            meta["user_turns"] = str(turn_number)
-        await self.sessions.append(msg.conversation_key, turns, self.config.history_turns, meta)
-        log_event(
-            _log,
-            "session_saved",
-            message_id=msg.id,
-            conversation=_masked_key(msg.conversation_key),
-            turns_added=len(turns),
-        )
-        await self.deduper.mark_done(msg.id, self.config.dedupe_ttl_s)
+        return await self._burst([inbound_message(task)])
 
     async def _burst(self, msgs: list[InboundMessage]) -> TaskResult:
+        """Claim every wamid (done ones are skipped), then answer what is left as one turn."""
         claimed: list[InboundMessage] = []
         try:
             for msg in msgs:
@@ -245,17 +178,17 @@ class Pipeline:
                 if claim is ClaimResult.DONE:
                     log_event(_log, "duplicate_skipped", message_id=msg.id)
                     continue
-                claimed.append(msg)
                 if claim is ClaimResult.IN_PROGRESS and not self.config.exclusive_queue:
-                    await self._release(claimed)
-                    return TaskResult(
+                    await self._release(claimed)  # only ours: the other worker keeps its claim
+                    return TaskResult(  # another instance is on it: wait, spending no attempt
                         Outcome.DEFER,
                         reason="claimed by another worker",
                         delay_s=self.config.in_progress_retry_s,
                     )
+                claimed.append(msg)
             if not claimed:
                 return TaskResult(Outcome.SKIPPED)
-            return await self._answer_burst(claimed)
+            return await self._answer(claimed)
         except BaseException:
             await self._release(claimed)
             raise
@@ -264,7 +197,7 @@ class Pipeline:
         for msg in msgs:
             await self.deduper.release(msg.id)
 
-    async def _answer_burst(self, msgs: list[InboundMessage]) -> TaskResult:
+    async def _answer(self, msgs: list[InboundMessage]) -> TaskResult:
         session = await self.sessions.load(msgs[-1].conversation_key)
         fresh: list[InboundMessage] = []
         for msg in msgs:
@@ -274,16 +207,17 @@ class Pipeline:
             else:
                 fresh.append(msg)
         replying = [m for m in fresh if needs_reply(m)]
-        if not replying:  # e.g. only reactions are left: recorded, not answered
+        if not replying:  # e.g. reactions: recorded in the session, not answered
             for msg in fresh:
-                await self._answer(msg)
+                turn = Turn(Role.USER, msg.text or "", msg.id, self._clock(), None, msg.raw_type)
+                await self._save(msg, (turn,), done=(msg,))
             return TaskResult(Outcome.DONE if fresh else Outcome.SKIPPED)
         return await self._reply_once(fresh, replying[-1], session)
 
     async def _reply_once(
         self, msgs: list[InboundMessage], last: InboundMessage, session: Session | None
     ) -> TaskResult:
-        """One reply to `last` for the words of every message in `msgs`."""
+        """One reply to `last` for the words of every message in `msgs` (often just `last`)."""
         now = self._clock()
         if self.config.mark_read or self.config.typing_indicator:
             await self._mark_read(last)
@@ -314,11 +248,37 @@ class Pipeline:
             message_type=reply.kind.value,
             reply_to=last.id,
         )
-        await self._save(last, (*user_turns, bot_turn), turn_number=turn_number)
-        for msg in msgs:
-            await self.deduper.mark_done(msg.id, self.config.dedupe_ttl_s)
-        log_event(_log, "burst_answered", message_id=last.id, messages=len(msgs))
+        await self._save(last, (*user_turns, bot_turn), done=msgs, turn_number=turn_number)
+        if len(msgs) > 1:
+            log_event(_log, "burst_answered", message_id=last.id, messages=len(msgs))
         return TaskResult(Outcome.DONE, sent_id=sent.message_id, reply=reply)
+
+    async def _save(
+        self,
+        msg: InboundMessage,
+        turns: tuple[Turn, ...],
+        *,
+        done: Sequence[InboundMessage],
+        turn_number: int | None = None,
+    ) -> None:
+        """Append `turns` to `msg`'s session, then mark every wamid of `done` handled."""
+        meta = {"phone_number_id": msg.phone_number_id}
+        if msg.wa_id:
+            meta["wa_id"] = msg.wa_id
+        if msg.user_id:
+            meta["user_id"] = msg.user_id
+        if turn_number is not None:
+            meta["user_turns"] = str(turn_number)
+        await self.sessions.append(msg.conversation_key, turns, self.config.history_turns, meta)
+        log_event(
+            _log,
+            "session_saved",
+            message_id=msg.id,
+            conversation=_masked_key(msg.conversation_key),
+            turns_added=len(turns),
+        )
+        for handled in done:
+            await self.deduper.mark_done(handled.id, self.config.dedupe_ttl_s)
 
     async def _mark_read(self, msg: InboundMessage) -> None:
         try:
