@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -354,3 +355,19 @@ async def test_settings_reach_the_worker(make_settings: Callable[..., Settings])
     async with open_runtime(settings) as runtime:
         assert runtime.worker is not None
         assert (runtime.worker.coalesce_window_s, runtime.worker.coalesce_max) == (1.5, 4)
+
+
+async def test_a_burst_deferred_by_another_workers_claim_leaves_that_claim(
+    harness: Harness,
+) -> None:
+    """On a push queue, a live claim elsewhere defers the burst; the other claim stays held."""
+    first = tasks_of(text_message("wamid.C1", "one"), harness.t0)[0]
+    second = tasks_of(text_message("wamid.C2", "two"), harness.t0)[0]
+    assert await harness.deduper.claim("wamid.C2", 60) is ClaimResult.CLAIMED  # elsewhere
+    pipeline = dataclasses.replace(harness.pipeline.config, exclusive_queue=False)
+    harness.pipeline.config = pipeline
+    result = await harness.pipeline.process_batch([first, second])
+    assert result.outcome is Outcome.DEFER
+    assert harness.sender.callbacks() == []
+    assert await harness.deduper.claim("wamid.C2", 60) is ClaimResult.IN_PROGRESS
+    assert await harness.deduper.claim("wamid.C1", 60) is ClaimResult.CLAIMED  # ours released
