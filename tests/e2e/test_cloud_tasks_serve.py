@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -28,6 +24,7 @@ from pyloto_cli.adapters.deadletters.sqlite import SqliteDeadLetterStore
 from pyloto_cli.adapters.queue.cloud_tasks import TOKEN_HEADER
 from pyloto_cli.domain.webhook_split import split_webhook
 from pyloto_cli.web.signature import sign
+from tests.e2e.serve_process import ServeProcess
 from tests.fakes.graph_server import FakeGraphServer
 from tests.servers import CloudTasksQueueRef
 
@@ -36,13 +33,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.cloud_tasks]
 SECRET = "e2e-cloud-tasks-app-secret"
 TASKS_TOKEN = "e2e-tasks-token-0123456789abcdef0123"
 MAX_ATTEMPTS = 3
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def webhook(wamid: str, user: str, text: str = "Olá 😊") -> dict[str, Any]:
@@ -58,16 +48,11 @@ def webhook(wamid: str, user: str, text: str = "Olá 😊") -> dict[str, Any]:
     return {"object": "whatsapp_business_account", "entry": [{"id": "9001", "changes": [change]}]}
 
 
-class ServeProcess:
-    """`python -m pyloto_cli serve` on the Cloud Tasks backend, in its own working directory."""
-
-    def __init__(self, workdir: Path, graph_url: str, queue: CloudTasksQueueRef) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.workdir = workdir
-        self.log = workdir / "serve.log"
-        self.env = {
-            **os.environ,
+def cloud_tasks_serve(workdir: Path, graph_url: str, queue: CloudTasksQueueRef) -> ServeProcess:
+    """`pyloto serve` on the Cloud Tasks backend, the emulator pushing to its /tasks/process."""
+    serve = ServeProcess(
+        workdir,
+        {
             "PYLOTO_DATA_DIR": str(workdir / "data"),
             "WHATSAPP_APP_SECRET": SECRET,
             "WHATSAPP_VERIFY_TOKEN": "e2e-verify",
@@ -81,52 +66,13 @@ class ServeProcess:
             "CLOUDTASKS_PROJECT": queue.project,
             "CLOUDTASKS_LOCATION": queue.location,
             "CLOUDTASKS_QUEUE_NAME": queue.queue,
-            "CLOUDTASKS_HANDLER_URL": f"{self.url}/tasks/process",
             "PYLOTO_TASKS_TOKEN": TASKS_TOKEN,
             "PYLOTO_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
-            "PYLOTO_LOG_FORMAT": "json",
-            "PORT": str(self.port),
-        }
-        self.env.pop("CLOUDTASKS_SERVICE_ACCOUNT", None)
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def spawn(self) -> subprocess.Popen[bytes]:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        with self.log.open("ab") as out:
-            return subprocess.Popen(
-                [sys.executable, "-m", "pyloto_cli", "serve"],
-                env=self.env,
-                cwd=self.workdir,  # no stray .env is read
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    async def start(self) -> None:
-        self.proc = self.spawn()
-        deadline = time.monotonic() + 30
-        async with httpx.AsyncClient() as client:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    pytest.fail(f"pyloto serve exited: {self.log_tail()}")
-                try:
-                    if (await client.get(f"{self.url}/readyz")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.05)
-        pytest.fail(f"pyloto serve not ready: {self.log_tail()}")
-
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log.read_text(errors="replace")[-chars:]
-
-    def terminate(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        },
+    )
+    serve.env["CLOUDTASKS_HANDLER_URL"] = f"{serve.url}/tasks/process"
+    serve.env.pop("CLOUDTASKS_SERVICE_ACCOUNT", None)
+    return serve
 
 
 @pytest.fixture
@@ -139,7 +85,7 @@ async def graph() -> AsyncIterator[FakeGraphServer]:
 async def serve(
     graph: FakeGraphServer, cloud_tasks_queue: CloudTasksQueueRef, tmp_path: Path
 ) -> AsyncIterator[ServeProcess]:
-    process = ServeProcess(tmp_path / "serve", graph.url, cloud_tasks_queue)
+    process = cloud_tasks_serve(tmp_path / "serve", graph.url, cloud_tasks_queue)
     await process.start()
     try:
         yield process

@@ -8,7 +8,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pytest
 from pyloto_cli.firstrun import SECRETS_FILE, ensure_local_secrets
 from pyloto_cli.settings import Settings
 from pyloto_cli.web.signature import sign, verify_signature
+from tests.e2e.serve_process import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -32,13 +32,6 @@ def clean_env(**extra: str) -> dict[str, str]:
     env.pop("SESSION_STORE_BACKEND", None)
     env.pop("DEDUPE_BACKEND", None)
     return {**env, **extra}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_local_secrets_are_generated_once_and_reused(tmp_path: Path) -> None:

@@ -4,12 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +12,7 @@ import httpx
 import pytest
 
 from pyloto_cli.web.signature import sign
+from tests.e2e.serve_process import ServeProcess
 from tests.fakes.graph_server import FakeGraphServer
 
 pytestmark = pytest.mark.e2e
@@ -25,13 +20,6 @@ pytestmark = pytest.mark.e2e
 SECRET = "e2e-app-secret"
 TOTAL = 200
 USERS = 20
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def webhook_body(index: int) -> tuple[str, bytes]:
@@ -70,65 +58,18 @@ def webhook_body(index: int) -> tuple[str, bytes]:
     return wamid, json.dumps(payload).encode()
 
 
-class ServeProcess:
-    """`python -m pyloto_cli serve` on a free port with a fixed data dir."""
-
-    def __init__(self, data_dir: Path, graph_url: str, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "PYLOTO_DATA_DIR": str(data_dir),
-            "WHATSAPP_APP_SECRET": SECRET,
-            "WHATSAPP_VERIFY_TOKEN": "e2e-verify",
-            "WHATSAPP_ACCESS_TOKEN": "e2e-token",
-            "GRAPH_API_URL": graph_url,
-            "OPENAI_ENABLED": "false",
-            "PYLOTO_LOG_FORMAT": "json",
-            "PYLOTO_LEASE_SECONDS": "2",
-            "PYLOTO_RETRY_BASE_SECONDS": "0.1",
-            "PORT": str(self.port),
-        }
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def spawn(self) -> subprocess.Popen[bytes]:
-        with self.log.open("ab") as out:
-            return subprocess.Popen(
-                [sys.executable, "-m", "pyloto_cli", "serve"],
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    async def start(self) -> None:
-        self.proc = self.spawn()
-        deadline = time.monotonic() + 20
-        async with httpx.AsyncClient() as client:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    pytest.fail(f"pyloto serve exited: {self.log.read_text()[-2000:]}")
-                try:
-                    if (await client.get(f"{self.url}/readyz")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.05)
-        pytest.fail(f"pyloto serve not ready: {self.log.read_text()[-2000:]}")
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def terminate(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+def serve_env(data_dir: Path, graph_url: str) -> dict[str, str]:
+    """The settings these tests run `pyloto serve` with: dry LLM, fake Graph, short leases."""
+    return {
+        "PYLOTO_DATA_DIR": str(data_dir),
+        "WHATSAPP_APP_SECRET": SECRET,
+        "WHATSAPP_VERIFY_TOKEN": "e2e-verify",
+        "WHATSAPP_ACCESS_TOKEN": "e2e-token",
+        "GRAPH_API_URL": graph_url,
+        "OPENAI_ENABLED": "false",
+        "PYLOTO_LEASE_SECONDS": "2",
+        "PYLOTO_RETRY_BASE_SECONDS": "0.1",
+    }
 
 
 @pytest.fixture
@@ -163,7 +104,7 @@ async def test_kill9_mid_stream_loses_nothing_acknowledged(
     graph: FakeGraphServer, tmp_path: Path
 ) -> None:
     """200 signed webhooks, SIGKILL after 100, restart: every 200-acknowledged one is answered."""
-    serve = ServeProcess(tmp_path / "data", graph.url, tmp_path / "serve.log")
+    serve = ServeProcess(tmp_path, serve_env(tmp_path / "data", graph.url))
     acked: set[str] = set()
     unacked: list[tuple[str, bytes]] = []
     await serve.start()

@@ -5,36 +5,28 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.test_kill9 import ServeProcess, answered, post, webhook_body
+from tests.e2e.serve_process import ServeProcess
+from tests.e2e.test_kill9 import answered, post, serve_env, webhook_body
 from tests.fakes.graph_server import FakeGraphServer
 
 pytestmark = pytest.mark.e2e
 
 
-class WorkersServe(ServeProcess):
-    def spawn(self) -> subprocess.Popen[bytes]:
-        with self.log.open("ab") as out:
-            return subprocess.Popen(
-                [sys.executable, "-m", "pyloto_cli", "serve", "--workers", "2"],
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+def workers_serve(tmp_path: Path, graph_url: str) -> ServeProcess:
+    return ServeProcess(tmp_path, serve_env(tmp_path / "data", graph_url), ["--workers", "2"])
 
 
 async def test_two_worker_processes_answer_everything_once_in_order(tmp_path: Path) -> None:
     """120 webhooks over 20 conversations: each answered once, in order, by both workers."""
     async with FakeGraphServer() as graph:
         graph.delay_s = 0.01
-        serve = WorkersServe(tmp_path / "data", graph.url, tmp_path / "serve.log")
+        serve = workers_serve(tmp_path, graph.url)
         await serve.start()
         try:
             bodies = [webhook_body(i) for i in range(120)]
@@ -69,7 +61,7 @@ async def test_two_worker_processes_answer_everything_once_in_order(tmp_path: Pa
 async def test_worker_processes_stop_when_serve_is_killed(tmp_path: Path) -> None:
     """SIGKILL on the web process leaves no orphan worker processes behind."""
     async with FakeGraphServer() as graph:
-        serve = WorkersServe(tmp_path / "data", graph.url, tmp_path / "serve.log")
+        serve = workers_serve(tmp_path, graph.url)
         await serve.start()
         log = [json.loads(x) for x in serve.log.read_text().splitlines() if x.startswith("{")]
         [started] = [e for e in log if e["event"] == "workers_started"]

@@ -1,0 +1,81 @@
+"""`pyloto serve` as a real process for end-to-end tests: free port, own working directory."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ServeProcess:
+    """`python -m pyloto_cli serve [args]` in `workdir` (no stray `.env` is read), JSON logs in
+    `workdir/serve.log`. `env` adds to the environment; `url` is known before it starts."""
+
+    def __init__(self, workdir: Path, env: dict[str, str], args: Sequence[str] = ()) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.workdir = workdir
+        self.log = workdir / "serve.log"
+        self.args = tuple(args)
+        self.env = {**os.environ, "PYLOTO_LOG_FORMAT": "json", **env, "PORT": str(self.port)}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "pyloto_cli", "serve", *self.args],
+                env=self.env,
+                cwd=self.workdir,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    async def start(self, within_s: float = 30.0) -> None:
+        """Start it and wait until /readyz answers (or fail with the log's tail)."""
+        self.proc = self.spawn()
+        deadline = time.monotonic() + within_s
+        async with httpx.AsyncClient() as client:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    pytest.fail(f"pyloto serve exited: {self.log_tail()}")
+                try:
+                    if (await client.get(f"{self.url}/readyz")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.05)
+        pytest.fail(f"pyloto serve not ready: {self.log_tail()}")
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def terminate(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
