@@ -77,7 +77,7 @@ async def measure(total: int, sleep_s: float, concurrency: int, data_dir: Path) 
     async with open_runtime(settings) as runtime:
         if runtime.worker is None:
             raise SystemExit("this queue backend has no pull worker")
-        runtime.pipeline.responder = SleepingResponder(runtime.pipeline.responder, sleep_s)
+        runtime.processing.responder = SleepingResponder(runtime.processing.responder, sleep_s)
         for start in range(0, total, 500):
             tasks = [
                 t

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pyloto_cli import backends
@@ -23,8 +23,6 @@ from pyloto_cli.ports import (
     Deduper,
     MessageQueue,
     QueueAdmin,
-    Responder,
-    Sender,
     SessionStore,
     StatusStore,
     TaskSink,
@@ -48,19 +46,31 @@ class Runtime:
     admin: QueueAdmin | None
     sessions: SessionStore
     deduper: Deduper
-    responder: Responder
-    sender: Sender
     statuses: StatusStore
-    pipeline: Pipeline
+    # None in a process that only takes webhooks in (`serve --workers N`, `serve --no-worker`
+    # on a pull queue): it opens no LLM client and no Graph client
+    pipeline: Pipeline | None
     worker: Worker | None = None
     cloud_tasks: CloudTasksSink | None = None
     dead_letters: DeadLetterStore | None = None
     task_auth: TaskAuthenticator | None = None
+    wakers: list[Callable[[], None]] = field(default_factory=list)  # e.g. worker processes
+
+    @property
+    def processing(self) -> Pipeline:
+        """The pipeline; raises in a process that only takes webhooks in."""
+        if self.pipeline is None:
+            raise RuntimeError(
+                "this process only takes webhooks in (its worker runs elsewhere): no pipeline"
+            )
+        return self.pipeline
 
     def notify(self) -> None:
-        """Wake this process's worker after an enqueue."""
+        """Wake this process's worker, and any others registered, after an enqueue."""
         if self.worker is not None:
             self.worker.notify()
+        for wake in self.wakers:
+            wake()
 
     async def check_ready(self) -> dict[str, Any]:
         """Touch the queue and the stores; raises if one does not answer."""
@@ -104,19 +114,14 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         sessions = await backends.open_sessions(shared)
         deduper = await backends.open_deduper(shared)
         statuses = await backends.open_statuses(shared)
-        responder = await backends.open_responder(settings, stack)
-        sender = await backends.open_sender(settings, stack)
-        pipeline = Pipeline(
-            sessions=sessions,
-            deduper=deduper,
-            responder=responder,
-            sender=sender,
-            statuses=statuses,
-            config=pipeline_config(settings, exclusive_queue=parts.queue is not None),
-        )
         queue = parts.queue
+        pipeline = None
+        if queue is None or settings.worker_enabled:
+            pipeline = await _open_pipeline(
+                settings, stack, (sessions, deduper, statuses), exclusive_queue=queue is not None
+            )
         worker = None
-        if queue is not None:
+        if queue is not None and pipeline is not None:
             worker = Worker(
                 queue,
                 pipeline,
@@ -133,8 +138,8 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             queue=settings.queue_backend.value,
             sessions=settings.session_store_backend.value,
             dedupe=settings.dedupe_backend.value,
-            responder=type(responder).__name__,
-            sender=type(sender).__name__,
+            responder=None if pipeline is None else type(pipeline.responder).__name__,
+            sender=None if pipeline is None else type(pipeline.sender).__name__,
         )
         stack.callback(log_event, _log, "runtime_closed")  # runs last: everything is closed
         yield Runtime(
@@ -144,8 +149,6 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             admin=parts.admin,
             sessions=sessions,
             deduper=deduper,
-            responder=responder,
-            sender=sender,
             statuses=statuses,
             pipeline=pipeline,
             worker=worker,
@@ -153,6 +156,27 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             dead_letters=parts.dead_letters,
             task_auth=parts.task_auth,
         )
+
+
+async def _open_pipeline(
+    settings: Settings,
+    stack: contextlib.AsyncExitStack,
+    stores: tuple[SessionStore, Deduper, StatusStore],
+    *,
+    exclusive_queue: bool,
+) -> Pipeline:
+    """The LLM responder, the sender and the pipeline over them (what a worker needs)."""
+    sessions, deduper, statuses = stores
+    responder = await backends.open_responder(settings, stack)
+    sender = await backends.open_sender(settings, stack)
+    return Pipeline(
+        sessions=sessions,
+        deduper=deduper,
+        responder=responder,
+        sender=sender,
+        statuses=statuses,
+        config=pipeline_config(settings, exclusive_queue=exclusive_queue),
+    )
 
 
 @contextlib.asynccontextmanager

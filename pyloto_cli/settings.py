@@ -116,7 +116,10 @@ class Settings(BaseSettings):
     # --- Worker and queue policy -------------------------------------------------------------
     worker_enabled: bool = Field(True, validation_alias=_env("PYLOTO_WORKER_ENABLED"))
     workers: int = Field(0, ge=0, le=64, validation_alias=_env("PYLOTO_WORKERS"))
+    # set by `serve --workers N` for its children (see pyloto_cli.workers), not by users
     parent_pid: int | None = Field(None, validation_alias=_env("PYLOTO_PARENT_PID"))
+    ready_fd: int | None = Field(None, ge=0, validation_alias=_env("PYLOTO_READY_FD"))
+    wake_fd: int | None = Field(None, ge=0, validation_alias=_env("PYLOTO_WAKE_FD"))
     concurrency: int = Field(256, ge=1, le=10_000, validation_alias=_env("PYLOTO_CONCURRENCY"))
     lease_seconds: float = Field(30.0, gt=0, validation_alias=_env("PYLOTO_LEASE_SECONDS"))
     poll_interval: float = Field(0.05, gt=0, validation_alias=_env("PYLOTO_POLL_INTERVAL"))

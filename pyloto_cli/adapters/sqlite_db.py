@@ -11,6 +11,12 @@ survives both at a much higher commit cost. Automatic checkpoints are off (they 
 a commit, under a request): a second thread with its own connection runs a passive checkpoint
 every second while there are new commits. A passive checkpoint never takes the write lock, so
 the writer keeps committing while it copies pages, and no webhook waits for it.
+
+Several processes may share a file (`pyloto serve --workers N`). SQLite's own busy handler
+sleeps 1, 2, 5, 10, 15, 20, 25... ms between tries for another process's write lock, which is
+held for well under a millisecond here: those sleeps, not the lock, would be the wait. So the
+busy timeout is 0 and `BEGIN IMMEDIATE` is retried here after 50 us, doubling to 1 ms, for up
+to `busy_wait_s`.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import contextlib
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +39,29 @@ T = TypeVar("T")
 Operation = Callable[[sqlite3.Connection], T]
 
 _CHECKPOINT_EVERY_S = 1.0
+_BUSY_FIRST_SLEEP_S = 0.00005
+_BUSY_MAX_SLEEP_S = 0.001
+
+
+def is_busy(exc: BaseException) -> bool:
+    """Whether `exc` is SQLite's SQLITE_BUSY (another connection holds a lock we need)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.OperationalError) and code is not None and code & 0xFF == 5
+
+
+def begin(conn: sqlite3.Connection, statement: str, wait_s: float) -> None:
+    """Run `statement` (a BEGIN), retrying SQLITE_BUSY with short sleeps for up to `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    pause = _BUSY_FIRST_SLEEP_S
+    while True:
+        try:
+            conn.execute(statement)
+            return
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, _BUSY_MAX_SLEEP_S)
 
 
 @dataclass(slots=True)
@@ -61,11 +91,13 @@ class SqliteDatabase:
         synchronous: str = "NORMAL",
         schema: Sequence[str] = (),
         max_batch: int = 512,
+        busy_wait_s: float = 5.0,
     ) -> None:
         self.path = Path(path)
         self._synchronous = synchronous
         self._schema = tuple(schema)
         self._max_batch = max_batch
+        self._busy_wait_s = busy_wait_s
         self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
@@ -131,14 +163,14 @@ class SqliteDatabase:
     # --- the writer thread ---------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # timeout=0: no busy handler; `begin` waits for other processes' write locks
+        conn = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
+        begin(conn, "PRAGMA journal_mode=WAL", self._busy_wait_s)
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
         conn.execute("PRAGMA wal_autocheckpoint=0")
-        conn.execute("PRAGMA busy_timeout=5000")
         for statement in self._schema:
-            conn.execute(statement)
+            begin(conn, statement, self._busy_wait_s)
         return conn
 
     def _main(self, ready: asyncio.Future[None], loop: asyncio.AbstractEventLoop) -> None:
@@ -171,7 +203,9 @@ class SqliteDatabase:
     def _checkpoint_loop(self) -> None:
         """Passive checkpoints from a connection of its own, at most once a second."""
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(
+                self.path, timeout=0, isolation_level=None, check_same_thread=False
+            )
         except sqlite3.Error:
             return
         try:
@@ -204,7 +238,7 @@ class SqliteDatabase:
         outcomes: list[tuple[_Job[Any], Any, BaseException | None]] = []
         try:
             readonly = all(job.readonly for job in batch)
-            conn.execute("BEGIN" if readonly else "BEGIN IMMEDIATE")
+            begin(conn, "BEGIN" if readonly else "BEGIN IMMEDIATE", self._busy_wait_s)
             for job in batch:
                 conn.execute("SAVEPOINT op")
                 try:

@@ -17,7 +17,12 @@ from pyloto_cli.firstrun import LocalSetup, ensure_local_secrets
 from pyloto_cli.logs import configure_logging
 from pyloto_cli.settings import Settings
 from pyloto_cli.web.app import create_app
-from pyloto_cli.workers import stop_when_orphaned, worker_processes
+from pyloto_cli.workers import (
+    announce_ready,
+    listen_for_wakes,
+    stop_when_orphaned,
+    worker_processes,
+)
 
 _console = Console(stderr=True)
 
@@ -97,7 +102,8 @@ async def run_server(settings: Settings, host: str, port: int, children: int) ->
             access_log=False,
             timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
         )
-        with worker_processes(settings, children):
+        async with worker_processes(settings, children) as pool:
+            runtime.wakers.append(pool.wake)
             await uvicorn.Server(config).serve()
 
 
@@ -128,7 +134,12 @@ async def run_worker_process(settings: Settings) -> None:
                 raise typer.BadParameter(
                     "this queue backend pushes tasks; there is nothing to pull"
                 )
-            await runtime.worker.run(stop)
+            stop_listening = listen_for_wakes(loop, settings.wake_fd, runtime.notify)
+            announce_ready(settings.ready_fd)
+            try:
+                await runtime.worker.run(stop)
+            finally:
+                stop_listening()
     finally:
         watcher.cancel()
 
@@ -137,7 +148,7 @@ def worker() -> None:
     """Process the queue without serving HTTP (more workers on one queue)."""
     settings = Settings()
     configure_logging(settings.log_format, settings.log_level)
-    asyncio.run(run_worker_process(settings))
+    _run(run_worker_process(settings))
 
 
 def register(app: typer.Typer) -> None:

@@ -221,10 +221,10 @@ class Replayer:
         self.pipeline = Pipeline(
             sessions=runtime.sessions,
             deduper=runtime.deduper,
-            responder=_TimedResponder(runtime.responder, self._probe),
-            sender=_RecordingSender(runtime.sender, self._probe),
+            responder=_TimedResponder(runtime.processing.responder, self._probe),
+            sender=_RecordingSender(runtime.processing.sender, self._probe),
             statuses=runtime.statuses,
-            config=runtime.pipeline.config,
+            config=runtime.processing.config,
         )
 
     async def replay(self, request: Request) -> list[JsonObject]:

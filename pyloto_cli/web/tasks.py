@@ -57,7 +57,7 @@ async def process_pushed(request: Request) -> Response:
         log_event(_log, "task_dequeued", kind=task.kind.value, queue="cloud_tasks")
         started = time.perf_counter()
         last_error = request.headers.get(LAST_ERROR_HEADER.lower())
-        result = await runtime.pipeline.process(task, attempt, last_error)
+        result = await runtime.processing.process(task, attempt, last_error)
         duration_ms = round((time.perf_counter() - started) * 1000, 2)
         return await _settle(runtime, task, attempt, result, duration_ms)
 

@@ -277,7 +277,7 @@ class TestWiring:
         )
         assert settings.reply_cache is False
         async with open_runtime(settings) as runtime:
-            assert isinstance(runtime.responder, OfflineResponder)
+            assert isinstance(runtime.processing.responder, OfflineResponder)
 
     async def test_on_wraps_the_responder_and_the_pipeline_hits(
         self, make_settings: Callable[..., Settings]
@@ -292,13 +292,13 @@ class TestWiring:
             reply_cache_max_words=3,
         )
         async with open_runtime(settings) as runtime:
-            responder = runtime.responder
+            responder = runtime.processing.responder
             assert isinstance(responder, CachingResponder)
             assert isinstance(responder.inner, OfflineResponder)
             results = []
             for n, wa_id in enumerate(("15550000001", "15550000002")):
                 (task,) = split_webhook(text_payload(f"wamid.C{n}", wa_id, "Hello!"), 1.0)
-                results.append(await runtime.pipeline.process(task))
+                results.append(await runtime.processing.process(task))
         assert [r.outcome for r in results] == [Outcome.DONE, Outcome.DONE]
         first, second = (r.reply for r in results)
         assert first is not None

@@ -135,7 +135,7 @@ async def harness(make_settings: Callable[..., Settings]) -> AsyncIterator[Harne
         pipeline = Pipeline(
             sessions=opened.sessions,
             deduper=opened.deduper,
-            responder=opened.responder,
+            responder=opened.processing.responder,
             sender=sender,
             statuses=opened.statuses,
             config=pipeline_config(settings, exclusive_queue=False),
