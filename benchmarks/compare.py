@@ -35,8 +35,9 @@ from pyloto_cli.bench.compare import (
 )
 from pyloto_cli.bench.compare_table import comparison_table
 from pyloto_cli.bench.report import BenchReport
-from pyloto_cli.bench.runner import BenchConfig, loop_factory
+from pyloto_cli.bench.runner import BenchConfig
 from pyloto_cli.logs import configure_logging
+from pyloto_cli.loops import loop_factory
 
 __all__ = ["main", "webhooks"]
 

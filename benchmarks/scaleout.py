@@ -26,8 +26,8 @@ from rich.table import Table
 
 from pyloto_cli.bench import BenchConfig, BenchReport, run_bench
 from pyloto_cli.bench.compare_table import ratio
-from pyloto_cli.bench.runner import loop_factory
 from pyloto_cli.logs import configure_logging
+from pyloto_cli.loops import loop_factory
 
 Figure = tuple[str, Callable[[BenchReport], float | None]]
 FIGURES: tuple[Figure, ...] = (

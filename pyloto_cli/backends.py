@@ -8,7 +8,8 @@ embedded defaults need neither redis nor the Google clients installed.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyloto_cli.adapters.sqlite_db import SqliteDatabase
@@ -34,25 +35,48 @@ if TYPE_CHECKING:
 Stack = contextlib.AsyncExitStack
 
 
+class SqliteFiles:
+    """The SQLite files open in this process, by path: one `SqliteDatabase` (one writer thread,
+    one group commit) per file, however many runtimes use it.
+
+    `serve` runs its worker on a thread with its own event loop and its own runtime; that
+    runtime is given the web runtime's `SqliteFiles`, so both write queue.db and state.db
+    through the same writer threads (a `SqliteDatabase` serves callers on any loop). A file is
+    closed by the stack of the runtime that opened it, so the worker's runtime closes first.
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[Path, SqliteDatabase] = {}
+
+    async def open(self, path: Path, synchronous: str, stack: Stack) -> SqliteDatabase:
+        """The open database at `path`, opening it on `stack` if no runtime has yet."""
+        key = path  # both runtimes build it from the same settings.data_dir
+        db = self._open.get(key)
+        if db is None:
+            db = await stack.enter_async_context(SqliteDatabase(path, synchronous=synchronous))
+            self._open[key] = db
+            stack.callback(self._open.pop, key, None)  # runs before the close above
+        return db
+
+
 @dataclass(slots=True)
 class Shared:
-    """Connections several adapters share: one SQLite state file, one Redis, one Firestore."""
+    """Connections several adapters share: the SQLite files, one Redis, one Firestore."""
 
     settings: Settings
     stack: Stack
-    _state_db: SqliteDatabase | None = None
+    sqlite: SqliteFiles = field(default_factory=SqliteFiles)
     _redis: Any = None
     _firestore: Any = None
 
+    async def sqlite_db(self, name: str) -> SqliteDatabase:
+        """`<data_dir>/<name>`, opened once per process."""
+        synchronous = self.settings.sqlite_synchronous.value
+        return await self.sqlite.open(self.settings.data_dir / name, synchronous, self.stack)
+
     async def state_db(self) -> SqliteDatabase:
-        """`<data_dir>/state.db`: sessions and dedupe markers, one writer thread."""
-        if self._state_db is None:
-            db = SqliteDatabase(
-                self.settings.data_dir / "state.db",
-                synchronous=self.settings.sqlite_synchronous.value,
-            )
-            self._state_db = await self.stack.enter_async_context(db)
-        return self._state_db
+        """`<data_dir>/state.db`: sessions, dedupe markers, statuses, dead letters."""
+        return await self.sqlite_db("state.db")
 
     async def redis(self) -> Any:
         """One `redis.asyncio.Redis` for every Redis adapter (REDIS_URL)."""
@@ -106,9 +130,7 @@ async def open_queue(shared: Shared, policy: RetryPolicy) -> QueueParts:
         return await _open_cloud_tasks(shared)
     from pyloto_cli.adapters.queue.sqlite import SqliteMessageQueue
 
-    sqlite = SqliteMessageQueue(
-        settings.data_dir / "queue.db", policy, synchronous=settings.sqlite_synchronous.value
-    )
+    sqlite = SqliteMessageQueue(await shared.sqlite_db("queue.db"), policy)
     opened = await stack.enter_async_context(sqlite)
     return QueueParts(opened, opened, opened)
 

@@ -55,6 +55,7 @@ class Runtime:
     dead_letters: DeadLetterStore | None = None
     task_auth: TaskAuthenticator | None = None
     wakers: list[Callable[[], None]] = field(default_factory=list)  # e.g. worker processes
+    sqlite: backends.SqliteFiles = field(default_factory=backends.SqliteFiles)
 
     @property
     def processing(self) -> Pipeline:
@@ -106,10 +107,15 @@ def pipeline_config(settings: Settings, *, exclusive_queue: bool = True) -> Pipe
 
 
 @contextlib.asynccontextmanager
-async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
-    """Open every adapter the settings name; close them all on exit, in reverse order."""
+async def open_runtime(
+    settings: Settings, *, sqlite: backends.SqliteFiles | None = None
+) -> AsyncIterator[Runtime]:
+    """Open every adapter the settings name; close them all on exit, in reverse order.
+
+    `sqlite`: another runtime's open SQLite files, to share (see `backends.SqliteFiles`).
+    """
     async with contextlib.AsyncExitStack() as stack:
-        shared = backends.Shared(settings, stack)
+        shared = backends.Shared(settings, stack, sqlite or backends.SqliteFiles())
         parts = await backends.open_queue(shared, retry_policy(settings))
         sessions = await backends.open_sessions(shared)
         deduper = await backends.open_deduper(shared)
@@ -155,6 +161,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             cloud_tasks=parts.cloud_tasks,
             dead_letters=parts.dead_letters,
             task_auth=parts.task_auth,
+            sqlite=shared.sqlite,
         )
 
 

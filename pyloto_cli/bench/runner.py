@@ -15,7 +15,7 @@ import os
 import secrets
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -250,15 +250,6 @@ def _reply_cache(log: Path) -> ReplyCacheUsage:
             return reply_cache_usage(lines)
     except OSError:
         return ReplyCacheUsage(None)
-
-
-def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's loop for the load generator when it is installed (it is, with uvicorn[standard])."""
-    try:
-        import uvloop
-    except ImportError:  # e.g. Windows: the default loop
-        return None
-    return uvloop.new_event_loop
 
 
 def describe(config: BenchConfig) -> dict[str, Any]:

@@ -21,9 +21,9 @@ from pyloto_cli.bench.compare import (
     split_cpus,
 )
 from pyloto_cli.bench.compare_table import comparison_table
-from pyloto_cli.bench.runner import loop_factory
 from pyloto_cli.cli._boundary import EXIT_FAILURE, boundary, print_json
 from pyloto_cli.logs import configure_logging
+from pyloto_cli.loops import loop_factory
 
 
 class _Bars:

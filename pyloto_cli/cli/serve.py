@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Annotated, Any
 
 import typer
 import uvicorn
 from rich.console import Console
 
-from pyloto_cli.bootstrap import open_runtime, run_worker
+from pyloto_cli import loops
+from pyloto_cli.bootstrap import Runtime, open_runtime, run_worker
 from pyloto_cli.cli._boundary import boundary
 from pyloto_cli.firstrun import LocalSetup, ensure_local_secrets
 from pyloto_cli.logs import configure_logging
 from pyloto_cli.settings import Settings
 from pyloto_cli.web.app import create_app
+from pyloto_cli.worker_thread import threadable, worker_thread
 from pyloto_cli.workers import (
     announce_ready,
     listen_for_wakes,
@@ -89,9 +92,11 @@ def serve(
 async def run_server(settings: Settings, host: str, port: int, children: int) -> None:
     """Open the runtime first (a backend that cannot be reached is one clear error, before
     anything listens), then serve on it until a signal, with the worker(s) beside."""
+    threaded = threadable(settings)
+    web_settings = settings.model_copy(update={"worker_enabled": False}) if threaded else settings
     async with (
-        open_runtime(settings) as runtime,
-        run_worker(runtime, enabled=settings.worker_enabled),
+        open_runtime(web_settings) as runtime,
+        _in_process_worker(settings, runtime, threaded=threaded),
     ):
         config = uvicorn.Config(
             create_app(settings, runtime),
@@ -107,14 +112,22 @@ async def run_server(settings: Settings, host: str, port: int, children: int) ->
             await uvicorn.Server(config).serve()
 
 
+@contextlib.asynccontextmanager
+async def _in_process_worker(
+    settings: Settings, web: Runtime, *, threaded: bool
+) -> AsyncIterator[None]:
+    """The worker in this process: on its own thread, or on the web loop, or none."""
+    if threaded:
+        async with worker_thread(settings, web):
+            yield
+        return
+    async with run_worker(web, enabled=settings.worker_enabled):
+        yield
+
+
 def _run(main: Coroutine[Any, Any, None]) -> None:
     """Run on uvloop when it is installed (it comes with uvicorn[standard])."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvicorn[standard] brings it
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
+    loops.run(main)
 
 
 def _after_shutdown(signum: int, frame: object) -> None:

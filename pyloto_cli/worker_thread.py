@@ -1,0 +1,110 @@
+"""`pyloto serve`'s worker on a thread of its own, with its own event loop and runtime.
+
+On one event loop the webhook's 200 waits behind whatever the worker's callbacks are doing
+(parsing LLM answers, building payloads): tens of milliseconds in bursts. On its own thread the
+worker is preempted instead: a thread waiting for the GIL gets it within the switch interval,
+which `serve` sets to 1 ms (Python's default is 5 ms). The worker's runtime opens its own LLM
+and Graph clients, and Redis or Firestore clients when those are chosen (they belong to the
+loop that opened them), but shares the web runtime's SQLite files (`backends.SqliteFiles`): one
+writer thread and one group commit per file for both loops, and no lock contention between
+them. The web loop wakes the worker after each enqueue with `call_soon_threadsafe`.
+
+The memory queue belongs to one loop, so with it the worker stays on the web loop
+(`bootstrap.run_worker`), as it does with PYLOTO_WORKER_THREAD=false.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import sys
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from pyloto_cli import loops
+from pyloto_cli.bootstrap import Runtime, open_runtime
+from pyloto_cli.logs import get_logger, log_event
+from pyloto_cli.settings import QueueBackend, Settings
+
+_log = get_logger("worker")
+SWITCH_INTERVAL_S = 0.001
+
+
+@dataclass(frozen=True, slots=True)
+class _Running:
+    loop: asyncio.AbstractEventLoop
+    runtime: Runtime
+    stop: asyncio.Event
+
+
+def threadable(settings: Settings) -> bool:
+    """Whether `serve` runs its worker on a thread: on (PYLOTO_WORKER_THREAD) and a pull queue
+    other processes' loops could share too (SQLite, Redis), not one loop's memory queue."""
+    pulls_shared = settings.queue_backend in (QueueBackend.SQLITE, QueueBackend.REDIS)
+    return settings.worker_enabled and settings.worker_thread and pulls_shared
+
+
+def _thread_main(
+    settings: Settings, web: Runtime, started: concurrent.futures.Future[_Running]
+) -> None:
+    async def main() -> None:
+        stop = asyncio.Event()
+        async with open_runtime(settings, sqlite=web.sqlite) as runtime:
+            if runtime.worker is None:  # a push queue: serve does not start this thread
+                raise RuntimeError("no worker to run: the queue backend pushes tasks")
+            started.set_result(_Running(asyncio.get_running_loop(), runtime, stop))
+            await runtime.worker.run(stop)
+
+    try:
+        loops.run(main())
+    except BaseException as exc:  # reported to serve if it happened while starting
+        if not started.done():
+            started.set_exception(exc)
+            return
+        _log.exception("worker_failed", extra={"fields": {"error": type(exc).__name__}})
+
+
+@contextlib.asynccontextmanager
+async def worker_thread(settings: Settings, web: Runtime) -> AsyncIterator[None]:
+    """Run a worker on its own thread for the block; raises if its runtime cannot open.
+
+    `web` is the web loop's runtime: its SQLite files are shared, its `notify` wakes the
+    worker. The GIL switch interval is `SWITCH_INTERVAL_S` for the block.
+    """
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    try:
+        async with _running_thread(settings, web):
+            yield
+    finally:
+        sys.setswitchinterval(switch)
+
+
+@contextlib.asynccontextmanager
+async def _running_thread(settings: Settings, web: Runtime) -> AsyncIterator[None]:
+    started: concurrent.futures.Future[_Running] = concurrent.futures.Future()
+    thread = threading.Thread(
+        target=_thread_main, args=(settings, web, started), name="pyloto-worker", daemon=True
+    )
+    thread.start()
+    try:
+        running = await asyncio.wrap_future(started)
+    except BaseException:
+        await asyncio.to_thread(thread.join)
+        raise
+
+    def wake() -> None:
+        running.loop.call_soon_threadsafe(running.runtime.notify)
+
+    web.wakers.append(wake)
+    log_event(_log, "worker_started", logging.DEBUG, mode="thread")
+    try:
+        yield
+    finally:
+        web.wakers.remove(wake)
+        with contextlib.suppress(RuntimeError):  # the loop already ended (the worker failed)
+            running.loop.call_soon_threadsafe(running.stop.set)
+        await asyncio.to_thread(thread.join)
