@@ -48,6 +48,14 @@ class SqliteFiles:
     def __init__(self) -> None:
         self._open: dict[Path, SqliteDatabase] = {}
 
+    def paths(self) -> set[Path]:
+        """The files open now."""
+        return set(self._open)
+
+    def get(self, path: Path) -> SqliteDatabase | None:
+        """The open database at `path`, if any."""
+        return self._open.get(path)
+
     async def open(self, path: Path, synchronous: str, stack: Stack) -> SqliteDatabase:
         """The open database at `path`, opening it on `stack` if no runtime has yet."""
         key = path  # both runtimes build it from the same settings.data_dir

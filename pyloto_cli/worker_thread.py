@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from pyloto_cli import loops
 from pyloto_cli.bootstrap import Runtime, open_runtime
+from pyloto_cli.domain.errors import WorkerFailed
 from pyloto_cli.logs import get_logger, log_event
 from pyloto_cli.settings import QueueBackend, Settings
 
@@ -92,6 +93,9 @@ async def _running_thread(settings: Settings, web: Runtime) -> AsyncIterator[Non
     thread.start()
     try:
         running = await asyncio.wrap_future(started)
+    except Exception as exc:
+        await asyncio.to_thread(thread.join)
+        raise WorkerFailed(f"the worker could not start: {type(exc).__name__}: {exc}") from exc
     except BaseException:
         await asyncio.to_thread(thread.join)
         raise

@@ -29,7 +29,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from pyloto_cli.domain.errors import BackendUnavailable
+from pyloto_cli.domain.errors import WorkerFailed
 from pyloto_cli.logs import get_logger, log_event
 from pyloto_cli.settings import Settings
 
@@ -65,15 +65,13 @@ def _wait_ready(child: subprocess.Popen[bytes], ready_fd: int, timeout_s: float)
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise BackendUnavailable(
-                f"worker process {child.pid} was not ready after {timeout_s:.0f} s"
-            )
+            raise WorkerFailed(f"worker process {child.pid} was not ready after {timeout_s:.0f} s")
         readable, _, _ = select.select([ready_fd], [], [], min(left, 0.5))
         if readable and os.read(ready_fd, 1):
             return
         code = child.poll()
         if code is not None or readable:  # exited, or closed its end without a word
-            raise BackendUnavailable(
+            raise WorkerFailed(
                 f"worker process {child.pid} exited (code {child.wait()}) before it was ready;"
                 " its error is above"
             )

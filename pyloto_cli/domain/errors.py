@@ -83,3 +83,7 @@ class StaleLeaseError(PylotoError):
 
 class BackendUnavailable(PylotoError):
     """A queue or store could not be reached; the message names it and its address."""
+
+
+class WorkerFailed(PylotoError):
+    """A worker (thread or process) that `serve` runs could not start; the message says why."""

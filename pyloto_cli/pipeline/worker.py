@@ -31,6 +31,7 @@ from pyloto_cli.ports import MessageQueue
 
 _log = get_logger("worker")
 DEFAULT_DEFER_S = 60.0
+MAX_LEASE_BACKOFF_S = 5.0
 
 
 @dataclass(slots=True)
@@ -87,14 +88,40 @@ class Worker:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Work until `stop` is set, then wind down (grace period, then cancel)."""
+        """Work until `stop` is set, then wind down (grace period, then cancel).
+
+        A lease that fails (the queue's backend is down) is logged and tried again after a
+        backoff, up to `MAX_LEASE_BACKOFF_S`: the loop never ends on its own.
+        """
+        failures = 0
         try:
             while not stop.is_set():
-                leased = await self._lease_some()
+                self._wake.clear()  # before the lease: a wake during it is not lost
+                try:
+                    leased = await self._lease_some()
+                except Exception as exc:
+                    failures += 1
+                    await self._back_off(stop, exc, failures)
+                    continue
+                if failures:
+                    log_event(_log, "queue_lease_recovered", failures=failures)
+                    failures = 0
                 if not leased:
-                    await self._idle(stop)
+                    await self._idle(stop, self.poll_interval)
         finally:
             await self._wind_down()
+
+    async def _back_off(self, stop: asyncio.Event, exc: Exception, failures: int) -> None:
+        delay = min(self.poll_interval * 2**failures, MAX_LEASE_BACKOFF_S)
+        log_event(
+            _log,
+            "queue_lease_failed",
+            logging.WARNING,
+            error=f"{type(exc).__name__}: {exc}",
+            failures=failures,
+            retry_in_s=round(delay, 3),
+        )
+        await self._idle(stop, delay)
 
     async def drain(self, max_idle_polls: int = 2) -> WorkerStats:
         """Burst mode: process until the queue has nothing leasable, then return the counts."""
@@ -123,11 +150,10 @@ class Worker:
             task.add_done_callback(self._inflight.discard)
         return len(leased)
 
-    async def _idle(self, stop: asyncio.Event) -> None:
-        self._wake.clear()
+    async def _idle(self, stop: asyncio.Event, timeout_s: float) -> None:
         waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
         try:
-            await asyncio.wait(waiters, timeout=self.poll_interval, return_when="FIRST_COMPLETED")
+            await asyncio.wait(waiters, timeout=timeout_s, return_when="FIRST_COMPLETED")
         finally:
             for waiter in waiters:
                 waiter.cancel()

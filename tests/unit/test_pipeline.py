@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,12 +17,13 @@ from pyloto_cli.adapters.sessions.memory import MemorySessionStore
 from pyloto_cli.adapters.statuses.memory import MemoryStatusStore
 from pyloto_cli.domain.errors import (
     AmbiguousSendError,
+    BackendUnavailable,
     PermanentError,
     SendPaused,
     TransientError,
 )
 from pyloto_cli.domain.session import Role, Session, Turn
-from pyloto_cli.domain.task import JsonObject
+from pyloto_cli.domain.task import JsonObject, Leased
 from pyloto_cli.domain.webhook import split_webhook
 from pyloto_cli.pipeline.process import Pipeline, PipelineConfig
 from pyloto_cli.pipeline.retry import RetryPolicy
@@ -429,3 +431,108 @@ async def test_one_failing_message_of_three_never_resends_the_other_two(
     assert sorted(callback_ids(sender)) == ["wamid.W1", "wamid.W3"]
     assert failing["calls"] == 3  # retried up to max_attempts, alone
     assert [d.task.task_id for d in await harness.queue.dead_letters()] == ["wamid.W2"]
+
+
+class _WakeDuringLease(MemoryMessageQueue):
+    """Finds nothing on the first lease, and an enqueue (with its wake) lands meanwhile."""
+
+    def __init__(self, policy: RetryPolicy, on_first_lease: Callable[[], Any]) -> None:
+        super().__init__(policy)
+        self._on_first_lease: Callable[[], Any] | None = on_first_lease
+
+    async def lease(self, max_items: int, lease_s: float) -> list[Leased]:
+        if self._on_first_lease is not None:
+            hook, self._on_first_lease = self._on_first_lease, None
+            found = await super().lease(max_items, lease_s)
+            await hook()
+            return found
+        return await super().lease(max_items, lease_s)
+
+
+async def _run_until(worker: Worker, done: Callable[[], bool], within_s: float) -> None:
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        for _ in range(int(within_s / 0.01)):
+            if done():
+                return
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await running
+
+
+async def test_a_wake_during_an_empty_lease_is_not_lost(sender: RecordingSender) -> None:
+    """An enqueue (and its notify) that lands while a lease finds nothing is taken at once,
+    not at the next poll (30 s here)."""
+    policy = RetryPolicy(base_s=0.0, cap_s=0.0, jitter=0.0, max_attempts=3)
+    payload = webhook([message("wamid.wake", "oi")])
+    worker_box: list[Worker] = []
+
+    async def enqueue_and_wake() -> None:
+        await queue.enqueue(split_webhook(payload, 1767225600.0))
+        worker_box[0].notify()
+
+    async with (
+        _WakeDuringLease(policy, enqueue_and_wake) as queue,
+        MemorySessionStore() as sessions,
+        MemoryDeduper() as deduper,
+        MemoryStatusStore() as statuses,
+        OfflineResponder() as responder,
+    ):
+        pipeline = Pipeline(
+            sessions=sessions,
+            deduper=deduper,
+            responder=responder,
+            sender=sender,
+            statuses=statuses,
+            config=PipelineConfig(history_turns=50),
+        )
+        worker = Worker(queue, pipeline, poll_interval=30.0, grace_s=1.0)
+        worker_box.append(worker)
+        await _run_until(worker, lambda: bool(sender.sent), within_s=2.0)
+    assert callback_ids(sender) == ["wamid.wake"]
+
+
+class _DownThenUp(MemoryMessageQueue):
+    """Its backend is unreachable for the first `failures` leases."""
+
+    def __init__(self, policy: RetryPolicy, failures: int) -> None:
+        super().__init__(policy)
+        self.failures = failures
+
+    async def lease(self, max_items: int, lease_s: float) -> list[Leased]:
+        if self.failures > 0:
+            self.failures -= 1
+            raise BackendUnavailable("queue: connection refused (127.0.0.1:1)")
+        return await super().lease(max_items, lease_s)
+
+
+async def test_a_failing_lease_backs_off_and_the_worker_goes_on(
+    sender: RecordingSender, caplog: pytest.LogCaptureFixture
+) -> None:
+    policy = RetryPolicy(base_s=0.0, cap_s=0.0, jitter=0.0, max_attempts=3)
+    async with (
+        _DownThenUp(policy, failures=3) as queue,
+        MemorySessionStore() as sessions,
+        MemoryDeduper() as deduper,
+        MemoryStatusStore() as statuses,
+        OfflineResponder() as responder,
+    ):
+        await queue.enqueue(split_webhook(webhook([message("wamid.down", "oi")]), 1767225600.0))
+        pipeline = Pipeline(
+            sessions=sessions,
+            deduper=deduper,
+            responder=responder,
+            sender=sender,
+            statuses=statuses,
+            config=PipelineConfig(history_turns=50),
+        )
+        worker = Worker(queue, pipeline, poll_interval=0.01, grace_s=1.0)
+        with caplog.at_level("INFO"):
+            await _run_until(worker, lambda: bool(sender.sent), within_s=5.0)
+    assert callback_ids(sender) == ["wamid.down"]
+    assert queue.failures == 0
+    events = [record.getMessage() for record in caplog.records]
+    assert events.count("queue_lease_failed") == 3
+    assert "queue_lease_recovered" in events

@@ -1,0 +1,94 @@
+"""serve's worker on its own thread: it answers what the web loop stores, shares the SQLite
+files, and a worker that cannot start is one clear error."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pyloto_cli.bootstrap import open_runtime
+from pyloto_cli.domain.errors import PylotoError
+from pyloto_cli.domain.webhook import split_webhook
+from pyloto_cli.settings import Settings
+from pyloto_cli.worker_thread import SWITCH_INTERVAL_S, threadable, worker_thread
+from tests.conftest import load_fixture
+
+
+def _web(settings: Settings) -> Settings:
+    return settings.model_copy(update={"worker_enabled": False})
+
+
+async def test_the_thread_answers_what_the_web_loop_enqueued(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(poll_interval=30.0)  # only a wake can explain a fast answer
+    assert threadable(settings)
+    (task,) = split_webhook(load_fixture("webhooks/text.json"), time.time())
+    before = sys.getswitchinterval()
+    async with open_runtime(_web(settings)) as web:
+        assert web.pipeline is None  # the web loop opens no LLM client
+        assert web.worker is None
+        async with worker_thread(settings, web):
+            assert sys.getswitchinterval() == SWITCH_INTERVAL_S
+            result = await web.sink.enqueue([task])
+            assert result.enqueued == (task.task_id,)
+            web.notify()
+            for _ in range(200):
+                if await web.sessions.exists(task.conversation_key):
+                    break
+                await asyncio.sleep(0.01)
+            session = await web.sessions.load(task.conversation_key)
+            assert session is not None
+            assert [turn.role.value for turn in session.turns][-2:] == ["user", "assistant"]
+            assert web.admin is not None
+            stats = await web.admin.stats()
+            assert stats.depth == 0
+        assert sys.getswitchinterval() == before
+        assert web.sqlite.paths() == {
+            settings.data_dir / "queue.db",
+            settings.data_dir / "state.db",
+        }
+
+
+async def test_both_runtimes_write_through_one_database_per_file(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings()
+    async with open_runtime(_web(settings)) as web:
+        queue_db = web.sqlite.get(settings.data_dir / "queue.db")
+        async with open_runtime(settings, sqlite=web.sqlite) as worker:
+            assert worker.queue is not None
+            assert worker.queue is not web.queue
+            assert worker.sqlite.get(settings.data_dir / "queue.db") is queue_db
+        # the worker's runtime closed; the web runtime's files are still open and usable
+        assert web.admin is not None
+        assert (await web.admin.stats()).depth == 0
+
+
+async def test_a_worker_that_cannot_start_is_an_error_naming_why(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings(
+        openai_api_key="sk-test",
+        openai_base_url="http://127.0.0.1:9/v1",
+        prompts_dir=tmp_path / "missing",
+    )
+    async with open_runtime(_web(settings)) as web:
+        with pytest.raises(PylotoError, match=r"worker could not start.*PYLOTO_PROMPTS_DIR"):
+            async with worker_thread(settings, web):
+                pytest.fail("the block must not run")
+        assert web.wakers == []
+
+
+def test_memory_queues_and_push_queues_keep_the_worker_on_the_web_loop(
+    make_settings: Callable[..., Settings],
+) -> None:
+    assert not threadable(make_settings(queue_backend="memory"))
+    assert not threadable(make_settings(worker_thread=False))
+    assert not threadable(make_settings(worker_enabled=False))
+    assert threadable(make_settings(queue_backend="redis", redis_url="redis://127.0.0.1:1"))
