@@ -85,3 +85,46 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
     except (FileNotFoundError, IndexError):
         return False
+
+
+async def test_worker_processes_are_woken_by_the_web_process(tmp_path: Path) -> None:
+    """With a 30 s poll, only the web process's wake explains a reply within seconds."""
+    async with FakeGraphServer() as graph:
+        env = {**serve_env(tmp_path / "data", graph.url), "PYLOTO_POLL_INTERVAL": "30"}
+        serve = ServeProcess(tmp_path, env, ["--workers", "1"])
+        await serve.start()
+        try:
+            log = [json.loads(x) for x in serve.log.read_text().splitlines() if x.startswith("{")]
+            assert any(e["event"] == "workers_ready" for e in log)  # before /readyz answered
+            await asyncio.sleep(0.5)  # the worker's first poll found nothing: it now waits
+            wamid, body = webhook_body(1)
+            async with httpx.AsyncClient() as client:
+                assert await post(client, serve.url, body)
+            for _ in range(50):
+                if answered(graph)[wamid]:
+                    break
+                await asyncio.sleep(0.1)
+            assert answered(graph)[wamid] == 1
+        finally:
+            serve.terminate()
+
+
+@pytest.mark.parametrize("args", [["--workers", "1"], []], ids=["process", "thread"])
+async def test_a_worker_that_cannot_start_stops_serve(tmp_path: Path, args: list[str]) -> None:
+    """The web role needs no LLM client, the worker does: its failure must not leave a serve
+    that acks and never answers."""
+    env = {
+        **serve_env(tmp_path / "data", "http://127.0.0.1:9"),
+        "OPENAI_ENABLED": "true",
+        "OPENAI_API_KEY": "sk-e2e",
+        "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+        "PYLOTO_PROMPTS_DIR": str(tmp_path / "no-such-dir"),
+    }
+    serve = ServeProcess(tmp_path, env, args)
+    proc = serve.spawn()
+    code = await asyncio.to_thread(proc.wait, 60)
+    assert code == 1
+    text = serve.log_tail(20_000)
+    assert "error:" in text
+    assert "WorkerFailed" in text
+    assert ("before it was ready" in text) if args else ("PYLOTO_PROMPTS_DIR" in text)

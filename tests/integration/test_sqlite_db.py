@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from pyloto_cli.adapters.sqlite_db import SqliteDatabase
+from pyloto_cli.adapters.sqlite_db import SqliteDatabase, begin, is_busy
 from pyloto_cli.domain.errors import BackendUnavailable
 
 SCHEMA = ("CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY, v TEXT)",)
@@ -79,3 +80,33 @@ async def test_readonly_operations_do_not_wait_for_another_writer(tmp_path: Path
             other.execute("COMMIT")
         finally:
             other.close()
+
+
+def test_begin_waits_for_another_connections_write_lock_then_gives_up(tmp_path: Path) -> None:
+    """SQLite's busy handler is off (timeout=0); `begin` retries SQLITE_BUSY itself."""
+    path = tmp_path / "busy.db"
+    holder = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        holder.execute("PRAGMA journal_mode=WAL")
+        holder.execute("CREATE TABLE t (x)")
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.OperationalError) as raised:
+            other.execute("BEGIN IMMEDIATE")  # no busy handler: refused at once
+        assert is_busy(raised.value)
+        release = threading.Timer(0.05, lambda: holder.execute("COMMIT"))
+        release.start()
+        started = time.monotonic()
+        begin(other, "BEGIN IMMEDIATE", 5.0)  # waits for the holder's commit
+        assert time.monotonic() - started >= 0.04
+        other.execute("INSERT INTO t VALUES (1)")
+        other.execute("COMMIT")
+        release.join()
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            begin(other, "BEGIN IMMEDIATE", 0.05)  # never released: it gives up
+        holder.execute("ROLLBACK")
+        assert other.execute("SELECT COUNT(*) FROM t").fetchone() == (1,)
+    finally:
+        holder.close()
+        other.close()
