@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from collections.abc import AsyncIterator, Coroutine
 from typing import Annotated, Any
@@ -98,6 +99,7 @@ async def run_server(settings: Settings, host: str, port: int, children: int) ->
         open_runtime(web_settings) as runtime,
         _in_process_worker(settings, runtime, threaded=threaded),
     ):
+        _freeze_startup_objects()
         config = uvicorn.Config(
             create_app(settings, runtime),
             host=host,
@@ -125,6 +127,14 @@ async def _in_process_worker(
         yield
 
 
+def _freeze_startup_objects() -> None:
+    """Leave what start-up made (modules, clients, prompts: most of the heap) out of every
+    later garbage collection: a full collection then walks only what the traffic made, instead
+    of holding the GIL for tens of milliseconds while acks wait."""
+    gc.collect()
+    gc.freeze()
+
+
 def _run(main: Coroutine[Any, Any, None]) -> None:
     """Run on uvloop when it is installed (it comes with uvicorn[standard])."""
     loops.run(main)
@@ -147,6 +157,7 @@ async def run_worker_process(settings: Settings) -> None:
                 raise typer.BadParameter(
                     "this queue backend pushes tasks; there is nothing to pull"
                 )
+            _freeze_startup_objects()
             stop_listening = listen_for_wakes(loop, settings.wake_fd, runtime.notify)
             announce_ready(settings.ready_fd)
             try:
