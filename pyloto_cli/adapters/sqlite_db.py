@@ -81,6 +81,31 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_result(result)
 
 
+_Outcome = tuple[_Job[Any], Any, BaseException | None]
+
+
+def _settle_all(outcomes: list[_Outcome]) -> None:
+    for job, result, error in outcomes:
+        _settle(job.future, result, error)
+
+
+def _run_one(conn: sqlite3.Connection, job: _Job[Any]) -> _Outcome:
+    try:
+        return job, job.op(conn), None
+    except Exception as exc:  # the caller gets it
+        return job, None, exc
+
+
+def _run_isolated(conn: sqlite3.Connection, job: _Job[Any]) -> _Outcome:
+    """`job` inside its own SAVEPOINT: its failure undoes only its own writes."""
+    conn.execute("SAVEPOINT op")
+    outcome = _run_one(conn, job)
+    if outcome[2] is not None:
+        conn.execute("ROLLBACK TO op")
+    conn.execute("RELEASE op")
+    return outcome
+
+
 class SqliteDatabase:
     """An async front for one SQLite file: `await db.run(op)` runs `op(conn)` and commits."""
 
@@ -235,30 +260,27 @@ class SqliteDatabase:
         return batch, False
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> None:
-        outcomes: list[tuple[_Job[Any], Any, BaseException | None]] = []
+        outcomes: list[_Outcome]
         try:
             readonly = all(job.readonly for job in batch)
             begin(conn, "BEGIN" if readonly else "BEGIN IMMEDIATE", self._busy_wait_s)
-            for job in batch:
-                conn.execute("SAVEPOINT op")
-                try:
-                    result = job.op(conn)
-                except Exception as exc:  # the caller gets it; the batch goes on
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    outcomes.append((job, None, exc))
-                else:
-                    conn.execute("RELEASE op")
-                    outcomes.append((job, result, None))
-            conn.execute("COMMIT")
+            if len(batch) == 1:  # nothing to isolate it from: its failure rolls back
+                outcomes = [_run_one(conn, batch[0])]
+                conn.execute("ROLLBACK" if outcomes[0][2] is not None else "COMMIT")
+            else:
+                outcomes = [_run_isolated(conn, job) for job in batch]
+                conn.execute("COMMIT")
             self.commits += 1
         except sqlite3.Error as exc:  # the commit itself failed: nobody's write is durable
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             outcomes = [(job, None, exc) for job in batch]
-        for job, result, error in outcomes:
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+        for outcome in outcomes:  # one wake-up per caller loop, not one per operation
+            by_loop.setdefault(outcome[0].loop, []).append(outcome)
+        for loop, settled in by_loop.items():
             with contextlib.suppress(RuntimeError):  # the caller's loop is gone
-                job.loop.call_soon_threadsafe(_settle, job.future, result, error)
+                loop.call_soon_threadsafe(_settle_all, settled)
 
     @staticmethod
     def _checkpoint(conn: sqlite3.Connection) -> None:

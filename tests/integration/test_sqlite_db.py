@@ -33,6 +33,27 @@ async def test_one_failing_operation_does_not_undo_its_batch(tmp_path: Path) -> 
     assert rows == ["a", "b", "c"]
 
 
+async def test_an_operation_that_fails_undoes_its_own_writes(tmp_path: Path) -> None:
+    """Alone in its transaction or in a batch, a failing operation leaves nothing behind."""
+
+    def write_then_fail(key: str) -> Callable[[sqlite3.Connection], object]:
+        def op(conn: sqlite3.Connection) -> object:
+            conn.execute("INSERT INTO t VALUES (?, 'x')", (key,))
+            raise ValueError(f"{key} failed after writing")
+
+        return op
+
+    async with SqliteDatabase(tmp_path / "db.sqlite", schema=SCHEMA) as db:
+        with pytest.raises(ValueError, match="alone failed"):
+            await db.run(write_then_fail("alone"))
+        results = await asyncio.gather(
+            db.run(insert("b")), db.run(write_then_fail("batched")), return_exceptions=True
+        )
+        assert isinstance(results[1], ValueError)
+        rows = await db.run(lambda conn: [r[0] for r in conn.execute("SELECT k FROM t ORDER BY k")])
+    assert rows == ["b"]
+
+
 async def test_wal_is_checkpointed_in_the_background(tmp_path: Path) -> None:
     """Committed frames reach the main file without any caller running a checkpoint."""
     path = tmp_path / "db.sqlite"
