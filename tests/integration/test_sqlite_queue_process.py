@@ -163,3 +163,29 @@ def test_unknown_synchronous_setting_is_refused(tmp_path: Path) -> None:
     """Only real pragma values reach the SQL."""
     with pytest.raises(ValueError, match="synchronous"):
         SqliteMessageQueue(tmp_path / "q.db", RetryPolicy(), synchronous="OFF; DROP TABLE x")
+
+
+async def test_an_idle_poll_does_not_wait_for_another_process_writing(
+    queue: SqliteMessageQueue, tmp_path: Path
+) -> None:
+    """Another process holds the write lock: a poll that finds nothing answers at once (its
+    look is lock-free), while a poll with work waits for the lock and then leases."""
+    other = sqlite3.connect(tmp_path / "queue.db", timeout=0, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        assert await asyncio.wait_for(queue.lease(10, LEASE_S), 1.0) == []
+        other.execute("COMMIT")
+        await queue.enqueue([make_task("a", "c1"), make_task("b", "c2")])
+        assert ids(await queue.lease(1, LEASE_S)) == ["a"]
+        other.execute("BEGIN IMMEDIATE")
+        leasing = asyncio.create_task(queue.lease(10, LEASE_S))
+        await asyncio.sleep(0.1)
+        assert not leasing.done()  # it found work last time: it went straight for the lock
+        other.execute("COMMIT")
+        assert ids(await asyncio.wait_for(leasing, 2.0)) == ["b"]
+        assert await asyncio.wait_for(queue.lease(10, LEASE_S), 1.0) == []
+        other.execute("BEGIN IMMEDIATE")  # and after a lease found nothing, it looks first
+        assert await asyncio.wait_for(queue.lease(10, LEASE_S), 1.0) == []
+        other.execute("COMMIT")
+    finally:
+        other.close()

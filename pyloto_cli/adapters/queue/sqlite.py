@@ -252,6 +252,7 @@ class SqliteMessageQueue:
             source, synchronous=synchronous.upper(), schema=_create_schema, role="queue"
         )
         self.db = self._sql.db
+        self._found_work = False  # the last lease found something
 
     @property
     def path(self) -> Path:
@@ -290,10 +291,15 @@ class SqliteMessageQueue:
         if max_items <= 0:
             return []
         now = self._clock()
-        # a lock-free look first: an idle poll never takes the write lock other processes need
-        if not await self._run(lambda conn: _any_leasable(conn, now), readonly=True):
+        # a lock-free look first, unless the last lease found work (then this one likely will
+        # too, and the look would be one more round trip): an idle poll never takes the write
+        # lock other processes need
+        if not self._found_work and not await self._run(
+            lambda conn: _any_leasable(conn, now), readonly=True
+        ):
             return []
         leased, retaken = await self._run(lambda conn: _lease(conn, max_items, lease_s, now))
+        self._found_work = bool(leased)
         for lease in retaken:  # a worker died or stalled past its lease
             log_event(
                 _log,
