@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -111,11 +112,12 @@ def sender() -> RecordingSender:
     return RecordingSender()
 
 
-@pytest.fixture
-async def harness(sender: RecordingSender) -> AsyncIterator[Harness]:
-    policy = RetryPolicy(base_s=0.0, cap_s=0.0, jitter=0.0, max_attempts=3)
+@contextlib.asynccontextmanager
+async def worker_on(
+    queue: MemoryMessageQueue, sender: RecordingSender, **options: Any
+) -> AsyncIterator[Harness]:
+    """A worker over `queue` with memory stores, the offline responder and `sender`."""
     async with (
-        MemoryMessageQueue(policy) as queue,
         MemorySessionStore() as sessions,
         MemoryDeduper() as deduper,
         MemoryStatusStore() as statuses,
@@ -129,8 +131,18 @@ async def harness(sender: RecordingSender) -> AsyncIterator[Harness]:
             statuses=statuses,
             config=PipelineConfig(history_turns=50),
         )
-        worker = Worker(queue, pipeline, concurrency=8, poll_interval=0.001)
+        worker = Worker(queue, pipeline, **options)
         yield Harness(queue, sessions, deduper, statuses, sender, worker)
+
+
+@pytest.fixture
+async def harness(sender: RecordingSender) -> AsyncIterator[Harness]:
+    policy = RetryPolicy(base_s=0.0, cap_s=0.0, jitter=0.0, max_attempts=3)
+    async with (
+        MemoryMessageQueue(policy) as queue,
+        worker_on(queue, sender, concurrency=8, poll_interval=0.001) as harness,
+    ):
+        yield harness
 
 
 def callback_ids(sender: RecordingSender) -> list[str]:
@@ -475,22 +487,10 @@ async def test_a_wake_during_an_empty_lease_is_not_lost(sender: RecordingSender)
 
     async with (
         _WakeDuringLease(policy, enqueue_and_wake) as queue,
-        MemorySessionStore() as sessions,
-        MemoryDeduper() as deduper,
-        MemoryStatusStore() as statuses,
-        OfflineResponder() as responder,
+        worker_on(queue, sender, poll_interval=30.0, grace_s=1.0) as harness,
     ):
-        pipeline = Pipeline(
-            sessions=sessions,
-            deduper=deduper,
-            responder=responder,
-            sender=sender,
-            statuses=statuses,
-            config=PipelineConfig(history_turns=50),
-        )
-        worker = Worker(queue, pipeline, poll_interval=30.0, grace_s=1.0)
-        worker_box.append(worker)
-        await _run_until(worker, lambda: bool(sender.sent), within_s=2.0)
+        worker_box.append(harness.worker)
+        await _run_until(harness.worker, lambda: bool(sender.sent), within_s=2.0)
     assert callback_ids(sender) == ["wamid.wake"]
 
 
@@ -514,23 +514,11 @@ async def test_a_failing_lease_backs_off_and_the_worker_goes_on(
     policy = RetryPolicy(base_s=0.0, cap_s=0.0, jitter=0.0, max_attempts=3)
     async with (
         _DownThenUp(policy, failures=3) as queue,
-        MemorySessionStore() as sessions,
-        MemoryDeduper() as deduper,
-        MemoryStatusStore() as statuses,
-        OfflineResponder() as responder,
+        worker_on(queue, sender, poll_interval=0.01, grace_s=1.0) as harness,
     ):
         await queue.enqueue(split_webhook(webhook([message("wamid.down", "oi")]), 1767225600.0))
-        pipeline = Pipeline(
-            sessions=sessions,
-            deduper=deduper,
-            responder=responder,
-            sender=sender,
-            statuses=statuses,
-            config=PipelineConfig(history_turns=50),
-        )
-        worker = Worker(queue, pipeline, poll_interval=0.01, grace_s=1.0)
         with caplog.at_level("INFO"):
-            await _run_until(worker, lambda: bool(sender.sent), within_s=5.0)
+            await _run_until(harness.worker, lambda: bool(sender.sent), within_s=5.0)
     assert callback_ids(sender) == ["wamid.down"]
     assert queue.failures == 0
     events = [record.getMessage() for record in caplog.records]
