@@ -21,7 +21,7 @@ import contextlib
 import logging
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from pyloto_cli import loops
@@ -49,7 +49,10 @@ def threadable(settings: Settings) -> bool:
 
 
 def _thread_main(
-    settings: Settings, web: Runtime, started: concurrent.futures.Future[_Running]
+    settings: Settings,
+    web: Runtime,
+    started: concurrent.futures.Future[_Running],
+    on_failure: Callable[[], None],
 ) -> None:
     async def main() -> None:
         stop = asyncio.Event()
@@ -66,29 +69,39 @@ def _thread_main(
             started.set_exception(exc)
             return
         _log.exception("worker_failed", extra={"fields": {"error": type(exc).__name__}})
+        on_failure()  # a web role that acks and never answers must not go on
 
 
 @contextlib.asynccontextmanager
-async def worker_thread(settings: Settings, web: Runtime) -> AsyncIterator[None]:
+async def worker_thread(
+    settings: Settings, web: Runtime, on_failure: Callable[[], None]
+) -> AsyncIterator[None]:
     """Run a worker on its own thread for the block; raises if its runtime cannot open.
 
     `web` is the web loop's runtime: its SQLite files are shared, its `notify` wakes the
-    worker. The GIL switch interval is `SWITCH_INTERVAL_S` for the block.
+    worker. `on_failure` is called (from the worker's thread) if the worker ends by an error
+    after it started; `serve` stops itself then. The GIL switch interval is
+    `SWITCH_INTERVAL_S` for the block.
     """
     switch = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
-        async with _running_thread(settings, web):
+        async with _running_thread(settings, web, on_failure):
             yield
     finally:
         sys.setswitchinterval(switch)
 
 
 @contextlib.asynccontextmanager
-async def _running_thread(settings: Settings, web: Runtime) -> AsyncIterator[None]:
+async def _running_thread(
+    settings: Settings, web: Runtime, on_failure: Callable[[], None]
+) -> AsyncIterator[None]:
     started: concurrent.futures.Future[_Running] = concurrent.futures.Future()
     thread = threading.Thread(
-        target=_thread_main, args=(settings, web, started), name="pyloto-worker", daemon=True
+        target=_thread_main,
+        args=(settings, web, started, on_failure),
+        name="pyloto-worker",
+        daemon=True,
     )
     thread.start()
     try:
@@ -101,7 +114,8 @@ async def _running_thread(settings: Settings, web: Runtime) -> AsyncIterator[Non
         raise
 
     def wake() -> None:
-        running.loop.call_soon_threadsafe(running.runtime.notify)
+        with contextlib.suppress(RuntimeError):  # its loop ended: the worker failed
+            running.loop.call_soon_threadsafe(running.runtime.notify)
 
     web.wakers.append(wake)
     log_event(_log, "worker_started", logging.DEBUG, mode="thread")

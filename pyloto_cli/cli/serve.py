@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import signal
 from collections.abc import AsyncIterator, Coroutine
 from typing import Annotated, Any
@@ -120,11 +121,17 @@ async def _in_process_worker(
 ) -> AsyncIterator[None]:
     """The worker in this process: on its own thread, or on the web loop, or none."""
     if threaded:
-        async with worker_thread(settings, web):
+        async with worker_thread(settings, web, on_failure=_stop_serving):
             yield
         return
     async with run_worker(web, enabled=settings.worker_enabled):
         yield
+
+
+def _stop_serving() -> None:
+    """The worker thread failed: stop as on SIGTERM (uvicorn shuts down gracefully) so that a
+    supervisor restarts a process that works, instead of one that acks and never answers."""
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _freeze_startup_objects() -> None:

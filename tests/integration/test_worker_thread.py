@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,9 +15,14 @@ import pytest
 from pyloto_cli.bootstrap import open_runtime
 from pyloto_cli.domain.errors import PylotoError
 from pyloto_cli.domain.webhook import split_webhook
+from pyloto_cli.pipeline.worker import Worker
 from pyloto_cli.settings import Settings
 from pyloto_cli.worker_thread import SWITCH_INTERVAL_S, threadable, worker_thread
 from tests.conftest import load_fixture
+
+
+def _unexpected() -> None:
+    pytest.fail("the worker failed")
 
 
 def _web(settings: Settings) -> Settings:
@@ -33,7 +39,7 @@ async def test_the_thread_answers_what_the_web_loop_enqueued(
     async with open_runtime(_web(settings)) as web:
         assert web.pipeline is None  # the web loop opens no LLM client
         assert web.worker is None
-        async with worker_thread(settings, web):
+        async with worker_thread(settings, web, on_failure=_unexpected):
             assert sys.getswitchinterval() == SWITCH_INTERVAL_S
             result = await web.sink.enqueue([task])
             assert result.enqueued == (task.task_id,)
@@ -80,7 +86,7 @@ async def test_a_worker_that_cannot_start_is_an_error_naming_why(
     )
     async with open_runtime(_web(settings)) as web:
         with pytest.raises(PylotoError, match=r"worker could not start.*PYLOTO_PROMPTS_DIR"):
-            async with worker_thread(settings, web):
+            async with worker_thread(settings, web, on_failure=_unexpected):
                 pytest.fail("the block must not run")
         assert web.wakers == []
 
@@ -92,3 +98,23 @@ def test_memory_queues_and_push_queues_keep_the_worker_on_the_web_loop(
     assert not threadable(make_settings(worker_thread=False))
     assert not threadable(make_settings(worker_enabled=False))
     assert threadable(make_settings(queue_backend="redis", redis_url="redis://127.0.0.1:1"))
+
+
+async def test_a_worker_that_fails_after_starting_calls_on_failure(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """serve stops itself then (SIGTERM to itself): it must not ack what nobody answers."""
+
+    async def broken_run(self: Worker, stop: asyncio.Event) -> None:
+        raise RuntimeError("a bug in the worker loop")
+
+    monkeypatch.setattr(Worker, "run", broken_run)
+    settings = make_settings()
+    failed = threading.Event()
+    async with (
+        open_runtime(_web(settings)) as web,
+        worker_thread(settings, web, on_failure=failed.set),
+    ):
+        assert await asyncio.to_thread(failed.wait, 5.0)
+        web.notify()  # the worker's loop is gone: waking it is a no-op, not an error
+    assert web.wakers == []
