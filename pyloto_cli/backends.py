@@ -131,7 +131,7 @@ async def open_queue(shared: Shared, policy: RetryPolicy) -> QueueParts:
     if backend is QueueBackend.REDIS:
         from pyloto_cli.adapters.queue.redis_streams import RedisStreamsQueue
 
-        streams = RedisStreamsQueue(await shared.redis(), policy)
+        streams = RedisStreamsQueue(await shared.redis(), policy, prefix=settings.redis_prefix)
         redis_queue = await stack.enter_async_context(streams)
         return QueueParts(redis_queue, redis_queue, redis_queue)
     if backend is QueueBackend.CLOUD_TASKS:
@@ -167,7 +167,9 @@ async def open_dead_letters(shared: Shared) -> DeadLetterStore:
     if backend is StoreBackend.REDIS:
         from pyloto_cli.adapters.deadletters.redis import RedisDeadLetterStore
 
-        redis_store = RedisDeadLetterStore(await shared.redis())
+        redis_store = RedisDeadLetterStore(
+            await shared.redis(), prefix=shared.settings.redis_prefix
+        )
         return await shared.stack.enter_async_context(redis_store)
     if backend is StoreBackend.SQLITE:
         from pyloto_cli.adapters.deadletters.sqlite import SqliteDeadLetterStore
@@ -189,7 +191,9 @@ async def open_sessions(shared: Shared) -> SessionStore:
     if backend is StoreBackend.REDIS:
         from pyloto_cli.adapters.sessions.redis import RedisSessionStore
 
-        return await stack.enter_async_context(RedisSessionStore(await shared.redis()))
+        return await stack.enter_async_context(
+            RedisSessionStore(await shared.redis(), prefix=shared.settings.redis_prefix)
+        )
     if backend is StoreBackend.FIRESTORE:
         from pyloto_cli.adapters.sessions.firestore import FirestoreSessionStore
 
@@ -210,7 +214,9 @@ async def open_deduper(shared: Shared) -> Deduper:
     if backend is StoreBackend.REDIS:
         from pyloto_cli.adapters.dedupe.redis import RedisDeduper
 
-        return await stack.enter_async_context(RedisDeduper(await shared.redis()))
+        return await stack.enter_async_context(
+            RedisDeduper(await shared.redis(), prefix=shared.settings.redis_prefix)
+        )
     if backend is StoreBackend.FIRESTORE:
         from pyloto_cli.adapters.dedupe.firestore import FirestoreDeduper
 

@@ -96,6 +96,10 @@ class Settings(BaseSettings):
         SqliteSync.NORMAL, validation_alias=_env("PYLOTO_SQLITE_SYNCHRONOUS")
     )
     redis_url: str | None = Field(None, validation_alias=_env("REDIS_URL"))
+    # every key pyloto writes starts with it: two deployments can share one Redis
+    redis_prefix: str = Field(
+        "pyloto:", min_length=1, pattern=r"^[^\s{}]+$", validation_alias=_env("PYLOTO_REDIS_PREFIX")
+    )
     google_cloud_project: str | None = Field(None, validation_alias=_env("GOOGLE_CLOUD_PROJECT"))
     cloudtasks_project: str | None = Field(None, validation_alias=_env("CLOUDTASKS_PROJECT"))
     cloudtasks_location: str = Field("us-central1", validation_alias=_env("CLOUDTASKS_LOCATION"))
