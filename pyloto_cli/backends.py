@@ -228,23 +228,27 @@ async def open_deduper(shared: Shared) -> Deduper:
 
 
 async def open_statuses(shared: Shared) -> StatusStore:
-    """Delivery statuses: in memory with the memory session store, else in SQLite (the shared
-    state file with the SQLite sessions, a file of their own beside Redis or Firestore).
+    """Delivery statuses beside the sessions: in memory with the memory store, in Redis with
+    Redis sessions, in SQLite otherwise (state.db with the SQLite sessions; a file of this
+    host's own beside Firestore sessions).
 
     Statuses are high-volume and append-only; they stay out of the session documents.
     """
-    backend = shared.settings.session_store_backend
+    settings, stack = shared.settings, shared.stack
+    backend = settings.session_store_backend
     if backend is StoreBackend.MEMORY:
         from pyloto_cli.adapters.statuses.memory import MemoryStatusStore
 
-        return await shared.stack.enter_async_context(MemoryStatusStore())
+        return await stack.enter_async_context(MemoryStatusStore())
+    if backend is StoreBackend.REDIS:
+        from pyloto_cli.adapters.statuses.redis import RedisStatusStore
+
+        redis = RedisStatusStore(await shared.redis(), prefix=settings.redis_prefix)
+        return await stack.enter_async_context(redis)
     from pyloto_cli.adapters.statuses.sqlite import SqliteStatusStore
 
-    if backend is StoreBackend.SQLITE:
-        store = SqliteStatusStore(await shared.state_db())
-    else:
-        store = SqliteStatusStore.from_settings(shared.settings)
-    return await shared.stack.enter_async_context(store)
+    name = "state.db" if backend is StoreBackend.SQLITE else "statuses.sqlite3"
+    return await stack.enter_async_context(SqliteStatusStore(await shared.sqlite_db(name)))
 
 
 async def open_responder(settings: Settings, stack: Stack) -> Responder:

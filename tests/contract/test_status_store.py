@@ -10,19 +10,24 @@ import pytest
 
 from pyloto_cli.adapters.statuses.common import delivery_status
 from pyloto_cli.adapters.statuses.memory import MemoryStatusStore
+from pyloto_cli.adapters.statuses.redis import RedisStatusStore
 from pyloto_cli.adapters.statuses.sqlite import SqliteStatusStore
 from pyloto_cli.logs import event_fields
 from pyloto_cli.ports import DeliveryStatus, StatusStore
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StatusStore]:
     if request.param == "memory":
         async with MemoryStatusStore() as memory:
             yield memory
-    else:
+    elif request.param == "sqlite":
         async with SqliteStatusStore(tmp_path / "statuses.sqlite3") as sqlite:
             yield sqlite
+    else:  # the real redis-server of tests/servers.py, keys under this test's own prefix
+        url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+        async with RedisStatusStore(url, prefix=prefix) as redis:
+            yield redis
 
 
 def status(
@@ -103,3 +108,20 @@ async def test_webhook_status_item_round_trips(store: StatusStore) -> None:
         1751142888,
         "wamid.IN",
     )
+
+
+async def test_redis_keeps_only_the_newest_failures_and_expires_statuses(
+    redis_url: str, redis_prefix: str
+) -> None:
+    import redis.asyncio as aioredis
+
+    async with RedisStatusStore(redis_url, prefix=redis_prefix, ttl_s=60, keep_failed=2) as store:
+        for i in range(4):
+            await store.record(status(f"wamid.F{i}", "failed", 10 + i, 131026))
+        assert [s.message_id for s in await store.failed(10)] == ["wamid.F3", "wamid.F2"]
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            ttl = await client.pttl(f"{redis_prefix}statuses:msg:wamid.F3")
+        finally:
+            await client.aclose()
+        assert 0 < ttl <= 60_000

@@ -1,6 +1,7 @@
-"""Delivery statuses in their own SQLite file (statuses arrive ~3x per sent message, so they
-do not share the queue's writer thread). `INSERT OR IGNORE` on (wamid, status) makes
-`record` idempotent across processes."""
+"""Delivery statuses in SQLite: in state.db beside the SQLite sessions and dedupe markers (one
+writer thread, shared commits), or in a file of this host's own beside Firestore sessions.
+They never share the queue's file (statuses arrive ~3x per sent message). `INSERT OR IGNORE`
+on (wamid, status) makes `record` idempotent across processes."""
 
 from __future__ import annotations
 
