@@ -228,9 +228,7 @@ async def open_deduper(shared: Shared) -> Deduper:
 
 
 async def open_statuses(shared: Shared) -> StatusStore:
-    """Delivery statuses beside the sessions: in memory with the memory store, in Redis with
-    Redis sessions, in SQLite otherwise (state.db with the SQLite sessions; a file of this
-    host's own beside Firestore sessions).
+    """Delivery statuses beside the sessions, in the same backend (SQLite: state.db).
 
     Statuses are high-volume and append-only; they stay out of the session documents.
     """
@@ -245,10 +243,14 @@ async def open_statuses(shared: Shared) -> StatusStore:
 
         redis = RedisStatusStore(await shared.redis(), prefix=settings.redis_prefix)
         return await stack.enter_async_context(redis)
+    if backend is StoreBackend.FIRESTORE:
+        from pyloto_cli.adapters.statuses.firestore import FirestoreStatusStore
+
+        fs = FirestoreStatusStore(client=await shared.firestore())
+        return await stack.enter_async_context(fs)
     from pyloto_cli.adapters.statuses.sqlite import SqliteStatusStore
 
-    name = "state.db" if backend is StoreBackend.SQLITE else "statuses.sqlite3"
-    return await stack.enter_async_context(SqliteStatusStore(await shared.sqlite_db(name)))
+    return await stack.enter_async_context(SqliteStatusStore(await shared.state_db()))
 
 
 async def open_responder(settings: Settings, stack: Stack) -> Responder:

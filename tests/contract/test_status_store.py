@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pyloto_cli.adapters.statuses.common import delivery_status
+from pyloto_cli.adapters.statuses.firestore import FirestoreStatusStore
 from pyloto_cli.adapters.statuses.memory import MemoryStatusStore
 from pyloto_cli.adapters.statuses.redis import RedisStatusStore
 from pyloto_cli.adapters.statuses.sqlite import SqliteStatusStore
@@ -16,7 +17,7 @@ from pyloto_cli.logs import event_fields
 from pyloto_cli.ports import DeliveryStatus, StatusStore
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "firestore"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StatusStore]:
     if request.param == "memory":
         async with MemoryStatusStore() as memory:
@@ -24,10 +25,14 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     elif request.param == "sqlite":
         async with SqliteStatusStore(tmp_path / "statuses.sqlite3") as sqlite:
             yield sqlite
-    else:  # the real redis-server of tests/servers.py, keys under this test's own prefix
+    elif request.param == "redis":  # the real redis-server, keys under this test's own prefix
         url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
         async with RedisStatusStore(url, prefix=prefix) as redis:
             yield redis
+    else:  # Google's Firestore emulator, a project of this test's own
+        project = request.getfixturevalue("firestore_project")
+        async with FirestoreStatusStore(project) as firestore:
+            yield firestore
 
 
 def status(
@@ -125,3 +130,24 @@ async def test_redis_keeps_only_the_newest_failures_and_expires_statuses(
         finally:
             await client.aclose()
         assert 0 < ttl <= 60_000
+
+
+async def test_firestore_statuses_carry_expires_at_and_failures_their_own_copy(
+    firestore_project: str,
+) -> None:
+    """A TTL policy can delete on `expires_at`; `failed()` reads a one-field-index collection."""
+    from pyloto_cli.adapters.firestore_db import FirestoreDatabase, doc_id
+
+    async with (
+        FirestoreDatabase(firestore_project) as db,
+        FirestoreStatusStore(client=db.client, collection="st", ttl_s=60) as store,
+    ):
+        await store.record(status("wamid.X", "failed", 10, 131026))
+        await store.record(status("wamid.X", "sent", 5))
+        key = doc_id("wamid.X|failed")
+        stored = (await db.client.collection("st").document(key).get()).to_dict() or {}
+        copy = (await db.client.collection("st_failed").document(key).get()).to_dict() or {}
+        sent = await db.client.collection("st_failed").document(doc_id("wamid.X|sent")).get()
+    assert stored["expires_at"].timestamp() > stored["recorded_at"]
+    assert copy["error_code"] == 131026
+    assert not sent.exists

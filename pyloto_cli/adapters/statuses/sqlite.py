@@ -1,7 +1,6 @@
 """Delivery statuses in SQLite: in state.db beside the SQLite sessions and dedupe markers (one
-writer thread, shared commits), or in a file of this host's own beside Firestore sessions.
-They never share the queue's file (statuses arrive ~3x per sent message). `INSERT OR IGNORE`
-on (wamid, status) makes `record` idempotent across processes."""
+writer thread, shared commits), never in the queue's file (statuses arrive ~3x per sent
+message). `INSERT OR IGNORE` on (wamid, status) makes `record` idempotent across processes."""
 
 from __future__ import annotations
 
@@ -15,7 +14,6 @@ from typing import Self
 from pyloto_cli.adapters.sqlite_db import SqliteAttachment, SqliteDatabase
 from pyloto_cli.logs import get_logger
 from pyloto_cli.ports import DeliveryStatus
-from pyloto_cli.settings import Settings
 
 from .common import log_status
 
@@ -76,13 +74,6 @@ class SqliteStatusStore:
             source, synchronous=synchronous, schema=_create_schema, role="statuses"
         )
         self._log = logger or get_logger("statuses.sqlite")
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> SqliteStatusStore:
-        """`<data_dir>/statuses.sqlite3`."""
-        return cls(
-            settings.data_dir / "statuses.sqlite3", synchronous=settings.sqlite_synchronous.value
-        )
 
     async def __aenter__(self) -> Self:
         await self._db.open()
