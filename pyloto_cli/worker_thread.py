@@ -59,6 +59,8 @@ def _thread_main(
         async with open_runtime(settings, sqlite=web.sqlite) as runtime:
             if runtime.worker is None:  # a push queue: serve does not start this thread
                 raise RuntimeError("no worker to run: the queue backend pushes tasks")
+            if not started.set_running_or_notify_cancel():
+                return  # serve stopped waiting (it is shutting down): close and end
             started.set_result(_Running(asyncio.get_running_loop(), runtime, stop))
             await runtime.worker.run(stop)
 

@@ -4,11 +4,13 @@ files, and a worker that cannot start is one clear error."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,3 +120,36 @@ async def test_a_worker_that_fails_after_starting_calls_on_failure(
         assert await asyncio.to_thread(failed.wait, 5.0)
         web.notify()  # the worker's loop is gone: waking it is a no-op, not an error
     assert web.wakers == []
+
+
+async def test_serve_giving_up_while_the_worker_starts_ends_the_thread_quietly(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled during start-up (Ctrl-C, a failing neighbour): no worker_failed, no SIGTERM."""
+    import pyloto_cli.worker_thread as module
+
+    opening = threading.Event()
+    real_open = open_runtime
+
+    @contextlib.asynccontextmanager
+    async def slow_open(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        opening.set()
+        await asyncio.sleep(0.3)  # still opening when serve gives up
+        async with real_open(*args, **kwargs) as runtime:
+            yield runtime
+
+    monkeypatch.setattr(module, "open_runtime", slow_open)
+    settings = make_settings()
+    async with open_runtime(_web(settings)) as web:
+        starting = asyncio.create_task(_enter_and_hold(worker_thread(settings, web, _unexpected)))
+        await asyncio.to_thread(opening.wait, 5.0)
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        assert web.wakers == []
+    assert not [t for t in threading.enumerate() if t.name == "pyloto-worker"]
+
+
+async def _enter_and_hold(manager: contextlib.AbstractAsyncContextManager[None]) -> None:
+    async with manager:
+        await asyncio.sleep(30)

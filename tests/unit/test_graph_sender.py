@@ -445,3 +445,12 @@ class TestLimiter:
         await limiter.acquire("222")
         with pytest.raises(TransientError):
             await limiter.acquire("111")
+
+
+async def test_the_dry_run_sender_keeps_only_its_last_bodies() -> None:
+    """`serve` on the defaults runs for days: what the dry-run sender remembers is bounded."""
+    async with DryRunSender(keep=3) as sender:
+        for i in range(5):
+            result = await sender.send("106540352242922", {"to": "15550001234", "n": i})
+            assert result.message_id == f"wamid.dryrun.{i + 1}"
+        assert [body["n"] for body in sender.bodies] == [2, 3, 4]

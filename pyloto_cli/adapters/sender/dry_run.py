@@ -1,13 +1,15 @@
 """The offline Sender: logs and records the exact bodies it would have sent, sends nothing.
 
 The default sender (no Graph token needed), the unit tests' fake, and the source of `replay`:
-`records` keeps every body in order; wamids are `wamid.dryrun.<n>`, counted from 1.
+`records` keeps the last `keep` bodies in order (a long-running `serve` on the defaults must
+not grow without bound); wamids are `wamid.dryrun.<n>`, counted from 1.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+from collections import deque
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -30,8 +32,8 @@ class DryRunRecord:
 class DryRunSender:
     """A `Sender` that records instead of sending; deterministic wamids."""
 
-    def __init__(self, logger: logging.Logger | None = None) -> None:
-        self.records: list[DryRunRecord] = []
+    def __init__(self, logger: logging.Logger | None = None, *, keep: int = 1000) -> None:
+        self.records: deque[DryRunRecord] = deque(maxlen=keep)
         self._count = 0
         self._log = logger or get_logger("sender.dry_run")
 
