@@ -10,7 +10,8 @@ WAL with `synchronous=NORMAL` survives a process crash (kill -9) but not a power
 survives both at a much higher commit cost. Automatic checkpoints are off (they would run inside
 a commit, under a request): a second thread with its own connection runs a passive checkpoint
 every second while there are new commits. A passive checkpoint never takes the write lock, so
-the writer keeps committing while it copies pages, and no webhook waits for it.
+the writer keeps committing while it copies pages, and no webhook waits for it; only when the
+log grows long under steady traffic does one take the write lock (see `_checkpoint`).
 
 Several processes may share a file (`pyloto serve --workers N`). SQLite's own busy handler
 sleeps 1, 2, 5, 10, 15, 20, 25... ms between tries for another process's write lock, which is
@@ -39,6 +40,8 @@ T = TypeVar("T")
 Operation = Callable[[sqlite3.Connection], T]
 
 _CHECKPOINT_EVERY_S = 1.0
+_TRUNCATE_AT_FRAMES = 16_384  # 64 MiB of 4 KiB pages
+_TRUNCATE_WAIT_MS = 200
 _BUSY_FIRST_SLEEP_S = 0.00005
 _BUSY_MAX_SLEEP_S = 0.001
 
@@ -131,6 +134,7 @@ class SqliteDatabase:
         self._stopping = threading.Event()
         self.commits = 0  # transactions committed (group commit shows here)
         self.checkpoints = 0  # background checkpoints run so far
+        self.truncations = 0  # of them, those that also emptied the log
 
     async def __aenter__(self) -> Self:
         if self._closed:
@@ -226,7 +230,7 @@ class SqliteDatabase:
             conn.close()
 
     def _checkpoint_loop(self) -> None:
-        """Passive checkpoints from a connection of its own, at most once a second."""
+        """Checkpoints from a connection of its own, at most once a second (see `_checkpoint`)."""
         try:
             conn = sqlite3.connect(
                 self.path, timeout=0, isolation_level=None, check_same_thread=False
@@ -282,10 +286,30 @@ class SqliteDatabase:
             with contextlib.suppress(RuntimeError):  # the caller's loop is gone
                 loop.call_soon_threadsafe(_settle_all, settled)
 
-    @staticmethod
-    def _checkpoint(conn: sqlite3.Connection) -> None:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        """A passive checkpoint; then, if the log is still long, a truncating one.
+
+        A passive checkpoint never waits and never blocks the writer, but it copies only what
+        was committed when it began, so under steady writes it never reaches the end of the
+        log, and SQLite starts the log over only then: the -wal file, and the memory that reads
+        through it, would grow as long as the traffic lasts (64 MB a minute at 200 messages a
+        second here). So once the log passes `_TRUNCATE_AT_FRAMES`, a TRUNCATE checkpoint takes
+        the write lock to copy the frames committed since the passive one began, and empties
+        the file. The writer waits for it (`begin` retries), a few times a minute at most under
+        load; it waits at most `_TRUNCATE_WAIT_MS` for readers, else it tries next time.
+        """
+        try:
+            busy, log, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if busy or log < _TRUNCATE_AT_FRAMES:
+                return
+            conn.execute(f"PRAGMA busy_timeout={_TRUNCATE_WAIT_MS}")
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                self.truncations += 1
+            finally:
+                conn.execute("PRAGMA busy_timeout=0")
+        except sqlite3.Error:
+            return
 
 
 class SqliteAttachment:

@@ -11,14 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from pyloto_cli.adapters import sqlite_db
 from pyloto_cli.adapters.sqlite_db import SqliteDatabase, begin, is_busy
 from pyloto_cli.domain.errors import BackendUnavailable
 
 SCHEMA = ("CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY, v TEXT)",)
 
 
-def insert(key: str) -> Callable[[sqlite3.Connection], object]:
-    return lambda conn: conn.execute("INSERT INTO t VALUES (?, 'x')", (key,))
+def insert(key: str, value: str = "x") -> Callable[[sqlite3.Connection], object]:
+    return lambda conn: conn.execute("INSERT INTO t VALUES (?, ?)", (key, value))
 
 
 async def test_one_failing_operation_does_not_undo_its_batch(tmp_path: Path) -> None:
@@ -131,3 +132,27 @@ def test_begin_waits_for_another_connections_write_lock_then_gives_up(tmp_path: 
     finally:
         holder.close()
         other.close()
+
+
+async def test_under_steady_writes_the_log_is_emptied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A passive checkpoint never reaches the end of a log that is written every few ms; once
+    the log is long a truncating checkpoint empties it, so the -wal file stays bounded."""
+    monkeypatch.setattr(sqlite_db, "_TRUNCATE_AT_FRAMES", 256)  # 1 MiB instead of 64
+    path = tmp_path / "busy.sqlite"
+    big = "x" * 3000  # about a page per row
+    async with SqliteDatabase(path, schema=SCHEMA) as db:
+        deadline = time.monotonic() + 3.5
+        i = 0
+        while time.monotonic() < deadline:  # a commit every 5 ms or so
+            await db.run(insert(str(i), big))
+            i += 1
+            await asyncio.sleep(0.005)
+        wal = path.with_name(path.name + "-wal").stat().st_size
+        assert db.truncations >= 2
+        (rows,) = await db.run(
+            lambda conn: tuple(conn.execute("SELECT COUNT(*) FROM t").fetchone())
+        )
+    assert rows == i  # nothing written was lost to a truncation
+    assert wal < i * len(big), (wal, i)  # less than the rows alone would take in the log
