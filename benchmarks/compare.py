@@ -25,7 +25,7 @@ from rich.console import Console
 
 from pyloto_cli.bench.compare import (
     SYSTEMS,
-    CompareProgress,
+    CompareLines,
     parse_systems,
     pinned_here,
     reference_problem,
@@ -34,24 +34,11 @@ from pyloto_cli.bench.compare import (
     webhooks,
 )
 from pyloto_cli.bench.compare_table import comparison_table
-from pyloto_cli.bench.report import BenchReport
 from pyloto_cli.bench.runner import BenchConfig
 from pyloto_cli.logs import configure_logging
 from pyloto_cli.loops import loop_factory
 
 __all__ = ["main", "webhooks"]
-
-
-class _Lines(CompareProgress):
-    def __init__(self, err: Console) -> None:
-        self._err = err
-
-    def started(self, kind: str, config: BenchConfig) -> None:
-        self._err.print(f"[bold]{kind}[/]: {config.messages} webhooks ...")
-
-    def finished(self, kind: str, report: BenchReport) -> None:
-        c = report.counts
-        self._err.print(f"  acked {c.acked}, answered {c.answered}, lost {c.lost}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -102,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         err.print("[yellow]one CPU only: nothing pinned[/]")
     configure_logging("console", "WARNING")
     with pinned_here(pinning), asyncio.Runner(loop_factory=loop_factory()) as runner:
-        reports = runner.run(run_compare(systems, config, pinning, _Lines(err)))
+        reports = runner.run(run_compare(systems, config, pinning, CompareLines(err)))
     if args.json:
         print(json.dumps({k: r.to_json() for k, r in reports.items()}, indent=2))
     else:

@@ -58,12 +58,11 @@ class SqliteFiles:
 
     async def open(self, path: Path, synchronous: str, stack: Stack) -> SqliteDatabase:
         """The open database at `path`, opening it on `stack` if no runtime has yet."""
-        key = path  # both runtimes build it from the same settings.data_dir
-        db = self._open.get(key)
+        db = self._open.get(path)  # both runtimes build `path` from the same settings.data_dir
         if db is None:
             db = await stack.enter_async_context(SqliteDatabase(path, synchronous=synchronous))
-            self._open[key] = db
-            stack.callback(self._open.pop, key, None)  # runs before the close above
+            self._open[path] = db
+            stack.callback(self._open.pop, path, None)  # runs before the close above
         return db
 
 

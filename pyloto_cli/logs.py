@@ -95,16 +95,19 @@ def bind(**fields: Any) -> Iterator[None]:
         _context.reset(token)
 
 
+_DROP, _PHONE, _TEXT, _ID = range(4)
+
+
 @functools.cache
 def _field_kind(key: str) -> int:
-    """0: dropped (secret-named), 1: a phone number (masked), 2: free text (digit runs masked),
-    3: an id (wamid, task id: kept whole, so users can grep for it)."""
+    """_DROP: secret-named; _PHONE: a phone number (masked); _TEXT: free text (digit runs
+    masked); _ID: a wamid, a task id (kept whole, so users can grep for it)."""
     lowered = key.lower()
     if lowered in _SECRET_FIELDS or lowered.endswith(("_token", "_secret", "_key")):
-        return 0
+        return _DROP
     if lowered in _PHONE_FIELDS:
-        return 1
-    return 3 if lowered.endswith("_id") else 2
+        return _PHONE
+    return _ID if lowered.endswith("_id") else _TEXT
 
 
 def event_fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -113,15 +116,11 @@ def event_fields(record: logging.LogRecord) -> dict[str, Any]:
     clean: dict[str, Any] = {}
     for key, value in merged.items():
         kind = _field_kind(key)
-        if kind == 0:
+        if kind == _DROP:
             continue
-        if isinstance(value, str):
-            if kind == 1:
-                clean[key] = mask_phone(value)
-            else:
-                clean[key] = _mask_digits(value) if kind == 2 else value
-        else:
-            clean[key] = value
+        if isinstance(value, str) and kind != _ID:
+            value = mask_phone(value) if kind == _PHONE else _mask_digits(value)
+        clean[key] = value
     return clean
 
 

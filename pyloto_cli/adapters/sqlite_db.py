@@ -53,7 +53,8 @@ def is_busy(exc: BaseException) -> bool:
 
 
 def begin(conn: sqlite3.Connection, statement: str, wait_s: float) -> None:
-    """Run `statement` (a BEGIN), retrying SQLITE_BUSY with short sleeps for up to `wait_s`."""
+    """Run `statement` (a BEGIN, or anything else that needs a lock another connection may
+    hold), retrying SQLITE_BUSY with short sleeps for up to `wait_s`."""
     deadline = time.monotonic() + wait_s
     pause = _BUSY_FIRST_SLEEP_S
     while True:
@@ -128,7 +129,6 @@ class SqliteDatabase:
         self._busy_wait_s = busy_wait_s
         self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._conn: sqlite3.Connection | None = None
         self._closed = False
         self._dirty = threading.Event()
         self._stopping = threading.Event()
@@ -208,7 +208,6 @@ class SqliteDatabase:
         except sqlite3.Error as exc:
             loop.call_soon_threadsafe(_settle, ready, None, exc)
             return
-        self._conn = conn
         checkpointer = threading.Thread(
             target=self._checkpoint_loop, daemon=True, name=f"sqlite-checkpoint:{self.path.name}"
         )

@@ -29,21 +29,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
+from rich.console import Console
 
 from pyloto_cli.bench.load import WEBHOOK_PATH, Ack, closed_loop, load_client, open_loop
 from pyloto_cli.bench.payloads import Webhook, build_webhooks
 from pyloto_cli.bench.procs import (
-    ChildFailed,
     FakeLLMProcess,
     ServerProcess,
     child,
     fake_openai,
     free_port,
-    log_tail,
     process_tree,
     pyloto_serve,
     tree_cpu_seconds,
     tree_peak_rss_bytes,
+    wait_ready,
 )
 from pyloto_cli.bench.report import BenchReport, RunRecord, summarize
 from pyloto_cli.bench.runner import (
@@ -53,6 +53,7 @@ from pyloto_cli.bench.runner import (
     fake_openai_options,
     pyloto_args,
     server_env,
+    spent_between,
 )
 from pyloto_cli.fakes.graph_server import FakeGraphServer
 from pyloto_cli.web.signature import sign
@@ -167,19 +168,6 @@ def webhooks(config: BenchConfig, secret: bytes, run_id: str) -> list[Webhook]:
     return [with_bsuid(hook, secret) for hook in hooks]
 
 
-async def _wait_ready(proc: asyncio.subprocess.Process, server: ServerProcess, kind: str) -> None:
-    deadline = time.monotonic() + _READY_WITHIN_S
-    async with httpx.AsyncClient(trust_env=False, timeout=2.0) as client:
-        while time.monotonic() < deadline:
-            if proc.returncode is not None:
-                raise ChildFailed(f"{kind} exited ({proc.returncode}): {log_tail(server.log)}")
-            with contextlib.suppress(httpx.TransportError):
-                if (await client.get(f"{server.url}/readyz")).status_code == 200:
-                    return
-            await asyncio.sleep(0.05)
-    raise ChildFailed(f"{kind} not ready in {_READY_WITHIN_S:.0f} s: {log_tail(server.log)}")
-
-
 @contextlib.asynccontextmanager
 async def reference_serve(
     kind: str, workdir: Path, env: Mapping[str, str]
@@ -191,7 +179,7 @@ async def reference_serve(
     args = [sys.executable, "-m", BOTS[kind], "--port", str(port)]
     full_env = {**env, "PORT": str(port), "PYTHONPATH": str(root)}
     async with child(args, log=server.log, cwd=root, env=full_env) as proc:
-        await _wait_ready(proc, server, kind)
+        await wait_ready(proc, server.url, server.log, _READY_WITHIN_S, kind)
         yield replace(server, pid=proc.pid)
 
 
@@ -246,7 +234,7 @@ async def measure(
         after = (tree_cpu_seconds(server.pid), tree_cpu_seconds(llm.pid), time.process_time())
         peak = tree_peak_rss_bytes(server.pid)
     tracker.poll()
-    spent = [None if b is None or a is None else a - b for b, a in zip(before, after, strict=True)]
+    spent = [spent_between(b, a) for b, a in zip(before, after, strict=True)]
     return RunRecord(
         hooks=[h.wamid for h in hooks],
         acks=acks,
@@ -292,6 +280,22 @@ class CompareProgress:
 
     def finished(self, kind: str, report: BenchReport) -> None:
         """After `kind` ran."""
+
+
+class CompareLines(CompareProgress):
+    """One line per system on `console` (stderr, for the CLI and the script)."""
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+
+    def started(self, kind: str, config: BenchConfig) -> None:
+        """`inline: 1000 webhooks ...`"""
+        self._console.print(f"[bold]{kind}[/]: {config.messages} webhooks ...")
+
+    def finished(self, kind: str, report: BenchReport) -> None:
+        """`  acked 1000, answered 1000, lost 0`"""
+        c = report.counts
+        self._console.print(f"  acked {c.acked}, answered {c.answered}, lost {c.lost}")
 
 
 async def run_compare(

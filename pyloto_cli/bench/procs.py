@@ -187,19 +187,25 @@ async def fake_openai(
         yield FakeLLMProcess(pid=proc.pid, url=url)
 
 
-async def _wait_ready(
-    proc: asyncio.subprocess.Process, url: str, log: Path, within_s: float
+async def wait_ready(
+    proc: asyncio.subprocess.Process,
+    url: str,
+    log: Path,
+    within_s: float,
+    name: str = "pyloto serve",
 ) -> None:
+    """Until `url`/readyz answers 200; ChildFailed (with the log's tail) if `proc` exits or
+    `within_s` passes first."""
     deadline = time.monotonic() + within_s
     async with httpx.AsyncClient(trust_env=False, timeout=2.0) as client:
         while time.monotonic() < deadline:
             if proc.returncode is not None:
-                raise ChildFailed(f"pyloto serve exited ({proc.returncode}): {log_tail(log)}")
+                raise ChildFailed(f"{name} exited ({proc.returncode}): {log_tail(log)}")
             with contextlib.suppress(httpx.TransportError):
                 if (await client.get(f"{url}/readyz")).status_code == 200:
                     return
             await asyncio.sleep(0.05)
-    raise ChildFailed(f"pyloto serve not ready within {within_s:.0f} s: {log_tail(log)}")
+    raise ChildFailed(f"{name} not ready within {within_s:.0f} s: {log_tail(log)}")
 
 
 @contextlib.asynccontextmanager
@@ -217,6 +223,6 @@ async def pyloto_serve(
     full_env = {**env, "PORT": str(port), "PYLOTO_HOST": "127.0.0.1"}
     command = [sys.executable, "-m", "pyloto_cli", "serve", *args]
     async with child(command, log=log, cwd=workdir, env=full_env) as proc:
-        await _wait_ready(proc, url, log, within_s)
+        await wait_ready(proc, url, log, within_s)
         log_event(_log, "bench_server_ready", pid=proc.pid, url=url)
         yield ServerProcess(pid=proc.pid, url=url, log=log)

@@ -203,7 +203,8 @@ def _cpu(peers: _Peers) -> tuple[float | None, float | None, float]:
     return server, llm, time.process_time()
 
 
-def _spent(before: float | None, after: float | None) -> float | None:
+def spent_between(before: float | None, after: float | None) -> float | None:
+    """CPU seconds between two readings (None if either is unknown)."""
     return None if before is None or after is None else after - before
 
 
@@ -234,11 +235,11 @@ async def _measure(
         replies=tracker.replies,
         started=started,
         finished=finished,
-        cpu_s=_spent(cpu_before[0], cpu_after[0]),
+        cpu_s=spent_between(cpu_before[0], cpu_after[0]),
         peak_rss=tree_peak_rss_bytes(peers.server.pid),
         dead_letters=dead,
-        fake_llm_cpu_s=_spent(cpu_before[1], cpu_after[1]),
-        bench_cpu_s=_spent(cpu_before[2], cpu_after[2]),
+        fake_llm_cpu_s=spent_between(cpu_before[1], cpu_after[1]),
+        bench_cpu_s=spent_between(cpu_before[2], cpu_after[2]),
         reply_cache=_reply_cache(peers.server.log),
     )
 

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from pyloto_cli.bench import BenchConfig, BenchReport, run_bench
 from pyloto_cli.bench.compare import (
-    CompareProgress,
+    CompareLines,
     parse_systems,
     pinned_here,
     reference_problem,
@@ -69,20 +69,6 @@ def _run(config: BenchConfig, err: Console) -> BenchReport:
             return runner.run(run_bench(config, bars))
 
 
-class _CompareLines(CompareProgress):
-    """One line on stderr per system."""
-
-    def __init__(self, err: Console) -> None:
-        self._err = err
-
-    def started(self, kind: str, config: BenchConfig) -> None:
-        self._err.print(f"[bold]{kind}[/]: {config.messages} webhooks ...")
-
-    def finished(self, kind: str, report: BenchReport) -> None:
-        c = report.counts
-        self._err.print(f"  acked {c.acked}, answered {c.answered}, lost {c.lost}")
-
-
 def _compare_systems(raw: str) -> list[str]:
     try:
         systems = parse_systems(raw, with_pyloto=True)
@@ -102,7 +88,7 @@ def _compare(
     pinning = split_cpus() if pin else None
     if pin and pinning is None:
         err.print("[yellow]one CPU only: nothing pinned[/]")
-    progress = _CompareLines(err)
+    progress = CompareLines(err)
     with (
         boundary(err),
         pinned_here(pinning),

@@ -7,8 +7,8 @@ import contextlib
 import gc
 import os
 import signal
-from collections.abc import AsyncIterator, Coroutine
-from typing import Annotated, Any
+from collections.abc import AsyncIterator
+from typing import Annotated
 
 import typer
 import uvicorn
@@ -88,7 +88,7 @@ def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _after_shutdown)
     with boundary(_console):
-        _run(run_server(settings, bind_host, bind_port, children if worker else 0))
+        loops.run(run_server(settings, bind_host, bind_port, children if worker else 0))
 
 
 async def run_server(settings: Settings, host: str, port: int, children: int) -> None:
@@ -142,11 +142,6 @@ def _freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def _run(main: Coroutine[Any, Any, None]) -> None:
-    """Run on uvloop when it is installed (it comes with uvicorn[standard])."""
-    loops.run(main)
-
-
 def _after_shutdown(signum: int, frame: object) -> None:
     """Swallow the signal uvicorn re-raises after its graceful shutdown."""
 
@@ -179,7 +174,7 @@ def worker() -> None:
     """Process the queue without serving HTTP (more workers on one queue)."""
     settings = Settings()
     configure_logging(settings.log_format, settings.log_level)
-    _run(run_worker_process(settings))
+    loops.run(run_worker_process(settings))
 
 
 def register(app: typer.Typer) -> None:

@@ -68,14 +68,25 @@ class ServeProcess:
 
     def kill9(self) -> None:
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
+        kill9(self.proc)
 
     def terminate(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            terminate(self.proc)
+
+
+def kill9(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL, and reap it."""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def terminate(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM if it still runs; SIGKILL if it has not stopped 15 s later."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -34,6 +33,7 @@ import redis.asyncio as aioredis
 
 from pyloto_cli.adapters.redis_db import text
 from pyloto_cli.web.signature import sign
+from tests.e2e.serve_process import kill9, terminate
 from tests.fakes.graph_server import FakeGraphServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
@@ -151,17 +151,11 @@ class Proc:
 
     def kill9(self) -> None:
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
+        kill9(self.proc)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            terminate(self.proc)
 
 
 @dataclass

@@ -24,36 +24,13 @@ from pyloto_cli.domain.webhook import split_webhook
 from pyloto_cli.pipeline.process import Outcome, Pipeline
 from pyloto_cli.pipeline.retry import RetryPolicy
 from pyloto_cli.pipeline.worker import Worker
-from pyloto_cli.ports import ClaimResult, Deduper, SendResult
+from pyloto_cli.ports import ClaimResult, Deduper
 from pyloto_cli.settings import Settings
+from tests.unit.pipeline_support import PNID, FlakyDeduper, RecordingSender, message, webhook
 
-PNID = "900000000000002"
 USER = "15550001234"
 KEY = f"{PNID}:{USER}"
 WINDOW_S = 1.5
-
-
-@dataclass
-class RecordingSender:
-    """A Sender that records bodies and can fail on demand."""
-
-    fail_with: Callable[[int], Exception | None] = lambda n: None
-    sent: list[tuple[str, JsonObject]] = field(default_factory=list)
-    calls: int = 0
-
-    async def send(self, phone_number_id: str, body: JsonObject) -> SendResult:
-        self.calls += 1
-        error = self.fail_with(self.calls)
-        if error is not None:
-            raise error
-        self.sent.append((phone_number_id, body))
-        return SendResult(message_id=f"wamid.out.{len(self.sent)}")
-
-    async def mark_read(self, phone_number_id: str, message_id: str, typing: bool = False) -> None:
-        return None
-
-    def callbacks(self) -> list[str]:
-        return [body["biz_opaque_callback_data"] for _, body in self.sent]
 
 
 class SignallingQueue(MemoryMessageQueue):
@@ -70,28 +47,6 @@ class SignallingQueue(MemoryMessageQueue):
         return leases
 
 
-class FlakyDeduper(MemoryDeduper):
-    """Fails the first mark_done: a crash between the session save and the done markers."""
-
-    failed = False
-
-    async def mark_done(self, key: str, ttl_s: float) -> None:
-        if not self.failed:
-            self.failed = True
-            raise RuntimeError("crash after save, before done")
-        await super().mark_done(key, ttl_s)
-
-
-def text_message(wamid: str, text: str) -> JsonObject:
-    return {
-        "from": USER,
-        "id": wamid,
-        "timestamp": "1767225600",
-        "type": "text",
-        "text": {"body": text},
-    }
-
-
 def reaction(wamid: str, to: str) -> JsonObject:
     return {
         "from": USER,
@@ -104,17 +59,7 @@ def reaction(wamid: str, to: str) -> JsonObject:
 
 def tasks_of(item: JsonObject, received_at: float) -> list[Task]:
     """The tasks of a one-message webhook POST received at `received_at`."""
-    value = {
-        "messaging_product": "whatsapp",
-        "metadata": {"display_phone_number": "15550000000", "phone_number_id": PNID},
-        "contacts": [{"profile": {"name": "Ana"}, "wa_id": USER}],
-        "messages": [item],
-    }
-    payload = {
-        "object": "whatsapp_business_account",
-        "entry": [{"id": "900000000000001", "changes": [{"field": "messages", "value": value}]}],
-    }
-    return split_webhook(payload, received_at)
+    return split_webhook(webhook([item]), received_at)
 
 
 @dataclass
@@ -138,7 +83,7 @@ class Harness:
         """One POST per message, `offsets` seconds after t0; returns the wamids."""
         wamids = [f"wamid.C{i}" for i in range(len(offsets))]
         for i, (wamid, offset) in enumerate(zip(wamids, offsets, strict=True)):
-            await self.deliver(text_message(wamid, f"part {i} of my question"), offset)
+            await self.deliver(message(wamid, f"part {i} of my question"), offset)
         return wamids
 
     async def session(self) -> Session:
@@ -207,7 +152,7 @@ async def test_every_wamid_of_the_burst_is_done(harness: Harness) -> None:
     await harness.worker().drain()
     for wamid in wamids:
         assert await harness.deduper.claim(wamid, 60) is ClaimResult.DONE
-    await harness.deliver(text_message(wamids[1], "part 1 of my question"), 0.5)
+    await harness.deliver(message(wamids[1], "part 1 of my question"), 0.5)
     stats = await harness.worker().drain()
     assert stats.skipped == 1
     assert len(harness.sender.sent) == 1
@@ -283,9 +228,9 @@ async def test_an_already_done_message_is_left_out_of_the_burst(harness: Harness
 
 async def test_a_reaction_in_the_burst_is_recorded_not_quoted(harness: Harness) -> None:
     """A reaction among the texts becomes a user turn but not part of the question."""
-    await harness.deliver(text_message("wamid.A", "first"), 0.0)
+    await harness.deliver(message("wamid.A", "first"), 0.0)
     await harness.deliver(reaction("wamid.R", "wamid.out.0"), 0.3)
-    await harness.deliver(text_message("wamid.B", "second"), 0.6)
+    await harness.deliver(message("wamid.B", "second"), 0.6)
     await harness.worker().drain()
     [(_, body)] = harness.sender.sent
     assert body["biz_opaque_callback_data"] == "wamid.B"
@@ -294,39 +239,23 @@ async def test_a_reaction_in_the_burst_is_recorded_not_quoted(harness: Harness) 
     assert [t.message_id for t in session.turns] == ["wamid.A", "wamid.R", "wamid.B", "wamid.out.1"]
 
 
-async def test_a_crash_before_the_done_markers_sends_no_second_reply(
-    sender: RecordingSender,
-) -> None:
+@pytest.mark.parametrize("deduper", [FlakyDeduper()])  # the harness is built on it
+async def test_a_crash_before_the_done_markers_sends_no_second_reply(harness: Harness) -> None:
     """Saved but not marked done: the retried messages are found in the session, skipped."""
-    deduper = FlakyDeduper()
-    policy = RetryPolicy(base_s=0.0, cap_s=0.0, jitter=0.0, max_attempts=3)
-    async with (
-        SignallingQueue(policy) as queue,
-        MemorySessionStore() as sessions,
-        OfflineResponder() as responder,
-    ):
-        pipeline = Pipeline(
-            sessions=sessions,
-            deduper=deduper,
-            responder=responder,
-            sender=sender,
-            statuses=MemoryStatusStore(),
-        )
-        harness = Harness(queue, sessions, deduper, sender, pipeline)
-        wamids = await harness.deliver_texts([0.0, 0.5, 1.0])
-        stats = await harness.worker().drain()
-        assert (stats.retried, stats.skipped) == (3, 3)
-        assert sender.callbacks() == [wamids[2]]
-        assert len((await harness.session()).turns) == 4
+    wamids = await harness.deliver_texts([0.0, 0.5, 1.0])
+    stats = await harness.worker().drain()
+    assert (stats.retried, stats.skipped) == (3, 3)
+    assert harness.sender.callbacks() == [wamids[2]]
+    assert len((await harness.session()).turns) == 4
 
 
 async def test_the_worker_waits_for_the_rest_of_the_window(harness: Harness) -> None:
     """A message arriving while the first one waits out its window joins its turn."""
     harness.t0 = time.time()
-    await harness.deliver(text_message("wamid.W1", "first"), 0.0)
+    await harness.deliver(message("wamid.W1", "first"), 0.0)
     drain = asyncio.create_task(harness.worker(window_s=0.5).drain())
     await asyncio.wait_for(harness.queue.leased.wait(), timeout=5)
-    await harness.deliver(text_message("wamid.W2", "second"), 0.1)
+    await harness.deliver(message("wamid.W2", "second"), 0.1)
     await drain
     [(_, body)] = harness.sender.sent
     assert body["biz_opaque_callback_data"] == "wamid.W2"
@@ -336,7 +265,7 @@ async def test_the_worker_waits_for_the_rest_of_the_window(harness: Harness) -> 
 
 async def test_process_batch_of_one_task_is_process(harness: Harness) -> None:
     """A burst of one is the single-task path."""
-    [task] = tasks_of(text_message("wamid.S", "alone"), harness.t0)
+    [task] = tasks_of(message("wamid.S", "alone"), harness.t0)
     result = await harness.pipeline.process_batch([task])
     assert (result.outcome, harness.sender.callbacks()) == (Outcome.DONE, ["wamid.S"])
 
@@ -361,8 +290,8 @@ async def test_a_burst_deferred_by_another_workers_claim_leaves_that_claim(
     harness: Harness,
 ) -> None:
     """On a push queue, a live claim elsewhere defers the burst; the other claim stays held."""
-    first = tasks_of(text_message("wamid.C1", "one"), harness.t0)[0]
-    second = tasks_of(text_message("wamid.C2", "two"), harness.t0)[0]
+    first = tasks_of(message("wamid.C1", "one"), harness.t0)[0]
+    second = tasks_of(message("wamid.C2", "two"), harness.t0)[0]
     assert await harness.deduper.claim("wamid.C2", 60) is ClaimResult.CLAIMED  # elsewhere
     pipeline = dataclasses.replace(harness.pipeline.config, exclusive_queue=False)
     harness.pipeline.config = pipeline

@@ -54,6 +54,13 @@ class _Entry:
     def leasable(self, now: float) -> bool:
         return self.available_at <= now and not self.live_lease(now)
 
+    def grant(self, now: float, lease_s: float) -> Leased:
+        """Lease it until `now + lease_s` with a new token, counting the attempt."""
+        self.attempts += 1
+        self.token = secrets.token_hex(16)
+        self.expires_at = now + lease_s
+        return Leased(self.task, self.token, self.attempts, self.expires_at, self.last_error)
+
 
 class MemoryMessageQueue:
     """`MessageQueue` + `QueueAdmin` in memory; one leased task per conversation (and followers)."""
@@ -123,12 +130,7 @@ class MemoryMessageQueue:
                     task_id=entry.task.task_id,
                     attempt=entry.attempts,
                 )
-            entry.attempts += 1
-            entry.token = secrets.token_hex(16)
-            entry.expires_at = now + lease_s
-            leased.append(
-                Leased(entry.task, entry.token, entry.attempts, entry.expires_at, entry.last_error)
-            )
+            leased.append(entry.grant(now, lease_s))
         return leased
 
     async def renew(self, lease: Leased, lease_s: float) -> Leased:
@@ -179,12 +181,7 @@ class MemoryMessageQueue:
         for entry in (self._live[task_id] for task_id in after[: max(0, max_items)]):
             if not entry.leasable(now) or entry.task.received_at > last:
                 break
-            entry.attempts += 1
-            entry.token = secrets.token_hex(16)
-            entry.expires_at = now + lease_s
-            leased.append(
-                Leased(entry.task, entry.token, entry.attempts, entry.expires_at, entry.last_error)
-            )
+            leased.append(entry.grant(now, lease_s))
         return leased
 
     # --- QueueAdmin --------------------------------------------------------------------------
