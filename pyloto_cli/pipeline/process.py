@@ -3,8 +3,9 @@
 The order of the side effects is the at-least-once contract:
 
 1. claim the wamid in the deduper (a live claim elsewhere -> retry later; done -> skip);
-2. load the session; if it already records a reply sent for this wamid (a crash between the
-   session save and the done marker), only mark it done: the reply did leave;
+2. load the session (at the same time as the claim: one round trip instead of two, one
+   transaction on SQLite); if it already records a reply sent for this wamid (a crash between
+   the session save and the done marker), only mark it done: the reply did leave;
 3. ask the responder, build the body, send it from the number that received the message;
 4. append the user's turn and the reply (with the sent wamid) to the session;
 5. mark the wamid done.
@@ -23,6 +24,7 @@ retried one message at a time after a crash before step 5 is not answered twice.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -170,35 +172,55 @@ class Pipeline:
         return await self._burst([inbound_message(task)])
 
     async def _burst(self, msgs: list[InboundMessage]) -> TaskResult:
-        """Claim every wamid (done ones are skipped), then answer what is left as one turn."""
+        """Claim every wamid (done ones are skipped), then answer what is left as one turn.
+
+        The session is loaded while the claims are made: no one else writes it meanwhile (the
+        queue hands a conversation's messages out one at a time, and a live claim defers us).
+        """
         claimed: list[InboundMessage] = []
         try:
-            for msg in msgs:
-                claim = await self.deduper.claim(msg.id, self.config.claim_ttl_s)
-                if claim is ClaimResult.DONE:
-                    log_event(_log, "duplicate_skipped", message_id=msg.id)
-                    continue
-                if claim is ClaimResult.IN_PROGRESS and not self.config.exclusive_queue:
-                    await self._release(claimed)  # only ours: the other worker keeps its claim
-                    return TaskResult(  # another instance is on it: wait, spending no attempt
-                        Outcome.DEFER,
-                        reason="claimed by another worker",
-                        delay_s=self.config.in_progress_retry_s,
-                    )
-                claimed.append(msg)
+            claims, loaded = await asyncio.gather(
+                self._claim_all(msgs, claimed),
+                self.sessions.load(msgs[-1].conversation_key),
+                return_exceptions=True,
+            )
+            if isinstance(claims, BaseException):
+                raise claims
+            if isinstance(loaded, BaseException):
+                raise loaded
+            if claims is not None:
+                await self._release(claimed)  # only ours: the other worker keeps its claim
+                return claims
             if not claimed:
                 return TaskResult(Outcome.SKIPPED)
-            return await self._answer(claimed)
+            return await self._answer(claimed, loaded)
         except BaseException:
             await self._release(claimed)
             raise
+
+    async def _claim_all(
+        self, msgs: list[InboundMessage], claimed: list[InboundMessage]
+    ) -> TaskResult | None:
+        """Claim each wamid into `claimed`; a DEFER result when another worker holds one."""
+        for msg in msgs:
+            claim = await self.deduper.claim(msg.id, self.config.claim_ttl_s)
+            if claim is ClaimResult.DONE:
+                log_event(_log, "duplicate_skipped", message_id=msg.id)
+                continue
+            if claim is ClaimResult.IN_PROGRESS and not self.config.exclusive_queue:
+                return TaskResult(  # another instance is on it: wait, spending no attempt
+                    Outcome.DEFER,
+                    reason="claimed by another worker",
+                    delay_s=self.config.in_progress_retry_s,
+                )
+            claimed.append(msg)
+        return None
 
     async def _release(self, msgs: list[InboundMessage]) -> None:
         for msg in msgs:
             await self.deduper.release(msg.id)
 
-    async def _answer(self, msgs: list[InboundMessage]) -> TaskResult:
-        session = await self.sessions.load(msgs[-1].conversation_key)
+    async def _answer(self, msgs: list[InboundMessage], session: Session | None) -> TaskResult:
         fresh: list[InboundMessage] = []
         for msg in msgs:
             if session is not None and _already_answered(session, msg.id):

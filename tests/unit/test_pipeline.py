@@ -26,10 +26,10 @@ from pyloto_cli.domain.errors import (
 from pyloto_cli.domain.session import Role, Session, Turn
 from pyloto_cli.domain.task import JsonObject, Leased
 from pyloto_cli.domain.webhook import split_webhook
-from pyloto_cli.pipeline.process import Pipeline, PipelineConfig
+from pyloto_cli.pipeline.process import Outcome, Pipeline, PipelineConfig
 from pyloto_cli.pipeline.retry import RetryPolicy
 from pyloto_cli.pipeline.worker import Worker
-from pyloto_cli.ports import SendResult
+from pyloto_cli.ports import ClaimResult, SendResult
 from tests.unit.pipeline_support import PNID, FlakyDeduper, RecordingSender, message, webhook
 
 
@@ -307,6 +307,61 @@ async def test_crash_between_save_and_done_does_not_resend() -> None:
     sessions = MemorySessionStore()
     sender = await run_with(sessions, FlakyDeduper())
     assert callback_ids(sender) == ["wamid.K1"]
+
+
+class _ClaimWaitsForLoad(MemoryDeduper):
+    """A claim that returns only once the session load has started."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.load_started = asyncio.Event()
+
+    async def claim(self, key: str, ttl_s: float) -> ClaimResult:
+        await self.load_started.wait()
+        return await super().claim(key, ttl_s)
+
+
+class _LoadSignals(MemorySessionStore):
+    def __init__(self, started: asyncio.Event, fail_once: bool = False) -> None:
+        super().__init__()
+        self.started, self.fail_once = started, fail_once
+
+    async def load(self, key: str) -> Session | None:
+        self.started.set()
+        if self.fail_once:
+            self.fail_once = False
+            raise ConnectionError("session store down")
+        return await super().load(key)
+
+
+async def test_session_loads_while_the_claim_is_made() -> None:
+    """One round trip for both: a claim that waits for the load would hang if run in turn."""
+    deduper = _ClaimWaitsForLoad()
+    sender = await asyncio.wait_for(run_with(_LoadSignals(deduper.load_started), deduper), 10)
+    assert callback_ids(sender) == ["wamid.K1"]
+
+
+async def test_a_failing_session_load_releases_the_claim_and_retries() -> None:
+    """The retry is not blocked by the first attempt's claim, and is answered once."""
+    deduper = MemoryDeduper()
+    sessions = _LoadSignals(asyncio.Event(), fail_once=True)
+    config = PipelineConfig(exclusive_queue=False)
+    sender = RecordingSender()
+    pipeline = Pipeline(
+        sessions=sessions,
+        deduper=deduper,
+        responder=OfflineResponder(),
+        sender=sender,
+        statuses=MemoryStatusStore(),
+        config=config,
+    )
+    task = split_webhook(webhook([message("wamid.L1", "hi")]), 0.0)[0]
+    with pytest.raises(ConnectionError):  # the worker makes it a retry
+        await pipeline.process(task)
+    assert sender.sent == []
+    second = await pipeline.process(task, attempt=2)  # a leftover claim would defer it
+    assert second.outcome is Outcome.DONE
+    assert callback_ids(sender) == ["wamid.L1"]
 
 
 async def test_claim_left_by_a_killed_worker_does_not_block_the_retry(harness: Harness) -> None:
