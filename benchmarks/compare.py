@@ -1,7 +1,7 @@
 """pyloto beside the two reference bots: the same load, fakes and figures, one after another.
 
     .venv/bin/python -m benchmarks.compare [--systems inline,background,pyloto] [-n 300]
-        [--rate 50 | --concurrency 64] [--llm-latency-ms 500] [--json]
+        [--rate 50 | --concurrency 64] [--llm-latency-ms 500] [--rounds 1] [--json]
 
 The same run as `pyloto bench --compare inline,background` (the orchestration is in
 `pyloto_cli.bench.compare`), with the systems in any order: the first is the base of the
@@ -13,6 +13,10 @@ one and the rest of the run to the others:
 - `background`: benchmarks/reference/pywa_bot.py (pywa on FastAPI, handler after the 200);
 - `pyloto`: `python -m pyloto_cli serve` with the SQLite queue, as `pyloto bench` runs it, with
   PYLOTO_SEND_RATE_PER_NUMBER=1000 unless the environment sets it (the bots have no limit).
+
+`--rounds N` runs the whole comparison N times (the systems interleaved: inline, pyloto, inline,
+pyloto, ...), prints each round's table, then the medians over the rounds and the spread of each
+round's ratios: a system past its capacity moves a lot from one run to the next.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from pyloto_cli.bench.compare import (
     split_cpus,
     webhooks,
 )
-from pyloto_cli.bench.compare_table import comparison_table
+from pyloto_cli.bench.compare_table import comparison_table, rounds_table
 from pyloto_cli.bench.runner import BenchConfig
 from pyloto_cli.logs import configure_logging
 from pyloto_cli.loops import loop_factory
@@ -56,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--drain-timeout", type=float, default=60.0)
     parser.add_argument("--server-log-level", default="INFO", help="pyloto's PYLOTO_LOG_LEVEL")
     parser.add_argument("--no-pin", action="store_true", help="do not pin CPUs")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat; medians over rounds")
     parser.add_argument("--json", action="store_true", help="print the reports as JSON")
     return parser
 
@@ -88,12 +93,20 @@ def main(argv: list[str] | None = None) -> None:
     if pinning is None and not args.no_pin:
         err.print("[yellow]one CPU only: nothing pinned[/]")
     configure_logging("console", "WARNING")
+    if args.rounds < 1:
+        raise SystemExit("--rounds: at least 1")
+    rounds = []
     with pinned_here(pinning), asyncio.Runner(loop_factory=loop_factory()) as runner:
-        reports = runner.run(run_compare(systems, config, pinning, CompareLines(err)))
+        for _ in range(args.rounds):
+            reports = runner.run(run_compare(systems, config, pinning, CompareLines(err)))
+            rounds.append(reports)
+            if not args.json:
+                console.print(comparison_table(reports))
     if args.json:
-        print(json.dumps({k: r.to_json() for k, r in reports.items()}, indent=2))
-    else:
-        console.print(comparison_table(reports))
+        as_json = [{k: r.to_json() for k, r in reports.items()} for reports in rounds]
+        print(json.dumps(as_json[0] if args.rounds == 1 else as_json, indent=2))
+    elif args.rounds > 1:
+        console.print(rounds_table(rounds))
 
 
 if __name__ == "__main__":

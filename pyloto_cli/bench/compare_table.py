@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import statistics
+from collections.abc import Callable, Mapping, Sequence
 
 from rich.table import Table
 
@@ -83,3 +84,51 @@ def comparison_table(reports: Mapping[str, BenchReport]) -> Table:
         *blanks,
     )
     return table
+
+
+def rounds_table(rounds: Sequence[Mapping[str, BenchReport]]) -> Table:
+    """Several rounds of the same comparison: each figure's median over the rounds per system,
+    the ratio of the medians to the first system, and the per-round ratios (min to max).
+
+    One run of a system that is past its capacity (the inline bot at 100/s) moves a lot from
+    run to run; the median of interleaved rounds is the figure to compare.
+    """
+    names = list(rounds[0])
+    base = names[0]
+    table = Table(
+        title=f"{len(rounds)} rounds: {_title(rounds[0][base])}",
+        title_justify="left",
+        caption=f"medians over the rounds; ratios: system / {base} (median, then each round's"
+        " min to max)",
+        caption_justify="left",
+    )
+    table.add_column("figure")
+    for name in names:
+        table.add_column(f"{name} median", justify="right")
+    for name in names[1:]:
+        table.add_column(f"{name} / {base}", justify="right")
+        table.add_column("rounds", justify="right")
+    for label, get in FIGURES:
+        per_round = [[get(r[n]) for r in rounds] for n in names]
+        medians = [_median(values) for values in per_round]
+        cells: list[str] = []
+        for values, median in zip(per_round[1:], medians[1:], strict=True):
+            spread = [_quotient(v, b) for v, b in zip(values, per_round[0], strict=True)]
+            known = [q for q in spread if q is not None]
+            cells.append(ratio(median, medians[0]))
+            cells.append(f"{min(known):.2f} to {max(known):.2f}" if known else "-")
+        table.add_row(label, *(_num(m) for m in medians), *cells)
+    lost = [sum(r[n].counts.lost + r[n].counts.duplicated for r in rounds) for n in names]
+    table.add_row(
+        "lost + doubled, all rounds", *(str(v) for v in lost), *[""] * (2 * len(names) - 2)
+    )
+    return table
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+def _quotient(value: float | None, base: float | None) -> float | None:
+    return None if value is None or not base else value / base
