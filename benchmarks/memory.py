@@ -1,7 +1,8 @@
 """pyloto's memory: 10 000 messages queued, then a soak at a steady rate, RSS sampled throughout.
 
     .venv/bin/python -m benchmarks.memory [--backlog 10000] [--soak-seconds 180]
-        [--soak-rate 50] [--soak-users 500] [--sample-every 5] [--json]
+        [--soak-rate 50] [--soak-users 500] [--sample-every 5]
+        [--burst-rate 200 --burst-seconds 60] [--json]
 
 Backlog: `pyloto serve --no-worker` takes `--backlog` signed webhooks into the SQLite queue (no
 LLM call yet) and is stopped with all of them queued; then `pyloto serve` (web and worker in one
@@ -13,6 +14,12 @@ Soak: a fresh `pyloto serve` under an open-loop load at `--soak-rate` webhooks/s
 `--soak-seconds` (`--soak-users` conversations, so sessions reach their history cap), its RSS
 (VmRSS) sampled every `--sample-every` seconds. "Flat" is judged on the samples after the first
 minute (warm-up: imports, pools, SQLite cache): their growth and least-squares slope.
+
+With `--burst-seconds`, the soak starts with a burst at `--burst-rate` (past capacity, so the
+worker reaches its concurrency limit and the connection pools their largest size, as the first
+hiccup of a long run would) and "flat" is judged from one minute after the burst. RSS holds
+the high-water mark of what was in flight: a quiet soak keeps rising, in steps, each time a
+stall lets more pile up, until a stall takes the worker to its limit.
 Nothing is pinned. PYLOTO_SEND_RATE_PER_NUMBER is 1000 unless the environment sets it.
 """
 
@@ -27,7 +34,7 @@ import secrets
 import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -209,21 +216,39 @@ async def backlog(config: BenchConfig, count: int, every_s: float) -> dict[str, 
     }
 
 
+@dataclass(frozen=True, slots=True)
+class Burst:
+    """The soak's opening burst: `seconds` at `rate` webhooks/s (0 seconds: none)."""
+
+    rate: float = 200.0
+    seconds: float = 0.0
+
+
 async def soak(
-    config: BenchConfig, seconds: float, rate: float, users: int, every_s: float
+    config: BenchConfig,
+    seconds: float,
+    rate: float,
+    users: int,
+    every_s: float,
+    burst: Burst | None = None,
 ) -> dict[str, Any]:
     """A steady open-loop load on one `pyloto serve`, RSS sampled every `every_s`."""
-    count = int(seconds * rate)
+    burst = burst or Burst()
+    bursting = int(burst.seconds * burst.rate)
+    count = bursting + int(seconds * rate)
     async with _peers(config, "pyloto-memory-soak-") as peers:
         hooks = build_webhooks(count, users, peers.secret.encode(), secrets.token_hex(4))
         tracker, samples = ReplyTracker(peers.graph), Samples()
         async with (
             pyloto_serve(peers.workdir, peers.env, log_name="soak.log") as server,
-            load_client(max(100, int(rate * 4))) as client,
+            load_client(max(100, int(max(rate, burst.rate) * 4))) as client,
         ):
             sampler = asyncio.create_task(_sample(server, client, every_s, samples))
+            url = server.url + WEBHOOK_PATH
             try:
-                acks = await open_loop(client, server.url + WEBHOOK_PATH, hooks, rate, _ignore)
+                acks = await open_loop(client, url, hooks[:bursting], burst.rate, _ignore)
+                steady = await open_loop(client, url, hooks[bursting:], rate, _ignore)
+                acks += [replace(a, index=a.index + bursting) for a in steady]
                 wanted = {hooks[a.index].wamid for a in acks if a.ok}
                 await _drain(tracker, wanted, client, server.url, config.drain_timeout_s)
             finally:
@@ -234,8 +259,9 @@ async def soak(
         "seconds": seconds,
         "rate": rate,
         "users": users,
+        "burst": asdict(burst),
         "peak_rss_mb": None if peak is None else round(peak / MB, 1),
-        **samples.summary(WARM_UP_S),
+        **samples.summary(burst.seconds + WARM_UP_S),
         **_outcome(wanted, tracker),
         "rss_series": [[t, mb, d] for t, mb, d in samples.points],
     }
@@ -248,6 +274,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--soak-rate", type=float, default=50.0, help="webhooks/s")
     parser.add_argument("--soak-users", type=int, default=500, help="conversations")
     parser.add_argument("--sample-every", type=float, default=5.0, help="RSS sample, seconds")
+    parser.add_argument("--burst-rate", type=float, default=200.0, help="opening burst, /s")
+    parser.add_argument("--burst-seconds", type=float, default=0.0, help="0: no burst")
     parser.add_argument("--llm-latency-ms", type=float, default=500.0)
     parser.add_argument("--llm-jitter-ms", type=float, default=50.0)
     parser.add_argument("--drain-timeout", type=float, default=600.0)
@@ -261,8 +289,9 @@ async def _run(args: argparse.Namespace, config: BenchConfig) -> dict[str, Any]:
     if args.backlog > 0:
         result["backlog"] = await backlog(config, args.backlog, 0.5)
     if args.soak_seconds > 0:
+        burst = Burst(args.burst_rate, args.burst_seconds)
         result["soak"] = await soak(
-            config, args.soak_seconds, args.soak_rate, args.soak_users, args.sample_every
+            config, args.soak_seconds, args.soak_rate, args.soak_users, args.sample_every, burst
         )
     return result
 

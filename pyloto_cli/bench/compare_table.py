@@ -29,7 +29,10 @@ def ratio(value: float | None, base: float | None) -> str:
     """`value / base` as `0.55x` (three decimals under 0.1), `-` when either is missing."""
     if value is None or base is None or base == 0:
         return "-"
-    quotient = value / base
+    return _times(value / base)
+
+
+def _times(quotient: float) -> str:
     return f"{quotient:.3f}x" if quotient < 0.1 else f"{quotient:.2f}x"
 
 
@@ -116,7 +119,7 @@ def rounds_table(rounds: Sequence[Mapping[str, BenchReport]]) -> Table:
             spread = [_quotient(v, b) for v, b in zip(values, per_round[0], strict=True)]
             known = [q for q in spread if q is not None]
             cells.append(ratio(median, medians[0]))
-            cells.append(f"{min(known):.2f} to {max(known):.2f}" if known else "-")
+            cells.append(f"{_times(min(known))} to {_times(max(known))}" if known else "-")
         table.add_row(label, *(_num(m) for m in medians), *cells)
     lost = [sum(r[n].counts.lost + r[n].counts.duplicated for r in rounds) for n in names]
     table.add_row(

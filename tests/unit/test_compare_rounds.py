@@ -40,7 +40,7 @@ def test_cpu_is_the_median_of_the_rounds_and_the_ratio_is_of_the_medians() -> No
         {"inline": report(0.064), "pyloto": report(0.028)},
     ]
     cells = row(rendered(rounds), "server CPU ms/msg")
-    assert cells[1:] == ["12.0", "6.0", "0.50x", "0.42 to 0.75"]
+    assert cells[1:] == ["12.0", "6.0", "0.50x", "0.42x to 0.75x"]
 
 
 def test_losses_of_every_round_are_added_up() -> None:
