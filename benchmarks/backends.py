@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import os
-import statistics
 import subprocess
 import tempfile
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pyloto_cli import backends
+from pyloto_cli.bench.report import percentile
 from pyloto_cli.bootstrap import retry_policy
 from pyloto_cli.domain.session import Role, Turn
 from pyloto_cli.domain.task import Task, TaskKind
@@ -62,8 +62,8 @@ def local_servers() -> Iterator[dict[str, str]]:
 
 def percentiles(samples: list[float]) -> dict[str, float]:
     ordered = sorted(samples)
-    cut = statistics.quantiles(ordered, n=100, method="inclusive")
-    return {"p50": round(cut[49], 3), "p99": round(cut[98], 3), "n": len(samples)}
+    p50, p99 = percentile(ordered, 50), percentile(ordered, 99)
+    return {"p50": round(p50, 3), "p99": round(p99, 3), "n": len(samples)}
 
 
 async def timed(n: int, op: Callable[[int], Awaitable[Any]]) -> dict[str, float]:

@@ -86,7 +86,8 @@ class RedisConnection:
             raise BackendUnavailable(f"redis {self._role}: {self.address} is not open")
         return self._client
 
-    async def __aenter__(self) -> Self:
+    async def open(self) -> None:
+        """Use the borrowed client, or open one; either is checked with a PING."""
         if self._closed:
             raise RuntimeError(f"redis {self._role} cannot be reopened once closed")
         client = self._borrowed or aioredis.Redis.from_url(self._url or "")
@@ -99,6 +100,16 @@ class RedisConnection:
                 f"Redis at {self.address} cannot be reached ({self._role}): {exc}"
             ) from exc
         self._client = client
+
+    async def close(self) -> None:
+        """Stop; close the client if it is this connection's own."""
+        self._closed = True
+        client, self._client = self._client, None
+        if client is not None and self._borrowed is None:
+            await client.aclose()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
         return self
 
     async def __aexit__(
@@ -107,7 +118,4 @@ class RedisConnection:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._closed = True
-        client, self._client = self._client, None
-        if client is not None and self._borrowed is None:
-            await client.aclose()
+        await self.close()

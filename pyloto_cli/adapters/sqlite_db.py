@@ -324,7 +324,7 @@ class SqliteAttachment:
         source: Path | str | SqliteDatabase,
         *,
         synchronous: str,
-        schema: Operation[None],
+        schema: Sequence[str],
         role: str,
     ) -> None:
         self._owned = not isinstance(source, SqliteDatabase)
@@ -333,7 +333,7 @@ class SqliteAttachment:
             if isinstance(source, SqliteDatabase)
             else SqliteDatabase(source, synchronous=synchronous)
         )
-        self._schema = schema
+        self._schema = tuple(schema)
         self._role = role
         self._open = False
 
@@ -342,12 +342,16 @@ class SqliteAttachment:
         if self._owned:
             await self.db.__aenter__()
         try:
-            await self.db.run(self._schema)
+            await self.db.run(self._create_schema)
         except BaseException:
             if self._owned:
                 await self.db.close()
             raise
         self._open = True
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        for statement in self._schema:
+            conn.execute(statement)
 
     async def close(self) -> None:
         """Stop serving calls; close the database if owned."""

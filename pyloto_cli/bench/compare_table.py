@@ -27,9 +27,8 @@ def _num(value: float | None) -> str:
 
 def ratio(value: float | None, base: float | None) -> str:
     """`value / base` as `0.55x` (three decimals under 0.1), `-` when either is missing."""
-    if value is None or base is None or base == 0:
-        return "-"
-    return _times(value / base)
+    quotient = _quotient(value, base)
+    return "-" if quotient is None else _times(quotient)
 
 
 def _times(quotient: float) -> str:

@@ -111,7 +111,8 @@ async def run_server(settings: Settings, host: str, port: int, children: int) ->
             timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
         )
         async with worker_processes(settings, children) as pool:
-            runtime.wakers.append(pool.wake)
+            if pool.children:  # else nothing to wake on each webhook
+                runtime.wakers.append(pool.wake)
             await uvicorn.Server(config).serve()
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import builtins
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from google.cloud import firestore
 
+from pyloto_cli.adapters.attached import Attached
 from pyloto_cli.adapters.firestore_db import FirestoreAttachment, doc_id
 from pyloto_cli.domain.task import DeadLetter, Task
 
@@ -21,7 +21,7 @@ _MAX_ERROR_CHARS = 8192
 _BATCH_LIMIT = 500
 
 
-class FirestoreDeadLetterStore:
+class FirestoreDeadLetterStore(Attached):
     """`DeadLetterStore` on Firestore (or its emulator, via FIRESTORE_EMULATOR_HOST)."""
 
     def __init__(
@@ -34,18 +34,7 @@ class FirestoreDeadLetterStore:
         self.project = project
         self.collection = collection
         self._fs = FirestoreAttachment(project, collection, client, role="FirestoreDeadLetterStore")
-
-    async def __aenter__(self) -> Self:
-        await self._fs.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._fs.close()
+        super().__init__(self._fs)
 
     async def record(self, dead: DeadLetter) -> None:
         """Store `dead`, replacing an entry for the same task id."""

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import builtins
 import json
-from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
+from pyloto_cli.adapters.attached import Attached
 from pyloto_cli.adapters.redis_db import RedisConnection, text
 from pyloto_cli.domain.task import DeadLetter, Task
 
@@ -48,7 +48,7 @@ def _decode(raw: bytes | str) -> DeadLetter:
     )
 
 
-class RedisDeadLetterStore:
+class RedisDeadLetterStore(Attached):
     """`DeadLetterStore` on Redis.
 
     `source` is a Redis URL (the adapter opens and closes its own client) or an open
@@ -57,20 +57,9 @@ class RedisDeadLetterStore:
 
     def __init__(self, source: str | aioredis.Redis, *, prefix: str = "pyloto:") -> None:
         self._conn = RedisConnection(source, role="dead letters")
+        super().__init__(self._conn)
         self._index = f"{prefix}{{dead_letters}}:index"
         self._items = f"{prefix}{{dead_letters}}:items"
-
-    async def __aenter__(self) -> Self:
-        await self._conn.__aenter__()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._conn.__aexit__(exc_type, exc, tb)
 
     async def record(self, dead: DeadLetter) -> None:
         """Store `dead`, replacing an entry for the same task id."""

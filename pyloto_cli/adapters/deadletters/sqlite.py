@@ -15,9 +15,8 @@ from __future__ import annotations
 import builtins
 import sqlite3
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
+from pyloto_cli.adapters.attached import Attached
 from pyloto_cli.adapters.sqlite_db import SqliteAttachment, SqliteDatabase
 from pyloto_cli.domain.task import DeadLetter, Task
 
@@ -38,11 +37,6 @@ _UPSERT = """INSERT INTO dead_letters (task_id, task, error, attempts, dead_at)
     ON CONFLICT (task_id) DO UPDATE SET task = excluded.task, error = excluded.error,
         attempts = excluded.attempts, dead_at = excluded.dead_at"""
 _COLUMNS = "task, error, attempts, dead_at"
-
-
-def _create_schema(conn: sqlite3.Connection) -> None:
-    for statement in SCHEMA:
-        conn.execute(statement)
 
 
 def _letter(row: sqlite3.Row) -> DeadLetter:
@@ -78,7 +72,7 @@ def _get(conn: sqlite3.Connection, task_id: str) -> DeadLetter | None:
     return None if row is None else _letter(row)
 
 
-class SqliteDeadLetterStore:
+class SqliteDeadLetterStore(Attached):
     """`DeadLetterStore` on an SQLite file.
 
     `source` is a path (the adapter opens and closes its own `SqliteDatabase` with
@@ -88,20 +82,9 @@ class SqliteDeadLetterStore:
 
     def __init__(self, source: Path | str | SqliteDatabase, *, synchronous: str = "NORMAL") -> None:
         self._sql = SqliteAttachment(
-            source, synchronous=synchronous, schema=_create_schema, role="dead letters"
+            source, synchronous=synchronous, schema=SCHEMA, role="dead letters"
         )
-
-    async def __aenter__(self) -> Self:
-        await self._sql.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._sql.close()
+        super().__init__(self._sql)
 
     async def record(self, dead: DeadLetter) -> None:
         """Store `dead`, replacing an entry for the same task id."""

@@ -16,12 +16,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
+from pyloto_cli.adapters.attached import Attached
 from pyloto_cli.adapters.firestore_db import FirestoreAttachment, doc_id
 from pyloto_cli.ports import ClaimResult
 
@@ -30,7 +30,7 @@ _DONE = "done"
 _MAX_ROUNDS = 5  # create / reclaim races; each lost round means someone else made progress
 
 
-class FirestoreDeduper:
+class FirestoreDeduper(Attached):
     """`Deduper` on Firestore (or its emulator, via FIRESTORE_EMULATOR_HOST)."""
 
     def __init__(
@@ -44,19 +44,8 @@ class FirestoreDeduper:
         self.project = project
         self.collection = collection
         self._fs = FirestoreAttachment(project, collection, client, role="FirestoreDeduper")
+        super().__init__(self._fs)
         self._clock = clock
-
-    async def __aenter__(self) -> Self:
-        await self._fs.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._fs.close()
 
     # --- Deduper --------------------------------------------------------------------------------
 

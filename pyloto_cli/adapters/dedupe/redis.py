@@ -11,11 +11,10 @@ undo a done marker written in between. Redis expires keys by itself; nothing nee
 from __future__ import annotations
 
 import math
-from types import TracebackType
-from typing import Self
 
 import redis.asyncio as aioredis
 
+from pyloto_cli.adapters.attached import Attached
 from pyloto_cli.adapters.redis_db import LuaScript, RedisConnection, text
 from pyloto_cli.ports import ClaimResult
 
@@ -35,7 +34,7 @@ def _ttl_ms(ttl_s: float) -> int:
     return max(1, math.ceil(ttl_s * 1000))
 
 
-class RedisDeduper:
+class RedisDeduper(Attached):
     """A `Deduper` on Redis.
 
     `source` is a Redis URL (the adapter opens and closes its own client) or an open
@@ -45,19 +44,8 @@ class RedisDeduper:
 
     def __init__(self, source: str | aioredis.Redis, *, prefix: str = "pyloto:") -> None:
         self._conn = RedisConnection(source, role="dedupe")
+        super().__init__(self._conn)
         self._prefix = f"{prefix}dedupe:"
-
-    async def __aenter__(self) -> Self:
-        await self._conn.__aenter__()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._conn.__aexit__(exc_type, exc, tb)
 
     async def claim(self, key: str, ttl_s: float) -> ClaimResult:
         """Claim `key` for `ttl_s` seconds unless it is done or claimed by someone else."""

@@ -18,9 +18,8 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
+from pyloto_cli.adapters.attached import Attached
 from pyloto_cli.adapters.sqlite_db import SqliteAttachment, SqliteDatabase
 from pyloto_cli.ports import ClaimResult
 
@@ -39,11 +38,6 @@ _PURGE = """DELETE FROM dedupe WHERE key IN
     (SELECT key FROM dedupe WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)"""
 
 
-def _create_schema(conn: sqlite3.Connection) -> None:
-    for statement in SCHEMA:
-        conn.execute(statement)
-
-
 def _check_ttl(ttl_s: float) -> None:
     if not ttl_s > 0:
         raise ValueError(f"ttl_s must be positive, got {ttl_s}")
@@ -59,7 +53,7 @@ def _claim(conn: sqlite3.Connection, key: str, now: float, ttl_s: float) -> Clai
     return ClaimResult.CLAIMED
 
 
-class SqliteDeduper:
+class SqliteDeduper(Attached):
     """A `Deduper` on an SQLite file.
 
     `source` is a path (the adapter opens and closes its own `SqliteDatabase` with
@@ -76,25 +70,12 @@ class SqliteDeduper:
         purge_every_s: float = 60.0,
         purge_batch: int = 1000,
     ) -> None:
-        self._sql = SqliteAttachment(
-            source, synchronous=synchronous, schema=_create_schema, role="dedupe"
-        )
+        self._sql = SqliteAttachment(source, synchronous=synchronous, schema=SCHEMA, role="dedupe")
+        super().__init__(self._sql)
         self._clock = clock
         self._purge_every_s = purge_every_s
         self._purge_batch = purge_batch
         self._next_purge = float("-inf")
-
-    async def __aenter__(self) -> Self:
-        await self._sql.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._sql.close()
 
     async def claim(self, key: str, ttl_s: float) -> ClaimResult:
         """Claim `key` for `ttl_s` seconds unless it is done or claimed by someone else."""

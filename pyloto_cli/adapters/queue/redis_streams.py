@@ -113,14 +113,14 @@ class RedisStreamsQueue:
         return self._consumer
 
     async def __aenter__(self) -> Self:
-        await self._conn.__aenter__()
+        await self._conn.open()
         try:
             await self._conn.client.xgroup_create(
                 f"{self._prefix}stream", _GROUP, id="0", mkstream=True
             )
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
-                await self._conn.__aexit__(None, None, None)
+                await self._conn.close()
                 raise
         log_event(_log, "queue_opened", logging.DEBUG, backend="redis", consumer=self._consumer)
         return self
@@ -138,7 +138,7 @@ class RedisStreamsQueue:
                 _log, "queue_close_failed", logging.WARNING, backend="redis", error=str(error)
             )
         finally:
-            await self._conn.__aexit__(exc_type, exc, tb)
+            await self._conn.close()
 
     async def _run(self, script: LuaScript, *args: str | int | float) -> Any:
         return await script(self._conn.client, [], [self._prefix, *args])

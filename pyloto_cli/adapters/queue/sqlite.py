@@ -217,11 +217,6 @@ def _requeue(conn: sqlite3.Connection, task_ids: Sequence[str] | None, now: floa
     return count
 
 
-def _create_schema(conn: sqlite3.Connection) -> None:
-    for statement in _SCHEMA:
-        conn.execute(statement)
-
-
 def _stats(conn: sqlite3.Connection, now: float) -> tuple[int, int, int, float | None, int]:
     leased, retrying, live, oldest = conn.execute(_STATS, {"now": now}).fetchone()
     (dead,) = conn.execute("SELECT COUNT(*) FROM queue_dead").fetchone()
@@ -249,7 +244,7 @@ class SqliteMessageQueue:
         if not isinstance(source, SqliteDatabase) and synchronous.upper() not in _SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {sorted(_SYNCHRONOUS)}: {synchronous!r}")
         self._sql = SqliteAttachment(
-            source, synchronous=synchronous.upper(), schema=_create_schema, role="queue"
+            source, synchronous=synchronous.upper(), schema=_SCHEMA, role="queue"
         )
         self.db = self._sql.db
         self._found_work = False  # the last lease found something

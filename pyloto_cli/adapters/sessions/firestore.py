@@ -18,11 +18,11 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from google.cloud import firestore
 
+from pyloto_cli.adapters.attached import Attached
 from pyloto_cli.adapters.firestore_db import FirestoreAttachment, doc_id
 from pyloto_cli.domain.session import Session, Turn
 
@@ -30,7 +30,7 @@ _TURNS = "turns"
 _BATCH_LIMIT = 500  # Firestore's writes per commit
 
 
-class FirestoreSessionStore:
+class FirestoreSessionStore(Attached):
     """`SessionStore` on Firestore (or its emulator, via FIRESTORE_EMULATOR_HOST)."""
 
     def __init__(
@@ -44,20 +44,9 @@ class FirestoreSessionStore:
         self.project = project
         self.collection = collection
         self._fs = FirestoreAttachment(project, collection, client, role="FirestoreSessionStore")
+        super().__init__(self._fs)
         self._clock = clock
         self._last_ns = 0
-
-    async def __aenter__(self) -> Self:
-        await self._fs.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._fs.close()
 
     # --- SessionStore -------------------------------------------------------------------------
 

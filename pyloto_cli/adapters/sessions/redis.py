@@ -19,13 +19,13 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.typing import EncodableT, FieldT
 
+from pyloto_cli.adapters.attached import Attached
 from pyloto_cli.adapters.redis_db import RedisConnection, text
 from pyloto_cli.domain.session import Session, Turn
 
@@ -51,7 +51,7 @@ def _session(key: str, fields: dict[Any, Any], turns: Sequence[bytes | str]) -> 
     )
 
 
-class RedisSessionStore:
+class RedisSessionStore(Attached):
     """A `SessionStore` on Redis.
 
     `source` is a Redis URL (the adapter opens and closes its own client) or an open
@@ -70,21 +70,10 @@ class RedisSessionStore:
         if ttl_s is not None and not ttl_s > 0:
             raise ValueError(f"ttl_s must be positive, got {ttl_s}")
         self._conn = RedisConnection(source, role="sessions")
+        super().__init__(self._conn)
         self._prefix = f"{prefix}session:"
         self._clock = clock
         self._ttl_ms = None if ttl_s is None else max(1, math.ceil(ttl_s * 1000))
-
-    async def __aenter__(self) -> Self:
-        await self._conn.__aenter__()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._conn.__aexit__(exc_type, exc, tb)
 
     async def load(self, key: str) -> Session | None:
         """The session, or None if there is none."""

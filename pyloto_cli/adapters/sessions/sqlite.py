@@ -19,9 +19,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
+from pyloto_cli.adapters.attached import Attached
 from pyloto_cli.adapters.sqlite_db import SqliteAttachment, SqliteDatabase
 from pyloto_cli.domain.session import Session, Turn
 
@@ -37,11 +36,6 @@ _UPSERT = """INSERT INTO sessions (key, data, updated_at) VALUES (?, ?, ?)
     ON CONFLICT (key) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at"""
 
 
-def _create_schema(conn: sqlite3.Connection) -> None:
-    for statement in SCHEMA:
-        conn.execute(statement)
-
-
 def _read(conn: sqlite3.Connection, key: str) -> Session | None:
     row = conn.execute("SELECT data FROM sessions WHERE key = ?", (key,)).fetchone()
     return None if row is None else Session.from_dict(json.loads(row["data"]))
@@ -52,7 +46,7 @@ def _write(conn: sqlite3.Connection, session: Session) -> None:
     conn.execute(_UPSERT, (session.key, data, session.updated_at))
 
 
-class SqliteSessionStore:
+class SqliteSessionStore(Attached):
     """A `SessionStore` on an SQLite file.
 
     `source` is a path (the adapter opens and closes its own `SqliteDatabase` with
@@ -69,21 +63,10 @@ class SqliteSessionStore:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._sql = SqliteAttachment(
-            source, synchronous=synchronous, schema=_create_schema, role="sessions"
+            source, synchronous=synchronous, schema=SCHEMA, role="sessions"
         )
+        super().__init__(self._sql)
         self._clock = clock
-
-    async def __aenter__(self) -> Self:
-        await self._sql.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._sql.close()
 
     async def load(self, key: str) -> Session | None:
         """The session, or None if there is none."""

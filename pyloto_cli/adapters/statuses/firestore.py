@@ -16,13 +16,13 @@ import logging
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
+from pyloto_cli.adapters.attached import Attached
 from pyloto_cli.adapters.firestore_db import FirestoreAttachment, doc_id
 from pyloto_cli.logs import get_logger
 from pyloto_cli.ports import DeliveryStatus
@@ -38,7 +38,7 @@ def _status(data: dict[str, Any]) -> DeliveryStatus:
     return DeliveryStatus(**fields)
 
 
-class FirestoreStatusStore:
+class FirestoreStatusStore(Attached):
     """`StatusStore` on Firestore (or its emulator, via FIRESTORE_EMULATOR_HOST)."""
 
     def __init__(
@@ -54,20 +54,9 @@ class FirestoreStatusStore:
             raise ValueError(f"ttl_s must be positive, got {ttl_s}")
         self.collection = collection
         self._fs = FirestoreAttachment(project, collection, client, role="FirestoreStatusStore")
+        super().__init__(self._fs)
         self._ttl_s = ttl_s
         self._log = logger or get_logger("statuses.firestore")
-
-    async def __aenter__(self) -> Self:
-        await self._fs.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._fs.close()
 
     async def record(self, status: DeliveryStatus) -> bool:
         """Store `status`; False if this (wamid, status) was already recorded."""

@@ -16,11 +16,11 @@ import json
 import logging
 import time
 from dataclasses import asdict
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import redis.asyncio as aioredis
 
+from pyloto_cli.adapters.attached import Attached
 from pyloto_cli.adapters.redis_db import RedisConnection
 from pyloto_cli.logs import get_logger
 from pyloto_cli.ports import DeliveryStatus
@@ -40,7 +40,7 @@ def _decode(raw: bytes | str) -> tuple[DeliveryStatus, float]:
     return DeliveryStatus(**data["s"]), float(data["at"])
 
 
-class RedisStatusStore:
+class RedisStatusStore(Attached):
     """`StatusStore` on Redis.
 
     `source` is a Redis URL (its own client) or an open `redis.asyncio.Redis` shared with the
@@ -59,23 +59,12 @@ class RedisStatusStore:
         if not ttl_s > 0 or keep_failed < 1:
             raise ValueError("ttl_s must be positive and keep_failed at least 1")
         self._conn = RedisConnection(source, role="statuses")
+        super().__init__(self._conn)
         self._prefix = f"{prefix}statuses:msg:"
         self._failed = f"{prefix}statuses:failed"
         self._ttl_ms = int(ttl_s * 1000)
         self._keep_failed = keep_failed
         self._log = logger or get_logger("statuses.redis")
-
-    async def __aenter__(self) -> Self:
-        await self._conn.__aenter__()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._conn.__aexit__(exc_type, exc, tb)
 
     def _key(self, message_id: str) -> str:
         return f"{self._prefix}{message_id}"

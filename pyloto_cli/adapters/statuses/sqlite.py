@@ -8,9 +8,8 @@ import logging
 import sqlite3
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
+from pyloto_cli.adapters.attached import Attached
 from pyloto_cli.adapters.sqlite_db import SqliteAttachment, SqliteDatabase
 from pyloto_cli.logs import get_logger
 from pyloto_cli.ports import DeliveryStatus
@@ -51,12 +50,7 @@ def _row(row: sqlite3.Row) -> DeliveryStatus:
     )
 
 
-def _create_schema(conn: sqlite3.Connection) -> None:
-    for statement in SCHEMA:
-        conn.execute(statement)
-
-
-class SqliteStatusStore:
+class SqliteStatusStore(Attached):
     """`StatusStore` on an embedded SQLite file (durable, shared by processes on one host).
 
     `source` is a path (its own database) or an open `SqliteDatabase` shared with the sessions
@@ -70,22 +64,9 @@ class SqliteStatusStore:
         synchronous: str = "NORMAL",
         logger: logging.Logger | None = None,
     ) -> None:
-        self._db = SqliteAttachment(
-            source, synchronous=synchronous, schema=_create_schema, role="statuses"
-        )
+        self._db = SqliteAttachment(source, synchronous=synchronous, schema=SCHEMA, role="statuses")
+        super().__init__(self._db)
         self._log = logger or get_logger("statuses.sqlite")
-
-    async def __aenter__(self) -> Self:
-        await self._db.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._db.close()
 
     async def record(self, status: DeliveryStatus) -> bool:
         """Store `status`; False if this (wamid, status) was already recorded."""
