@@ -141,6 +141,29 @@ class TestBodies:
         assert request.headers["content-type"] == "application/json"
         assert json.loads(request.content) == body
 
+    async def test_each_number_gets_its_own_url_and_the_client_defaults(
+        self, graph: respx.MockRouter, clock: Clock, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Requests are built once per number, yet carry the client's own headers and
+        timeout; the parsed-URL cache is bounded and refills after it is cleared."""
+        monkeypatch.setattr("pyloto_cli.adapters.sender.graph._MAX_URLS", 2)
+        numbers = ["1001", "1002", "1003", "1001"]
+        routes = {
+            n: graph.post(f"{BASE}/v25.0/{n}/messages").mock(return_value=ok()) for n in numbers
+        }
+        timeout = httpx.Timeout(connect=1.0, read=2.0, write=3.0, pool=4.0)
+        async with httpx.AsyncClient(headers={"X-Trace": "on"}, timeout=timeout) as http:
+            sender = GraphSender(http, access_token=TOKEN, api_version="v25.0", base_url=BASE)
+            for number in numbers:
+                await sender.send(number, ob.text_body(PEER, f"to {number}"))
+        assert [len(routes[n].calls) for n in ("1001", "1002", "1003")] == [2, 1, 1]
+        for number in numbers:
+            request = routes[number].calls.last.request
+            assert json.loads(request.content)["text"]["body"] == f"to {number}"
+            assert request.headers["x-trace"] == "on"
+            assert request.headers["user-agent"].startswith("python-httpx/")
+            assert request.extensions["timeout"] == timeout.as_dict()
+
     async def test_mark_read_and_typing(self, sender: GraphSender, graph: respx.MockRouter) -> None:
         """mark_read posts the read receipt; typing adds the typing indicator."""
         route = graph.post(URL).mock(return_value=httpx.Response(200, json={"success": True}))
