@@ -283,7 +283,14 @@ class Pipeline:
         done: Sequence[InboundMessage],
         turn_number: int | None = None,
     ) -> None:
-        """Append `turns` to `msg`'s session, then mark every wamid of `done` handled."""
+        """Append `turns` to `msg`'s session and mark every wamid of `done` handled, at once.
+
+        Either record alone keeps a redelivery from being answered again (the claim finds the
+        wamid done, or the session holds the reply), so neither waits for the other: one round
+        trip (on SQLite, one transaction), and a failing session store after the send costs
+        the exchange's history, not a second reply. Any failure is raised (a retry) after
+        both have been tried.
+        """
         meta = {"phone_number_id": msg.phone_number_id}
         if msg.wa_id:
             meta["wa_id"] = msg.wa_id
@@ -291,16 +298,23 @@ class Pipeline:
             meta["user_id"] = msg.user_id
         if turn_number is not None:
             meta["user_turns"] = str(turn_number)
-        await self.sessions.append(msg.conversation_key, turns, self.config.history_turns, meta)
-        log_event(
-            _log,
-            "session_saved",
-            message_id=msg.id,
-            conversation=_masked_key(msg.conversation_key),
-            turns_added=len(turns),
+        ttl = self.config.dedupe_ttl_s
+        appended, *marked = await asyncio.gather(
+            self.sessions.append(msg.conversation_key, turns, self.config.history_turns, meta),
+            *(self.deduper.mark_done(handled.id, ttl) for handled in done),
+            return_exceptions=True,
         )
-        for handled in done:
-            await self.deduper.mark_done(handled.id, self.config.dedupe_ttl_s)
+        if not isinstance(appended, BaseException):
+            log_event(
+                _log,
+                "session_saved",
+                message_id=msg.id,
+                conversation=_masked_key(msg.conversation_key),
+                turns_added=len(turns),
+            )
+        for outcome in (appended, *marked):
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def _mark_read(self, msg: InboundMessage) -> None:
         try:

@@ -292,10 +292,22 @@ async def run_with(sessions: MemorySessionStore, deduper: MemoryDeduper) -> Reco
     return sender
 
 
-async def test_crash_between_send_and_save_resends_never_skips() -> None:
-    """The at-least-once window: the reply is sent again, and the session holds it once."""
+async def test_a_session_save_failing_after_the_send_does_not_resend() -> None:
+    """The done marker is written beside the failed save: the retry skips, no second reply
+    (the exchange is missing from the history instead)."""
     sessions = FlakySessions()
-    sender = await run_with(sessions, MemoryDeduper())
+    deduper = MemoryDeduper()
+    sender = await run_with(sessions, deduper)
+    assert callback_ids(sender) == ["wamid.K1"]
+    assert await deduper.claim("wamid.K1", 60) is ClaimResult.DONE
+    assert await sessions.load(f"{PNID}:15550001234") is None
+
+
+async def test_save_and_done_both_failing_after_the_send_resends_once() -> None:
+    """The at-least-once window: with neither record written the reply is sent again, and
+    the session then holds the exchange once."""
+    sessions = FlakySessions()
+    sender = await run_with(sessions, FlakyDeduper())
     assert callback_ids(sender) == ["wamid.K1", "wamid.K1"]
     session = await sessions.load(f"{PNID}:15550001234")
     assert session is not None
