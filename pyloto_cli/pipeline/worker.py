@@ -98,7 +98,7 @@ class Worker:
             while not stop.is_set():
                 self._wake.clear()  # before the lease: a wake during it is not lost
                 try:
-                    leased = await self._lease_some()
+                    more = await self._lease_some()
                 except Exception as exc:
                     failures += 1
                     await self._back_off(stop, exc, failures)
@@ -106,7 +106,7 @@ class Worker:
                 if failures:
                     log_event(_log, "queue_lease_recovered", failures=failures)
                     failures = 0
-                if not leased:
+                if not more:
                     await self._idle(stop, self.poll_interval)
         finally:
             await self._wind_down()
@@ -127,8 +127,7 @@ class Worker:
         """Burst mode: process until the queue has nothing leasable, then return the counts."""
         idle = 0
         while idle < max_idle_polls:
-            leased = await self._lease_some()
-            if leased:
+            if await self._lease_some():
                 idle = 0
                 continue
             if self._inflight:
@@ -138,17 +137,24 @@ class Worker:
             await asyncio.sleep(self.poll_interval)
         return self.stats
 
-    async def _lease_some(self) -> int:
+    async def _lease_some(self) -> bool:
+        """Lease up to the free slots (first waiting for one if there are none); True when
+        more may be leasable now: the lease filled every free slot, or a slot was waited for.
+
+        A lease that found fewer tasks than it asked for has emptied what is leasable: leasing
+        again at once would find nothing (one empty round trip per message at a steady
+        trickle), so the caller waits for a wake or the next poll instead.
+        """
         free = self.concurrency - len(self._inflight)
         if free <= 0:
             await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
-            return -1
+            return True
         leased = await self.queue.lease(free, self.lease_s)
         for lease in leased:
             task = asyncio.create_task(self._handle(lease), name=f"task:{lease.task.task_id}")
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
-        return len(leased)
+        return len(leased) == free
 
     async def _idle(self, stop: asyncio.Event, timeout_s: float) -> None:
         waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]

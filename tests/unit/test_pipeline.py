@@ -491,6 +491,49 @@ async def test_a_wake_during_an_empty_lease_is_not_lost(sender: RecordingSender)
     assert callback_ids(sender) == ["wamid.wake"]
 
 
+class _CountingLeases(MemoryMessageQueue):
+    """Counts leases, and those that found nothing."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        super().__init__(policy)
+        self.leases = 0
+        self.empty = 0
+        self.leased = asyncio.Event()
+
+    async def lease(self, max_items: int, lease_s: float) -> list[Leased]:
+        found = await super().lease(max_items, lease_s)
+        self.leases += 1
+        self.empty += not found
+        self.leased.set()
+        return found
+
+
+async def test_a_trickle_costs_one_lease_per_message(sender: RecordingSender) -> None:
+    """A lease that found fewer tasks than free slots is not followed at once by an empty
+    one: each woken message costs one lease (plus the start's empty one)."""
+    policy = RetryPolicy(base_s=0.0, cap_s=0.0, jitter=0.0, max_attempts=3)
+    async with (
+        _CountingLeases(policy) as queue,
+        worker_on(queue, sender, poll_interval=30.0, grace_s=1.0) as harness,
+    ):
+        stop = asyncio.Event()
+        running = asyncio.create_task(harness.worker.run(stop))
+        await queue.leased.wait()  # the start's lease, on an empty queue
+        for n in range(1, 6):
+            wamid = f"wamid.trickle.{n}"
+            payload = webhook([message(wamid, "oi", sender=f"1555000000{n}")])
+            await queue.enqueue(split_webhook(payload, 1767225600.0))
+            harness.worker.notify()
+            for _ in range(200):
+                if wamid in callback_ids(sender):
+                    break
+                await asyncio.sleep(0.01)
+        stop.set()
+        await running
+    assert callback_ids(sender) == [f"wamid.trickle.{n}" for n in range(1, 6)]
+    assert (queue.leases, queue.empty) == (6, 1)
+
+
 class _DownThenUp(MemoryMessageQueue):
     """Its backend is unreachable for the first `failures` leases."""
 
