@@ -22,7 +22,6 @@ import json
 import os
 import secrets
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -52,6 +51,7 @@ from pyloto_cli.bench.runner import (
     describe,
     fake_openai_options,
     pyloto_args,
+    run_workdir,
     server_env,
     spent_between,
 )
@@ -253,8 +253,8 @@ async def run_system(kind: str, config: BenchConfig, pinning: Pinning | None) ->
     """One system end to end: fakes and server up, load, drain, figures, all down."""
     secret = secrets.token_hex(16)
     hooks = webhooks(config, secret.encode(), f"{kind}-{secrets.token_hex(4)}")
-    with tempfile.TemporaryDirectory(prefix=f"pyloto-compare-{kind}-") as tmp:
-        workdir = Path(tmp)
+    async with contextlib.AsyncExitStack() as stack:
+        workdir = run_workdir(config, stack, prefix=f"pyloto-compare-{kind}-")
         child_env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
         async with (
             FakeGraphServer() as graph,
@@ -266,7 +266,11 @@ async def run_system(kind: str, config: BenchConfig, pinning: Pinning | None) ->
                 if pinning is not None:
                     pin_process(server.pid, pinning.server)
                 record = await measure(config, server, llm, graph, hooks)
-    extra: dict[str, object] = {"pinned": pinning is not None, "system": kind}
+    extra: dict[str, object] = {
+        "pinned": pinning is not None,
+        "system": kind,
+        "workdir": str(workdir) if config.keep else None,
+    }
     if kind == "pyloto":
         extra["send_rate_per_number"] = env.get("PYLOTO_SEND_RATE_PER_NUMBER", COMPARE_SEND_RATE)
     return summarize({**describe(config), **extra}, record)

@@ -261,9 +261,11 @@ def describe(config: BenchConfig) -> dict[str, Any]:
     return data
 
 
-def _workdir(config: BenchConfig, stack: contextlib.AsyncExitStack) -> Path:
-    """The run's directory: removed on exit unless `config.keep`."""
-    prefix, parent = "pyloto-bench-", config.data_dir
+def run_workdir(
+    config: BenchConfig, stack: contextlib.AsyncExitStack, prefix: str = "pyloto-bench-"
+) -> Path:
+    """The run's directory under `config.data_dir`: removed on exit unless `config.keep`."""
+    parent = config.data_dir
     if config.keep:
         path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
         log_event(_log, "bench_workdir_kept", path=str(path))
@@ -304,7 +306,7 @@ async def run_bench(config: BenchConfig, progress: BenchProgress | None = None) 
     log_event(_log, "bench_started", **describe(config))
     child_env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
     async with contextlib.AsyncExitStack() as stack:
-        workdir = _workdir(config, stack)
+        workdir = run_workdir(config, stack)
         graph = await stack.enter_async_context(FakeGraphServer())
         graph.delay_s = config.graph_latency_ms / 1000
         llm = await stack.enter_async_context(

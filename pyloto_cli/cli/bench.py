@@ -99,6 +99,9 @@ def _compare(
         print_json({kind: report.to_json() for kind, report in reports.items()})
     else:
         console.print(comparison_table(reports))
+        for kind, report in reports.items():
+            if report.config.get("workdir"):
+                console.print(f"kept ({kind}): {report.config['workdir']}", highlight=False)
     return reports["pyloto"].clean
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -159,15 +160,17 @@ def test_reply_cache_hit_rate_is_reported(
 
 
 def test_compare_runs_the_inline_bot_then_pyloto_through_the_same_load(
-    runner: CliRunner,
+    runner: CliRunner, tmp_path: Path
 ) -> None:
-    """`--compare inline`: the reference bot and pyloto each answer all 10 webhooks once."""
+    """`--compare inline`: the reference bot and pyloto each answer all 10 webhooks once;
+    with --keep, each system's directory (its server log) stays under --data-dir."""
     result = runner.invoke(
         app,
         [
             "bench",
             *("--compare", "inline", "--no-pin", "-n", "10", "--rate", "20"),
             *("--llm-latency-ms", "20", "--llm-jitter-ms", "5", "--json"),
+            *("--keep", "--data-dir", str(tmp_path)),
         ],
     )
     assert result.exit_code == 0, f"{result.stdout}\n{result.stderr}"
@@ -181,6 +184,12 @@ def test_compare_runs_the_inline_bot_then_pyloto_through_the_same_load(
     # the inline bot answers the webhook only after its three LLM calls (>= 15 ms each)
     assert reports["inline"]["ack_ms"]["p50"] >= 45
     assert reports["pyloto"]["config"]["send_rate_per_number"] == "1000"
+    for kind, report in reports.items():
+        kept = Path(report["config"]["workdir"])
+        assert kept.parent == tmp_path
+        assert kept.name.startswith(f"pyloto-compare-{kind}-")
+        log = "serve.log" if kind == "pyloto" else f"{kind}.log"
+        assert (kept / log).stat().st_size > 0
 
 
 def test_compare_refuses_an_unknown_system(runner: CliRunner) -> None:
