@@ -9,7 +9,13 @@ process's CPU milliseconds per call (`time.process_time`):
 - create/default: `chat.completions.create()` on the default httpx2 client
 - create/aiohttp: `chat.completions.create()` on `DefaultAioHttpClient`
 - post/aiohttp:   low-level `client.post("/chat/completions", cast_to=ChatCompletion)` on it
-- pyloto/aiohttp: pyloto's `OpenAIChat` (the post path plus body building and content checks)
+- pyloto/aiohttp: pyloto's `OpenAIChat` (made once per client, as pyloto does: the request path
+  plus body building and content checks)
+
+The figure depends on the call rate as much as on the path: `--latency-ms 20 --in-flight 50`
+(about 2 000 calls/s) shares each event-loop wake-up among many answers, while
+`--latency-ms 500 --in-flight 100` (about 200 calls/s, what pyloto's worker sees at 100
+messages/s) pays it for nearly every answer.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ MESSAGES: list[Any] = [
     {"role": "system", "content": "You are a helpful assistant. Answer briefly."},
     {"role": "user", "content": "Hello, what are your opening hours on Sunday?"},
 ]
-Call = Callable[[AsyncOpenAI], Awaitable[object]]
+Call = Callable[[], Awaitable[object]]
 
 
 def free_port() -> int:
@@ -80,30 +86,32 @@ async def client_for(base_url: str, aiohttp: bool) -> AsyncIterator[AsyncOpenAI]
         yield client
 
 
-async def via_create(client: AsyncOpenAI) -> object:
-    return await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+def via_create(client: AsyncOpenAI) -> Call:
+    return lambda: client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
 
 
-async def via_post(client: AsyncOpenAI) -> object:
+def via_post(client: AsyncOpenAI) -> Call:
     body = {"model": "gpt-4o-mini", "messages": MESSAGES}
-    return await client.post(
+    return lambda: client.post(
         "/chat/completions", cast_to=ChatCompletion, body=body, options={"timeout": 30}
     )
 
 
-async def via_pyloto(client: AsyncOpenAI) -> object:
+def via_pyloto(client: AsyncOpenAI) -> Call:
+    chat = OpenAIChat(client)  # one per client, as the responder keeps it
     messages = tuple(ChatMessage(m["role"], m["content"]) for m in MESSAGES)
-    return await OpenAIChat(client)(ChatRequest("response", "gpt-4o-mini", messages, 30.0))
+    request = ChatRequest("response", "gpt-4o-mini", messages, 30.0)
+    return lambda: chat(request)
 
 
-async def measure(client: AsyncOpenAI, call: Call, calls: int, in_flight: int) -> float:
+async def measure(call: Call, calls: int, in_flight: int) -> float:
     """CPU ms per call over `calls` calls, `in_flight` at a time (after a warm-up)."""
-    await asyncio.gather(*(call(client) for _ in range(in_flight)))
+    await asyncio.gather(*(call() for _ in range(in_flight)))
     gate = asyncio.Semaphore(in_flight)
 
     async def one() -> None:
         async with gate:
-            await call(client)
+            await call()
 
     cpu = time.process_time()
     await asyncio.gather(*(one() for _ in range(calls)))
@@ -111,15 +119,15 @@ async def measure(client: AsyncOpenAI, call: Call, calls: int, in_flight: int) -
 
 
 async def run(base_url: str, calls: int, in_flight: int) -> None:
-    variants: list[tuple[str, bool, Call]] = [
+    variants: list[tuple[str, bool, Callable[[AsyncOpenAI], Call]]] = [
         ("create/default", False, via_create),
         ("create/aiohttp", True, via_create),
         ("post/aiohttp", True, via_post),
         ("pyloto/aiohttp", True, via_pyloto),
     ]
-    for name, aiohttp, call in variants:
+    for name, aiohttp, make_call in variants:
         async with client_for(base_url, aiohttp) as client:
-            ms = await measure(client, call, calls, in_flight)
+            ms = await measure(make_call(client), calls, in_flight)
         print(f"{name:16} {ms:6.3f} CPU ms/call  ({calls} calls, {in_flight} in flight)")
 
 

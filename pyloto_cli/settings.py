@@ -121,6 +121,8 @@ class Settings(BaseSettings):
     worker_enabled: bool = Field(True, validation_alias=_env("PYLOTO_WORKER_ENABLED"))
     # serve's in-process worker on a thread with its own event loop (SQLite and Redis queues)
     worker_thread: bool = Field(True, validation_alias=_env("PYLOTO_WORKER_THREAD"))
+    # how many nice steps below the web thread that worker thread runs (Linux; 0: the same)
+    worker_nice: int = Field(10, ge=0, le=19, validation_alias=_env("PYLOTO_WORKER_NICE"))
     workers: int = Field(0, ge=0, le=64, validation_alias=_env("PYLOTO_WORKERS"))
     # set by `serve --workers N` for its children (see pyloto_cli.workers), not by users
     parent_pid: int | None = Field(None, validation_alias=_env("PYLOTO_PARENT_PID"))

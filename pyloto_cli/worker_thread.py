@@ -9,6 +9,11 @@ loop that opened them), but shares the web runtime's SQLite files (`backends.Sql
 writer thread and one group commit per file for both loops, and no lock contention between
 them. The web loop wakes the worker after each enqueue with `call_soon_threadsafe`.
 
+The worker thread runs `PYLOTO_WORKER_NICE` (10) nice steps below the web thread (Linux
+schedules threads one by one): when both want the CPU, the OS runs the webhook's request first,
+so the 200 does not queue behind LLM answers being parsed. It changes the order, not the amount,
+of work: the worker gets every cycle the web thread leaves.
+
 The memory queue belongs to one loop, so with it the worker stays on the web loop
 (`bootstrap.run_worker`), as it does with PYLOTO_WORKER_THREAD=false.
 """
@@ -19,6 +24,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import os
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -48,12 +54,29 @@ def threadable(settings: Settings) -> bool:
     return settings.worker_enabled and settings.worker_thread and pulls_shared
 
 
+def lower_thread_priority(steps: int) -> int | None:
+    """Make the calling thread `steps` nice steps less favoured (at most 19); Linux only,
+    where each thread has its own nice value. Returns the new value, or None if unchanged."""
+    if steps <= 0 or not sys.platform.startswith("linux"):
+        return None
+    tid = threading.get_native_id()
+    try:
+        nice = min(19, os.getpriority(os.PRIO_PROCESS, tid) + steps)
+        os.setpriority(os.PRIO_PROCESS, tid, nice)
+    except OSError as exc:  # e.g. a sandbox that forbids it: run at the same priority
+        log_event(_log, "worker_priority_unchanged", logging.WARNING, error=str(exc))
+        return None
+    return nice
+
+
 def _thread_main(
     settings: Settings,
     web: Runtime,
     started: concurrent.futures.Future[_Running],
     on_failure: Callable[[], None],
 ) -> None:
+    lower_thread_priority(settings.worker_nice)
+
     async def main() -> None:
         stop = asyncio.Event()
         async with open_runtime(settings, sqlite=web.sqlite) as runtime:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 import threading
 import time
@@ -43,6 +44,11 @@ async def test_the_thread_answers_what_the_web_loop_enqueued(
         assert web.worker is None
         async with worker_thread(settings, web, on_failure=_unexpected):
             assert sys.getswitchinterval() == SWITCH_INTERVAL_S
+            (worker,) = (t for t in threading.enumerate() if t.name == "pyloto-worker")
+            assert worker.native_id is not None
+            web_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+            worker_nice = os.getpriority(os.PRIO_PROCESS, worker.native_id)
+            assert worker_nice == min(19, web_nice + settings.worker_nice) > web_nice
             result = await web.sink.enqueue([task])
             assert result.enqueued == (task.task_id,)
             web.notify()
