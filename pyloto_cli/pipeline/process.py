@@ -7,19 +7,20 @@ The order of the side effects is the at-least-once contract:
    transaction on SQLite); if it already records a reply sent for this wamid (a crash between
    the session save and the done marker), only mark it done: the reply did leave;
 3. ask the responder, build the body, send it from the number that received the message;
-4. append the user's turn and the reply (with the sent wamid) to the session;
-5. mark the wamid done.
+4. append the user's turn and the reply (with the sent wamid) to the session, and mark the
+   wamid done, at once: either record alone keeps a redelivery from being answered again.
 
-A crash anywhere before step 5 makes the queue hand the task out again: the reply is sent again
-only if the crash came between the send and the session save (the at-least-once window), and it
-is never skipped. Failures are outcomes, not exceptions: TransientError -> retry (honouring its
-delay), PermanentError -> dead letter with the reason. Anything else the worker treats as a retry.
+A crash anywhere before step 4 makes the queue hand the task out again: the reply is sent again
+only if the crash came between the send and both records of step 4 (the at-least-once window),
+and it is never skipped. Failures are outcomes, not exceptions: TransientError -> retry
+(honouring its delay), PermanentError -> dead letter with the reason. Anything else the worker
+treats as a retry.
 
 A burst (`process_batch`, burst coalescing) follows the same steps once for all its messages:
 every wamid is claimed; one reply answers the last message that needs one, from all the users'
 words; the session gets each user turn and that reply in one append; every wamid is marked
 done. A message whose user turn is already in the session counts as answered, so a burst
-retried one message at a time after a crash before step 5 is not answered twice.
+retried one message at a time after a crash before step 4 is not answered twice.
 """
 
 from __future__ import annotations

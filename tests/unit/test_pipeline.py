@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -458,17 +459,32 @@ class _WakeDuringLease(MemoryMessageQueue):
         return await super().lease(max_items, lease_s)
 
 
-async def _run_until(worker: Worker, done: Callable[[], bool], within_s: float) -> None:
+@contextlib.asynccontextmanager
+async def _running(worker: Worker) -> AsyncIterator[None]:
+    """`worker.run` for the block, then stopped."""
     stop = asyncio.Event()
     running = asyncio.create_task(worker.run(stop))
     try:
-        for _ in range(int(within_s / 0.01)):
-            if done():
-                return
-            await asyncio.sleep(0.01)
+        yield
     finally:
         stop.set()
         await running
+
+
+async def _wait_for(done: Callable[[], bool], within_s: float) -> None:
+    for _ in range(int(within_s / 0.01)):
+        if done():
+            return
+        await asyncio.sleep(0.01)
+
+
+def _sent_at_least(sender: RecordingSender, count: int) -> bool:
+    return len(sender.sent) >= count
+
+
+async def _run_until(worker: Worker, done: Callable[[], bool], within_s: float) -> None:
+    async with _running(worker):
+        await _wait_for(done, within_s)
 
 
 async def test_a_wake_during_an_empty_lease_is_not_lost(sender: RecordingSender) -> None:
@@ -515,21 +531,14 @@ async def test_a_trickle_costs_one_lease_per_message(sender: RecordingSender) ->
     async with (
         _CountingLeases(policy) as queue,
         worker_on(queue, sender, poll_interval=30.0, grace_s=1.0) as harness,
+        _running(harness.worker),
     ):
-        stop = asyncio.Event()
-        running = asyncio.create_task(harness.worker.run(stop))
         await queue.leased.wait()  # the start's lease, on an empty queue
         for n in range(1, 6):
-            wamid = f"wamid.trickle.{n}"
-            payload = webhook([message(wamid, "oi", sender=f"1555000000{n}")])
+            payload = webhook([message(f"wamid.trickle.{n}", "oi", sender=f"1555000000{n}")])
             await queue.enqueue(split_webhook(payload, 1767225600.0))
             harness.worker.notify()
-            for _ in range(200):
-                if wamid in callback_ids(sender):
-                    break
-                await asyncio.sleep(0.01)
-        stop.set()
-        await running
+            await _wait_for(functools.partial(_sent_at_least, sender, n), within_s=2.0)
     assert callback_ids(sender) == [f"wamid.trickle.{n}" for n in range(1, 6)]
     assert (queue.leases, queue.empty) == (6, 1)
 

@@ -18,6 +18,7 @@ send (SendPaused, fast, no request) until a probe send succeeds after the pause.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -48,7 +49,7 @@ from pyloto_cli.settings import Settings
 ClientKind = Literal["aiohttp", "httpx", "httpx-default"]
 
 _UNWRITTEN = "Can not write request body"  # aiohttp's ClientOSError for a failed write
-_MAX_URLS = 1024  # parsed URLs kept, one per business number
+_MAX_URLS = 1024  # parsed URLs kept (least recently used out), one per business number
 _DIGITS = re.compile(r"\+?\d{8,}")
 _NEVER_SENT = (
     httpx.ConnectError,
@@ -133,7 +134,7 @@ class GraphSender:
         self._headers = httpx.Headers(client.headers)
         self._headers["Authorization"] = f"Bearer {access_token}"
         self._headers["Content-Type"] = "application/json"
-        self._urls: dict[str, httpx.URL] = {}
+        self._url = functools.lru_cache(maxsize=_MAX_URLS)(self._messages_url)
         self.limiter = limiter
         self.auth_pause_s = auth_pause_s
         self._clock = clock
@@ -266,16 +267,9 @@ class GraphSender:
         except httpx.TransportError as exc:
             raise self._transport_failure(exc, phone_number_id, peer, kind) from exc
 
-    def _url(self, phone_number_id: str) -> httpx.URL:
-        """`{base}/{version}/{phone_number_id}/messages`, parsed once per business number."""
-        url = self._urls.get(phone_number_id)
-        if url is None:
-            if len(self._urls) >= _MAX_URLS:
-                self._urls.clear()
-            url = self._urls[phone_number_id] = httpx.URL(
-                f"{self._base}/{phone_number_id}/messages"
-            )
-        return url
+    def _messages_url(self, phone_number_id: str) -> httpx.URL:
+        """`{base}/{version}/{phone_number_id}/messages`, parsed (`_url` caches it per number)."""
+        return httpx.URL(f"{self._base}/{phone_number_id}/messages")
 
     def _transport_failure(
         self, exc: httpx.TransportError, phone_number_id: str, peer: str | None, kind: str

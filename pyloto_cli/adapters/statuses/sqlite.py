@@ -64,8 +64,10 @@ class SqliteStatusStore(Attached):
         synchronous: str = "NORMAL",
         logger: logging.Logger | None = None,
     ) -> None:
-        self._db = SqliteAttachment(source, synchronous=synchronous, schema=SCHEMA, role="statuses")
-        super().__init__(self._db)
+        self._sql = SqliteAttachment(
+            source, synchronous=synchronous, schema=SCHEMA, role="statuses"
+        )
+        super().__init__(self._sql)
         self._log = logger or get_logger("statuses.sqlite")
 
     async def record(self, status: DeliveryStatus) -> bool:
@@ -89,7 +91,7 @@ class SqliteStatusStore(Attached):
             )
             return cursor.rowcount == 1
 
-        stored = await self._db.run(op)
+        stored = await self._sql.run(op)
         if stored:
             log_status(self._log, status)
         return stored
@@ -105,7 +107,7 @@ class SqliteStatusStore(Attached):
             ).fetchall()
             return [_row(r) for r in rows]
 
-        return await self._db.run(op)
+        return await self._sql.run(op)
 
     async def failed(self, limit: int = 100) -> list[DeliveryStatus]:
         """The newest `failed` statuses first."""
@@ -118,4 +120,4 @@ class SqliteStatusStore(Attached):
             ).fetchall()
             return [_row(r) for r in rows]
 
-        return await self._db.run(op)
+        return await self._sql.run(op)
