@@ -6,6 +6,13 @@ transaction (each operation inside its own SAVEPOINT, so one failing operation d
 the others), commits once, and then resolves each caller's future. Concurrent webhook requests
 therefore share a commit, and a caller hears back only after its write is durable.
 
+A `lazy` operation (the bookkeeping after a reply is sent: the session append, the done marker,
+the queue's ack) does not wake the thread: it goes into the next transaction, ahead of what woke
+it, or into one of its own after `lazy_wait_s` (50 ms) if nothing else comes. Its caller still
+hears back only once it is committed. At a steady flow each such write saves the thread a
+wake-up and a commit (benchmarks: about a tenth of the CPU per message at 100 webhooks a
+second), and an ack committed just before a lease frees the conversation's next task for it.
+
 WAL with `synchronous=NORMAL` survives a process crash (kill -9) but not a power loss; FULL
 survives both at a much higher commit cost. Automatic checkpoints are off (they would run inside
 a commit, under a request): a second thread with its own connection runs a passive checkpoint
@@ -23,7 +30,9 @@ to `busy_wait_s`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import enum
 import queue
 import sqlite3
 import threading
@@ -44,6 +53,7 @@ _TRUNCATE_AT_FRAMES = 16_384  # 64 MiB of 4 KiB pages
 _TRUNCATE_WAIT_MS = 200
 _BUSY_FIRST_SLEEP_S = 0.00005
 _BUSY_MAX_SLEEP_S = 0.001
+LAZY_WAIT_S = 0.05
 
 
 def is_busy(exc: BaseException) -> bool:
@@ -88,6 +98,13 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
 _Outcome = tuple[_Job[Any], Any, BaseException | None]
 
 
+class _Wait(enum.Enum):
+    WAITED = enum.auto()
+
+
+_WAITED = _Wait.WAITED
+
+
 def _settle_all(outcomes: list[_Outcome]) -> None:
     for job, result, error in outcomes:
         _settle(job.future, result, error)
@@ -121,8 +138,11 @@ class SqliteDatabase:
         schema: Sequence[str] = (),
         max_batch: int = 512,
         busy_wait_s: float = 5.0,
+        lazy_wait_s: float = LAZY_WAIT_S,
     ) -> None:
         self.path = Path(path)
+        self._lazy: collections.deque[_Job[Any]] = collections.deque()
+        self._lazy_wait_s = lazy_wait_s
         self._synchronous = synchronous
         self._schema = tuple(schema)
         self._max_batch = max_batch
@@ -165,7 +185,7 @@ class SqliteDatabase:
     @property
     def pending(self) -> int:
         """Operations handed to the writer thread and not yet taken into a transaction."""
-        return self._jobs.qsize()
+        return self._jobs.qsize() + len(self._lazy)
 
     async def close(self) -> None:
         """Finish the queued work, checkpoint, close the file."""
@@ -176,17 +196,23 @@ class SqliteDatabase:
             self._jobs.put(None)
             await asyncio.to_thread(self._thread.join)
 
-    async def run(self, op: Operation[T], *, readonly: bool = False) -> T:
+    async def run(self, op: Operation[T], *, readonly: bool = False, lazy: bool = False) -> T:
         """Run `op(conn)` in the writer thread inside a transaction; return once committed.
 
         A batch made only of `readonly` operations opens a deferred transaction, which takes no
         write lock: a poll that finds nothing does not contend with other processes' writers.
+        A `lazy` operation does not wake the writer: it joins the next transaction, or one of
+        its own within `lazy_wait_s`. The caller still hears back only once it is committed.
         """
         if self._closed or self._thread is None:
             raise BackendUnavailable(f"sqlite: {self.path} is not open")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._jobs.put(_Job(op, future, loop, readonly))
+        job = _Job(op, future, loop, readonly)
+        if lazy:
+            self._lazy.append(job)
+        else:
+            self._jobs.put(job)
         return await future
 
     # --- the writer thread ---------------------------------------------------------------------
@@ -215,12 +241,14 @@ class SqliteDatabase:
         loop.call_soon_threadsafe(_settle, ready, None, None)
         try:
             while True:
-                batch, stop = self._drain(self._jobs.get())
+                batch, stop = self._drain(self._next())
                 if batch:
                     self._run_batch(conn, batch)
                     self._dirty.set()
                 if stop:
                     break
+            while self._lazy:  # those queued while the last batch ran
+                self._run_batch(conn, self._take_lazy())
         finally:
             self._stopping.set()
             self._dirty.set()
@@ -248,10 +276,27 @@ class SqliteDatabase:
         finally:
             conn.close()
 
-    def _drain(self, first: _Job[Any] | None) -> tuple[list[_Job[Any]], bool]:
+    def _next(self) -> _Job[Any] | _Wait | None:
+        """The next job, waiting at most `lazy_wait_s` (lazy jobs may be waiting for it)."""
+        try:
+            return self._jobs.get(timeout=self._lazy_wait_s)
+        except queue.Empty:
+            return _WAITED
+
+    def _take_lazy(self) -> list[_Job[Any]]:
+        taken: list[_Job[Any]] = []
+        with contextlib.suppress(IndexError):
+            while len(taken) < self._max_batch:
+                taken.append(self._lazy.popleft())
+        return taken
+
+    def _drain(self, first: _Job[Any] | _Wait | None) -> tuple[list[_Job[Any]], bool]:
+        batch = self._take_lazy()  # first: an ack frees the next task before a lease looks
         if first is None:
-            return [], True
-        batch = [first]
+            return batch, True
+        if first is _WAITED:
+            return batch, False
+        batch.append(first)
         while len(batch) < self._max_batch:
             try:
                 job = self._jobs.get_nowait()
@@ -359,8 +404,8 @@ class SqliteAttachment:
         if self._owned:
             await self.db.close()
 
-    async def run(self, op: Operation[T], *, readonly: bool = False) -> T:
+    async def run(self, op: Operation[T], *, readonly: bool = False, lazy: bool = False) -> T:
         """`op(conn)` in the database's writer thread, committed (see `SqliteDatabase.run`)."""
         if not self._open:
             raise BackendUnavailable(f"sqlite {self._role}: {self.db.path} is not open")
-        return await self.db.run(op, readonly=readonly)
+        return await self.db.run(op, readonly=readonly, lazy=lazy)

@@ -156,3 +156,55 @@ async def test_under_steady_writes_the_log_is_emptied(
         )
     assert rows == i  # nothing written was lost to a truncation
     assert wal < i * len(big), (wal, i)  # less than the rows alone would take in the log
+
+
+def keys(conn: sqlite3.Connection) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT k FROM t ORDER BY k")]
+
+
+async def test_a_lazy_write_waits_for_the_next_transaction_and_goes_first(tmp_path: Path) -> None:
+    """It does not wake the writer; the next operation's transaction runs it, ahead of that
+    operation (which sees its write), and both share one commit."""
+    async with SqliteDatabase(tmp_path / "db.sqlite", schema=SCHEMA, lazy_wait_s=30.0) as db:
+        lazy = asyncio.create_task(db.run(insert("lazy"), lazy=True))
+        await asyncio.sleep(0.2)
+        assert not lazy.done()
+        assert db.pending == 1
+        commits = db.commits
+        seen = await db.run(keys)
+        await lazy
+        assert seen == ["lazy"]
+        assert db.commits == commits + 1
+        assert db.pending == 0
+
+
+async def test_a_lazy_write_alone_is_committed_after_its_wait(tmp_path: Path) -> None:
+    """With nothing else to join, it gets a transaction of its own within `lazy_wait_s`."""
+    path = tmp_path / "db.sqlite"
+    async with SqliteDatabase(path, schema=SCHEMA, lazy_wait_s=0.02) as db:
+        await asyncio.wait_for(db.run(insert("alone"), lazy=True), timeout=10)
+        with sqlite3.connect(path) as other:  # committed: another connection reads it
+            assert keys(other) == ["alone"]
+
+
+async def test_a_failing_lazy_write_fails_alone(tmp_path: Path) -> None:
+    """It is isolated like any operation of a batch: its error reaches its caller only."""
+    async with SqliteDatabase(tmp_path / "db.sqlite", schema=SCHEMA, lazy_wait_s=30.0) as db:
+        await db.run(insert("a"))
+        duplicate = asyncio.create_task(db.run(insert("a"), lazy=True))
+        await asyncio.sleep(0)
+        await db.run(insert("b"))
+        with pytest.raises(sqlite3.IntegrityError):
+            await duplicate
+        assert await db.run(keys) == ["a", "b"]
+
+
+async def test_close_commits_the_lazy_writes_still_waiting(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    db = SqliteDatabase(path, schema=SCHEMA, lazy_wait_s=30.0)
+    async with db:
+        lazy = asyncio.create_task(db.run(insert("last"), lazy=True))
+        await asyncio.sleep(0)
+    await asyncio.wait_for(lazy, timeout=10)
+    with sqlite3.connect(path) as other:
+        assert keys(other) == ["last"]

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from pyloto_cli.adapters.queue.sqlite import SqliteMessageQueue
+from pyloto_cli.adapters.sqlite_db import SqliteDatabase
 from pyloto_cli.domain.errors import StaleLeaseError
 from pyloto_cli.domain.task import Leased
 from pyloto_cli.pipeline.retry import RetryPolicy
@@ -87,6 +88,26 @@ async def test_other_process_waits_for_a_held_conversation_but_takes_others(
     await queue.ack(held)
     assert [row[0] for row in await lease_in_other_process(queue.path)] == ["c1-m2"]
     assert await queue.lease(10, LEASE_S) == []  # B still holds both of its leases
+
+
+async def test_an_ack_joins_the_next_lease_which_then_takes_the_conversations_next_task(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """The ack is lazy: it waits for the next transaction and runs ahead of the lease in it, so
+    that lease finds the conversation's next task, and the two share one commit."""
+    async with (
+        SqliteDatabase(tmp_path / "queue.db", lazy_wait_s=30.0) as db,
+        SqliteMessageQueue(db, RetryPolicy(), clock=clock) as queue,
+    ):
+        await queue.enqueue([make_task("c1-m1", "c1"), make_task("c1-m2", "c1")])
+        [first] = await queue.lease(10, LEASE_S)
+        commits = db.commits
+        ack = asyncio.create_task(queue.ack(first))
+        await asyncio.sleep(0.2)
+        assert not ack.done()
+        assert ids(await queue.lease(10, LEASE_S)) == ["c1-m2"]
+        await ack
+        assert db.commits == commits + 1
 
 
 async def test_lease_of_a_killed_process_returns_after_expiry(

@@ -89,7 +89,8 @@ class SqliteDeduper(Attached):
         return await self._sql.run(op)
 
     async def mark_done(self, key: str, ttl_s: float) -> None:
-        """Record `key` as processed for `ttl_s` seconds, replacing any claim."""
+        """Record `key` as processed for `ttl_s` seconds, replacing any claim (lazy, like the
+        session append it goes with: `SqliteDatabase.run`)."""
         _check_ttl(ttl_s)
         now, purge = self._begin()
 
@@ -97,7 +98,7 @@ class SqliteDeduper(Attached):
             self._maybe_purge(conn, now, purge)
             conn.execute(_UPSERT, (key, 1, now + ttl_s))
 
-        await self._sql.run(op)
+        await self._sql.run(op, lazy=True)
 
     async def release(self, key: str) -> None:
         """Drop an unfinished claim on `key`; a done marker stays."""

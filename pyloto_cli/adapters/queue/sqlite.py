@@ -271,8 +271,8 @@ class SqliteMessageQueue:
         """Stop taking calls (they raise BackendUnavailable); close the file if it is ours."""
         await self._sql.close()
 
-    async def _run(self, op: Operation[T], *, readonly: bool = False) -> T:
-        return await self._sql.run(op, readonly=readonly)
+    async def _run(self, op: Operation[T], *, readonly: bool = False, lazy: bool = False) -> T:
+        return await self._sql.run(op, readonly=readonly, lazy=lazy)
 
     # --- MessageQueue ------------------------------------------------------------------------
 
@@ -319,8 +319,12 @@ class SqliteMessageQueue:
         return replace(lease, expires_at=expires)
 
     async def ack(self, lease: Leased) -> None:
-        """Remove the task; the next task of its conversation becomes leasable."""
-        await self._run(lambda conn: _remove(conn, _owned(conn, lease)))
+        """Remove the task; the next task of its conversation becomes leasable.
+
+        Lazy (`SqliteDatabase.run`): committed with the next transaction, ahead of the lease
+        that then finds the conversation's next task, or within 50 ms on its own.
+        """
+        await self._run(lambda conn: _remove(conn, _owned(conn, lease)), lazy=True)
 
     async def nack(self, lease: Leased, error: str, delay_s: float | None = None) -> NackOutcome:
         """Retry after `delay_s` (or the policy's delay), or dead-letter once attempts are spent."""

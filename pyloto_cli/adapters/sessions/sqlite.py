@@ -79,7 +79,11 @@ class SqliteSessionStore(Attached):
     async def append(
         self, key: str, turns: Sequence[Turn], max_turns: int, meta: dict[str, str] | None = None
     ) -> Session:
-        """Append `turns` (creating the session), merge `meta`, keep the newest `max_turns`."""
+        """Append `turns` (creating the session), merge `meta`, keep the newest `max_turns`.
+
+        Lazy (`SqliteDatabase.run`): it rides on the next transaction (after a reply is sent,
+        nobody is waiting on it but the ack).
+        """
         if max_turns < 1:
             raise ValueError(f"max_turns must be at least 1, got {max_turns}")
         new_turns, extra, now = tuple(turns), dict(meta or {}), self._clock()
@@ -92,7 +96,7 @@ class SqliteSessionStore(Attached):
             _write(conn, updated)
             return updated
 
-        return await self._sql.run(op)
+        return await self._sql.run(op, lazy=True)
 
     async def delete(self, key: str) -> bool:
         """Delete; True if it existed."""
