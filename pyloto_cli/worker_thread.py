@@ -27,16 +27,13 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from pyloto_cli import loops
-from pyloto_cli.adapters.queue.sqlite import SqliteMessageQueue
 from pyloto_cli.bootstrap import Runtime, open_runtime
 from pyloto_cli.domain.errors import WorkerFailed
-from pyloto_cli.domain.task import EnqueueResult, Task
 from pyloto_cli.logs import get_logger, log_event
-from pyloto_cli.pipeline.worker import Worker
 from pyloto_cli.settings import QueueBackend, Settings
 
 _log = get_logger("worker")
@@ -48,48 +45,6 @@ class _Running:
     loop: asyncio.AbstractEventLoop
     runtime: Runtime
     stop: asyncio.Event
-
-
-class _Handoff:
-    """The web loop's sink while the worker thread runs on the SQLite queue.
-
-    Each enqueue also leases, in the same transaction, what the worker has room for, and hands
-    the leases to the worker's loop: the worker starts on a webhook's message without a lease
-    round trip of its own (one transaction and two thread wake-ups fewer per message). The
-    worker is woken to lease only when the handoff may have left something leasable behind.
-    A lease handed to a worker whose loop has ended expires and is leased again, as after a
-    crash.
-    """
-
-    def __init__(self, queue: SqliteMessageQueue, worker: Worker, running: _Running) -> None:
-        self._queue = queue
-        self._worker = worker
-        self._running = running
-        self._wake = False
-
-    @classmethod
-    def for_runtimes(cls, web: Runtime, running: _Running) -> _Handoff | None:
-        """A handoff when the web loop enqueues into SQLite and the thread runs a worker."""
-        worker = running.runtime.worker
-        if not isinstance(web.sink, SqliteMessageQueue) or worker is None:
-            return None
-        return cls(web.sink, worker, running)
-
-    async def enqueue(self, tasks: Sequence[Task]) -> EnqueueResult:
-        """Store `tasks` and lease up to the worker's free slots (FIFO, in one transaction)."""
-        room = max(0, self._worker.free_slots)
-        result, leased = await self._queue.enqueue_leasing(tasks, room, self._worker.lease_s)
-        if leased:
-            with contextlib.suppress(RuntimeError):  # the worker's loop ended: they expire
-                self._running.loop.call_soon_threadsafe(self._worker.take, leased)
-        # fewer leases than room: nothing was left leasable; otherwise the worker looks
-        self._wake = self._wake or len(leased) == room
-        return result
-
-    def wake_needed(self) -> bool:
-        """Whether the worker should lease (and forget it: one wake per need)."""
-        wake, self._wake = self._wake, False
-        return wake
 
 
 def threadable(settings: Settings) -> bool:
@@ -183,23 +138,15 @@ async def _running_thread(
         await asyncio.to_thread(thread.join)
         raise
 
-    handoff = _Handoff.for_runtimes(web, running)
-
     def wake() -> None:
-        if handoff is not None and not handoff.wake_needed():
-            return
         with contextlib.suppress(RuntimeError):  # its loop ended: the worker failed
             running.loop.call_soon_threadsafe(running.runtime.notify)
 
-    sink = web.sink
-    if handoff is not None:
-        web.sink = handoff
     web.wakers.append(wake)
-    log_event(_log, "worker_started", logging.DEBUG, mode="thread", handoff=handoff is not None)
+    log_event(_log, "worker_started", logging.DEBUG, mode="thread")
     try:
         yield
     finally:
-        web.sink = sink
         web.wakers.remove(wake)
         with contextlib.suppress(RuntimeError):  # the loop already ended (the worker failed)
             running.loop.call_soon_threadsafe(running.stop.set)

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pyloto_cli.domain.errors import StaleLeaseError
@@ -82,18 +82,6 @@ class Worker:
         self._keep_outcomes = keep_outcomes
         self._inflight: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
-
-    @property
-    def free_slots(self) -> int:
-        """How many more tasks the worker would run now."""
-        return self.concurrency - len(self._inflight)
-
-    def take(self, leased: Sequence[Leased]) -> None:
-        """Run tasks leased for this worker elsewhere (by the web loop's enqueue)."""
-        for lease in leased:
-            task = asyncio.create_task(self._handle(lease), name=f"task:{lease.task.task_id}")
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
 
     def notify(self) -> None:
         """New work was enqueued in this process: look now instead of at the next poll."""
@@ -162,7 +150,10 @@ class Worker:
             await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
             return True
         leased = await self.queue.lease(free, self.lease_s)
-        self.take(leased)
+        for lease in leased:
+            task = asyncio.create_task(self._handle(lease), name=f"task:{lease.task.task_id}")
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
         return len(leased) == free
 
     async def _idle(self, stop: asyncio.Event, timeout_s: float) -> None:

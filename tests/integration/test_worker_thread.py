@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import inspect
 import os
 import sys
 import threading
@@ -17,10 +15,8 @@ from typing import Any
 
 import pytest
 
-from pyloto_cli.adapters.queue.sqlite import SqliteMessageQueue
 from pyloto_cli.bootstrap import open_runtime
 from pyloto_cli.domain.errors import PylotoError
-from pyloto_cli.domain.task import Leased
 from pyloto_cli.domain.webhook import split_webhook
 from pyloto_cli.pipeline.worker import Worker
 from pyloto_cli.settings import Settings
@@ -74,75 +70,6 @@ async def test_the_thread_answers_what_the_web_loop_enqueued(
             settings.data_dir / "queue.db",
             settings.data_dir / "state.db",
         }
-
-
-async def test_the_web_loops_enqueue_hands_the_lease_to_the_worker(
-    make_settings: Callable[..., Settings], leases: list[int]
-) -> None:
-    """On SQLite the enqueue's transaction also leases for the worker: no lease of its own."""
-    settings = make_settings(poll_interval=30.0)  # only the handoff or a wake explain an answer
-    (task,) = split_webhook(_text_webhook("wamid.handoff-1", "15550000001"), time.time())
-    async with open_runtime(_web(settings)) as web:
-        async with worker_thread(settings, web, on_failure=_unexpected):
-            assert web.sink is not web.queue  # the handoff sink, for this block
-            await _until(lambda: len(leases) == 1)  # the worker's first look, at start
-            await web.sink.enqueue([task])
-            web.notify()
-            await _until(lambda: web.sessions.exists(task.conversation_key))
-            assert leases == [0]  # handed over: no lease, and no wake to lease
-        assert web.sink is web.queue
-
-
-async def test_what_the_handoff_has_no_room_for_the_worker_leases_when_a_slot_frees(
-    make_settings: Callable[..., Settings], leases: list[int]
-) -> None:
-    settings = make_settings(poll_interval=30.0, concurrency=1)
-    tasks = [
-        split_webhook(_text_webhook(f"wamid.handoff-{n}", f"1555000000{n}"), time.time())[0]
-        for n in (2, 3)
-    ]
-    async with (
-        open_runtime(_web(settings)) as web,
-        worker_thread(settings, web, on_failure=_unexpected),
-    ):
-        await _until(lambda: len(leases) == 1)
-        await web.sink.enqueue(tasks)  # room for one: the other waits for the worker
-        web.notify()
-        for key in [task.conversation_key for task in tasks]:
-            await _until(functools.partial(web.sessions.exists, key))
-        assert sum(leases) == 1  # one handed over, one leased by the worker
-
-
-@pytest.fixture
-def leases(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many tasks each `SqliteMessageQueue.lease` call got, in order."""
-    counts: list[int] = []
-    lease = SqliteMessageQueue.lease
-
-    async def counted(self: SqliteMessageQueue, max_items: int, lease_s: float) -> list[Leased]:
-        leased = await lease(self, max_items, lease_s)
-        counts.append(len(leased))
-        return leased
-
-    monkeypatch.setattr(SqliteMessageQueue, "lease", counted)
-    return counts
-
-
-def _text_webhook(wamid: str, wa_id: str) -> dict[str, Any]:
-    webhook = load_fixture("webhooks/text.json")
-    value = webhook["entry"][0]["changes"][0]["value"]
-    value["contacts"][0]["wa_id"] = wa_id
-    value["messages"][0].update({"id": wamid, "from": wa_id})
-    return webhook
-
-
-async def _until(check: Callable[[], Any]) -> None:
-    for _ in range(500):
-        outcome = check()
-        if await outcome if inspect.isawaitable(outcome) else outcome:
-            return
-        await asyncio.sleep(0.01)
-    pytest.fail("timed out waiting for the worker thread")
 
 
 async def test_both_runtimes_write_through_one_database_per_file(

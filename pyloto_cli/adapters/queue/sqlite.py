@@ -141,17 +141,6 @@ def _lease(
     return leased, retaken
 
 
-def _log_retaken(retaken: list[Leased]) -> None:
-    for lease in retaken:  # a worker died or stalled past its lease
-        log_event(
-            _log,
-            "queue_lease_expired",
-            logging.WARNING,
-            task_id=lease.task.task_id,
-            attempt=lease.attempt,
-        )
-
-
 def _any_leasable(conn: sqlite3.Connection, now: float) -> bool:
     """Whether `_lease` would find anything (a read: no write lock)."""
     row = conn.execute(_LEASABLE, {"now": now, "limit": 1}).fetchone()
@@ -306,24 +295,15 @@ class SqliteMessageQueue:
             return []
         leased, retaken = await self._run(lambda conn: _lease(conn, max_items, lease_s, now))
         self._found_work = bool(leased)
-        _log_retaken(retaken)
+        for lease in retaken:  # a worker died or stalled past its lease
+            log_event(
+                _log,
+                "queue_lease_expired",
+                logging.WARNING,
+                task_id=lease.task.task_id,
+                attempt=lease.attempt,
+            )
         return leased
-
-    async def enqueue_leasing(
-        self, tasks: Sequence[Task], max_leases: int, lease_s: float
-    ) -> tuple[EnqueueResult, list[Leased]]:
-        """`enqueue`, then `lease` up to `max_leases` in the same transaction: a worker in this
-        process gets its tasks without a round trip of its own (see `worker_thread`)."""
-        batch, now = list(tasks), self._clock()
-
-        def op(conn: sqlite3.Connection) -> tuple[EnqueueResult, list[Leased], list[Leased]]:
-            result = _enqueue(conn, batch, now)
-            leased, retaken = _lease(conn, max_leases, lease_s, now) if max_leases > 0 else ([], [])
-            return result, leased, retaken
-
-        result, leased, retaken = await self._run(op)
-        _log_retaken(retaken)
-        return result, leased
 
     async def renew(self, lease: Leased, lease_s: float) -> Leased:
         """Extend the lease from now; StaleLeaseError if the token is no longer current."""
