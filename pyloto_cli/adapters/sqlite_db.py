@@ -10,8 +10,9 @@ A `lazy` operation (the bookkeeping after a reply is sent: the session append, t
 the queue's ack) does not wake the thread: it goes into the next transaction, ahead of what woke
 it, or into one of its own after `lazy_wait_s` (50 ms) if nothing else comes. Its caller still
 hears back only once it is committed. At a steady flow each such write saves the thread a
-wake-up and a commit (benchmarks: about a tenth of the CPU per message at 100 webhooks a
-second), and an ack committed just before a lease frees the conversation's next task for it.
+wake-up and a commit (about 10 % fewer WAL page writes at 100 webhooks a second; the CPU saved
+is within the benchmarks' noise), and an ack committed just before a lease frees the
+conversation's next task for it.
 
 WAL with `synchronous=NORMAL` survives a process crash (kill -9) but not a power loss; FULL
 survives both at a much higher commit cost. Automatic checkpoints are off (they would run inside
@@ -32,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import enum
 import queue
 import sqlite3
 import threading
@@ -96,13 +96,6 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
 
 
 _Outcome = tuple[_Job[Any], Any, BaseException | None]
-
-
-class _Wait(enum.Enum):
-    WAITED = enum.auto()
-
-
-_WAITED = _Wait.WAITED
 
 
 def _settle_all(outcomes: list[_Outcome]) -> None:
@@ -241,7 +234,7 @@ class SqliteDatabase:
         loop.call_soon_threadsafe(_settle, ready, None, None)
         try:
             while True:
-                batch, stop = self._drain(self._next())
+                batch, stop = self._drain()
                 if batch:
                     self._run_batch(conn, batch)
                     self._dirty.set()
@@ -276,26 +269,21 @@ class SqliteDatabase:
         finally:
             conn.close()
 
-    def _next(self) -> _Job[Any] | _Wait | None:
-        """The next job, waiting at most `lazy_wait_s` (lazy jobs may be waiting for it)."""
-        try:
-            return self._jobs.get(timeout=self._lazy_wait_s)
-        except queue.Empty:
-            return _WAITED
-
     def _take_lazy(self) -> list[_Job[Any]]:
-        taken: list[_Job[Any]] = []
-        with contextlib.suppress(IndexError):
-            while len(taken) < self._max_batch:
-                taken.append(self._lazy.popleft())
-        return taken
+        count = min(len(self._lazy), self._max_batch)  # only this thread takes from it
+        return [self._lazy.popleft() for _ in range(count)]
 
-    def _drain(self, first: _Job[Any] | _Wait | None) -> tuple[list[_Job[Any]], bool]:
-        batch = self._take_lazy()  # first: an ack frees the next task before a lease looks
+    def _drain(self) -> tuple[list[_Job[Any]], bool]:
+        """The next batch, lazy jobs first (an ack frees the next task before a lease looks),
+        and whether to stop after it. A job is awaited at most `lazy_wait_s`: lazy jobs may be
+        waiting for one."""
+        try:
+            first = self._jobs.get(timeout=self._lazy_wait_s)
+        except queue.Empty:
+            return self._take_lazy(), False
+        batch = self._take_lazy()
         if first is None:
             return batch, True
-        if first is _WAITED:
-            return batch, False
         batch.append(first)
         while len(batch) < self._max_batch:
             try:

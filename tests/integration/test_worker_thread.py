@@ -9,7 +9,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from pyloto_cli.bootstrap import open_runtime
 from pyloto_cli.domain.errors import PylotoError
 from pyloto_cli.domain.webhook import split_webhook
 from pyloto_cli.pipeline.worker import Worker
+from pyloto_cli.ports import QueueAdmin
 from pyloto_cli.settings import Settings
 from pyloto_cli.worker_thread import SWITCH_INTERVAL_S, threadable, worker_thread
 from tests.conftest import load_fixture
@@ -52,24 +53,31 @@ async def test_the_thread_answers_what_the_web_loop_enqueued(
             result = await web.sink.enqueue([task])
             assert result.enqueued == (task.task_id,)
             web.notify()
-            for _ in range(200):
-                if await web.sessions.exists(task.conversation_key):
-                    break
-                await asyncio.sleep(0.01)
+            await _eventually(lambda: web.sessions.exists(task.conversation_key))
             session = await web.sessions.load(task.conversation_key)
             assert session is not None
             assert [turn.role.value for turn in session.turns][-2:] == ["user", "assistant"]
             assert web.admin is not None
-            for _ in range(200):  # the ack follows the session save
-                if (await web.admin.stats()).depth == 0:
-                    break
-                await asyncio.sleep(0.01)
-            assert (await web.admin.stats()).depth == 0
+            admin = web.admin
+            await _eventually(lambda: _emptied(admin))  # the ack follows the session save
+            assert (await admin.stats()).depth == 0
         assert sys.getswitchinterval() == before
         assert web.sqlite.paths() == {
             settings.data_dir / "queue.db",
             settings.data_dir / "state.db",
         }
+
+
+async def _eventually(check: Callable[[], Awaitable[bool]]) -> None:
+    """Until `check()` is true, for up to 2 s (then the caller's assertions say what is off)."""
+    for _ in range(200):
+        if await check():
+            return
+        await asyncio.sleep(0.01)
+
+
+async def _emptied(admin: QueueAdmin) -> bool:
+    return (await admin.stats()).depth == 0
 
 
 async def test_both_runtimes_write_through_one_database_per_file(
