@@ -38,9 +38,16 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 
-from pyloto_cli.bench.load import WEBHOOK_PATH, Ack, closed_loop, load_client, open_loop
+from pyloto_cli.bench.load import (
+    WEBHOOK_PATH,
+    Ack,
+    closed_loop,
+    get_json,
+    load_client,
+    open_loop,
+)
 from pyloto_cli.bench.payloads import build_webhooks
 from pyloto_cli.bench.procs import (
     ServerProcess,
@@ -92,15 +99,14 @@ def _slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     return 0.0 if var == 0 else sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var
 
 
-async def _depth(client: httpx.AsyncClient, url: str) -> int | None:
-    with contextlib.suppress(httpx.HTTPError, ValueError):
-        depth = (await client.get(f"{url}/readyz")).json().get("queue", {}).get("depth")
-        return depth if isinstance(depth, int) else None
-    return None
+async def _depth(client: aiohttp.ClientSession, url: str) -> int | None:
+    ready = await get_json(client, f"{url}/readyz")
+    depth = ready.get("queue", {}).get("depth") if isinstance(ready, dict) else None
+    return depth if isinstance(depth, int) else None
 
 
 async def _sample(
-    server: ServerProcess, client: httpx.AsyncClient, every_s: float, into: Samples
+    server: ServerProcess, client: aiohttp.ClientSession, every_s: float, into: Samples
 ) -> None:
     t0 = time.monotonic()
     while True:
@@ -112,7 +118,11 @@ async def _sample(
 
 
 async def _drain(
-    tracker: ReplyTracker, wanted: set[str], client: httpx.AsyncClient, url: str, within_s: float
+    tracker: ReplyTracker,
+    wanted: set[str],
+    client: aiohttp.ClientSession,
+    url: str,
+    within_s: float,
 ) -> None:
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:

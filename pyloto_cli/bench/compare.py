@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import httpx
+import aiohttp
 from rich.console import Console
 
 from pyloto_cli.bench.load import WEBHOOK_PATH, Ack, closed_loop, load_client, open_loop
@@ -204,7 +204,7 @@ async def _drain(tracker: ReplyTracker, wanted: set[str], within_s: float) -> No
 
 
 async def _load(
-    config: BenchConfig, client: httpx.AsyncClient, url: str, hooks: Sequence[Webhook]
+    config: BenchConfig, client: aiohttp.ClientSession, url: str, hooks: Sequence[Webhook]
 ) -> list[Ack]:
     def ignore(_ack: Ack) -> None:
         return None

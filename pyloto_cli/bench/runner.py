@@ -20,9 +20,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import httpx
+import aiohttp
 
-from pyloto_cli.bench.load import WEBHOOK_PATH, Ack, closed_loop, load_client, open_loop
+from pyloto_cli.bench.load import (
+    WEBHOOK_PATH,
+    Ack,
+    closed_loop,
+    get_json,
+    load_client,
+    open_loop,
+)
 from pyloto_cli.bench.payloads import Webhook, build_webhooks
 from pyloto_cli.bench.procs import (
     FakeLLMProcess,
@@ -143,7 +150,7 @@ async def _ticker(progress: BenchProgress, counts: dict[str, int], tracker: Repl
 
 async def _send(
     config: BenchConfig,
-    client: httpx.AsyncClient,
+    client: aiohttp.ClientSession,
     url: str,
     hooks: list[Webhook],
     counts: dict[str, int],
@@ -157,15 +164,14 @@ async def _send(
     return await open_loop(client, url, hooks, config.rate, on_ack)
 
 
-async def _queue_depth(client: httpx.AsyncClient, url: str) -> tuple[int | None, int | None]:
-    with contextlib.suppress(httpx.HTTPError, ValueError):
-        queue = (await client.get(f"{url}/readyz")).json().get("queue", {})
-        return queue.get("depth"), queue.get("dead")
-    return None, None
+async def _queue_depth(client: aiohttp.ClientSession, url: str) -> tuple[int | None, int | None]:
+    ready = await get_json(client, f"{url}/readyz")
+    queue = ready.get("queue", {}) if isinstance(ready, dict) else {}
+    return queue.get("depth"), queue.get("dead")
 
 
 async def _drain(
-    client: httpx.AsyncClient,
+    client: aiohttp.ClientSession,
     server: ServerProcess,
     tracker: ReplyTracker,
     wanted: set[str],
@@ -191,7 +197,7 @@ async def _drain(
 class _Peers:
     """What a run talks to, once everything is up."""
 
-    client: httpx.AsyncClient
+    client: aiohttp.ClientSession
     server: ServerProcess
     graph: FakeGraphServer
     llm: FakeLLMProcess

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from pyloto_cli.bench.load import Ack, load_client, open_loop
+from benchmarks import ack_floor
+from pyloto_cli.bench.load import Ack, load_client, open_loop, post_webhook
 from pyloto_cli.bench.payloads import build_webhooks
 from pyloto_cli.bench.procs import (
     cpu_seconds,
@@ -83,6 +86,58 @@ async def test_open_loop_sends_on_schedule_while_answers_are_slow() -> None:
     assert all(a.ok for a in result)
     assert max(a.started for a in result) < min(a.finished for a in result)
     assert all(a.latency_s >= 1.0 for a in result)  # counted from when each was due
+
+
+async def test_open_loop_cancelled_sends_nothing_more() -> None:
+    """A run cancelled halfway (Ctrl-C) stops its pacing thread: no request leaves after it."""
+    hooks = build_webhooks(40, 40, b"secret", "cancel")
+    async with FakeGraphServer() as graph, load_client(20) as client:
+        url = f"{graph.url}/v25.0/109000000000001/messages"
+        run = asyncio.create_task(open_loop(client, url, hooks, 20.0, lambda _: None))
+        await asyncio.sleep(0.3)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        sent = len(graph.requests)
+        await asyncio.sleep(0.3)  # six more would have been due by now
+        assert 0 < sent < 40
+        assert len(graph.requests) == sent
+
+
+async def test_open_loop_sends_each_webhook_when_due() -> None:
+    """The pacing thread hands each POST over on schedule: the first of 20 at 200/s leaves at
+    once and the last 95 ms later, not all at the start or one event-loop tick late each."""
+    hooks = build_webhooks(20, 20, b"secret", "due")
+    async with FakeGraphServer() as graph, load_client(20) as client:
+        url = f"{graph.url}/v25.0/109000000000001/messages"
+        acks = await open_loop(client, url, hooks, 200.0, lambda _: None)
+    dues = [a.due - acks[0].due for a in acks]
+    assert dues == pytest.approx([i / 200 for i in range(20)], abs=1e-6)
+    assert all(a.started >= a.due for a in acks)
+    assert acks[-1].started - acks[0].started >= 0.09
+
+
+async def test_a_post_that_cannot_connect_is_a_failed_ack() -> None:
+    """Nothing listening: the ack carries no status and the client's error, and is not ok."""
+    hook = build_webhooks(1, 1, b"secret", "refused")[0]
+    async with load_client(2, timeout_s=2.0) as client:
+        ack = await post_webhook(client, "http://127.0.0.1:9/webhooks/whatsapp", hook, 0, 0.0)
+    assert ack.status is None
+    assert not ack.ok
+    assert ack.error == "ClientConnectorError"
+    assert ack.finished >= ack.started
+
+
+async def test_ack_floor_measures_a_server_that_does_nothing() -> None:
+    """benchmarks.ack_floor: every POST answered 200 by the trivial app, and the three figures
+    (lag, round trip, ack) measured for each."""
+    started = time.monotonic()
+    result = await ack_floor.measure(20, 100.0)
+    assert result["acked"] == 20
+    for name in ("lag_ms", "round_trip_ms", "ack_ms"):
+        assert result[name]["count"] == 20
+    assert result["ack_ms"]["p50"] >= result["round_trip_ms"]["p50"] > 0
+    assert time.monotonic() - started >= 0.19  # 20 at 100/s: paced, not sent at once
 
 
 def test_webhooks_are_signed_and_unique() -> None:
