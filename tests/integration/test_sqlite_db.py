@@ -208,3 +208,96 @@ async def test_close_commits_the_lazy_writes_still_waiting(tmp_path: Path) -> No
     await asyncio.wait_for(lazy, timeout=10)
     with sqlite3.connect(path) as other:
         assert keys(other) == ["last"]
+
+
+def on_thread(key: str, threads: list[int]) -> Callable[[sqlite3.Connection], object]:
+    """`insert(key)` that also records which thread ran it."""
+
+    def op(conn: sqlite3.Connection) -> object:
+        threads.append(threading.get_ident())
+        return conn.execute("INSERT INTO t VALUES (?, 'x')", (key,))
+
+    return op
+
+
+async def test_an_inline_write_runs_on_the_callers_thread_and_is_committed(
+    tmp_path: Path,
+) -> None:
+    """With the connection free it runs here, in a transaction of its own, committed on return."""
+    path = tmp_path / "db.sqlite"
+    threads: list[int] = []
+    async with SqliteDatabase(path, schema=SCHEMA) as db:
+        commits = db.commits
+        await db.run(on_thread("inline", threads), inline=True)
+        assert threads == [threading.get_ident()]
+        assert db.commits == commits + 1
+        with sqlite3.connect(path) as other:
+            assert keys(other) == ["inline"]
+
+
+async def test_an_inline_write_waits_in_the_writer_while_another_process_writes(
+    tmp_path: Path,
+) -> None:
+    """Another connection holds the write lock: the operation does not block this loop
+    retrying; the writer thread waits for the lock, runs it after the write queued before it,
+    and only then does the caller hear back."""
+    path = tmp_path / "db.sqlite"
+    threads: list[int] = []
+    async with SqliteDatabase(path, schema=SCHEMA, busy_wait_s=30.0) as db:
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            first = asyncio.create_task(db.run(on_thread("first", threads)))
+            await asyncio.sleep(0.05)  # the writer holds its batch, waiting for the lock
+            second = asyncio.create_task(db.run(on_thread("second", threads), inline=True))
+            await asyncio.sleep(0.1)  # the loop runs: nothing retries on it
+            assert not first.done()
+            assert not second.done()
+            other.execute("COMMIT")
+            await asyncio.wait_for(asyncio.gather(first, second), timeout=10)
+        finally:
+            other.close()
+        order = await db.run(
+            lambda conn: [r[0] for r in conn.execute("SELECT k FROM t ORDER BY rowid")]
+        )
+    assert order == ["first", "second"]
+    assert threading.get_ident() not in threads  # both ran on the writer thread
+
+
+async def test_an_inline_write_moves_to_the_writer_when_another_process_holds_the_lock(
+    tmp_path: Path,
+) -> None:
+    """Nothing else queued, but another connection holds the write lock: BEGIN fails at once
+    and the operation goes to the writer thread instead of sleeping on the caller's loop."""
+    path = tmp_path / "db.sqlite"
+    threads: list[int] = []
+    async with SqliteDatabase(path, schema=SCHEMA, busy_wait_s=30.0) as db:
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            write = asyncio.create_task(db.run(on_thread("moved", threads), inline=True))
+            await asyncio.sleep(0.1)  # the loop runs while the writer waits for the lock
+            assert not write.done()
+            other.execute("COMMIT")
+            await asyncio.wait_for(write, timeout=10)
+        finally:
+            other.close()
+        assert await db.run(keys) == ["moved"]
+    assert len(threads) == 1
+    assert threads[0] != threading.get_ident()
+
+
+async def test_a_failing_inline_write_leaves_nothing_and_the_next_one_runs(
+    tmp_path: Path,
+) -> None:
+    """Its error reaches its caller, its writes are rolled back, the connection is usable."""
+
+    def write_then_fail(conn: sqlite3.Connection) -> object:
+        conn.execute("INSERT INTO t VALUES ('half', 'x')")
+        raise ValueError("failed after writing")
+
+    async with SqliteDatabase(tmp_path / "db.sqlite", schema=SCHEMA) as db:
+        with pytest.raises(ValueError, match="failed after writing"):
+            await db.run(write_then_fail, inline=True)
+        await db.run(insert("next"), inline=True)
+        assert await db.run(keys) == ["next"]

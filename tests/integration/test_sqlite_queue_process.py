@@ -15,9 +15,11 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from pyloto_cli.adapters.queue import sqlite as sqlite_queue
 from pyloto_cli.adapters.queue.sqlite import SqliteMessageQueue
 from pyloto_cli.adapters.sqlite_db import SqliteDatabase
 from pyloto_cli.domain.errors import StaleLeaseError
@@ -210,3 +212,34 @@ async def test_an_idle_poll_does_not_wait_for_another_process_writing(
         other.execute("COMMIT")
     finally:
         other.close()
+
+
+async def test_an_enqueue_commits_on_the_callers_thread_unless_another_process_writes(
+    queue: SqliteMessageQueue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The webhook's enqueue skips the hand-off to the writer thread when the file is free; while
+    another process holds the write lock it waits in the writer thread, and the caller's loop
+    goes on running meanwhile."""
+    threads: list[int] = []
+    real = sqlite_queue._enqueue
+
+    def recording(conn: sqlite3.Connection, *args: Any) -> Any:
+        threads.append(threading.get_ident())
+        return real(conn, *args)
+
+    monkeypatch.setattr(sqlite_queue, "_enqueue", recording)
+    await queue.enqueue([make_task("here", "c1")])
+    assert threads == [threading.get_ident()]
+    other = sqlite3.connect(tmp_path / "queue.db", timeout=0, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        waiting = asyncio.create_task(queue.enqueue([make_task("later", "c1")]))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        other.execute("COMMIT")
+        result = await asyncio.wait_for(waiting, DEADLINE_S)
+    finally:
+        other.close()
+    assert result.enqueued == ("later",)
+    assert threads[1] != threading.get_ident()
+    assert ids(await queue.lease(10, LEASE_S)) == ["here"]  # one conversation: its head
