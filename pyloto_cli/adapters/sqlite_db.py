@@ -1,7 +1,7 @@
 """One SQLite file behind one writer thread, with group commit.
 
-sqlite3 blocks, so no call runs on the event loop: every operation is a plain function of the
-connection, handed to a dedicated thread. The thread takes everything waiting, runs it in one
+sqlite3 blocks, so no call runs on the event loop but one (`inline`, below): every operation is
+a plain function of the connection, handed to a dedicated thread. The thread takes everything waiting, runs it in one
 transaction (each operation inside its own SAVEPOINT, so one failing operation does not undo
 the others), commits once, and then resolves each caller's future. Concurrent webhook requests
 therefore share a commit, and a caller hears back only after its write is durable.
@@ -14,14 +14,15 @@ wake-up and a commit (about 10 % fewer WAL page writes at 100 webhooks a second;
 is within the benchmarks' noise), and an ack committed just before a lease frees the
 conversation's next task for it.
 
-An `inline` operation (the webhook's enqueue, which its 200 waits for) runs on the caller's own
-thread when the connection is free: no batch running, none waiting, and no other process
-holding the write lock (`BEGIN IMMEDIATE` fails at once then, and the operation goes to the
-writer thread, which waits for the lock instead of the event loop). It blocks the caller's loop
-for its own transaction, about what the request waited for anyway, and saves the two hand-offs
-between threads that each wait for the GIL behind the worker's thread: at 100 webhooks a second
-three context switches per message fewer, and a lower ack p99 in every pair measured (see
-docs/performance.md). Busy, the writer still groups what waits into one commit.
+An `inline` operation (the webhook's enqueue, which its 200 waits for) is run on the event loop
+that opened the file, when the connection is free: those of one loop iteration together, in one
+transaction, right after the callbacks that made them. Free means the writer thread is neither
+running a batch nor has one waiting, and no other process holds the write lock (`BEGIN
+IMMEDIATE` fails at once then); otherwise they go to the writer thread, in order, and it waits
+for the lock instead of the loop. The loop is blocked for that one transaction, about what the
+request waited for anyway, and saves two hand-offs between threads that each wait for the GIL
+behind the worker's thread: three context switches per message fewer at 100 webhooks a second,
+and a lower ack p99 in every pair measured (docs/performance.md).
 
 WAL with `synchronous=NORMAL` survives a process crash (kill -9) but not a power loss; FULL
 survives both at a much higher commit cost. Automatic checkpoints are off (they would run inside
@@ -42,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import enum
 import queue
 import sqlite3
 import threading
@@ -88,13 +88,6 @@ def begin(conn: sqlite3.Connection, statement: str, wait_s: float) -> None:
         pause = min(pause * 2, _BUSY_MAX_SLEEP_S)
 
 
-class _Skipped(enum.Enum):
-    SKIPPED = "skipped"
-
-
-SKIPPED = _Skipped.SKIPPED
-
-
 @dataclass(slots=True)
 class _Job(Generic[T]):
     op: Operation[T]
@@ -118,6 +111,13 @@ _Outcome = tuple[_Job[Any], Any, BaseException | None]
 def _settle_all(outcomes: list[_Outcome]) -> None:
     for job, result, error in outcomes:
         _settle(job.future, result, error)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # the writer thread runs no loop
+        return None
 
 
 def _run_one(conn: sqlite3.Connection, job: _Job[Any]) -> _Outcome:
@@ -160,6 +160,8 @@ class SqliteDatabase:
         self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
         self._conn: sqlite3.Connection | None = None  # the writer's, while it runs
         self._conn_lock = threading.Lock()  # held by whoever uses `_conn`: the writer, or inline
+        self._owner: asyncio.AbstractEventLoop | None = None  # the loop that opened it
+        self._inline: list[_Job[Any]] = []  # the owner loop's, until its flush
         self._thread: threading.Thread | None = None
         self._closed = False
         self._dirty = threading.Event()
@@ -172,7 +174,8 @@ class SqliteDatabase:
         if self._closed:
             raise RuntimeError("SqliteDatabase cannot be reopened once closed")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._owner = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = self._owner.create_future()
         self._thread = threading.Thread(
             target=self._main,
             args=(ready, asyncio.get_running_loop()),
@@ -204,6 +207,8 @@ class SqliteDatabase:
         if self._closed:
             return
         self._closed = True
+        if self._inline:  # accepted before the close: committed before it, like the rest
+            self._flush_inline()
         if self._thread is not None:
             self._jobs.put(None)
             await asyncio.to_thread(self._thread.join)
@@ -217,53 +222,59 @@ class SqliteDatabase:
         write lock: a poll that finds nothing does not contend with other processes' writers.
         A `lazy` operation does not wake the writer: it joins the next transaction, or one of
         its own within `lazy_wait_s`. The caller still hears back only once it is committed.
-        An `inline` operation runs on the caller's own thread, blocking its event loop for
-        the transaction, when nothing else is using or waiting for the connection and no other
-        process holds the write lock; otherwise it goes to the writer thread like any other.
+        An `inline` operation from the loop that opened the database runs on that loop, with the
+        other inline operations of the same loop iteration, when the connection is free (see
+        `_flush_inline`); otherwise, and from any other loop, it goes to the writer thread.
         """
         if self._closed or self._thread is None:
             raise BackendUnavailable(f"sqlite: {self.path} is not open")
-        if inline:
-            result = self._try_inline(op)
-            if not isinstance(result, _Skipped):
-                return result
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         job = _Job(op, future, loop, readonly)
-        if lazy:
+        if inline and loop is self._owner:
+            self._inline.append(job)
+            if len(self._inline) == 1:  # the first of this loop iteration's: flush after them
+                loop.call_soon(self._flush_inline)
+        elif lazy:
             self._lazy.append(job)
         else:
             self._jobs.put(job)
         return await future
 
-    def _try_inline(self, op: Operation[T]) -> T | _Skipped:
-        """`op` in a transaction of its own on this thread, or SKIPPED (then nothing ran): the
-        writer is running a batch or has jobs waiting (they go first), or is gone, or another
-        process holds the write lock (the writer thread waits for it, not this loop)."""
+    def _flush_inline(self) -> None:
+        """On the owner loop: the inline jobs of this loop iteration in one transaction, here,
+        if the connection is free; else to the writer thread, in order, behind what waits
+        there. Free means: the writer is not running a batch and has none waiting, and no other
+        process holds the write lock (`BEGIN IMMEDIATE` fails at once then; the writer thread
+        waits for the lock, not this loop)."""
+        batch, self._inline = self._inline, []
+        if not batch:  # `close` flushed them already
+            return
         if not self._conn_lock.acquire(blocking=False):
-            return SKIPPED
+            self._hand_over(batch)
+            return
         try:
             conn = self._conn
             if conn is None or not self._jobs.empty():
-                return SKIPPED
+                self._hand_over(batch)
+                return
             try:
                 conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
+            except sqlite3.Error as exc:
                 if is_busy(exc):
-                    return SKIPPED
-                raise
-            try:
-                result = op(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
-            self.commits += 1
+                    self._hand_over(batch)
+                else:
+                    self._deliver([(job, None, exc) for job in batch])
+                return
+            outcomes = self._execute(conn, batch)
         finally:
             self._conn_lock.release()
         self._dirty.set()
-        return result
+        self._deliver(outcomes)
+
+    def _hand_over(self, batch: list[_Job[Any]]) -> None:
+        for job in batch:
+            self._jobs.put(job)
 
     # --- the writer thread ---------------------------------------------------------------------
 
@@ -359,10 +370,19 @@ class SqliteDatabase:
         return batch, False
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> None:
-        outcomes: list[_Outcome]
         try:
             readonly = all(job.readonly for job in batch)
             begin(conn, "BEGIN" if readonly else "BEGIN IMMEDIATE", self._busy_wait_s)
+        except sqlite3.Error as exc:
+            self._deliver([(job, None, exc) for job in batch])
+            return
+        self._deliver(self._execute(conn, batch))
+
+    def _execute(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> list[_Outcome]:
+        """`batch` in the transaction just begun, committed (or rolled back if it alone
+        failed); each job's outcome."""
+        outcomes: list[_Outcome]
+        try:
             if len(batch) == 1:  # nothing to isolate it from: its failure rolls back
                 outcomes = [_run_one(conn, batch[0])]
                 conn.execute("ROLLBACK" if outcomes[0][2] is not None else "COMMIT")
@@ -374,10 +394,19 @@ class SqliteDatabase:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             outcomes = [(job, None, exc) for job in batch]
+        return outcomes
+
+    def _deliver(self, outcomes: list[_Outcome]) -> None:
+        """Resolve each caller's future: at once on this thread's own loop, else with one
+        wake-up per caller loop, not one per operation."""
+        here = _running_loop()
         by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
-        for outcome in outcomes:  # one wake-up per caller loop, not one per operation
+        for outcome in outcomes:
             by_loop.setdefault(outcome[0].loop, []).append(outcome)
         for loop, settled in by_loop.items():
+            if loop is here:
+                _settle_all(settled)
+                continue
             with contextlib.suppress(RuntimeError):  # the caller's loop is gone
                 loop.call_soon_threadsafe(_settle_all, settled)
 

@@ -301,3 +301,32 @@ async def test_a_failing_inline_write_leaves_nothing_and_the_next_one_runs(
             await db.run(write_then_fail, inline=True)
         await db.run(insert("next"), inline=True)
         assert await db.run(keys) == ["next"]
+
+
+async def test_inline_writes_of_one_loop_iteration_share_a_commit(tmp_path: Path) -> None:
+    """Concurrent requests' inline writes go into one transaction on the loop, not one each;
+    a failing one among them fails alone."""
+    threads: list[int] = []
+    async with SqliteDatabase(tmp_path / "db.sqlite", schema=SCHEMA) as db:
+        await db.run(insert("taken"))
+        commits = db.commits
+        results = await asyncio.gather(
+            *(db.run(on_thread(f"k{i}", threads), inline=True) for i in range(20)),
+            db.run(insert("taken"), inline=True),
+            return_exceptions=True,
+        )
+        assert db.commits == commits + 1
+        assert isinstance(results[-1], sqlite3.IntegrityError)
+        assert len(await db.run(keys)) == 21
+    assert set(threads) == {threading.get_ident()}
+
+
+async def test_close_commits_an_inline_write_made_just_before_it(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    db = SqliteDatabase(path, schema=SCHEMA)
+    async with db:
+        write = asyncio.create_task(db.run(insert("last"), inline=True))
+        await asyncio.sleep(0)  # it is waiting for the loop's flush when the close begins
+    await asyncio.wait_for(write, timeout=10)
+    with sqlite3.connect(path) as other:
+        assert keys(other) == ["last"]
