@@ -1,10 +1,11 @@
 """One SQLite file behind one writer thread, with group commit.
 
-sqlite3 blocks, so no call runs on the event loop but one (`inline`, below): every operation is
-a plain function of the connection, handed to a dedicated thread. The thread takes everything waiting, runs it in one
-transaction (each operation inside its own SAVEPOINT, so one failing operation does not undo
-the others), commits once, and then resolves each caller's future. Concurrent webhook requests
-therefore share a commit, and a caller hears back only after its write is durable.
+sqlite3 blocks, so no call runs on the event loop but one (`inline`, below): every operation
+is a plain function of the connection, handed to a dedicated thread. The thread takes
+everything waiting, runs it in one transaction (each operation inside its own SAVEPOINT, so one
+failing operation does not undo the others), commits once, and then resolves each caller's
+future. Concurrent webhook requests therefore share a commit, and a caller hears back only
+after its write is durable.
 
 A `lazy` operation (the bookkeeping after a reply is sent: the session append, the done marker,
 the queue's ack) does not wake the thread: it goes into the next transaction, ahead of what woke
