@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -210,6 +211,18 @@ async def test_close_commits_the_lazy_writes_still_waiting(tmp_path: Path) -> No
         assert keys(other) == ["last"]
 
 
+@contextlib.contextmanager
+def another_writer(path: Path) -> Iterator[sqlite3.Connection]:
+    """A second connection (another process, to SQLite) holding the write lock until it
+    commits; closed at the end of the block."""
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        yield other
+    finally:
+        other.close()
+
+
 def on_thread(key: str, threads: list[int]) -> Callable[[sqlite3.Connection], object]:
     """`insert(key)` that also records which thread ran it."""
 
@@ -244,9 +257,7 @@ async def test_an_inline_write_waits_in_the_writer_while_another_process_writes(
     path = tmp_path / "db.sqlite"
     threads: list[int] = []
     async with SqliteDatabase(path, schema=SCHEMA, busy_wait_s=30.0) as db:
-        other = sqlite3.connect(path, isolation_level=None)
-        try:
-            other.execute("BEGIN IMMEDIATE")
+        with another_writer(path) as other:
             first = asyncio.create_task(db.run(on_thread("first", threads)))
             await asyncio.sleep(0.05)  # the writer holds its batch, waiting for the lock
             second = asyncio.create_task(db.run(on_thread("second", threads), inline=True))
@@ -255,8 +266,6 @@ async def test_an_inline_write_waits_in_the_writer_while_another_process_writes(
             assert not second.done()
             other.execute("COMMIT")
             await asyncio.wait_for(asyncio.gather(first, second), timeout=10)
-        finally:
-            other.close()
         order = await db.run(
             lambda conn: [r[0] for r in conn.execute("SELECT k FROM t ORDER BY rowid")]
         )
@@ -272,16 +281,12 @@ async def test_an_inline_write_moves_to_the_writer_when_another_process_holds_th
     path = tmp_path / "db.sqlite"
     threads: list[int] = []
     async with SqliteDatabase(path, schema=SCHEMA, busy_wait_s=30.0) as db:
-        other = sqlite3.connect(path, isolation_level=None)
-        try:
-            other.execute("BEGIN IMMEDIATE")
+        with another_writer(path) as other:
             write = asyncio.create_task(db.run(on_thread("moved", threads), inline=True))
             await asyncio.sleep(0.1)  # the loop runs while the writer waits for the lock
             assert not write.done()
             other.execute("COMMIT")
             await asyncio.wait_for(write, timeout=10)
-        finally:
-            other.close()
         assert await db.run(keys) == ["moved"]
     assert len(threads) == 1
     assert threads[0] != threading.get_ident()
