@@ -23,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from pyloto_cli.bench.compare import pin_process, pinned_here, split_cpus
+from pyloto_cli.bench.compare import pin_process, pinned_here, source_root, split_cpus
 from pyloto_cli.bench.load import WEBHOOK_PATH, Ack, load_client, open_loop
 from pyloto_cli.bench.payloads import build_webhooks
 from pyloto_cli.bench.procs import child, free_port, wait_ready
@@ -32,7 +32,6 @@ from pyloto_cli.loops import loop_factory
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
-_ROOT = Path(__file__).resolve().parent.parent
 
 
 async def app(
@@ -70,7 +69,7 @@ async def measure(messages: int, rate: float) -> dict[str, Any]:
     hooks = build_webhooks(messages, messages, b"floor", "floor")
     with tempfile.TemporaryDirectory() as tmp, pinned_here(pinning):
         log = Path(tmp) / "floor.log"
-        async with child(args, log=log, cwd=_ROOT, env=os.environ) as proc:
+        async with child(args, log=log, cwd=source_root(), env=os.environ) as proc:
             await wait_ready(proc, url, log, 20.0, "the floor app")
             if pinning is not None:
                 pin_process(proc.pid, pinning.server)

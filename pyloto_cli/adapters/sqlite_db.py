@@ -114,11 +114,8 @@ def _settle_all(outcomes: list[_Outcome]) -> None:
         _settle(job.future, result, error)
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:  # the writer thread runs no loop
-        return None
+def _failed(batch: list[_Job[Any]], error: BaseException) -> list[_Outcome]:
+    return [(job, None, error) for job in batch]
 
 
 def _run_one(conn: sqlite3.Connection, job: _Job[Any]) -> _Outcome:
@@ -179,7 +176,7 @@ class SqliteDatabase:
         ready: asyncio.Future[None] = self._owner.create_future()
         self._thread = threading.Thread(
             target=self._main,
-            args=(ready, asyncio.get_running_loop()),
+            args=(ready, self._owner),
             daemon=True,
             name=f"sqlite-writer:{self.path.name}",
         )
@@ -251,31 +248,29 @@ class SqliteDatabase:
         batch, self._inline = self._inline, []
         if not batch:  # `close` flushed them already
             return
-        if not self._conn_lock.acquire(blocking=False):
-            self._hand_over(batch)
-            return
-        try:
-            conn = self._conn
-            if conn is None or not self._jobs.empty():
-                self._hand_over(batch)
-                return
+        outcomes = None
+        if self._conn_lock.acquire(blocking=False):
             try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                if is_busy(exc):
-                    self._hand_over(batch)
-                else:
-                    self._deliver([(job, None, exc) for job in batch])
-                return
-            outcomes = self._execute(conn, batch)
-        finally:
-            self._conn_lock.release()
+                outcomes = self._run_here(batch)
+            finally:
+                self._conn_lock.release()
+        if outcomes is None:
+            for job in batch:
+                self._jobs.put(job)
+            return
         self._dirty.set()
-        self._deliver(outcomes)
+        self._deliver(outcomes, here=self._owner)
 
-    def _hand_over(self, batch: list[_Job[Any]]) -> None:
-        for job in batch:
-            self._jobs.put(job)
+    def _run_here(self, batch: list[_Job[Any]]) -> list[_Outcome] | None:
+        """`batch` on the writer's connection (its lock held), or None if it is not free."""
+        conn = self._conn
+        if conn is None or not self._jobs.empty():
+            return None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            return None if is_busy(exc) else _failed(batch, exc)
+        return self._execute(conn, batch)
 
     # --- the writer thread ---------------------------------------------------------------------
 
@@ -312,7 +307,6 @@ class SqliteDatabase:
                 if stop:
                     break
             with self._conn_lock:
-                self._conn = None  # no inline operation from here on
                 while self._lazy:  # those queued while the last batch ran
                     self._run_batch(conn, self._take_lazy())
         finally:
@@ -375,7 +369,7 @@ class SqliteDatabase:
             readonly = all(job.readonly for job in batch)
             begin(conn, "BEGIN" if readonly else "BEGIN IMMEDIATE", self._busy_wait_s)
         except sqlite3.Error as exc:
-            self._deliver([(job, None, exc) for job in batch])
+            self._deliver(_failed(batch, exc))
             return
         self._deliver(self._execute(conn, batch))
 
@@ -394,13 +388,14 @@ class SqliteDatabase:
         except sqlite3.Error as exc:  # the commit itself failed: nobody's write is durable
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            outcomes = [(job, None, exc) for job in batch]
+            outcomes = _failed(batch, exc)
         return outcomes
 
-    def _deliver(self, outcomes: list[_Outcome]) -> None:
-        """Resolve each caller's future: at once on this thread's own loop, else with one
-        wake-up per caller loop, not one per operation."""
-        here = _running_loop()
+    def _deliver(
+        self, outcomes: list[_Outcome], here: asyncio.AbstractEventLoop | None = None
+    ) -> None:
+        """Resolve each caller's future: at once for `here` (the loop running this), else
+        with one wake-up per caller loop, not one per operation."""
         by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
         for outcome in outcomes:
             by_loop.setdefault(outcome[0].loop, []).append(outcome)

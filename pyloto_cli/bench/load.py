@@ -53,10 +53,10 @@ def load_client(connections: int, timeout_s: float = 10.0) -> aiohttp.ClientSess
     """The one client for the run: loopback only, no proxies, waits for a pooled connection.
 
     It is aiohttp's own session, with nothing layered over it: the generator's overhead is
-    counted in every ack latency, so it is kept as small as a Python client allows (httpx over
-    aiohttp's transport measured 2.6 to 3.4 ms of ack p99 against a server that does nothing,
-    this 1.2 to 1.4 ms; `benchmarks/ack_floor.py`). `timeout_s` bounds connecting and each
-    read, not the wait for a pooled connection.
+    counted in every ack latency, so it is kept as small as a Python client allows (against a
+    server that does nothing, `benchmarks/ack_floor.py`, ack p99 was 3.1 ms with httpx over
+    aiohttp's transport and an event-loop timer, and is 1.5 ms with this and `_pace`).
+    `timeout_s` bounds connecting and each read, not the wait for a pooled connection.
     """
     connector = aiohttp.TCPConnector(limit=connections, limit_per_host=connections)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
@@ -98,10 +98,7 @@ def _pace(
     t0 = time.monotonic()
     for index in range(count):
         due = t0 + index / rate
-        delay = due - time.monotonic()
-        if delay > 0 and stop.wait(delay):
-            return
-        if stop.is_set():
+        if stop.wait(max(0.0, due - time.monotonic())):  # set: the run is being cancelled
             return
         loop.call_soon_threadsafe(send, index, due)
 

@@ -30,6 +30,7 @@ from pyloto_cli.domain.webhook_content import (
 )
 from pyloto_cli.domain.webhook_model import Message, parse_webhook
 from tests.conftest import load_fixture
+from tests.unit.pipeline_support import message
 
 PNID = "200000000000001"
 
@@ -43,16 +44,6 @@ def _payload(value: dict[str, Any], field: str = "messages", **entry: Any) -> di
     }
 
 
-def _text(wamid: str, sender: str = "15550001234", body: str = "hi") -> dict[str, Any]:
-    return {
-        "from": sender,
-        "id": wamid,
-        "timestamp": "1767225600",
-        "type": "text",
-        "text": {"body": body},
-    }
-
-
 def _events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
     return [r.__dict__["fields"] for r in caplog.records if r.getMessage() == name]
 
@@ -60,7 +51,7 @@ def _events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]
 class TestSplit:
     def test_thousand_messages_make_thousand_tasks_each_with_a_one_item_value(self) -> None:
         """A maximal batch splits in order and no task copies its siblings."""
-        messages = [_text(f"wamid.M{i}", sender=f"1555000{i:04d}") for i in range(1000)]
+        messages = [message(f"wamid.M{i}", "hi", sender=f"1555000{i:04d}") for i in range(1000)]
         contacts = [{"wa_id": f"1555000{i:04d}", "profile": {"name": f"u{i}"}} for i in range(1000)]
         payload = _payload(
             {"metadata": {"phone_number_id": PNID}, "contacts": contacts, "messages": messages}
@@ -153,7 +144,7 @@ class TestSplit:
 
     def test_missing_metadata_uses_the_entry_id_in_the_conversation_key(self) -> None:
         """A message whose value lacks metadata is still keyed per business account."""
-        tasks = split_webhook(_payload({"messages": [_text("wamid.A")]}), 1.0)
+        tasks = split_webhook(_payload({"messages": [message("wamid.A", "hi")]}), 1.0)
 
         assert tasks[0].phone_number_id == ""
         assert tasks[0].conversation_key == "100000000000001:15550001234"
