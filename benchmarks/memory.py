@@ -38,11 +38,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from pyloto_cli.bench.load import (
     WEBHOOK_PATH,
     Ack,
+    LoadClient,
     closed_loop,
     get_json,
     load_client,
@@ -99,15 +98,13 @@ def _slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     return 0.0 if var == 0 else sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var
 
 
-async def _depth(client: aiohttp.ClientSession, url: str) -> int | None:
+async def _depth(client: LoadClient, url: str) -> int | None:
     ready = await get_json(client, f"{url}/readyz")
     depth = ready.get("queue", {}).get("depth") if isinstance(ready, dict) else None
     return depth if isinstance(depth, int) else None
 
 
-async def _sample(
-    server: ServerProcess, client: aiohttp.ClientSession, every_s: float, into: Samples
-) -> None:
+async def _sample(server: ServerProcess, client: LoadClient, every_s: float, into: Samples) -> None:
     t0 = time.monotonic()
     while True:
         rss = rss_bytes(server.pid)
@@ -120,7 +117,7 @@ async def _sample(
 async def _drain(
     tracker: ReplyTracker,
     wanted: set[str],
-    client: aiohttp.ClientSession,
+    client: LoadClient,
     url: str,
     within_s: float,
 ) -> None:

@@ -27,10 +27,16 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import aiohttp
 from rich.console import Console
 
-from pyloto_cli.bench.load import WEBHOOK_PATH, Ack, closed_loop, load_client, open_loop
+from pyloto_cli.bench.load import (
+    WEBHOOK_PATH,
+    Ack,
+    LoadClient,
+    closed_loop,
+    load_client,
+    open_loop,
+)
 from pyloto_cli.bench.payloads import Webhook, build_webhooks
 from pyloto_cli.bench.procs import (
     FakeLLMProcess,
@@ -204,7 +210,7 @@ async def _drain(tracker: ReplyTracker, wanted: set[str], within_s: float) -> No
 
 
 async def _load(
-    config: BenchConfig, client: aiohttp.ClientSession, url: str, hooks: Sequence[Webhook]
+    config: BenchConfig, client: LoadClient, url: str, hooks: Sequence[Webhook]
 ) -> list[Ack]:
     def ignore(_ack: Ack) -> None:
         return None

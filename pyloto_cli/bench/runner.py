@@ -20,11 +20,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import aiohttp
-
 from pyloto_cli.bench.load import (
     WEBHOOK_PATH,
     Ack,
+    LoadClient,
     closed_loop,
     get_json,
     load_client,
@@ -150,7 +149,7 @@ async def _ticker(progress: BenchProgress, counts: dict[str, int], tracker: Repl
 
 async def _send(
     config: BenchConfig,
-    client: aiohttp.ClientSession,
+    client: LoadClient,
     url: str,
     hooks: list[Webhook],
     counts: dict[str, int],
@@ -164,14 +163,14 @@ async def _send(
     return await open_loop(client, url, hooks, config.rate, on_ack)
 
 
-async def _queue_depth(client: aiohttp.ClientSession, url: str) -> tuple[int | None, int | None]:
+async def _queue_depth(client: LoadClient, url: str) -> tuple[int | None, int | None]:
     ready = await get_json(client, f"{url}/readyz")
     queue = ready.get("queue", {}) if isinstance(ready, dict) else {}
     return queue.get("depth"), queue.get("dead")
 
 
 async def _drain(
-    client: aiohttp.ClientSession,
+    client: LoadClient,
     server: ServerProcess,
     tracker: ReplyTracker,
     wanted: set[str],
@@ -197,7 +196,7 @@ async def _drain(
 class _Peers:
     """What a run talks to, once everything is up."""
 
-    client: aiohttp.ClientSession
+    client: LoadClient
     server: ServerProcess
     graph: FakeGraphServer
     llm: FakeLLMProcess
