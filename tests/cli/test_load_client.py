@@ -29,8 +29,13 @@ class RawServer:
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     url: str = ""
 
+    handlers: set[asyncio.Task[None]] = field(default_factory=set)
+
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self.handlers.add(task)
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -60,6 +65,9 @@ async def raw_server(answer: Answer) -> AsyncIterator[RawServer]:
     state.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     async with server:
         yield state
+    for task in state.handlers:  # those still reading a connection the client left open
+        task.cancel()
+    await asyncio.gather(*state.handlers, return_exceptions=True)
 
 
 async def test_requests_reuse_one_connection_and_go_out_as_written() -> None:
@@ -81,7 +89,8 @@ async def test_requests_reuse_one_connection_and_go_out_as_written() -> None:
 
 async def test_chunked_answer_is_read_whole() -> None:
     """An answer in chunks (no Content-Length) comes back whole: get_json parses it."""
-    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":\r\n2\r\n1}\r\n0\r\n\r\n"
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunked = head + b'5\r\n{"a":\r\n2\r\n1}\r\n0\r\n\r\n'
     async with raw_server(lambda _: chunked) as server, LoadClient(1) as client:
         assert await get_json(client, f"{server.url}/readyz") == {"a": 1}
         assert await get_json(client, f"{server.url}/readyz") == {"a": 1}
