@@ -36,7 +36,7 @@ def _stamp(ancillary: list[tuple[int, int, bytes]]) -> float | None:
     for level, kind, data in ancillary:
         if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS:
             seconds, nanoseconds = struct.unpack("qq", data[:16])
-            return seconds + nanoseconds / 1e9
+            return float(seconds + nanoseconds / 1e9)
     return None
 
 
