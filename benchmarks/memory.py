@@ -43,8 +43,6 @@ from pyloto_cli.bench.load import (
     Ack,
     LoadClient,
     closed_loop,
-    get_json,
-    load_client,
     open_loop,
 )
 from pyloto_cli.bench.payloads import build_webhooks
@@ -55,7 +53,13 @@ from pyloto_cli.bench.procs import (
     pyloto_serve,
     rss_bytes,
 )
-from pyloto_cli.bench.runner import BenchConfig, ReplyTracker, fake_openai_options, server_env
+from pyloto_cli.bench.runner import (
+    BenchConfig,
+    ReplyTracker,
+    fake_openai_options,
+    queue_depth,
+    server_env,
+)
 from pyloto_cli.fakes.graph_server import FakeGraphServer
 from pyloto_cli.logs import configure_logging
 
@@ -98,17 +102,11 @@ def _slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     return 0.0 if var == 0 else sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var
 
 
-async def _depth(client: LoadClient, url: str) -> int | None:
-    ready = await get_json(client, f"{url}/readyz")
-    depth = ready.get("queue", {}).get("depth") if isinstance(ready, dict) else None
-    return depth if isinstance(depth, int) else None
-
-
 async def _sample(server: ServerProcess, client: LoadClient, every_s: float, into: Samples) -> None:
     t0 = time.monotonic()
     while True:
         rss = rss_bytes(server.pid)
-        depth = await _depth(client, server.url)
+        depth = (await queue_depth(client, server.url))[0]
         if rss is not None:
             into.points.append((round(time.monotonic() - t0, 1), round(rss / MB, 1), depth))
         await asyncio.sleep(every_s)
@@ -124,7 +122,7 @@ async def _drain(
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         tracker.poll()
-        if wanted <= tracker.replies.keys() and await _depth(client, url) == 0:
+        if wanted <= tracker.replies.keys() and (await queue_depth(client, url))[0] == 0:
             return
         await asyncio.sleep(0.2)
 
@@ -170,12 +168,12 @@ async def _fill(peers: Peers, count: int) -> tuple[set[str], dict[str, Any]]:
     hooks = build_webhooks(count, count, peers.secret.encode(), secrets.token_hex(4))
     async with (
         pyloto_serve(peers.workdir, peers.env, args=["--no-worker"], log_name="fill.log") as web,
-        load_client(64) as client,
+        LoadClient(64) as client,
     ):
         started = time.monotonic()
         acks = await closed_loop(client, web.url + WEBHOOK_PATH, hooks, 32, _ignore)
         took = time.monotonic() - started
-        depth = await _depth(client, web.url)
+        depth = (await queue_depth(client, web.url))[0]
         peak = peak_rss_bytes(web.pid)
     wanted = {hooks[a.index].wamid for a in acks if a.ok}
     figures = {
@@ -198,9 +196,9 @@ async def backlog(config: BenchConfig, count: int, every_s: float) -> dict[str, 
         tracker, samples = ReplyTracker(peers.graph), Samples()
         async with (
             pyloto_serve(peers.workdir, peers.env, log_name="drain.log") as server,
-            load_client(4) as client,
+            LoadClient(4) as client,
         ):
-            start_depth = await _depth(client, server.url)
+            start_depth = (await queue_depth(client, server.url))[0]
             sampler = asyncio.create_task(_sample(server, client, every_s, samples))
             started = time.monotonic()
             try:
@@ -248,7 +246,7 @@ async def soak(
         tracker, samples = ReplyTracker(peers.graph), Samples()
         async with (
             pyloto_serve(peers.workdir, peers.env, log_name="soak.log") as server,
-            load_client(max(100, int(max(rate, burst.rate) * 4))) as client,
+            LoadClient(max(100, int(max(rate, burst.rate) * 4))) as client,
         ):
             sampler = asyncio.create_task(_sample(server, client, every_s, samples))
             url = server.url + WEBHOOK_PATH

@@ -259,7 +259,7 @@ class SqliteDatabase:
                 self._jobs.put(job)
             return
         self._dirty.set()
-        self._deliver(outcomes, here=self._owner)
+        _settle_all(outcomes)  # every inline job is this loop's
 
     def _run_here(self, batch: list[_Job[Any]]) -> list[_Outcome] | None:
         """`batch` on the writer's connection (its lock held), or None if it is not free."""
@@ -391,18 +391,13 @@ class SqliteDatabase:
             outcomes = _failed(batch, exc)
         return outcomes
 
-    def _deliver(
-        self, outcomes: list[_Outcome], here: asyncio.AbstractEventLoop | None = None
-    ) -> None:
-        """Resolve each caller's future: at once for `here` (the loop running this), else
-        with one wake-up per caller loop, not one per operation."""
+    def _deliver(self, outcomes: list[_Outcome]) -> None:
+        """From the writer thread: resolve each caller's future, with one wake-up per caller
+        loop, not one per operation."""
         by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
         for outcome in outcomes:
             by_loop.setdefault(outcome[0].loop, []).append(outcome)
         for loop, settled in by_loop.items():
-            if loop is here:
-                _settle_all(settled)
-                continue
             with contextlib.suppress(RuntimeError):  # the caller's loop is gone
                 loop.call_soon_threadsafe(_settle_all, settled)
 

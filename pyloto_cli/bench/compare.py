@@ -34,7 +34,6 @@ from pyloto_cli.bench.load import (
     Ack,
     LoadClient,
     closed_loop,
-    load_client,
     open_loop,
 )
 from pyloto_cli.bench.payloads import Webhook, build_webhooks
@@ -230,7 +229,7 @@ async def measure(
     """Send the webhooks, wait for the replies, and record what happened."""
     tracker = ReplyTracker(graph)
     connections = config.concurrency or max(100, int(config.rate * 4))
-    async with load_client(connections) as client:
+    async with LoadClient(connections) as client:
         before = (tree_cpu_seconds(server.pid), tree_cpu_seconds(llm.pid), time.process_time())
         started = time.monotonic()
         acks = await _load(config, client, server.url + WEBHOOK_PATH, hooks)

@@ -26,6 +26,9 @@ import httptools
 from pyloto_cli.bench.payloads import Webhook
 
 WEBHOOK_PATH = "/webhooks/whatsapp"
+# what `LoadClient.request` raises for a request that got no answer: refused, reset, timed out,
+# or answered with something that is not HTTP
+_FAILED = (OSError, TimeoutError, httptools.HttpParserError)
 AckCallback = Callable[["Ack"], None]
 
 
@@ -159,8 +162,7 @@ class LoadClient:
     async def request(
         self, method: str, url: str, body: bytes = b"", headers: Sequence[tuple[str, str]] = ()
     ) -> tuple[int, bytes]:
-        """`method url` with `body`; the answer's status and body. Raises OSError (refused,
-        reset), TimeoutError or httptools.HttpParserError."""
+        """`method url` with `body`; the answer's status and body. Raises one of `_FAILED`."""
         target = _target(url)
         head = [f"{method} {target.path} HTTP/1.1", f"Host: {target.host}:{target.port}"]
         head += [f"{name}: {value}" for name, value in headers]
@@ -195,17 +197,12 @@ class LoadClient:
         return conn
 
 
-def load_client(connections: int, timeout_s: float = 10.0) -> LoadClient:
-    """The one client for the run (see `LoadClient`)."""
-    return LoadClient(connections, timeout_s)
-
-
 async def get_json(client: LoadClient, url: str) -> Any:
     """GET `url`'s JSON body, or None if the request or the body fails."""
     try:
         status, body = await client.request("GET", url)
         return json.loads(body) if status == 200 else None
-    except (OSError, TimeoutError, httptools.HttpParserError, ValueError):
+    except (*_FAILED, ValueError):
         return None
 
 
@@ -215,7 +212,7 @@ async def post_webhook(client: LoadClient, url: str, hook: Webhook, index: int, 
     headers = (("Content-Type", "application/json"), ("X-Hub-Signature-256", hook.signature))
     try:
         status, _ = await client.request("POST", url, hook.body, headers)
-    except (OSError, TimeoutError, httptools.HttpParserError) as exc:
+    except _FAILED as exc:
         return Ack(index, due, started, time.monotonic(), None, type(exc).__name__)
     return Ack(index, due, started, time.monotonic(), status)
 

@@ -26,7 +26,6 @@ from pyloto_cli.bench.load import (
     LoadClient,
     closed_loop,
     get_json,
-    load_client,
     open_loop,
 )
 from pyloto_cli.bench.payloads import Webhook, build_webhooks
@@ -163,7 +162,8 @@ async def _send(
     return await open_loop(client, url, hooks, config.rate, on_ack)
 
 
-async def _queue_depth(client: LoadClient, url: str) -> tuple[int | None, int | None]:
+async def queue_depth(client: LoadClient, url: str) -> tuple[int | None, int | None]:
+    """The queue's depth and dead-letter count from the server's /readyz (None: unknown)."""
     ready = await get_json(client, f"{url}/readyz")
     queue = ready.get("queue", {}) if isinstance(ready, dict) else {}
     return queue.get("depth"), queue.get("dead")
@@ -182,12 +182,12 @@ async def _drain(
     while time.monotonic() < deadline:
         tracker.poll()
         if wanted <= tracker.replies.keys():
-            depth, dead = await _queue_depth(client, server.url)
+            depth, dead = await queue_depth(client, server.url)
             if depth == 0:
                 break
         await asyncio.sleep(0.05)
     else:
-        _, dead = await _queue_depth(client, server.url)
+        _, dead = await queue_depth(client, server.url)
     tracker.poll()
     return dead
 
@@ -321,7 +321,7 @@ async def run_bench(config: BenchConfig, progress: BenchProgress | None = None) 
         server = await stack.enter_async_context(
             pyloto_serve(workdir, env, args=pyloto_args(config))
         )
-        client = await stack.enter_async_context(load_client(_connections(config)))
+        client = await stack.enter_async_context(LoadClient(_connections(config)))
         peers = _Peers(client=client, server=server, graph=graph, llm=llm)
         record = await _measure(config, peers, hooks, progress or _Silent())
     kept = {"workdir": str(workdir) if config.keep else None}

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from benchmarks import ack_floor
-from pyloto_cli.bench.load import Ack, load_client, open_loop, post_webhook
+from pyloto_cli.bench.load import Ack, LoadClient, open_loop, post_webhook
 from pyloto_cli.bench.payloads import build_webhooks
 from pyloto_cli.bench.procs import (
     cpu_seconds,
@@ -77,7 +77,7 @@ async def test_open_loop_sends_on_schedule_while_answers_are_slow() -> None:
     """Coordinated omission: every request leaves before the first (1 s) answer comes back."""
     hooks = build_webhooks(10, 10, b"secret", "sched")
     acks: list[Ack] = []
-    async with FakeGraphServer() as slow, load_client(20) as client:
+    async with FakeGraphServer() as slow, LoadClient(20) as client:
         slow.delay_s = 1.0
         url = f"{slow.url}/v25.0/109000000000001/messages"
         result = await open_loop(client, url, hooks, 100.0, acks.append)
@@ -91,7 +91,7 @@ async def test_open_loop_sends_on_schedule_while_answers_are_slow() -> None:
 async def test_open_loop_cancelled_sends_nothing_more() -> None:
     """A run cancelled halfway (Ctrl-C) stops its pacing thread: no request leaves after it."""
     hooks = build_webhooks(40, 40, b"secret", "cancel")
-    async with FakeGraphServer() as graph, load_client(20) as client:
+    async with FakeGraphServer() as graph, LoadClient(20) as client:
         url = f"{graph.url}/v25.0/109000000000001/messages"
         run = asyncio.create_task(open_loop(client, url, hooks, 20.0, lambda _: None))
         await asyncio.sleep(0.3)
@@ -108,7 +108,7 @@ async def test_open_loop_sends_each_webhook_when_due() -> None:
     """The pacing thread hands each POST over on schedule: the first of 20 at 200/s leaves at
     once and the last 95 ms later, not all at the start or one event-loop tick late each."""
     hooks = build_webhooks(20, 20, b"secret", "due")
-    async with FakeGraphServer() as graph, load_client(20) as client:
+    async with FakeGraphServer() as graph, LoadClient(20) as client:
         url = f"{graph.url}/v25.0/109000000000001/messages"
         acks = await open_loop(client, url, hooks, 200.0, lambda _: None)
     dues = [a.due - acks[0].due for a in acks]
@@ -120,7 +120,7 @@ async def test_open_loop_sends_each_webhook_when_due() -> None:
 async def test_a_post_that_cannot_connect_is_a_failed_ack() -> None:
     """Nothing listening: the ack carries no status and the client's error, and is not ok."""
     hook = build_webhooks(1, 1, b"secret", "refused")[0]
-    async with load_client(2, timeout_s=2.0) as client:
+    async with LoadClient(2, timeout_s=2.0) as client:
         ack = await post_webhook(client, "http://127.0.0.1:9/webhooks/whatsapp", hook, 0, 0.0)
     assert ack.status is None
     assert not ack.ok

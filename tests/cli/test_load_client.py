@@ -3,71 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 
 import pytest
 
 from pyloto_cli.bench.load import LoadClient, get_json, post_webhook
 from pyloto_cli.bench.payloads import build_webhooks
-
-Answer = Callable[[bytes], bytes | None]  # the request's bytes -> the answer's, or None: hang
-
-
-def plain(status: int = 200, body: bytes = b"{}", close: bool = False) -> bytes:
-    extra = b"Connection: close\r\n" if close else b""
-    head = b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n%s\r\n" % (status, len(body), extra)
-    return head + body
-
-
-@dataclass
-class RawServer:
-    answer: Answer
-    connections: int = 0
-    requests: list[bytes] = field(default_factory=list)
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
-    url: str = ""
-
-    handlers: set[asyncio.Task[None]] = field(default_factory=set)
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        task = asyncio.current_task()
-        if task is not None:
-            self.handlers.add(task)
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(
-                    int(line.split(b":")[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
-                )
-                request = head + await reader.readexactly(length)
-                self.requests.append(request)
-                answer = self.answer(request)
-                if answer is None:  # hang up without a word
-                    break
-                writer.write(answer)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            self.closed.set()
-            writer.close()
-
-
-@contextlib.asynccontextmanager
-async def raw_server(answer: Answer) -> AsyncIterator[RawServer]:
-    state = RawServer(answer)
-    server = await asyncio.start_server(state.handle, "127.0.0.1", 0)
-    state.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    async with server:
-        yield state
-    for task in state.handlers:  # those still reading a connection the client left open
-        task.cancel()
-    await asyncio.gather(*state.handlers, return_exceptions=True)
+from tests.fakes.raw_http import plain, raw_server
 
 
 async def test_requests_reuse_one_connection_and_go_out_as_written() -> None:

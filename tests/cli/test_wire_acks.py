@@ -8,7 +8,7 @@ import struct
 from benchmarks import wire_acks
 from pyloto_cli.bench.load import LoadClient, post_webhook
 from pyloto_cli.bench.payloads import build_webhooks
-from tests.cli.test_load_client import plain, raw_server
+from tests.fakes.raw_http import plain, raw_server
 
 
 def frame(source: int, destination: int, payload: bytes, protocol: int = 6) -> bytes:
