@@ -10,7 +10,9 @@ process's CPU milliseconds per call (`time.process_time`):
 - create/aiohttp: `chat.completions.create()` on `DefaultAioHttpClient`
 - post/aiohttp:   low-level `client.post("/chat/completions", cast_to=ChatCompletion)` on it
 - pyloto/aiohttp: pyloto's `OpenAIChat` (made once per client, as pyloto does: the request path
-  plus body building and content checks)
+  plus body building and content checks) on `DefaultAioHttpClient`
+- pyloto/direct:  the same on `DirectOpenAIClient` (its sends go straight to the transport),
+  which is what pyloto runs
 
 The figure depends on the call rate as much as on the path: `--latency-ms 20 --in-flight 50`
 (about 2 000 calls/s) shares each event-loop wake-up among many answers, while
@@ -35,6 +37,7 @@ import httpx
 from openai import AsyncOpenAI, DefaultAioHttpClient
 from openai.types.chat import ChatCompletion
 
+from pyloto_cli.adapters.direct_http import DirectOpenAIClient
 from pyloto_cli.adapters.llm.openai import OpenAIChat
 from pyloto_cli.pipeline.stages import ChatMessage, ChatRequest
 
@@ -77,9 +80,11 @@ def fake_server(port: int, latency_ms: float) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def client_for(base_url: str, aiohttp: bool) -> AsyncIterator[AsyncOpenAI]:
-    """An AsyncOpenAI client on the default or the aiohttp transport."""
-    http_client = DefaultAioHttpClient() if aiohttp else None
+async def client_for(base_url: str, http: str) -> AsyncIterator[AsyncOpenAI]:
+    """An AsyncOpenAI client on the default transport, the aiohttp one, or pyloto's direct
+    client on the aiohttp one."""
+    clients = {"aiohttp": DefaultAioHttpClient, "direct": DirectOpenAIClient}
+    http_client = clients[http]() if http in clients else None
     async with AsyncOpenAI(
         api_key="bench", base_url=base_url, max_retries=0, timeout=30, http_client=http_client
     ) as client:
@@ -119,14 +124,15 @@ async def measure(call: Call, calls: int, in_flight: int) -> float:
 
 
 async def run(base_url: str, calls: int, in_flight: int) -> None:
-    variants: list[tuple[str, bool, Callable[[AsyncOpenAI], Call]]] = [
-        ("create/default", False, via_create),
-        ("create/aiohttp", True, via_create),
-        ("post/aiohttp", True, via_post),
-        ("pyloto/aiohttp", True, via_pyloto),
+    variants: list[tuple[str, str, Callable[[AsyncOpenAI], Call]]] = [
+        ("create/default", "default", via_create),
+        ("create/aiohttp", "aiohttp", via_create),
+        ("post/aiohttp", "aiohttp", via_post),
+        ("pyloto/aiohttp", "aiohttp", via_pyloto),
+        ("pyloto/direct", "direct", via_pyloto),
     ]
-    for name, aiohttp, make_call in variants:
-        async with client_for(base_url, aiohttp) as client:
+    for name, http, make_call in variants:
+        async with client_for(base_url, http) as client:
             ms = await measure(make_call(client), calls, in_flight)
         print(f"{name:16} {ms:6.3f} CPU ms/call  ({calls} calls, {in_flight} in flight)")
 

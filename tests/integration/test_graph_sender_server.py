@@ -10,6 +10,7 @@ import httpx
 import pytest
 from httpx_aiohttp import AiohttpTransport
 
+from pyloto_cli.adapters.direct_http import DirectGraphClient
 from pyloto_cli.adapters.sender.graph import GraphSender, graph_limits, open_graph_client
 from pyloto_cli.adapters.sender.limiter import SendLimiter
 from pyloto_cli.domain import outbound as ob
@@ -126,7 +127,7 @@ async def test_read_timeout_is_ambiguous_and_refused_connection_is_not(
     """No answer in time after sending: AmbiguousSendError; nobody listening: plain transient."""
     timeout = httpx.Timeout(connect=2.0, read=0.1, write=2.0, pool=2.0)
     transport = AiohttpTransport(limits=graph_limits(4))
-    async with httpx.AsyncClient(transport=transport, timeout=timeout) as http:
+    async with DirectGraphClient(transport=transport, timeout=timeout) as http:
         sender = make_sender(http, fake_graph.url)
         fake_graph.fail(delay_s=0.4)
         with pytest.raises(AmbiguousSendError):
@@ -146,7 +147,7 @@ async def test_small_pool_makes_sends_wait_not_fail(
     """64 concurrent sends through 8 connections to a slow server: every one is delivered."""
     fake_graph.delay_s = 0.02
     transport = AiohttpTransport(limits=graph_limits(4))
-    async with httpx.AsyncClient(transport=transport) as http:
+    async with DirectGraphClient(transport=transport) as http:
         sender = make_sender(http, fake_graph.url)
         results = await asyncio.gather(
             *(

@@ -4,7 +4,9 @@
         responder = OpenAIResponder(client, settings)
         reply = await responder.respond(request)
 
-One client per process, on the SDK's aiohttp transport (`DefaultAioHttpClient`), closed on exit.
+One client per process, on the SDK's aiohttp transport (`DefaultAioHttpClient`, as the
+`DirectOpenAIClient` subclass whose requests go straight to that transport, past httpx2's auth,
+redirect and cookie steps: adapters/direct_http.py), closed on exit.
 Calls go through the client's low-level `request()` (what its `post()` calls): the same
 retries, backoff and error types as `chat.completions.create()`, without its parameter
 transform. The request options are built once (`FinalRequestOptions` for the absolute URL) and
@@ -26,9 +28,10 @@ from typing import Any, Final, Self
 
 import httpx2
 import openai
-from openai import AsyncOpenAI, DefaultAioHttpClient
+from openai import AsyncOpenAI
 from openai._models import FinalRequestOptions  # what `post()` builds; covered by the tests
 
+from pyloto_cli.adapters.direct_http import DirectOpenAIClient
 from pyloto_cli.adapters.llm.offline import NON_TEXT_REPLY
 from pyloto_cli.domain.reply import Reply
 from pyloto_cli.logs import get_logger, log_event
@@ -66,7 +69,7 @@ async def open_openai_client(settings: Settings) -> AsyncIterator[AsyncOpenAI]:
         base_url=settings.openai_base_url,
         max_retries=settings.llm_max_retries,
         timeout=settings.llm_stage_timeout,
-        http_client=DefaultAioHttpClient(),
+        http_client=DirectOpenAIClient(),
     )
     async with client:
         yield client

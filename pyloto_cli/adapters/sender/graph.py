@@ -8,7 +8,9 @@ retried, never lost. The client runs on an aiohttp transport (`httpx-aiohttp`), 
 about half the CPU per send of httpx's own (benchmarks/graph_client_cpu.py). Each send is an
 `httpx.Request` built from parts made once (the parsed URL per business number, the headers
 with the client's defaults) and sent with `client.send`: a third less CPU per send than
-`client.post`, which parses the URL and merges the headers again on every call.
+`client.post`, which parses the URL and merges the headers again on every call. The client
+is a `DirectGraphClient` (adapters/direct_http.py): its sends go straight to the transport,
+past httpx's auth, redirect and cookie steps, which a Graph send does not use.
 
 Outcomes are classified by Meta's `error.code` (domain/graph_errors.py). A read timeout or a
 dropped connection after the body went out is ambiguous (Meta may have accepted it): it raises
@@ -32,6 +34,7 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
+from pyloto_cli.adapters.direct_http import DirectGraphClient
 from pyloto_cli.adapters.sender.limiter import SendLimiter
 from pyloto_cli.domain.errors import (
     AmbiguousSendError,
@@ -46,7 +49,7 @@ from pyloto_cli.logs import get_logger, log_event
 from pyloto_cli.ports import SendResult
 from pyloto_cli.settings import Settings
 
-ClientKind = Literal["aiohttp", "httpx", "httpx-default"]
+ClientKind = Literal["aiohttp", "aiohttp-full-send", "httpx", "httpx-default"]
 
 _UNWRITTEN = "Can not write request body"  # aiohttp's ClientOSError for a failed write
 _MAX_URLS = 1024  # parsed URLs kept (least recently used out), one per business number
@@ -86,7 +89,8 @@ async def open_graph_client(
         )
     else:
         transport = AiohttpTransport(limits=graph_limits(settings.concurrency))
-        client = httpx.AsyncClient(transport=transport, timeout=graph_timeout())
+        kind_class = httpx.AsyncClient if kind == "aiohttp-full-send" else DirectGraphClient
+        client = kind_class(transport=transport, timeout=graph_timeout())
     async with client:
         yield client
 
