@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pyloto_cli.bench.compare import pin_process, pinned_here, source_root, split_cpus
-from pyloto_cli.bench.load import WEBHOOK_PATH, Ack, LoadClient, open_loop
+from pyloto_cli.bench.load import WEBHOOK_PATH, Ack, LoadClient, open_loop, pool_size
 from pyloto_cli.bench.payloads import build_webhooks
 from pyloto_cli.bench.procs import child, free_port, wait_ready
 from pyloto_cli.bench.report import latency_ms
@@ -73,7 +73,7 @@ async def measure(messages: int, rate: float) -> dict[str, Any]:
             await wait_ready(proc, url, log, 20.0, "the floor app")
             if pinning is not None:
                 pin_process(proc.pid, pinning.server)
-            async with LoadClient(max(100, int(rate * 4))) as client:
+            async with LoadClient(pool_size(rate)) as client:
                 acks = await open_loop(client, url + WEBHOOK_PATH, hooks, rate, lambda _: None)
     return {"messages": messages, "rate": rate, "pinned": pinning is not None, **_figures(acks)}
 

@@ -38,13 +38,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pyloto_cli.bench.load import (
-    WEBHOOK_PATH,
-    Ack,
-    LoadClient,
-    closed_loop,
-    open_loop,
-)
+from pyloto_cli.bench.load import WEBHOOK_PATH, Ack, LoadClient, closed_loop, open_loop, pool_size
 from pyloto_cli.bench.payloads import build_webhooks
 from pyloto_cli.bench.procs import (
     ServerProcess,
@@ -246,7 +240,7 @@ async def soak(
         tracker, samples = ReplyTracker(peers.graph), Samples()
         async with (
             pyloto_serve(peers.workdir, peers.env, log_name="soak.log") as server,
-            LoadClient(max(100, int(max(rate, burst.rate) * 4))) as client,
+            LoadClient(pool_size(max(rate, burst.rate))) as client,
         ):
             sampler = asyncio.create_task(_sample(server, client, every_s, samples))
             url = server.url + WEBHOOK_PATH

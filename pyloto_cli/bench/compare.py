@@ -29,13 +29,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from pyloto_cli.bench.load import (
-    WEBHOOK_PATH,
-    Ack,
-    LoadClient,
-    closed_loop,
-    open_loop,
-)
+from pyloto_cli.bench.load import WEBHOOK_PATH, Ack, LoadClient, closed_loop, open_loop, pool_size
 from pyloto_cli.bench.payloads import Webhook, build_webhooks
 from pyloto_cli.bench.procs import (
     FakeLLMProcess,
@@ -228,8 +222,7 @@ async def measure(
 ) -> RunRecord:
     """Send the webhooks, wait for the replies, and record what happened."""
     tracker = ReplyTracker(graph)
-    connections = config.concurrency or max(100, int(config.rate * 4))
-    async with LoadClient(connections) as client:
+    async with LoadClient(pool_size(config.rate, config.concurrency)) as client:
         before = (tree_cpu_seconds(server.pid), tree_cpu_seconds(llm.pid), time.process_time())
         started = time.monotonic()
         acks = await _load(config, client, server.url + WEBHOOK_PATH, hooks)

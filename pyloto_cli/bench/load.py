@@ -128,6 +128,14 @@ def _target(url: str) -> _Target:
     return _Target(parts.hostname, parts.port or 80, path)
 
 
+def pool_size(rate: float, concurrency: int | None = None) -> int:
+    """Connections enough that the pool never paces the sender: one per closed-loop lane, or
+    four seconds' worth of an open loop's rate (at least 100)."""
+    if concurrency is not None:
+        return max(1, concurrency)
+    return max(100, int(rate * 4))
+
+
 class LoadClient:
     """The generator's HTTP/1.1 client: keep-alive connections to loopback, nothing else.
 

@@ -27,6 +27,7 @@ from pyloto_cli.bench.load import (
     closed_loop,
     get_json,
     open_loop,
+    pool_size,
 )
 from pyloto_cli.bench.payloads import Webhook, build_webhooks
 from pyloto_cli.bench.procs import (
@@ -278,13 +279,6 @@ def run_workdir(
     return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix, dir=parent)))
 
 
-def _connections(config: BenchConfig) -> int:
-    """Enough pooled connections that the pool never paces an open-loop sender."""
-    if config.concurrency is not None:
-        return max(1, config.concurrency)
-    return max(100, int(config.rate * 4))
-
-
 def pyloto_args(config: BenchConfig) -> list[str]:
     """`pyloto serve`'s arguments for `config`."""
     return ["--workers", str(config.workers)] if config.workers else []
@@ -321,7 +315,9 @@ async def run_bench(config: BenchConfig, progress: BenchProgress | None = None) 
         server = await stack.enter_async_context(
             pyloto_serve(workdir, env, args=pyloto_args(config))
         )
-        client = await stack.enter_async_context(LoadClient(_connections(config)))
+        client = await stack.enter_async_context(
+            LoadClient(pool_size(config.rate, config.concurrency))
+        )
         peers = _Peers(client=client, server=server, graph=graph, llm=llm)
         record = await _measure(config, peers, hooks, progress or _Silent())
     kept = {"workdir": str(workdir) if config.keep else None}

@@ -89,8 +89,8 @@ async def open_graph_client(
         )
     else:
         transport = AiohttpTransport(limits=graph_limits(settings.concurrency))
-        kind_class = httpx.AsyncClient if kind == "aiohttp-full-send" else DirectGraphClient
-        client = kind_class(transport=transport, timeout=graph_timeout())
+        client_class = httpx.AsyncClient if kind == "aiohttp-full-send" else DirectGraphClient
+        client = client_class(transport=transport, timeout=graph_timeout())
     async with client:
         yield client
 
