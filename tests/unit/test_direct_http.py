@@ -191,3 +191,63 @@ async def test_a_closed_client_refuses_as_httpx_does(flavour: Flavour) -> None:
     await client.aclose()
     with pytest.raises(RuntimeError, match="closed"):
         await client.send(http.Request("GET", "http://api.test/x"))
+
+
+SDK_HEADERS = [
+    ("Authorization", "Bearer sk-test"),
+    ("accept", "application/json"),
+    ("content-type", "application/json"),
+    ("user-agent", "AsyncOpenAI/Python"),
+    ("x-stainless-retry-count", "0"),
+]
+BUILDS: list[tuple[str, dict[str, Any]]] = [
+    ("what the SDK sends", {}),
+    ("a timeout per call", {"timeout": 7.5}),
+    ("no timeout", {"timeout": None}),
+    ("str content", {"content": "{}"}),
+    ("a mapping of headers", {"headers": dict(SDK_HEADERS)}),
+    ("bytes headers", {"headers": [(b"accept", b"text/plain")]}),
+    ("query params", {"params": {"api-version": "2024-10"}}),
+    ("cookies", {"cookies": {"session": "s"}}),
+    ("extensions", {"extensions": {"trace": "t"}}),
+    ("json", {"content": None, "json": {"a": 1}}),
+    ("a relative URL", {"url": "chat/completions"}),
+]
+
+
+@pytest.mark.parametrize(("case", "change"), BUILDS, ids=[case for case, _ in BUILDS])
+async def test_build_request_makes_what_httpx2_makes(case: str, change: dict[str, Any]) -> None:
+    """Same method, URL, headers (names, case, order), body and timeout as httpx2's own."""
+    arguments: dict[str, Any] = {
+        "url": "http://api.test/v1/chat/completions?x=1",
+        "content": b'{"model":"m"}',
+        "headers": SDK_HEADERS,
+        **change,
+    }
+    async with DirectOpenAIClient(
+        base_url="http://base.test/v1/", headers={"X-Client": "c"}, timeout=3.0
+    ) as client:
+        for _ in range(2):  # the second time, with the URL already parsed
+            ours = client.build_request("POST", **arguments)
+            theirs = httpx2.AsyncClient.build_request(client, "POST", **arguments)
+            assert (ours.method, ours.url) == (theirs.method, theirs.url)
+            assert ours.headers.raw == theirs.headers.raw
+            assert ours.read() == theirs.read()
+            assert ours.extensions == theirs.extensions
+
+
+async def test_build_request_uses_the_client_defaults_of_the_moment() -> None:
+    """Default headers, cookies and params set after the first request still apply."""
+    async with DirectOpenAIClient(timeout=3.0) as client:
+        url = "http://api.test/v1/chat/completions"
+        client.build_request("POST", url, content=b"{}", headers=SDK_HEADERS)
+        client.headers["X-Later"] = "yes"
+        client.timeout = httpx2.Timeout(9.0)
+        later = client.build_request("POST", url, content=b"{}", headers=SDK_HEADERS)
+        assert later.headers["x-later"] == "yes"
+        assert later.extensions["timeout"]["read"] == 9.0
+        client.cookies.set("session", "s", domain="api.test")
+        client.params = httpx2.QueryParams({"v": "2"})
+        again = client.build_request("POST", url, content=b"{}", headers=SDK_HEADERS)
+        assert again.headers["cookie"] == "session=s"
+        assert again.url.params["v"] == "2"
