@@ -135,24 +135,12 @@ def _stop_serving() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-YOUNG_GC_THRESHOLD = 10_000
-"""Net allocations between two young collections (CPython's default is 700)."""
-
-
 def _freeze_startup_objects() -> None:
     """Leave what start-up made (modules, clients, prompts: most of the heap) out of every
     later garbage collection: a full collection then walks only what the traffic made, instead
-    of holding the GIL for tens of milliseconds while acks wait.
-
-    Then collect the young generation less often. The messages in flight (their sessions,
-    requests and answers: thousands of objects that live about a second) were walked by
-    almost every young collection at the default threshold, about 3 % of the CPU at 100
-    messages/s; at 10 000 a collection is rare, and the cyclic garbage it leaves waiting
-    is bounded by the same 10 000 objects (a few MB at most)."""
+    of holding the GIL for tens of milliseconds while acks wait."""
     gc.collect()
     gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(YOUNG_GC_THRESHOLD, middle, old)
 
 
 def _after_shutdown(signum: int, frame: object) -> None:
