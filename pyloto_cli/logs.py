@@ -138,6 +138,11 @@ class RedactingFilter(logging.Filter):
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, event, logger, fields."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        # made once: `json.dumps` with options builds a new encoder for every line
+        self._encoder = json.JSONEncoder(ensure_ascii=False, default=str)
+
     def format(self, record: logging.LogRecord) -> str:
         payload: dict[str, Any] = {
             "ts": round(record.created, 3),
@@ -148,7 +153,7 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             payload["exc"] = _mask_digits(self.formatException(record.exc_info))
-        return json.dumps(payload, ensure_ascii=False, default=str)
+        return self._encoder.encode(payload)
 
 
 class ConsoleFormatter(logging.Formatter):
