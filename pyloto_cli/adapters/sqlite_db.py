@@ -302,13 +302,17 @@ class SqliteDatabase:
                 batch, stop = self._drain()
                 if batch:
                     with self._conn_lock:
-                        self._run_batch(conn, batch)
+                        outcomes = self._run_batch(conn, batch)
                     self._dirty.set()
+                    # after the lock is free: a caller woken by its answer finds the
+                    # connection free for its next inline write
+                    self._deliver(outcomes)
                 if stop:
                     break
-            with self._conn_lock:
-                while self._lazy:  # those queued while the last batch ran
-                    self._run_batch(conn, self._take_lazy())
+            while self._lazy:  # those queued while the last batch ran
+                with self._conn_lock:
+                    outcomes = self._run_batch(conn, self._take_lazy())
+                self._deliver(outcomes)
         finally:
             with self._conn_lock:
                 self._conn = None
@@ -364,14 +368,13 @@ class SqliteDatabase:
             batch.append(job)
         return batch, False
 
-    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> None:
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> list[_Outcome]:
         try:
             readonly = all(job.readonly for job in batch)
             begin(conn, "BEGIN" if readonly else "BEGIN IMMEDIATE", self._busy_wait_s)
         except sqlite3.Error as exc:
-            self._deliver(_failed(batch, exc))
-            return
-        self._deliver(self._execute(conn, batch))
+            return _failed(batch, exc)
+        return self._execute(conn, batch)
 
     def _execute(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> list[_Outcome]:
         """`batch` in the transaction just begun, committed (or rolled back if it alone
