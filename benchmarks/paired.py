@@ -58,7 +58,7 @@ async def _one(tree: Path, command: list[str], delay_s: float) -> tuple[float, i
     await asyncio.sleep(delay_s)
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")])),
     }
     proc = await asyncio.create_subprocess_exec(
         *command,

@@ -10,9 +10,10 @@ About a quarter less CPU per request (benchmarks/graph_client_cpu.py, llm_client
 
 The OpenAI client's `build_request` (which the SDK calls once per try) also takes a shorter
 path for what the SDK sends: bytes content and a header list to an absolute URL. The URL is
-parsed once per distinct URL, and the client's default headers are merged as a plain list
-(the caller's headers replace the defaults of the same name, as `Headers.update` does); the
-request is the same as httpx2's own `build_request` makes, for half its CPU.
+parsed once (the last 64 distinct URLs are kept), and the client's default headers are
+merged as a plain list (the caller's headers replace the defaults of the same name, as
+`Headers.update` does); the request is the same as httpx2's own `build_request` makes, for
+half its CPU.
 
 httpx's own path still takes: streamed answers, a per-call auth or redirect choice, a client
 given an auth or event hooks, and an answer that redirects while the client follows redirects
@@ -23,7 +24,9 @@ first request was not taken, so nothing is done twice).
 from __future__ import annotations
 
 import datetime
+import functools
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import httpx
@@ -45,7 +48,7 @@ from httpx2._types import (
 from openai import DefaultAioHttpClient
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_MAX_PARSED_URLS = 64  # the SDK calls a handful of endpoints; past this, URLs are parsed per call
+_MAX_URLS = 64  # parsed URLs kept (least recently used out): the SDK calls a handful
 
 
 class DirectGraphClient(httpx.AsyncClient):
@@ -60,13 +63,8 @@ class DirectGraphClient(httpx.AsyncClient):
         follow_redirects: bool | HttpxDefault = httpx.USE_CLIENT_DEFAULT,
     ) -> httpx.Response:
         """`AsyncClient.send`, straight to the transport when nothing needs httpx's steps."""
-        if _plain(self, stream, auth, follow_redirects, httpx.USE_CLIENT_DEFAULT):
-            response = await _direct(self, request, httpx.TransportError)
-            if response is not None:
-                return cast(httpx.Response, response)
-        return await super().send(
-            request, stream=stream, auth=auth, follow_redirects=follow_redirects
-        )
+        response = await _send(self, super().send, request, stream, auth, follow_redirects, httpx)
+        return cast(httpx.Response, response)
 
 
 class DirectOpenAIClient(DefaultAioHttpClient):
@@ -75,7 +73,7 @@ class DirectOpenAIClient(DefaultAioHttpClient):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._parsed_urls: dict[str, httpx2.URL] = {}
+        self._parse_url = functools.lru_cache(maxsize=_MAX_URLS)(httpx2.URL)
 
     def build_request(
         self,
@@ -93,10 +91,11 @@ class DirectOpenAIClient(DefaultAioHttpClient):
         extensions: RequestExtensions | None = None,
     ) -> httpx2.Request:
         """`AsyncClient.build_request`, shorter for bytes and a header list to an absolute URL."""
-        parsed = self._absolute(url) if isinstance(url, str) else None
+        parsed = self._parse_url(url) if isinstance(url, str) else None
         given = _names(headers)
         if (
             parsed is None
+            or parsed.is_relative_url  # merged with `base_url` by httpx2's own path
             or given is None
             or not isinstance(content, bytes)
             or data is not None
@@ -122,10 +121,9 @@ class DirectOpenAIClient(DefaultAioHttpClient):
                 extensions=extensions,
             )
         encoding = self.headers.encoding
+        defaults = [(name.decode(encoding), value) for name, value in self.headers.raw]
         merged = [
-            (name.decode(encoding), value.decode(encoding))
-            for name, value in self.headers.raw
-            if name.decode(encoding).lower() not in given
+            (name, value.decode(encoding)) for name, value in defaults if name.lower() not in given
         ]
         merged.extend(cast(list[tuple[str, str]], headers))
         chosen = self.timeout if isinstance(timeout, Httpx2Default) else httpx2.Timeout(timeout)
@@ -137,17 +135,6 @@ class DirectOpenAIClient(DefaultAioHttpClient):
             extensions={"timeout": chosen.as_dict()},
         )
 
-    def _absolute(self, url: str) -> httpx2.URL | None:
-        """`url` parsed (once per distinct URL), or None when it is relative to `base_url`."""
-        parsed = self._parsed_urls.get(url)
-        if parsed is None:
-            parsed = httpx2.URL(url)
-            if parsed.is_relative_url:
-                return None
-            if len(self._parsed_urls) < _MAX_PARSED_URLS:
-                self._parsed_urls[url] = parsed
-        return parsed
-
     async def send(
         self,
         request: httpx2.Request,
@@ -157,13 +144,8 @@ class DirectOpenAIClient(DefaultAioHttpClient):
         follow_redirects: bool | Httpx2Default = httpx2.USE_CLIENT_DEFAULT,
     ) -> httpx2.Response:
         """`AsyncClient.send`, straight to the transport when nothing needs httpx2's steps."""
-        if _plain(self, stream, auth, follow_redirects, httpx2.USE_CLIENT_DEFAULT):
-            response = await _direct(self, request, httpx2.TransportError)
-            if response is not None:
-                return cast(httpx2.Response, response)
-        return await super().send(
-            request, stream=stream, auth=auth, follow_redirects=follow_redirects
-        )
+        response = await _send(self, super().send, request, stream, auth, follow_redirects, httpx2)
+        return cast(httpx2.Response, response)
 
 
 def _names(headers: HeaderTypes | None) -> set[str] | None:
@@ -176,6 +158,24 @@ def _names(headers: HeaderTypes | None) -> set[str] | None:
             return None
         names.add(name.lower())
     return names
+
+
+async def _send(
+    client: Any,
+    full_send: Callable[..., Awaitable[Any]],
+    request: Any,
+    stream: bool,
+    auth: object,
+    follow_redirects: object,
+    http: Any,
+) -> Any:
+    """The one dispatch of both clients' `send` (`http` is the httpx or httpx2 module): the
+    direct path for a plain request, else (or for a redirect to follow) `full_send`."""
+    if _plain(client, stream, auth, follow_redirects, http.USE_CLIENT_DEFAULT):
+        response = await _direct(client, request, http.TransportError)
+        if response is not None:
+            return response
+    return await full_send(request, stream=stream, auth=auth, follow_redirects=follow_redirects)
 
 
 def _plain(client: Any, stream: bool, auth: object, follow: object, default: object) -> bool:

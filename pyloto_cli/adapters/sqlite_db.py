@@ -301,18 +301,11 @@ class SqliteDatabase:
             while True:
                 batch, stop = self._drain()
                 if batch:
-                    with self._conn_lock:
-                        outcomes = self._run_batch(conn, batch)
-                    self._dirty.set()
-                    # after the lock is free: a caller woken by its answer finds the
-                    # connection free for its next inline write
-                    self._deliver(outcomes)
+                    self._commit(conn, batch)
                 if stop:
                     break
             while self._lazy:  # those queued while the last batch ran
-                with self._conn_lock:
-                    outcomes = self._run_batch(conn, self._take_lazy())
-                self._deliver(outcomes)
+                self._commit(conn, self._take_lazy())
         finally:
             with self._conn_lock:
                 self._conn = None
@@ -367,6 +360,15 @@ class SqliteDatabase:
                 return batch, True
             batch.append(job)
         return batch, False
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> None:
+        """`batch` in one transaction, the connection's lock held; its callers are answered
+        after the lock is released, so that one woken by its answer finds the connection free
+        for its next inline write."""
+        with self._conn_lock:
+            outcomes = self._run_batch(conn, batch)
+        self._dirty.set()
+        self._deliver(outcomes)
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> list[_Outcome]:
         try:
