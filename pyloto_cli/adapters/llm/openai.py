@@ -4,9 +4,10 @@
         responder = OpenAIResponder(client, settings)
         reply = await responder.respond(request)
 
-One client per process, on the SDK's aiohttp transport (`DefaultAioHttpClient`, as the
-`DirectOpenAIClient` subclass whose requests go straight to that transport, past httpx2's auth,
-redirect and cookie steps: adapters/direct_http.py), closed on exit.
+One client per process, a `DirectOpenAIClient` (the SDK's `DefaultAioHttpClient` whose requests
+go straight to its transport, past httpx2's auth, redirect and cookie steps:
+adapters/direct_http.py) on pyloto's HTTP/1.1 transport (adapters/http11.py; the SDK's aiohttp
+one with PYLOTO_HTTP_TRANSPORT=aiohttp), closed on exit.
 Calls go through the client's low-level `request()` (what its `post()` calls): the same
 retries, backoff and error types as `chat.completions.create()`, without its parameter
 transform. The request options are built once (`FinalRequestOptions` for the absolute URL) and
@@ -32,6 +33,7 @@ from openai import AsyncOpenAI
 from openai._models import FinalRequestOptions  # what `post()` builds; covered by the tests
 
 from pyloto_cli.adapters.direct_http import DirectOpenAIClient
+from pyloto_cli.adapters.http11 import Http11Transport2
 from pyloto_cli.adapters.llm.offline import NON_TEXT_REPLY
 from pyloto_cli.domain.reply import Reply
 from pyloto_cli.logs import get_logger, log_event
@@ -49,9 +51,13 @@ from pyloto_cli.pipeline.stages import (
     load_prompts,
 )
 from pyloto_cli.ports import ResponderRequest
-from pyloto_cli.settings import Settings
+from pyloto_cli.settings import HttpTransport, Settings
 
 CIRCUIT_OPEN: Final = "circuit_open"
+# the SDK's own connection limit, every connection kept while idle (a call per stage in flight)
+OPENAI_LIMITS: Final = httpx2.Limits(
+    max_connections=1000, max_keepalive_connections=1000, keepalive_expiry=5.0
+)
 _logger = get_logger("llm")
 
 
@@ -60,16 +66,22 @@ async def open_openai_client(settings: Settings) -> AsyncIterator[AsyncOpenAI]:
     """The process's OpenAI client on the aiohttp transport, closed on exit.
 
     `OPENAI_API_KEY` is required; `OPENAI_BASE_URL` points it elsewhere (a proxy, a fake).
-    Timeout and retries come from `PYLOTO_LLM_STAGE_TIMEOUT` / `PYLOTO_LLM_MAX_RETRIES`.
+    Timeout and retries come from `PYLOTO_LLM_STAGE_TIMEOUT` / `PYLOTO_LLM_MAX_RETRIES`; the
+    transport from `PYLOTO_HTTP_TRANSPORT` (pyloto's HTTP/1.1 one, or the SDK's aiohttp one).
     """
     if settings.openai_api_key is None:
         raise ValueError("OPENAI_API_KEY is required for the OpenAI responder")
+    http_client = (
+        DirectOpenAIClient(transport=Http11Transport2(limits=OPENAI_LIMITS))
+        if settings.http_transport is HttpTransport.PYLOTO
+        else DirectOpenAIClient()
+    )
     client = AsyncOpenAI(
         api_key=settings.openai_api_key.get_secret_value(),
         base_url=settings.openai_base_url,
         max_retries=settings.llm_max_retries,
         timeout=settings.llm_stage_timeout,
-        http_client=DirectOpenAIClient(),
+        http_client=http_client,
     )
     async with client:
         yield client

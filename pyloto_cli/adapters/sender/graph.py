@@ -35,6 +35,7 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from pyloto_cli.adapters.direct_http import DirectGraphClient
+from pyloto_cli.adapters.http11 import Http11Transport
 from pyloto_cli.adapters.sender.limiter import SendLimiter
 from pyloto_cli.domain.errors import (
     AmbiguousSendError,
@@ -47,9 +48,9 @@ from pyloto_cli.domain.outbound import mark_read_body
 from pyloto_cli.domain.task import JsonObject
 from pyloto_cli.logs import get_logger, log_event
 from pyloto_cli.ports import SendResult
-from pyloto_cli.settings import Settings
+from pyloto_cli.settings import HttpTransport, Settings
 
-ClientKind = Literal["aiohttp", "aiohttp-full-send", "httpx", "httpx-default"]
+ClientKind = Literal["http11", "aiohttp", "aiohttp-full-send", "httpx", "httpx-default"]
 
 _UNWRITTEN = "Can not write request body"  # aiohttp's ClientOSError for a failed write
 _MAX_URLS = 1024  # parsed URLs kept (least recently used out), one per business number
@@ -78,10 +79,18 @@ def graph_limits(concurrency: int) -> httpx.Limits:
 
 @asynccontextmanager
 async def open_graph_client(
-    settings: Settings, *, kind: ClientKind = "aiohttp"
+    settings: Settings, *, kind: ClientKind | None = None
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """The process's one Graph client, closed on exit. `kind` exists for the benchmark."""
-    if kind == "httpx-default":
+    """The process's one Graph client, closed on exit: a `DirectGraphClient` on the transport
+    `PYLOTO_HTTP_TRANSPORT` names. `kind` picks another, for the benchmark."""
+    if kind is None:
+        kind = "http11" if settings.http_transport is HttpTransport.PYLOTO else "aiohttp"
+    if kind == "http11":
+        limits = graph_limits(settings.concurrency)
+        client: httpx.AsyncClient = DirectGraphClient(
+            transport=Http11Transport(limits=limits), timeout=graph_timeout()
+        )
+    elif kind == "httpx-default":
         client = httpx.AsyncClient(timeout=graph_timeout())
     elif kind == "httpx":
         client = httpx.AsyncClient(

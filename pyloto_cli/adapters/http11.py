@@ -1,0 +1,386 @@
+"""pyloto's HTTP/1.1 transport for httpx and httpx2: keep-alive connections on asyncio, answers
+read with httptools (uvicorn's parser).
+
+    client = httpx.AsyncClient(transport=Http11Transport(limits=httpx.Limits(...)))
+
+Both of pyloto's clients send small JSON requests and read small JSON answers (the Graph API's
+on httpx, OpenAI's on httpx2). A general transport pays per request for what those requests do
+not use: aiohttp's session builds its own request and response objects, yarl URLs, timers and
+a cookie filter under httpx's. This one writes the request's bytes on a pooled connection and
+hands httptools' parse of the answer to httpx as it is: about a quarter less CPU per OpenAI
+call than on aiohttp's transport (benchmarks/llm_client_cpu.py), the largest part of pyloto's
+CPU per message.
+
+What it does: http and https (TLS with the client's certificate checks, SNI), at most
+`max_connections` at once (a request waits `pool` seconds for one), idle ones kept
+`keepalive_expiry` seconds, answers with a Content-Length, chunked or until the server closes,
+1xx answers skipped, the `connect` and `read` timeouts (read: the whole answer, from the write
+on). Request bodies are sent whole with a Content-Length. Anything else (HTTP/2, proxies, an
+upgrade) is not for it: proxies are routed by the client to their own transports.
+
+Errors keep httpx's meaning, which the callers' retry decisions rest on: ConnectError,
+ConnectTimeout and PoolTimeout mean the request was never written; ReadError, ReadTimeout and
+RemoteProtocolError mean it may have reached the server. A pooled connection the server closed
+while idle is noticed before use and not used. A request is never sent twice here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, cast
+
+import httptools
+import httpx
+import httpx2
+
+_DEFAULT_PORTS = {b"http": 80, b"https": 443}
+_HEAD = b"HEAD"
+_Origin = tuple[bytes, str, int]  # scheme, host, port
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    status: int
+    reason: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+class _Broken(Exception):
+    """The connection failed after the request was written (the server may have it)."""
+
+
+class _Malformed(Exception):
+    """The server's answer is not HTTP/1.1 (httptools could not parse it)."""
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection, one exchange at a time."""
+
+    def __init__(self) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._waiter: asyncio.Future[_Answer] | None = None
+        self._head_only = False
+        self._unframed = False  # the answer's headers are in and it ends when the server closes
+        self._reason = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self.reusable = True
+        self.idle_since = 0.0
+
+    # --- asyncio.Protocol ---
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(_Malformed("the server switched protocols"))
+        except httptools.HttpParserError as exc:
+            self._fail(_Malformed(str(exc)))
+
+    def eof_received(self) -> bool | None:
+        self._end(None)
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end(exc)
+
+    # --- httptools callbacks ---
+
+    def on_status(self, status: bytes) -> None:
+        self._reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self._parser.get_status_code() < 200:
+            return
+        if self._head_only:
+            self._complete()  # no body follows; the parser cannot know that, so no reuse
+            self._fail(None)
+            return
+        names = {name.lower() for name, _ in self._headers}
+        self._unframed = b"content-length" not in names and b"transfer-encoding" not in names
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._parser.get_status_code() < 200:  # 100 Continue, 103 Early Hints: not the answer
+            self._reason, self._headers, self._body = b"", [], []
+            return
+        self._complete()
+        if not self._parser.should_keep_alive():
+            self._fail(None)
+
+    # --- the exchange ---
+
+    @property
+    def ready(self) -> bool:
+        """Idle and still open (a server that closed it while idle is noticed here)."""
+        transport = self._transport
+        return (
+            self.reusable
+            and self._waiter is None
+            and transport is not None
+            and not transport.is_closing()
+        )
+
+    async def exchange(self, method: bytes, data: bytes) -> _Answer:
+        """Write `data` (a whole request) and wait for the answer."""
+        transport = self._transport
+        if transport is None or self._waiter is not None:
+            raise RuntimeError("the connection is busy")
+        waiter: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
+        self._waiter = waiter
+        self._head_only = method == _HEAD
+        transport.write(data)
+        return await waiter
+
+    def close(self) -> None:
+        """Close it; an exchange still waiting fails as broken."""
+        self._fail(_Broken("the client closed the connection"))
+
+    def _complete(self) -> None:
+        answer = _Answer(
+            self._parser.get_status_code(), self._reason, self._headers, b"".join(self._body)
+        )
+        self._reason, self._headers, self._body = b"", [], []
+        self._unframed = False
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(answer)
+
+    def _end(self, exc: Exception | None) -> None:
+        """The server closed: an answer read until the close is whole; anything else broke."""
+        if self._unframed and exc is None:
+            self._complete()
+        reason = f"the server closed the connection: {exc}" if exc else "the server closed"
+        self._fail(_Broken(reason))
+
+    def _fail(self, exc: BaseException | None) -> None:
+        self.reusable = False
+        if self._transport is not None:
+            self._transport.close()
+        waiter, self._waiter = self._waiter, None
+        if exc is not None and waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+
+
+def _origin(url: Any) -> _Origin:
+    scheme = url.raw_scheme
+    port = url.port or _DEFAULT_PORTS.get(scheme)
+    if port is None:
+        raise _Unsupported(f"no port for scheme {scheme!r}")
+    return scheme, url.host, port
+
+
+class _Unsupported(Exception):
+    """A request this transport does not send (a scheme other than http or https)."""
+
+
+def _serialize(method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    lines = [method + b" " + target + b" HTTP/1.1"]
+    lines.extend(name + b": " + value for name, value in headers)
+    if any(b"\r" in line or b"\n" in line for line in lines):
+        raise _Unsupported("a header name or value holds a line break")
+    head = b"\r\n".join(lines)
+    return head + b"\r\n\r\n"
+
+
+def _body_headers(raw: list[tuple[bytes, bytes]], body: bytes) -> list[tuple[bytes, bytes]]:
+    """The request's headers with a Content-Length for `body` (a streamed body was announced as
+    chunked; it is sent whole)."""
+    kept = [(n, v) for n, v in raw if n.lower() not in (b"transfer-encoding", b"content-length")]
+    if body or len(kept) != len(raw):
+        kept.append((b"Content-Length", str(len(body)).encode()))
+    return kept
+
+
+class _Pool:
+    """Connections by origin, at most `max_connections` in use, idle ones kept a while."""
+
+    def __init__(
+        self,
+        http: ModuleType,
+        limits: httpx.Limits | httpx2.Limits,
+        ssl_context: ssl.SSLContext,
+    ) -> None:
+        self._http = http
+        self._slots = asyncio.Semaphore(limits.max_connections) if limits.max_connections else None
+        self._keep = limits.max_keepalive_connections
+        self._expiry = limits.keepalive_expiry
+        self._ssl = ssl_context
+        self._idle: dict[_Origin, list[_Connection]] = {}
+        self._open: set[_Connection] = set()
+        self._closed = False
+
+    async def request(self, request: Any) -> Any:
+        http = self._http
+        if self._closed:
+            raise RuntimeError("the transport is closed")
+        try:
+            origin = _origin(request.url)
+            method = request.method.encode("ascii")
+            body = await request.aread()
+            raw = request.headers.raw
+            headers = raw if _plain_body(raw, body) else _body_headers(raw, body)
+            data = _serialize(method, request.url.raw_path, headers) + body
+        except _Unsupported as exc:
+            raise http.UnsupportedProtocol(str(exc), request=request) from exc
+        timeouts = request.extensions.get("timeout", {})
+        try:
+            answer = await self._send(origin, method, data, timeouts)
+        except _Broken as exc:
+            raise http.ReadError(str(exc), request=request) from exc
+        except _Malformed as exc:
+            raise http.RemoteProtocolError(str(exc), request=request) from exc
+        except _Timeout as exc:
+            raise exc.kind(str(exc), request=request) from exc
+        except OSError as exc:  # connecting failed: nothing was written
+            raise http.ConnectError(str(exc) or type(exc).__name__, request=request) from exc
+        return http.Response(
+            answer.status,
+            headers=answer.headers,
+            stream=http.ByteStream(answer.body),
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": answer.reason},
+        )
+
+    async def _send(
+        self, origin: _Origin, method: bytes, data: bytes, timeouts: dict[str, Any]
+    ) -> _Answer:
+        http = self._http
+        if self._slots is not None:
+            try:
+                async with asyncio.timeout(timeouts.get("pool")):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise _Timeout(http.PoolTimeout, "no connection free in time") from None
+        try:
+            conn = self._idle_connection(origin) or await self._connect(origin, timeouts)
+            try:
+                async with asyncio.timeout(timeouts.get("read")):
+                    answer = await conn.exchange(method, data)
+            except TimeoutError:
+                conn.close()
+                raise _Timeout(http.ReadTimeout, "no answer in time") from None
+            except BaseException:  # cancelled: the answer may still come, on no one
+                conn.close()
+                raise
+            finally:
+                self._release(origin, conn)
+            return answer
+        finally:
+            if self._slots is not None:
+                self._slots.release()
+
+    def _idle_connection(self, origin: _Origin) -> _Connection | None:
+        idle = self._idle.get(origin)
+        now = asyncio.get_running_loop().time()
+        while idle:
+            conn = idle.pop()
+            if conn.ready and (self._expiry is None or now - conn.idle_since < self._expiry):
+                return conn
+            conn.close()
+            self._open.discard(conn)
+        return None
+
+    async def _connect(self, origin: _Origin, timeouts: dict[str, Any]) -> _Connection:
+        scheme, host, port = origin
+        loop = asyncio.get_running_loop()
+        tls = self._ssl if scheme == b"https" else None
+        try:
+            async with asyncio.timeout(timeouts.get("connect")):
+                _, conn = await loop.create_connection(
+                    _Connection, host, port, ssl=tls, server_hostname=host if tls else None
+                )
+        except TimeoutError:
+            raise _Timeout(self._http.ConnectTimeout, f"connecting to {host}:{port}") from None
+        self._open.add(conn)
+        return conn
+
+    def _release(self, origin: _Origin, conn: _Connection) -> None:
+        if not conn.ready or self._closed:
+            conn.close()
+            self._open.discard(conn)
+            return
+        idle = self._idle.setdefault(origin, [])
+        if self._keep is not None and len(idle) >= self._keep:
+            conn.close()
+            self._open.discard(conn)
+            return
+        conn.idle_since = asyncio.get_running_loop().time()
+        idle.append(conn)
+
+    def close(self) -> None:
+        self._closed = True
+        for conn in self._open:
+            conn.close()
+        self._open.clear()
+        self._idle.clear()
+
+
+class _Timeout(Exception):
+    def __init__(self, kind: Any, message: str) -> None:  # an httpx or httpx2 timeout class
+        super().__init__(message)
+        self.kind = kind
+
+
+def _plain_body(raw: list[tuple[bytes, bytes]], body: bytes) -> bool:
+    """Whether the headers already announce `body` as httpx does for bytes: a Content-Length
+    when there is a body, none when there is not, and no chunked encoding."""
+    has_length = False
+    for name, _ in raw:
+        lowered = name.lower()
+        if lowered == b"transfer-encoding":
+            return False
+        if lowered == b"content-length":
+            has_length = True
+    return has_length or not body
+
+
+class Http11Transport(httpx.AsyncBaseTransport):
+    """The transport for an `httpx.AsyncClient` (the Graph API's)."""
+
+    def __init__(
+        self,
+        *,
+        limits: httpx.Limits | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
+        self._pool = _Pool(httpx, self.limits, ssl_context or httpx.create_ssl_context())
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return cast(httpx.Response, await self._pool.request(request))
+
+    async def aclose(self) -> None:
+        self._pool.close()
+
+
+class Http11Transport2(httpx2.AsyncBaseTransport):
+    """The transport for an `httpx2.AsyncClient` (the OpenAI client's)."""
+
+    def __init__(
+        self,
+        *,
+        limits: httpx2.Limits | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.limits = limits or httpx2.Limits(max_connections=100, max_keepalive_connections=20)
+        self._pool = _Pool(httpx2, self.limits, ssl_context or httpx2.create_ssl_context())
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        return cast(httpx2.Response, await self._pool.request(request))
+
+    async def aclose(self) -> None:
+        self._pool.close()
