@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl as ssl_module
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -63,11 +64,15 @@ class RawServer:
 
 
 @contextlib.asynccontextmanager
-async def raw_server(answer: Answer) -> AsyncIterator[RawServer]:
-    """Serve on a free 127.0.0.1 port; on exit, stop and end every connection's handler."""
+async def raw_server(
+    answer: Answer, ssl: ssl_module.SSLContext | None = None
+) -> AsyncIterator[RawServer]:
+    """Serve on a free 127.0.0.1 port (TLS with `ssl`); on exit, stop and end every
+    connection's handler."""
     state = RawServer(answer)
-    server = await asyncio.start_server(state.handle, "127.0.0.1", 0)
-    state.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    server = await asyncio.start_server(state.handle, "127.0.0.1", 0, ssl=ssl)
+    scheme = "https" if ssl is not None else "http"
+    state.url = f"{scheme}://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     async with server:
         yield state
     for task in state.handlers:  # those still reading a connection the client left open
