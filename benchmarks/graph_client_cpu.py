@@ -4,8 +4,10 @@
 
 Prints the client process's CPU milliseconds per send (time.process_time, so the server's
 work is not counted) and the throughput for: httpx defaults, httpx with pyloto's pool limits,
-httpx on the aiohttp transport through httpx's full `send`, and the same with the send going
-straight to the transport (`DirectGraphClient`, what `open_graph_client` uses).
+httpx on the aiohttp transport through httpx's full `send`, the same with the send going
+straight to the transport (`DirectGraphClient`, what `open_graph_client` uses with
+PYLOTO_HTTP_TRANSPORT=aiohttp), and `DirectGraphClient` on pyloto's HTTP/1.1 transport (`http11`,
+the default).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from pyloto_cli.adapters.sender.graph import ClientKind, GraphSender, open_graph_client
 from pyloto_cli.settings import Settings
 
-KINDS: tuple[ClientKind, ...] = ("httpx-default", "httpx", "aiohttp-full-send", "aiohttp")
+KINDS: tuple[ClientKind, ...] = ("httpx-default", "httpx", "aiohttp-full-send", "aiohttp", "http11")
 
 
 def _free_port() -> int:

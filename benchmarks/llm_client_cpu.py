@@ -12,7 +12,8 @@ process's CPU milliseconds per call (`time.process_time`):
 - pyloto/aiohttp: pyloto's `OpenAIChat` (made once per client, as pyloto does: the request path
   plus body building and content checks) on `DefaultAioHttpClient`
 - pyloto/direct:  the same on `DirectOpenAIClient` (its sends go straight to the transport),
-  which is what pyloto runs
+  which is what pyloto runs with PYLOTO_HTTP_TRANSPORT=aiohttp
+- pyloto/http11:  the same on pyloto's HTTP/1.1 transport (adapters/http11.py): pyloto's default
 
 The figure depends on the call rate as much as on the path: `--latency-ms 20 --in-flight 50`
 (about 2 000 calls/s) shares each event-loop wake-up among many answers, while
@@ -38,7 +39,8 @@ from openai import AsyncOpenAI, DefaultAioHttpClient
 from openai.types.chat import ChatCompletion
 
 from pyloto_cli.adapters.direct_http import DirectOpenAIClient
-from pyloto_cli.adapters.llm.openai import OpenAIChat
+from pyloto_cli.adapters.http11 import Http11Transport2
+from pyloto_cli.adapters.llm.openai import OPENAI_LIMITS, OpenAIChat
 from pyloto_cli.pipeline.stages import ChatMessage, ChatRequest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,9 +84,11 @@ def fake_server(port: int, latency_ms: float) -> Any:
 @contextlib.asynccontextmanager
 async def client_for(base_url: str, http: str) -> AsyncIterator[AsyncOpenAI]:
     """An AsyncOpenAI client on the default transport, the aiohttp one, or pyloto's direct
-    client on the aiohttp one."""
+    client on the aiohttp one or on pyloto's HTTP/1.1 transport."""
     clients = {"aiohttp": DefaultAioHttpClient, "direct": DirectOpenAIClient}
     http_client = clients[http]() if http in clients else None
+    if http == "http11":
+        http_client = DirectOpenAIClient(transport=Http11Transport2(limits=OPENAI_LIMITS))
     async with AsyncOpenAI(
         api_key="bench", base_url=base_url, max_retries=0, timeout=30, http_client=http_client
     ) as client:
@@ -130,6 +134,7 @@ async def run(base_url: str, calls: int, in_flight: int) -> None:
         ("post/aiohttp", "aiohttp", via_post),
         ("pyloto/aiohttp", "aiohttp", via_pyloto),
         ("pyloto/direct", "direct", via_pyloto),
+        ("pyloto/http11", "http11", via_pyloto),
     ]
     for name, http, make_call in variants:
         async with client_for(base_url, http) as client:

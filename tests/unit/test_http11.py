@@ -184,7 +184,7 @@ async def test_malformed_answer_is_protocol_error(flavour: Flavour) -> None:
 
 async def test_pool_limit_makes_requests_wait_then_pool_timeout(flavour: Flavour) -> None:
     """One connection allowed: a second request waits for it, and past `pool` gives up with
-    PoolTimeout (never sent); the first still completes."""
+    PoolTimeout (never sent): only the first request reached the server."""
     async with (
         raw_server(lambda _: b"") as server,
         flavour.client(limits={"max_connections": 1}) as client,

@@ -4,8 +4,9 @@
 worker: every worker task may hold a connection for a send and one for a mark-as-read, so the
 pool never makes a send wait long, and all of them stay alive between sends. A send that
 still cannot get a connection in time raises TransientError (it was never sent): it is
-retried, never lost. The client runs on an aiohttp transport (`httpx-aiohttp`), which costs
-about half the CPU per send of httpx's own (benchmarks/graph_client_cpu.py). Each send is an
+retried, never lost. The client runs on pyloto's HTTP/1.1 transport (adapters/http11.py), or
+with PYLOTO_HTTP_TRANSPORT=aiohttp on `httpx-aiohttp`'s; either costs about half the CPU per
+send of httpx's own (benchmarks/graph_client_cpu.py). Each send is an
 `httpx.Request` built from parts made once (the parsed URL per business number, the headers
 with the client's defaults) and sent with `client.send`: a third less CPU per send than
 `client.post`, which parses the URL and merges the headers again on every call. The client
