@@ -58,6 +58,18 @@ class _Malformed(Exception):
     """The server's answer is not HTTP/1.1 (httptools could not parse it)."""
 
 
+class _Unsupported(Exception):
+    """A request this transport does not send: not http(s), or a header with a line break."""
+
+
+class _Timeout(Exception):
+    """A timeout; `kind` is the httpx or httpx2 class it is raised as."""
+
+    def __init__(self, kind: Any, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection, one exchange at a time."""
 
@@ -178,14 +190,9 @@ class _Connection(asyncio.Protocol):
 
 def _origin(url: Any) -> _Origin:
     scheme = url.raw_scheme
-    port = url.port or _DEFAULT_PORTS.get(scheme)
-    if port is None:
-        raise _Unsupported(f"no port for scheme {scheme!r}")
-    return scheme, url.host, port
-
-
-class _Unsupported(Exception):
-    """A request this transport does not send (a scheme other than http or https)."""
+    if scheme not in _DEFAULT_PORTS:
+        raise _Unsupported(f"the scheme {scheme.decode(errors='replace')!r} is not http(s)")
+    return scheme, url.host, url.port or _DEFAULT_PORTS[scheme]
 
 
 def _serialize(method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
@@ -327,12 +334,6 @@ class _Pool:
             conn.close()
         self._open.clear()
         self._idle.clear()
-
-
-class _Timeout(Exception):
-    def __init__(self, kind: Any, message: str) -> None:  # an httpx or httpx2 timeout class
-        super().__init__(message)
-        self.kind = kind
 
 
 def _plain_body(raw: list[tuple[bytes, bytes]], body: bytes) -> bool:

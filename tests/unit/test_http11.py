@@ -147,6 +147,15 @@ async def test_header_with_line_break_is_refused_unsent(flavour: Flavour) -> Non
     assert server.requests == []
 
 
+async def test_other_schemes_are_refused(flavour: Flavour) -> None:
+    """Only http and https: anything else is UnsupportedProtocol, with nothing sent."""
+    transport = flavour.make()
+    request = flavour.http.Request("POST", "ftp://127.0.0.1:21/", content=b"1")
+    with pytest.raises(flavour.http.UnsupportedProtocol, match="ftp"):
+        await transport.handle_async_request(request)
+    await transport.aclose()
+
+
 async def test_refused_connection_is_connect_error(flavour: Flavour, unused_port: int) -> None:
     """Nobody listening: ConnectError, the kind callers know was never sent."""
     async with flavour.client() as client:
