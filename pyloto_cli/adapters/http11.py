@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, cast
@@ -39,35 +39,33 @@ import httpx2
 
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 _HEAD = b"HEAD"
-_Origin = tuple[bytes, str, int]  # scheme, host, port
+Origin = tuple[bytes, str, int]  # scheme, host, port
 
 
 @dataclass(frozen=True, slots=True)
-class _Answer:
+class Answer:
+    """A whole HTTP answer."""
+
     status: int
     reason: bytes
     headers: list[tuple[bytes, bytes]]
     body: bytes
 
 
-class _Broken(Exception):
-    """The connection failed after the request was written (the server may have it)."""
+class ConnectFailed(OSError):
+    """No connection could be made: the request was never written."""
 
 
-class _Malformed(Exception):
-    """The server's answer is not HTTP/1.1 (httptools could not parse it)."""
+class StageTimeout(TimeoutError):
+    """A timeout of one `stage`: "pool" and "connect" (never written), or "read"."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
 
 
 class _Unsupported(Exception):
     """A request this transport does not send: not http(s), or a header with a line break."""
-
-
-class _Timeout(Exception):
-    """A timeout; `kind` is the httpx or httpx2 class it is raised as."""
-
-    def __init__(self, kind: Any, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 class _Connection(asyncio.Protocol):
@@ -76,7 +74,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self._parser = httptools.HttpResponseParser(self)
         self._transport: asyncio.Transport | None = None
-        self._waiter: asyncio.Future[_Answer] | None = None
+        self._waiter: asyncio.Future[Answer] | None = None
         self._head_only = False
         self._unframed = False  # the answer's headers are in and it ends when the server closes
         self._reason = b""
@@ -94,9 +92,9 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(_Malformed("the server switched protocols"))
+            self._fail(httptools.HttpParserError("the server switched protocols"))
         except httptools.HttpParserError as exc:
-            self._fail(_Malformed(str(exc)))
+            self._fail(exc)
 
     def eof_received(self) -> bool | None:
         self._end(None)
@@ -147,23 +145,23 @@ class _Connection(asyncio.Protocol):
             and not transport.is_closing()
         )
 
-    async def exchange(self, method: bytes, data: bytes) -> _Answer:
+    async def exchange(self, method: bytes, data: bytes) -> Answer:
         """Write `data` (a whole request) and wait for the answer."""
         transport = self._transport
         if transport is None or self._waiter is not None:
             raise RuntimeError("the connection is busy")
-        waiter: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._waiter = waiter
         self._head_only = method == _HEAD
         transport.write(data)
         return await waiter
 
     def close(self) -> None:
-        """Close it; an exchange still waiting fails as broken."""
-        self._fail(_Broken("the client closed the connection"))
+        """Close it; an exchange still waiting fails with ConnectionResetError."""
+        self._fail(ConnectionResetError("the client closed the connection"))
 
     def _complete(self) -> None:
-        answer = _Answer(
+        answer = Answer(
             self._parser.get_status_code(), self._reason, self._headers, b"".join(self._body)
         )
         self._reason, self._headers, self._body = b"", [], []
@@ -177,7 +175,7 @@ class _Connection(asyncio.Protocol):
         if self._unframed and exc is None:
             self._complete()
         reason = f"the server closed the connection: {exc}" if exc else "the server closed"
-        self._fail(_Broken(reason))
+        self._fail(ConnectionResetError(reason))
 
     def _fail(self, exc: BaseException | None) -> None:
         self.reusable = False
@@ -188,7 +186,7 @@ class _Connection(asyncio.Protocol):
             waiter.set_exception(exc)
 
 
-def _origin(url: Any) -> _Origin:
+def _origin(url: Any) -> Origin:
     scheme = url.raw_scheme
     if scheme not in _DEFAULT_PORTS:
         raise _Unsupported(f"the scheme {scheme.decode(errors='replace')!r} is not http(s)")
@@ -213,84 +211,61 @@ def _body_headers(raw: list[tuple[bytes, bytes]], body: bytes) -> list[tuple[byt
     return kept
 
 
-class _Pool:
-    """Connections by origin, at most `max_connections` in use, idle ones kept a while."""
+class ConnectionPool:
+    """Connections by origin, at most `max_connections` in use, at most `max_keepalive` idle
+    per origin, each for `keepalive_expiry` seconds (None: no limit).
+
+    `exchange` raises ConnectFailed or StageTimeout("pool"/"connect") when the request was never
+    written; ConnectionResetError, StageTimeout("read") or httptools.HttpParserError when it
+    was and no good answer came (the server may have acted on it).
+    """
 
     def __init__(
         self,
-        http: ModuleType,
-        limits: httpx.Limits | httpx2.Limits,
-        ssl_context: ssl.SSLContext,
+        *,
+        max_connections: int | None = None,
+        max_keepalive: int | None = None,
+        keepalive_expiry: float | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self._http = http
-        self._slots = asyncio.Semaphore(limits.max_connections) if limits.max_connections else None
-        self._keep = limits.max_keepalive_connections
-        self._expiry = limits.keepalive_expiry
+        self._slots = asyncio.Semaphore(max_connections) if max_connections else None
+        self._keep = max_keepalive
+        self._expiry = keepalive_expiry
         self._ssl = ssl_context
-        self._idle: dict[_Origin, list[_Connection]] = {}
+        self._idle: dict[Origin, list[_Connection]] = {}
         self._open: set[_Connection] = set()
         self._closed = False
 
-    async def request(self, request: Any) -> Any:
-        http = self._http
+    async def exchange(
+        self, origin: Origin, method: bytes, data: bytes, timeouts: Mapping[str, float | None]
+    ) -> Answer:
+        """Send `data` (a whole request) to `origin` and return the answer."""
         if self._closed:
             raise RuntimeError("the transport is closed")
-        try:
-            origin = _origin(request.url)
-            method = request.method.encode("ascii")
-            body = await request.aread()
-            raw = request.headers.raw
-            headers = raw if _plain_body(raw, body) else _body_headers(raw, body)
-            data = _serialize(method, request.url.raw_path, headers) + body
-        except _Unsupported as exc:
-            raise http.UnsupportedProtocol(str(exc), request=request) from exc
-        timeouts = request.extensions.get("timeout", {})
-        try:
-            answer = await self._send(origin, method, data, timeouts)
-        except _Broken as exc:
-            raise http.ReadError(str(exc), request=request) from exc
-        except _Malformed as exc:
-            raise http.RemoteProtocolError(str(exc), request=request) from exc
-        except _Timeout as exc:
-            raise exc.kind(str(exc), request=request) from exc
-        except OSError as exc:  # connecting failed: nothing was written
-            raise http.ConnectError(str(exc) or type(exc).__name__, request=request) from exc
-        return http.Response(
-            answer.status,
-            headers=answer.headers,
-            stream=http.ByteStream(answer.body),
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": answer.reason},
-        )
-
-    async def _send(
-        self, origin: _Origin, method: bytes, data: bytes, timeouts: dict[str, Any]
-    ) -> _Answer:
-        http = self._http
         if self._slots is not None:
             try:
                 async with asyncio.timeout(timeouts.get("pool")):
                     await self._slots.acquire()
             except TimeoutError:
-                raise _Timeout(http.PoolTimeout, "no connection free in time") from None
+                raise StageTimeout("pool", "no connection free in time") from None
         try:
             conn = self._idle_connection(origin) or await self._connect(origin, timeouts)
             try:
                 async with asyncio.timeout(timeouts.get("read")):
-                    answer = await conn.exchange(method, data)
+                    return await conn.exchange(method, data)
             except TimeoutError:
                 conn.close()
-                raise _Timeout(http.ReadTimeout, "no answer in time") from None
+                raise StageTimeout("read", "no answer in time") from None
             except BaseException:  # cancelled: the answer may still come, on no one
                 conn.close()
                 raise
             finally:
                 self._release(origin, conn)
-            return answer
         finally:
             if self._slots is not None:
                 self._slots.release()
 
-    def _idle_connection(self, origin: _Origin) -> _Connection | None:
+    def _idle_connection(self, origin: Origin) -> _Connection | None:
         idle = self._idle.get(origin)
         now = asyncio.get_running_loop().time()
         while idle:
@@ -301,7 +276,7 @@ class _Pool:
             self._open.discard(conn)
         return None
 
-    async def _connect(self, origin: _Origin, timeouts: dict[str, Any]) -> _Connection:
+    async def _connect(self, origin: Origin, timeouts: Mapping[str, float | None]) -> _Connection:
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
         tls = self._ssl if scheme == b"https" else None
@@ -311,17 +286,15 @@ class _Pool:
                     _Connection, host, port, ssl=tls, server_hostname=host if tls else None
                 )
         except TimeoutError:
-            raise _Timeout(self._http.ConnectTimeout, f"connecting to {host}:{port}") from None
+            raise StageTimeout("connect", f"connecting to {host}:{port}") from None
+        except OSError as exc:
+            raise ConnectFailed(str(exc) or type(exc).__name__) from exc
         self._open.add(conn)
         return conn
 
-    def _release(self, origin: _Origin, conn: _Connection) -> None:
-        if not conn.ready or self._closed:
-            conn.close()
-            self._open.discard(conn)
-            return
+    def _release(self, origin: Origin, conn: _Connection) -> None:
         idle = self._idle.setdefault(origin, [])
-        if self._keep is not None and len(idle) >= self._keep:
+        if self._closed or not conn.ready or (self._keep is not None and len(idle) >= self._keep):
             conn.close()
             self._open.discard(conn)
             return
@@ -329,11 +302,51 @@ class _Pool:
         idle.append(conn)
 
     def close(self) -> None:
+        """Close every connection; no exchange after this."""
         self._closed = True
         for conn in self._open:
             conn.close()
         self._open.clear()
         self._idle.clear()
+
+
+async def _handle(pool: ConnectionPool, http: ModuleType, request: Any) -> Any:
+    """An httpx or httpx2 (`http`) request through `pool`, errors as that module's."""
+    try:
+        origin = _origin(request.url)
+        method = request.method.encode("ascii")
+        body = await request.aread()
+        raw = request.headers.raw
+        headers = raw if _plain_body(raw, body) else _body_headers(raw, body)
+        data = _serialize(method, request.url.raw_path, headers) + body
+    except _Unsupported as exc:
+        raise http.UnsupportedProtocol(str(exc), request=request) from exc
+    try:
+        answer = await pool.exchange(origin, method, data, request.extensions.get("timeout", {}))
+    except StageTimeout as exc:
+        kinds = {"pool": http.PoolTimeout, "connect": http.ConnectTimeout}
+        raise kinds.get(exc.stage, http.ReadTimeout)(str(exc), request=request) from exc
+    except ConnectFailed as exc:
+        raise http.ConnectError(str(exc), request=request) from exc
+    except ConnectionResetError as exc:
+        raise http.ReadError(str(exc), request=request) from exc
+    except httptools.HttpParserError as exc:
+        raise http.RemoteProtocolError(str(exc), request=request) from exc
+    return http.Response(
+        answer.status,
+        headers=answer.headers,
+        stream=http.ByteStream(answer.body),
+        extensions={"http_version": b"HTTP/1.1", "reason_phrase": answer.reason},
+    )
+
+
+def _pool(limits: httpx.Limits | httpx2.Limits, ssl_context: ssl.SSLContext) -> ConnectionPool:
+    return ConnectionPool(
+        max_connections=limits.max_connections,
+        max_keepalive=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        ssl_context=ssl_context,
+    )
 
 
 def _plain_body(raw: list[tuple[bytes, bytes]], body: bytes) -> bool:
@@ -359,10 +372,10 @@ class Http11Transport(httpx.AsyncBaseTransport):
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
-        self._pool = _Pool(httpx, self.limits, ssl_context or httpx.create_ssl_context())
+        self._pool = _pool(self.limits, ssl_context or httpx.create_ssl_context())
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        return cast(httpx.Response, await self._pool.request(request))
+        return cast(httpx.Response, await _handle(self._pool, httpx, request))
 
     async def aclose(self) -> None:
         self._pool.close()
@@ -378,10 +391,10 @@ class Http11Transport2(httpx2.AsyncBaseTransport):
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.limits = limits or httpx2.Limits(max_connections=100, max_keepalive_connections=20)
-        self._pool = _Pool(httpx2, self.limits, ssl_context or httpx2.create_ssl_context())
+        self._pool = _pool(self.limits, ssl_context or httpx2.create_ssl_context())
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        return cast(httpx2.Response, await self._pool.request(request))
+        return cast(httpx2.Response, await _handle(self._pool, httpx2, request))
 
     async def aclose(self) -> None:
         self._pool.close()

@@ -19,10 +19,11 @@ import time
 import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Self, cast
+from typing import Any, Self
 
 import httptools
 
+from pyloto_cli.adapters.http11 import ConnectFailed, ConnectionPool, Origin
 from pyloto_cli.bench.payloads import Webhook
 
 WEBHOOK_PATH = "/webhooks/whatsapp"
@@ -54,69 +55,15 @@ class Ack:
         return self.finished - self.due
 
 
-class _Exchange(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection, one request at a time; httptools (uvicorn's
-    parser) reads the answers, chunked or not."""
-
-    def __init__(self) -> None:
-        self._parser = httptools.HttpResponseParser(self)
-        self._transport: asyncio.Transport | None = None
-        self._waiter: asyncio.Future[tuple[int, bytes]] | None = None
-        self._body: list[bytes] = []
-        self.reusable = True
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(exc)
-
-    def on_body(self, body: bytes) -> None:
-        self._body.append(body)
-
-    def on_message_complete(self) -> None:
-        status, body = self._parser.get_status_code(), b"".join(self._body)
-        self._body = []
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result((status, body))
-        if not self._parser.should_keep_alive():  # `Connection: close`: not for another request
-            self._fail(None)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(exc or ConnectionResetError("the server closed the connection"))
-
-    def close(self) -> None:
-        """Close the connection; a request still waiting fails with ConnectionResetError."""
-        self._fail(ConnectionResetError("the client closed the connection"))
-
-    def _fail(self, exc: BaseException | None) -> None:
-        self.reusable = False
-        if self._transport is not None:
-            self._transport.close()
-        waiter, self._waiter = self._waiter, None
-        if exc is not None and waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
-
-    async def exchange(self, request: bytes) -> tuple[int, bytes]:
-        """Send `request` (the whole of it) and wait for the answer's status and body."""
-        transport = self._transport
-        if transport is None or self._waiter is not None:  # the pool hands out idle ones only
-            raise RuntimeError("the connection is not ready for a request")
-        waiter: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
-        self._waiter = waiter
-        transport.write(request)
-        return await waiter
-
-
 @dataclass(frozen=True, slots=True)
 class _Target:
     host: str
     port: int
     path: str
+
+    @property
+    def origin(self) -> Origin:
+        return b"http", self.host, self.port
 
 
 @functools.lru_cache(maxsize=64)
@@ -144,15 +91,14 @@ class LoadClient:
     request: against a server that does nothing (`benchmarks/ack_floor.py`), aiohttp's session
     took 0.87 to 0.96 ms per round trip at p50. This writes the request's bytes on a pooled
     connection and reads the answer with httptools (uvicorn's parser), as load testers do: 0.57
-    to 0.61 ms. At most `connections` requests at once; `timeout_s` bounds connecting and each
-    answer, not the wait for a free connection.
+    to 0.61 ms. The connections are pyloto's own HTTP/1.1 pool (`adapters/http11.py`). At most
+    `connections` requests at once; `timeout_s` bounds connecting and each answer, not the wait
+    for a free connection.
     """
 
     def __init__(self, connections: int, timeout_s: float = 10.0) -> None:
-        self._slots = asyncio.Semaphore(connections)
-        self._timeout_s = timeout_s
-        self._idle: dict[tuple[str, int], list[_Exchange]] = {}
-        self._open: set[_Exchange] = set()
+        self._pool = ConnectionPool(max_connections=connections)
+        self._timeouts = {"connect": timeout_s, "read": timeout_s}
 
     async def __aenter__(self) -> Self:
         return self
@@ -162,10 +108,7 @@ class LoadClient:
 
     def close(self) -> None:
         """Close every connection."""
-        for conn in self._open:
-            conn.close()
-        self._open.clear()
-        self._idle.clear()
+        self._pool.close()
 
     async def request(
         self, method: str, url: str, body: bytes = b"", headers: Sequence[tuple[str, str]] = ()
@@ -176,33 +119,13 @@ class LoadClient:
         head += [f"{name}: {value}" for name, value in headers]
         head.append(f"Content-Length: {len(body)}\r\n\r\n")
         request = "\r\n".join(head).encode("latin-1") + body
-        async with self._slots:
-            conn = await self._connection(target)
-            try:
-                async with asyncio.timeout(self._timeout_s):
-                    answer = await conn.exchange(request)
-            except BaseException:  # timed out or cancelled: the answer may still come, on no one
-                conn.close()
-                self._open.discard(conn)
-                raise
-            if conn.reusable:
-                self._idle.setdefault((target.host, target.port), []).append(conn)
-            else:
-                self._open.discard(conn)
-            return answer
-
-    async def _connection(self, target: _Target) -> _Exchange:
-        idle = self._idle.get((target.host, target.port))
-        while idle:
-            conn = idle.pop()
-            if conn.reusable:
-                return conn
-            self._open.discard(conn)
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(self._timeout_s):
-            _, conn = await loop.create_connection(_Exchange, target.host, target.port)
-        self._open.add(conn)
-        return conn
+        try:
+            answer = await self._pool.exchange(
+                target.origin, method.encode(), request, self._timeouts
+            )
+        except ConnectFailed as exc:  # a failed ack names the OS's own error
+            raise exc.__cause__ or exc from None
+        return answer.status, answer.body
 
 
 async def get_json(client: LoadClient, url: str) -> Any:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl as ssl_module
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 
 Answer = Callable[[bytes], bytes | None]  # the request's bytes -> the answer's, or None: hang
@@ -30,6 +30,7 @@ class RawServer:
     """What the server saw: connections accepted, requests read, whether one has ended."""
 
     answer: Answer
+    close_after: Collection[int] = ()  # connections (numbered from 0) closed after one answer
     connections: int = 0
     requests: list[bytes] = field(default_factory=list)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -37,6 +38,7 @@ class RawServer:
     handlers: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        number = self.connections
         self.connections += 1
         task = asyncio.current_task()
         if task is not None:
@@ -45,9 +47,12 @@ class RawServer:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = next(
-                    int(line.split(b":")[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
+                    (
+                        int(line.split(b":")[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    0,
                 )
                 request = head + await reader.readexactly(length)
                 self.requests.append(request)
@@ -56,6 +61,8 @@ class RawServer:
                     break
                 writer.write(answer)
                 await writer.drain()
+                if number in self.close_after:
+                    break
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -65,11 +72,12 @@ class RawServer:
 
 @contextlib.asynccontextmanager
 async def raw_server(
-    answer: Answer, ssl: ssl_module.SSLContext | None = None
+    answer: Answer, ssl: ssl_module.SSLContext | None = None, close_after: Collection[int] = ()
 ) -> AsyncIterator[RawServer]:
-    """Serve on a free 127.0.0.1 port (TLS with `ssl`); on exit, stop and end every
-    connection's handler."""
-    state = RawServer(answer)
+    """Serve on a free 127.0.0.1 port (TLS with `ssl`; the connections numbered in
+    `close_after` closed after their first answer); on exit, stop and end every connection's
+    handler."""
+    state = RawServer(answer, close_after)
     server = await asyncio.start_server(state.handle, "127.0.0.1", 0, ssl=ssl)
     scheme = "https" if ssl is not None else "http"
     state.url = f"{scheme}://127.0.0.1:{server.sockets[0].getsockname()[1]}"

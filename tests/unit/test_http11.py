@@ -92,7 +92,7 @@ async def test_answer_until_close_and_connection_close(flavour: Flavour) -> None
     the next request opens a new connection."""
     answers = iter([b"HTTP/1.1 200 OK\r\n\r\nto the end", plain(200, b"{}", close=True), plain()])
     async with (
-        _closing_server(lambda _: next(answers), close_after={0}) as server,
+        raw_server(lambda _: next(answers), close_after={0}) as server,
         flavour.client() as client,
     ):
         whole = await client.post(server.url, content=b"1")
@@ -117,7 +117,7 @@ async def test_informational_answer_is_skipped(flavour: Flavour) -> None:
 async def test_head_answer_has_no_body(flavour: Flavour) -> None:
     """A HEAD answer's Content-Length announces a body that never comes: it is not awaited."""
     async with (
-        _closing_server(lambda _: b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n") as srv,
+        raw_server(lambda _: b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n") as srv,
         flavour.client() as client,
     ):
         response = await client.head(srv.url)
@@ -213,11 +213,11 @@ async def test_idle_connection_closed_by_server_is_not_used(flavour: Flavour) ->
     """The server closes a kept-alive connection while it is idle: the next request opens a new
     one and succeeds (nothing is written to the dead one)."""
     async with (
-        _closing_server(lambda _: plain(), close_after={0}) as server,
+        raw_server(lambda _: plain(), close_after={0}) as server,
         flavour.client() as client,
     ):
         await client.post(server.url, content=b"1")
-        await _until(lambda: server.closed_connections == 1)
+        await asyncio.wait_for(server.closed.wait(), 5.0)
         await asyncio.sleep(0.05)  # the loop sees the close
         response = await client.post(server.url, content=b"2")
     assert response.status_code == 200
@@ -294,62 +294,6 @@ async def _until(check: Callable[[], bool]) -> None:
     async with asyncio.timeout(5.0):
         while not check():  # noqa: ASYNC110
             await asyncio.sleep(0.005)
-
-
-@dataclass
-class _ClosingServer:
-    url: str
-    connections: int = 0
-    closed_connections: int = 0
-
-
-@contextlib.asynccontextmanager
-async def _closing_server(
-    answer: Callable[[bytes], bytes | None], close_after: set[int] | None = None
-) -> AsyncIterator[_ClosingServer]:
-    """A server that answers one request per connection and, for the connections numbered in
-    `close_after` (from 0) or for every one when None, closes after answering."""
-    state = _ClosingServer("")
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        number = state.connections
-        state.connections += 1
-        task = asyncio.current_task()
-        if task is not None:
-            tasks.add(task)
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(
-                    (
-                        int(line.split(b":")[1])
-                        for line in head.split(b"\r\n")
-                        if line.lower().startswith(b"content-length:")
-                    ),
-                    0,
-                )
-                request = head + await reader.readexactly(length)
-                reply = answer(request)
-                if reply is None:
-                    break
-                writer.write(reply)
-                await writer.drain()
-                if close_after is None or number in close_after:
-                    break
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-            state.closed_connections += 1
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    state.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    async with server:
-        yield state
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _self_signed(directory: Path) -> tuple[Path, Path]:
