@@ -22,6 +22,9 @@ Errors keep httpx's meaning, which the callers' retry decisions rest on: Connect
 ConnectTimeout and PoolTimeout mean the request was never written; ReadError, ReadTimeout and
 RemoteProtocolError mean it may have reached the server. A pooled connection the server closed
 while idle is noticed before use and not used. A request is never sent twice here.
+
+`ConnectionPool` is the part without httpx (request bytes in, `Answer` out); the load
+generator's client (`bench/load.py`) is the same pool.
 """
 
 from __future__ import annotations
