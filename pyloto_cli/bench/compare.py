@@ -7,7 +7,8 @@ fresh fake OpenAI server (a subprocess), a fresh fake Graph API (in this process
 number of signed webhooks from the same load generator. With two or more CPUs the system under
 test is pinned to the first one (every thread of every process of it, once it is ready) and
 this process, the fakes and the load generator to the others. Replies are matched to webhooks
-by `biz_opaque_callback_data`.
+by `biz_opaque_callback_data`. Where it may (Linux, as root), the server's acks are also taken
+off the loopback wire (`bench/wire.py`): its own ack time, without the load generator's.
 
 The reference bots live in the source checkout (`benchmarks/reference/`, not installed with the
 package) and need the `bench` extra (FastAPI, pywa): `reference_problem()` says what is missing.
@@ -23,6 +24,7 @@ import os
 import secrets
 import sys
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -55,6 +57,7 @@ from pyloto_cli.bench.runner import (
     spent_between,
 )
 from pyloto_cli.fakes.graph_server import FakeGraphServer
+from pyloto_cli.logs import get_logger, log_event
 from pyloto_cli.web.signature import sign
 
 BOTS = {"inline": "benchmarks.reference.inline_bot", "background": "benchmarks.reference.pywa_bot"}
@@ -64,6 +67,7 @@ SYSTEMS = ("inline", "background", "pyloto")
 COMPARE_SEND_RATE = "1000"
 _NEEDS = {"inline": ("fastapi", "uvicorn"), "background": ("fastapi", "uvicorn", "pywa")}
 _READY_WITHIN_S = 30.0
+_log = get_logger("bench")
 
 
 def source_root() -> Path:
@@ -213,19 +217,56 @@ async def _load(
     return await open_loop(client, url, hooks, config.rate, ignore)
 
 
+@dataclass(slots=True)
+class WireRecord:
+    """What `wire_capture` saw: the server's ack latencies in seconds, or None without one."""
+
+    latencies_s: list[float] | None = None
+
+
+@contextlib.asynccontextmanager
+async def wire_capture(workdir: Path, port: int) -> AsyncIterator[WireRecord]:
+    """The acks of the server on `port`, taken off the wire while the block runs (a child
+    process: `pyloto_cli.bench.wire`). Where it cannot capture (not Linux, no CAP_NET_RAW) the
+    record stays None and the run goes on."""
+    record = WireRecord()
+    if not sys.platform.startswith("linux"):
+        yield record
+        return
+    out = workdir / f"wire-acks-{port}.json"
+    args = [sys.executable, "-m", "pyloto_cli.bench.wire", "--port", str(port), "--out", str(out)]
+    log = workdir / "wire.log"
+    async with child(args, log=log, cwd=workdir, env=os.environ, pipe_stdout=True) as proc:
+        line = b""
+        if proc.stdout is not None:
+            with contextlib.suppress(TimeoutError):
+                line = await asyncio.wait_for(proc.stdout.readline(), _READY_WITHIN_S)
+        capturing = line.startswith(b"capturing")
+        if not capturing:
+            log_event(_log, "bench_wire_capture_off", reason=line.decode(errors="replace").strip())
+        yield record
+    if capturing:  # the child wrote its figures on the SIGTERM that stopped it
+        with contextlib.suppress(OSError, ValueError):
+            record.latencies_s = [float(s) for s in json.loads(out.read_text())]
+
+
 async def measure(
     config: BenchConfig,
     server: ServerProcess,
     llm: FakeLLMProcess,
     graph: FakeGraphServer,
     hooks: Sequence[Webhook],
+    workdir: Path,
 ) -> RunRecord:
-    """Send the webhooks, wait for the replies, and record what happened."""
+    """Send the webhooks, wait for the replies, and record what happened; the server's acks
+    are also taken off the wire while the webhooks go out (`wire_capture`)."""
     tracker = ReplyTracker(graph)
+    port = urllib.parse.urlsplit(server.url).port or 80
     async with LoadClient(pool_size(config.rate, config.concurrency)) as client:
         before = (tree_cpu_seconds(server.pid), tree_cpu_seconds(llm.pid), time.process_time())
         started = time.monotonic()
-        acks = await _load(config, client, server.url + WEBHOOK_PATH, hooks)
+        async with wire_capture(workdir, port) as wire:
+            acks = await _load(config, client, server.url + WEBHOOK_PATH, hooks)
         wanted = {hooks[a.index].wamid for a in acks if a.ok}
         await _drain(tracker, wanted, config.drain_timeout_s)
         finished = time.monotonic()
@@ -244,6 +285,7 @@ async def measure(
         dead_letters=None,
         fake_llm_cpu_s=spent[1],
         bench_cpu_s=spent[2],
+        wire_acks_s=wire.latencies_s,
     )
 
 
@@ -263,7 +305,7 @@ async def run_system(kind: str, config: BenchConfig, pinning: Pinning | None) ->
             async with serve(kind, config, workdir, env) as server:
                 if pinning is not None:
                     pin_process(server.pid, pinning.server)
-                record = await measure(config, server, llm, graph, hooks)
+                record = await measure(config, server, llm, graph, hooks, workdir)
     extra: dict[str, object] = {
         "pinned": pinning is not None,
         "system": kind,

@@ -13,6 +13,7 @@ Figure = tuple[str, Callable[[BenchReport], float | None]]
 FIGURES: tuple[Figure, ...] = (
     ("ack ms p50", lambda r: r.ack_ms.p50),
     ("ack ms p99", lambda r: r.ack_ms.p99),
+    ("ack ms p99, wire", lambda r: r.ack_wire_ms.p99 if r.ack_wire_ms else None),
     ("reply ms p50", lambda r: r.e2e_ms.p50),
     ("reply ms p99", lambda r: r.e2e_ms.p99),
     ("replies/s", lambda r: r.replies_per_s),

@@ -149,6 +149,7 @@ class BenchReport:
     duration_s: float
     send_lag_ms_max: float | None
     reply_cache: ReplyCacheUsage = ReplyCacheUsage(None)
+    ack_wire_ms: Latency | None = None  # the server's own, off the loopback wire (compare)
 
     @property
     def clean(self) -> bool:
@@ -169,6 +170,7 @@ class BenchReport:
             ("webhooks sent / acked 200", f"{c.sent} / {c.acked}"),
             ("rejected (non-200) / failed", f"{c.rejected} / {c.failed}"),
             ("ack ms p50 / p95 / p99 / max", self.ack_ms.show()),
+            ("ack ms on the wire p50 / p95 / p99 / max", _show(self.ack_wire_ms)),
             ("end-to-end ms p50 / p95 / p99 / max", self.e2e_ms.show()),
             ("offered webhooks/s", _num(self.offered_per_s)),
             ("replies/s", _num(self.replies_per_s)),
@@ -181,6 +183,10 @@ class BenchReport:
             ("CPU s: bench / fake LLM", f"{_num(h.bench_cpu_s)} / {_num(h.fake_llm_cpu_s)}"),
             ("wall time s", _num(self.duration_s)),
         ]
+
+
+def _show(latency: Latency | None) -> str:
+    return "-" if latency is None else latency.show()
 
 
 def _round(value: float | None, digits: int = 3) -> float | None:
@@ -206,6 +212,7 @@ class RunRecord:
     bench_cpu_s: float | None = None  # this process: load generator and fake Graph API
     fake_llm_cpu_s: float | None = None
     reply_cache: ReplyCacheUsage = ReplyCacheUsage(None)
+    wire_acks_s: Sequence[float] | None = None  # the server's acks off the wire, if captured
 
 
 def count(record: RunRecord) -> Counts:
@@ -272,4 +279,5 @@ def summarize(config: Mapping[str, Any], record: RunRecord) -> BenchReport:
         duration_s=round(record.finished - record.started, 3),
         send_lag_ms_max=round(max(lags) * 1000, 2) if lags else None,
         reply_cache=record.reply_cache,
+        ack_wire_ms=None if record.wire_acks_s is None else latency_ms(record.wire_acks_s),
     )

@@ -26,6 +26,7 @@ from pyloto_cli.bench.procs import (
     tree_peak_rss_bytes,
 )
 from pyloto_cli.bench.report import percentile
+from pyloto_cli.bench.wire import may_capture
 from pyloto_cli.cli import app
 from pyloto_cli.fakes.graph_server import FakeGraphServer
 from pyloto_cli.fakes.openai_server import FakeOpenAIServer
@@ -238,6 +239,17 @@ def test_compare_runs_the_inline_bot_then_pyloto_through_the_same_load(
         assert report["server"]["cpu_ms_per_msg"] > 0
     # the inline bot answers the webhook only after its three LLM calls (>= 15 ms each)
     assert reports["inline"]["ack_ms"]["p50"] >= 45
+    # as root (CI) each server's acks are also taken off the wire; the inline bot holds each
+    # webhook for its three calls there too, and no wire ack is longer than the client's
+    for kind, report in reports.items():
+        wire = report["ack_wire_ms"]
+        if not may_capture():
+            assert wire is None, kind
+            continue
+        assert wire["count"] == 10, kind
+        assert wire["max"] <= report["ack_ms"]["max"], kind
+    if may_capture():
+        assert reports["inline"]["ack_wire_ms"]["p50"] >= 45
     assert reports["pyloto"]["config"]["send_rate_per_number"] == "1000"
     for kind, report in reports.items():
         kept = Path(report["config"]["workdir"])
