@@ -166,11 +166,16 @@ class BenchReport:
     def rows(self) -> list[tuple[str, str]]:
         """(figure, value) pairs for a table, in reading order."""
         c, s, h = self.counts, self.server, self.host
+        wire = (
+            []
+            if self.ack_wire_ms is None
+            else [("ack ms on the wire p50 / p95 / p99 / max", self.ack_wire_ms.show())]
+        )
         return [
             ("webhooks sent / acked 200", f"{c.sent} / {c.acked}"),
             ("rejected (non-200) / failed", f"{c.rejected} / {c.failed}"),
             ("ack ms p50 / p95 / p99 / max", self.ack_ms.show()),
-            ("ack ms on the wire p50 / p95 / p99 / max", _show(self.ack_wire_ms)),
+            *wire,
             ("end-to-end ms p50 / p95 / p99 / max", self.e2e_ms.show()),
             ("offered webhooks/s", _num(self.offered_per_s)),
             ("replies/s", _num(self.replies_per_s)),
@@ -183,10 +188,6 @@ class BenchReport:
             ("CPU s: bench / fake LLM", f"{_num(h.bench_cpu_s)} / {_num(h.fake_llm_cpu_s)}"),
             ("wall time s", _num(self.duration_s)),
         ]
-
-
-def _show(latency: Latency | None) -> str:
-    return "-" if latency is None else latency.show()
 
 
 def _round(value: float | None, digits: int = 3) -> float | None:
