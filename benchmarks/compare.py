@@ -1,7 +1,7 @@
 """pyloto beside the two reference bots: the same load, fakes and figures, one after another.
 
     .venv/bin/python -m benchmarks.compare [--systems inline,background,pyloto] [-n 300]
-        [--rate 50 | --concurrency 64] [--llm-latency-ms 500] [--rounds 1] [--json]
+        [--rate 50 | --concurrency 64] [--llm-latency-ms 500] [--rounds 1] [--wire] [--json]
 
 The same run as `pyloto bench --compare inline,background` (the orchestration is in
 `pyloto_cli.bench.compare`), with the systems in any order: the first is the base of the
@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--server-log-level", default="INFO", help="pyloto's PYLOTO_LOG_LEVEL")
     parser.add_argument("--no-pin", action="store_true", help="do not pin CPUs")
     parser.add_argument("--rounds", type=int, default=1, help="repeat; medians over rounds")
+    parser.add_argument(
+        "--wire", action="store_true", help="also the server's acks off the wire (root)"
+    )
     parser.add_argument("--json", action="store_true", help="print the reports as JSON")
     return parser
 
@@ -87,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         graph_latency_ms=args.graph_latency_ms,
         drain_timeout_s=args.drain_timeout,
         server_log_level=args.server_log_level,
+        wire=args.wire,
     )
     console, err = Console(width=140), Console(stderr=True)
     pinning = None if args.no_pin else split_cpus()

@@ -7,8 +7,8 @@ fresh fake OpenAI server (a subprocess), a fresh fake Graph API (in this process
 number of signed webhooks from the same load generator. With two or more CPUs the system under
 test is pinned to the first one (every thread of every process of it, once it is ready) and
 this process, the fakes and the load generator to the others. Replies are matched to webhooks
-by `biz_opaque_callback_data`. Where it may (Linux, as root), the server's acks are also taken
-off the loopback wire (`bench/wire.py`): its own ack time, without the load generator's.
+by `biz_opaque_callback_data`. With `--wire` (Linux, as root), the server's acks are also
+taken off the loopback wire (`bench/wire.py`): its own ack time, without the load generator's.
 
 The reference bots live in the source checkout (`benchmarks/reference/`, not installed with the
 package) and need the `bench` extra (FastAPI, pywa): `reference_problem()` says what is missing.
@@ -225,12 +225,17 @@ class WireRecord:
 
 
 @contextlib.asynccontextmanager
-async def wire_capture(workdir: Path, port: int) -> AsyncIterator[WireRecord]:
+async def wire_capture(workdir: Path, port: int, *, on: bool = True) -> AsyncIterator[WireRecord]:
     """The acks of the server on `port`, taken off the wire while the block runs (a child
-    process: `pyloto_cli.bench.wire`). Where it cannot capture (not Linux, no CAP_NET_RAW) the
-    record stays None and the run goes on."""
+    process: `pyloto_cli.bench.wire`). Off, or where it cannot capture (not Linux, no
+    CAP_NET_RAW), the record stays None and the run goes on.
+
+    It is off unless asked for (`BenchConfig.wire`): the kernel hands a copy of every loopback
+    packet the server sends to the capture's filter, and the capture wakes on the generator's
+    CPU for each of the server's packets. Measured: about 1 ms more client ack p99 and up to
+    10 % more server CPU per message with it on (docs/performance.md, session 11)."""
     record = WireRecord()
-    if not sys.platform.startswith("linux"):
+    if not on or not sys.platform.startswith("linux"):
         yield record
         return
     out = workdir / f"wire-acks-{port}.json"
@@ -258,14 +263,14 @@ async def measure(
     hooks: Sequence[Webhook],
     workdir: Path,
 ) -> RunRecord:
-    """Send the webhooks, wait for the replies, and record what happened; the server's acks
-    are also taken off the wire while the webhooks go out (`wire_capture`)."""
+    """Send the webhooks, wait for the replies, and record what happened; with `config.wire`
+    the server's acks are also taken off the wire while the webhooks go out."""
     tracker = ReplyTracker(graph)
     port = urllib.parse.urlsplit(server.url).port or 80
     async with LoadClient(pool_size(config.rate, config.concurrency)) as client:
         before = (tree_cpu_seconds(server.pid), tree_cpu_seconds(llm.pid), time.process_time())
         started = time.monotonic()
-        async with wire_capture(workdir, port) as wire:
+        async with wire_capture(workdir, port, on=config.wire) as wire:
             acks = await _load(config, client, server.url + WEBHOOK_PATH, hooks)
         wanted = {hooks[a.index].wamid for a in acks if a.ok}
         await _drain(tracker, wanted, config.drain_timeout_s)

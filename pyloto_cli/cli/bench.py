@@ -153,6 +153,13 @@ def bench(
     pin: Annotated[
         bool, typer.Option(help="--compare: the system under test on one CPU, the rest apart.")
     ] = True,
+    wire: Annotated[
+        bool,
+        typer.Option(
+            help="--compare: also take each server's acks off the loopback wire (Linux, root;"
+            " the capture costs the run a little CPU)."
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object last.")] = False,
 ) -> None:
     """Latency and throughput: real server, real pipeline, real HTTP, fake LLM and Graph API.
@@ -188,6 +195,7 @@ def bench(
         seed=seed,
         keep=keep,
         workers=workers,
+        wire=wire,
     )
     if compare is not None:
         if not _compare(_compare_systems(compare), config, pin, as_json, console):

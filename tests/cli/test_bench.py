@@ -226,7 +226,7 @@ def test_compare_runs_the_inline_bot_then_pyloto_through_the_same_load(
             "bench",
             *("--compare", "inline", "--no-pin", "-n", "10", "--rate", "20"),
             *("--llm-latency-ms", "20", "--llm-jitter-ms", "5", "--json"),
-            *("--keep", "--data-dir", str(tmp_path)),
+            *("--keep", "--data-dir", str(tmp_path), "--wire"),
         ],
     )
     assert result.exit_code == 0, f"{result.stdout}\n{result.stderr}"
@@ -239,8 +239,8 @@ def test_compare_runs_the_inline_bot_then_pyloto_through_the_same_load(
         assert report["server"]["cpu_ms_per_msg"] > 0
     # the inline bot answers the webhook only after its three LLM calls (>= 15 ms each)
     assert reports["inline"]["ack_ms"]["p50"] >= 45
-    # as root (CI) each server's acks are also taken off the wire; the inline bot holds each
-    # webhook for its three calls there too, and no wire ack is longer than the client's
+    # --wire as root (CI): each server's acks are also taken off the wire; the inline bot holds
+    # each webhook for its three calls there too, and no wire ack is longer than the client's
     for kind, report in reports.items():
         wire = report["ack_wire_ms"]
         if not may_capture():

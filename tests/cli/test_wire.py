@@ -152,3 +152,14 @@ def test_the_child_without_the_privilege_exits_with_its_reason(
     assert exited.value.code == wire.NO_CAPTURE_EXIT
     assert capsys.readouterr().out.startswith("no capture: it needs CAP_NET_RAW")
     assert not out.exists()
+
+
+async def test_wire_capture_is_off_unless_asked_for(tmp_path: Path) -> None:
+    """`on=False` (a comparison without --wire): no capture child, no figures."""
+    async with (
+        raw_server(lambda _: plain()) as server,
+        wire_capture(tmp_path, port_of(server.url), on=False) as record,
+    ):
+        await post_all(server.url, 2)
+    assert record.latencies_s is None
+    assert not (tmp_path / "wire.log").exists()
