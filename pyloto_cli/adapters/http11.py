@@ -205,10 +205,15 @@ def _serialize(method: bytes, target: bytes, headers: Iterable[tuple[bytes, byte
     return head + b"\r\n\r\n"
 
 
-def _body_headers(raw: list[tuple[bytes, bytes]], body: bytes) -> list[tuple[bytes, bytes]]:
-    """The request's headers with a Content-Length for `body` (a streamed body was announced as
-    chunked; it is sent whole)."""
-    kept = [(n, v) for n, v in raw if n.lower() not in (b"transfer-encoding", b"content-length")]
+def _framed(raw: list[tuple[bytes, bytes]], body: bytes) -> list[tuple[bytes, bytes]]:
+    """The request's headers framing `body` with a Content-Length: `raw` itself when it
+    already does (as httpx does for bytes, or no body and no length), else rebuilt (a streamed
+    body was announced as chunked; it is sent whole)."""
+    names = [name.lower() for name, _ in raw]
+    if b"transfer-encoding" not in names and (b"content-length" in names or not body):
+        return raw
+    framing = (b"transfer-encoding", b"content-length")
+    kept = [header for header, name in zip(raw, names, strict=True) if name not in framing]
     if body or len(kept) != len(raw):
         kept.append((b"Content-Length", str(len(body)).encode()))
     return kept
@@ -275,8 +280,7 @@ class ConnectionPool:
             conn = idle.pop()
             if conn.ready and (self._expiry is None or now - conn.idle_since < self._expiry):
                 return conn
-            conn.close()
-            self._open.discard(conn)
+            self._drop(conn)
         return None
 
     async def _connect(self, origin: Origin, timeouts: Mapping[str, float | None]) -> _Connection:
@@ -298,11 +302,14 @@ class ConnectionPool:
     def _release(self, origin: Origin, conn: _Connection) -> None:
         idle = self._idle.setdefault(origin, [])
         if self._closed or not conn.ready or (self._keep is not None and len(idle) >= self._keep):
-            conn.close()
-            self._open.discard(conn)
+            self._drop(conn)
             return
         conn.idle_since = asyncio.get_running_loop().time()
         idle.append(conn)
+
+    def _drop(self, conn: _Connection) -> None:
+        conn.close()
+        self._open.discard(conn)
 
     def close(self) -> None:
         """Close every connection; no exchange after this."""
@@ -319,8 +326,7 @@ async def _handle(pool: ConnectionPool, http: ModuleType, request: Any) -> Any:
         origin = _origin(request.url)
         method = request.method.encode("ascii")
         body = await request.aread()
-        raw = request.headers.raw
-        headers = raw if _plain_body(raw, body) else _body_headers(raw, body)
+        headers = _framed(request.headers.raw, body)
         data = _serialize(method, request.url.raw_path, headers) + body
     except _Unsupported as exc:
         raise http.UnsupportedProtocol(str(exc), request=request) from exc
@@ -350,19 +356,6 @@ def _pool(limits: httpx.Limits | httpx2.Limits, ssl_context: ssl.SSLContext) -> 
         keepalive_expiry=limits.keepalive_expiry,
         ssl_context=ssl_context,
     )
-
-
-def _plain_body(raw: list[tuple[bytes, bytes]], body: bytes) -> bool:
-    """Whether the headers already announce `body` as httpx does for bytes: a Content-Length
-    when there is a body, none when there is not, and no chunked encoding."""
-    has_length = False
-    for name, _ in raw:
-        lowered = name.lower()
-        if lowered == b"transfer-encoding":
-            return False
-        if lowered == b"content-length":
-            has_length = True
-    return has_length or not body
 
 
 class Http11Transport(httpx.AsyncBaseTransport):

@@ -38,6 +38,7 @@ from pyloto_cli.bench.procs import (
     ServerProcess,
     child,
     fake_openai,
+    first_line,
     free_port,
     process_tree,
     pyloto_serve,
@@ -242,10 +243,7 @@ async def wire_capture(workdir: Path, port: int, *, on: bool = True) -> AsyncIte
     args = [sys.executable, "-m", "pyloto_cli.bench.wire", "--port", str(port), "--out", str(out)]
     log = workdir / "wire.log"
     async with child(args, log=log, cwd=workdir, env=os.environ, pipe_stdout=True) as proc:
-        line = b""
-        if proc.stdout is not None:
-            with contextlib.suppress(TimeoutError):
-                line = await asyncio.wait_for(proc.stdout.readline(), _READY_WITHIN_S)
+        line = await first_line(proc, _READY_WITHIN_S)
         capturing = line.startswith(b"capturing")
         if not capturing:
             log_event(_log, "bench_wire_capture_off", reason=line.decode(errors="replace").strip())

@@ -176,15 +176,22 @@ async def fake_openai(
             args += [f"--{name.replace('_', '-')}", str(value)]
     log = workdir / "fake-openai.log"
     async with child(args, log=log, cwd=workdir, env=env, pipe_stdout=True) as proc:
-        line = b""
-        if proc.stdout is not None:
-            with contextlib.suppress(TimeoutError):
-                line = await asyncio.wait_for(proc.stdout.readline(), 20.0)
+        line = await first_line(proc, 20.0)
         if b"listening on " not in line:
             raise ChildFailed(f"the fake OpenAI server did not start: {log_tail(log)}")
         url = line.decode().rsplit("listening on ", 1)[1].strip()
         log_event(_log, "bench_fake_openai_ready", url=url)
         yield FakeLLMProcess(pid=proc.pid, url=url)
+
+
+async def first_line(proc: asyncio.subprocess.Process, within_s: float) -> bytes:
+    """The first line a child started with `pipe_stdout` prints (how it says it is ready), or
+    b"" if it prints none within `within_s`."""
+    if proc.stdout is None:
+        return b""
+    with contextlib.suppress(TimeoutError):
+        return await asyncio.wait_for(proc.stdout.readline(), within_s)
+    return b""
 
 
 async def wait_ready(
