@@ -14,6 +14,14 @@ schedules threads one by one): when both want the CPU, the OS runs the webhook's
 so the 200 does not queue behind LLM answers being parsed. It changes the order, not the amount,
 of work: the worker gets every cycle the web thread leaves.
 
+A collection by Python's garbage collector holds the GIL from start to end, whichever thread
+runs it, and a webhook that arrives meanwhile waits. With Python's thresholds (700, 10, 10)
+the worker's young generation held 16 000 to 25 000 objects when it was collected (the
+coroutines, timers and requests of the messages waiting on the LLM: dicts and tuples that
+become tracked again are not counted towards the threshold), a pause of 4 to 19 ms about twice
+a second. `PYLOTO_GC_THRESHOLDS` (100, 10, 1000) makes young collections small and frequent
+(under 1 ms each) and full ones rare (docs/performance.md, session 12).
+
 The memory queue belongs to one loop, so with it the worker stays on the web loop
 (`bootstrap.run_worker`), as it does with PYLOTO_WORKER_THREAD=false.
 """
@@ -23,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import gc
 import logging
 import os
 import sys
@@ -105,15 +114,18 @@ async def worker_thread(
 
     `web` is the web loop's runtime: its SQLite files are shared, its `notify` wakes the
     worker. `on_failure` is called (from the worker's thread) if the worker ends by an error
-    after it started; `serve` stops itself then. The GIL switch interval is
-    `SWITCH_INTERVAL_S` for the block.
+    after it started; `serve` stops itself then. For the block, the GIL switch interval is
+    `SWITCH_INTERVAL_S` and the garbage collector's thresholds are `settings.gc_thresholds`.
     """
     switch = sys.getswitchinterval()
+    thresholds = gc.get_threshold()
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+    gc.set_threshold(*settings.gc_thresholds)
     try:
         async with _running_thread(settings, web, on_failure):
             yield
     finally:
+        gc.set_threshold(*thresholds)
         sys.setswitchinterval(switch)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import typer
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.markup import escape
 
@@ -50,6 +51,8 @@ def boundary(console: Console) -> Iterator[None]:
         yield
     except (ToolUsageError, ValidationError) as exc:
         raise _fail(console, str(exc), EXIT_USAGE) from exc
+    except SettingsError as exc:  # a setting that is not even JSON, e.g. a list field
+        raise _fail(console, f"{exc} ({exc.__cause__})", EXIT_USAGE) from exc
     except (PylotoError, OSError) as exc:
         raise _fail(console, f"{type(exc).__name__}: {exc}", EXIT_FAILURE) from exc
 

@@ -71,23 +71,23 @@ def serve(
     ] = None,
 ) -> None:
     """Receive Meta's webhooks (and, by default, process them in the same process)."""
-    settings = Settings()
-    configure_logging(settings.log_format, settings.log_level)
-    bind_host = host or settings.host
-    bind_port = settings.port if port is None else port
-    if settings.whatsapp_app_secret is None or settings.whatsapp_verify_token is None:
-        setup = ensure_local_secrets(settings)
-        settings = setup.settings
-        _print_first_run(setup, bind_host, bind_port)
-    children = settings.workers if workers is None else workers
-    in_process = worker and settings.worker_enabled and children == 0
-    settings = settings.model_copy(update={"worker_enabled": in_process})
-    # uvicorn re-raises the SIGINT/SIGTERM it handled once it has shut down; with Python-level
-    # handlers in place that re-raise lands here instead of killing the process, so the worker
-    # processes are stopped and the exit is clean.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _after_shutdown)
     with boundary(_console):
+        settings = Settings()
+        configure_logging(settings.log_format, settings.log_level)
+        bind_host = host or settings.host
+        bind_port = settings.port if port is None else port
+        if settings.whatsapp_app_secret is None or settings.whatsapp_verify_token is None:
+            setup = ensure_local_secrets(settings)
+            settings = setup.settings
+            _print_first_run(setup, bind_host, bind_port)
+        children = settings.workers if workers is None else workers
+        in_process = worker and settings.worker_enabled and children == 0
+        settings = settings.model_copy(update={"worker_enabled": in_process})
+        # uvicorn re-raises the SIGINT/SIGTERM it handled once it has shut down; with
+        # Python-level handlers in place that re-raise lands here instead of killing the
+        # process, so the worker processes are stopped and the exit is clean.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _after_shutdown)
         loops.run(run_server(settings, bind_host, bind_port, children if worker else 0))
 
 
@@ -173,9 +173,10 @@ async def run_worker_process(settings: Settings) -> None:
 
 def worker() -> None:
     """Process the queue without serving HTTP (more workers on one queue)."""
-    settings = Settings()
-    configure_logging(settings.log_format, settings.log_level)
-    loops.run(run_worker_process(settings))
+    with boundary(_console):
+        settings = Settings()
+        configure_logging(settings.log_format, settings.log_level)
+        loops.run(run_worker_process(settings))
 
 
 def register(app: typer.Typer) -> None:

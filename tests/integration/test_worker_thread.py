@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import sys
 import threading
@@ -40,11 +41,14 @@ async def test_the_thread_answers_what_the_web_loop_enqueued(
     assert threadable(settings)
     (task,) = split_webhook(load_fixture("webhooks/text.json"), time.time())
     before = sys.getswitchinterval()
+    thresholds = gc.get_threshold()
+    assert thresholds != settings.gc_thresholds  # Python's own, in the test process
     async with open_runtime(_web(settings)) as web:
         assert web.pipeline is None  # the web loop opens no LLM client
         assert web.worker is None
         async with worker_thread(settings, web, on_failure=_unexpected):
             assert sys.getswitchinterval() == SWITCH_INTERVAL_S
+            assert gc.get_threshold() == settings.gc_thresholds == (100, 10, 1000)
             (worker,) = (t for t in threading.enumerate() if t.name == "pyloto-worker")
             assert worker.native_id is not None
             web_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
@@ -62,6 +66,7 @@ async def test_the_thread_answers_what_the_web_loop_enqueued(
             await _eventually(lambda: _emptied(admin))  # the ack follows the session save
             assert (await admin.stats()).depth == 0
         assert sys.getswitchinterval() == before
+        assert gc.get_threshold() == thresholds
         assert web.sqlite.paths() == {
             settings.data_dir / "queue.db",
             settings.data_dir / "state.db",
