@@ -3,7 +3,7 @@
     sudo .venv/bin/python -m benchmarks.wire_acks --seconds 30 [--json]   # then, meanwhile:
     pyloto bench --compare pyloto -n 1000 --rate 100 --llm-jitter-ms 0
 
-`pyloto bench --compare` takes this figure itself for each system when it runs as root (the
+`pyloto bench --compare ... --wire` takes this figure itself for each system, as root (the
 "ack ms p99, wire" row); this script takes it beside any other run. The capture is
 `pyloto_cli.bench.wire`: the kernel's receive timestamps of each `POST /webhooks/whatsapp`
 request packet and of the server's first answer packet on that connection. Linux only, and it

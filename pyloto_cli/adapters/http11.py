@@ -196,7 +196,10 @@ def _origin(url: Any) -> Origin:
     return scheme, url.host, url.port or _DEFAULT_PORTS[scheme]
 
 
-def _serialize(method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+def serialize_request(
+    method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]]
+) -> bytes:
+    """An HTTP/1.1 request's head (the body goes after it); a line break in it is refused."""
     lines = [method + b" " + target + b" HTTP/1.1"]
     lines.extend(name + b": " + value for name, value in headers)
     if any(b"\r" in line or b"\n" in line for line in lines):
@@ -327,7 +330,7 @@ async def _handle(pool: ConnectionPool, http: ModuleType, request: Any) -> Any:
         method = request.method.encode("ascii")
         body = await request.aread()
         headers = _framed(request.headers.raw, body)
-        data = _serialize(method, request.url.raw_path, headers) + body
+        data = serialize_request(method, request.url.raw_path, headers) + body
     except _Unsupported as exc:
         raise http.UnsupportedProtocol(str(exc), request=request) from exc
     try:

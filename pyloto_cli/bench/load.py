@@ -23,7 +23,7 @@ from typing import Any, Self
 
 import httptools
 
-from pyloto_cli.adapters.http11 import ConnectFailed, ConnectionPool, Origin
+from pyloto_cli.adapters.http11 import ConnectFailed, ConnectionPool, Origin, serialize_request
 from pyloto_cli.bench.payloads import Webhook
 
 WEBHOOK_PATH = "/webhooks/whatsapp"
@@ -115,14 +115,18 @@ class LoadClient:
     ) -> tuple[int, bytes]:
         """`method url` with `body`; the answer's status and body. Raises one of `_FAILED`."""
         target = _target(url)
-        head = [f"{method} {target.path} HTTP/1.1", f"Host: {target.host}:{target.port}"]
-        head += [f"{name}: {value}" for name, value in headers]
-        head.append(f"Content-Length: {len(body)}\r\n\r\n")
-        request = "\r\n".join(head).encode("latin-1") + body
+        verb = method.encode()
+        head = serialize_request(
+            verb,
+            target.path.encode("latin-1"),
+            [
+                (b"Host", f"{target.host}:{target.port}".encode("latin-1")),
+                *((name.encode("latin-1"), value.encode("latin-1")) for name, value in headers),
+                (b"Content-Length", str(len(body)).encode()),
+            ],
+        )
         try:
-            answer = await self._pool.exchange(
-                target.origin, method.encode(), request, self._timeouts
-            )
+            answer = await self._pool.exchange(target.origin, verb, head + body, self._timeouts)
         except ConnectFailed as exc:  # a failed ack names the OS's own error
             raise exc.__cause__ or exc from None
         return answer.status, answer.body

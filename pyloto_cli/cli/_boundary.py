@@ -52,7 +52,8 @@ def boundary(console: Console) -> Iterator[None]:
     except (ToolUsageError, ValidationError) as exc:
         raise _fail(console, str(exc), EXIT_USAGE) from exc
     except SettingsError as exc:  # a setting that is not even JSON, e.g. a list field
-        raise _fail(console, f"{exc} ({exc.__cause__})", EXIT_USAGE) from exc
+        cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
+        raise _fail(console, f"{exc}{cause}", EXIT_USAGE) from exc
     except (PylotoError, OSError) as exc:
         raise _fail(console, f"{type(exc).__name__}: {exc}", EXIT_FAILURE) from exc
 
