@@ -13,7 +13,9 @@ process's CPU milliseconds per call (`time.process_time`):
   plus body building and content checks) on `DefaultAioHttpClient`
 - pyloto/direct:  the same on `DirectOpenAIClient` (its sends go straight to the transport),
   which is what pyloto runs with PYLOTO_HTTP_TRANSPORT=aiohttp
-- pyloto/http11:  the same on pyloto's HTTP/1.1 transport (adapters/http11.py): pyloto's default
+- pyloto/http11:  the same on pyloto's HTTP/1.1 transport (adapters/http11.py)
+- pyloto/template: the same on `DirectOpenAI`, whose plain calls' requests are built from the
+  last like one's (adapters/direct_http.py): pyloto's default
 
 The figure depends on the call rate as much as on the path: `--latency-ms 20 --in-flight 50`
 (about 2 000 calls/s) shares each event-loop wake-up among many answers, while
@@ -38,7 +40,7 @@ import httpx
 from openai import AsyncOpenAI, DefaultAioHttpClient
 from openai.types.chat import ChatCompletion
 
-from pyloto_cli.adapters.direct_http import DirectOpenAIClient
+from pyloto_cli.adapters.direct_http import DirectOpenAI, DirectOpenAIClient
 from pyloto_cli.adapters.http11 import Http11Transport2
 from pyloto_cli.adapters.llm.openai import OPENAI_LIMITS, OpenAIChat
 from pyloto_cli.pipeline.stages import ChatMessage, ChatRequest
@@ -84,12 +86,14 @@ def fake_server(port: int, latency_ms: float) -> Any:
 @contextlib.asynccontextmanager
 async def client_for(base_url: str, http: str) -> AsyncIterator[AsyncOpenAI]:
     """An AsyncOpenAI client on the default transport, the aiohttp one, or pyloto's direct
-    client on the aiohttp one or on pyloto's HTTP/1.1 transport."""
+    client on the aiohttp one or on pyloto's HTTP/1.1 transport (under `DirectOpenAI` for
+    "template")."""
     clients = {"aiohttp": DefaultAioHttpClient, "direct": DirectOpenAIClient}
     http_client = clients[http]() if http in clients else None
-    if http == "http11":
+    if http in ("http11", "template"):
         http_client = DirectOpenAIClient(transport=Http11Transport2(limits=OPENAI_LIMITS))
-    async with AsyncOpenAI(
+    sdk = DirectOpenAI if http == "template" else AsyncOpenAI
+    async with sdk(
         api_key="bench", base_url=base_url, max_retries=0, timeout=30, http_client=http_client
     ) as client:
         yield client
@@ -135,6 +139,7 @@ async def run(base_url: str, calls: int, in_flight: int) -> None:
         ("pyloto/aiohttp", "aiohttp", via_pyloto),
         ("pyloto/direct", "direct", via_pyloto),
         ("pyloto/http11", "http11", via_pyloto),
+        ("pyloto/template", "template", via_pyloto),
     ]
     for name, http, make_call in variants:
         async with client_for(base_url, http) as client:

@@ -15,6 +15,12 @@ merged as a plain list (the caller's headers replace the defaults of the same na
 `Headers.update` does); the request is the same as httpx2's own `build_request` makes, for
 half its CPU.
 
+`DirectOpenAI` (the SDK's `AsyncOpenAI`) builds a plain call's request from the one it built
+for the last call like it: the SDK's `_build_request` merges its auth, default and platform
+headers, parses the URL and normalizes the timeout on every call, though for the same URL,
+timeout, try number, key and client defaults it makes the same request each time but for the
+body. Half the SDK's CPU per call (benchmarks/llm_client_cpu.py).
+
 httpx's own path still takes: streamed answers, a per-call auth or redirect choice, a client
 given an auth or event hooks, and an answer that redirects while the client follows redirects
 (the request is sent again through that path, which then follows it; a redirect means the
@@ -27,6 +33,7 @@ import datetime
 import functools
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 import httpx
@@ -45,10 +52,12 @@ from httpx2._types import (
     RequestFiles,
     TimeoutTypes,
 )
-from openai import DefaultAioHttpClient
+from openai import NOT_GIVEN, AsyncOpenAI, DefaultAioHttpClient
+from openai._models import FinalRequestOptions  # what `_build_request` takes; see the tests
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_URLS = 64  # parsed URLs kept (least recently used out): the SDK calls a handful
+_MAX_TEMPLATES = 64  # request templates kept (all dropped when full): a few per stage timeout
 
 
 class DirectGraphClient(httpx.AsyncClient):
@@ -219,3 +228,94 @@ async def _direct(
         raise
     response.elapsed = datetime.timedelta(seconds=time.perf_counter() - started)
     return response
+
+
+@dataclass(frozen=True, slots=True)
+class _Template:
+    """A request the SDK built, but for its body."""
+
+    method: str
+    url: httpx2.URL
+    headers: list[tuple[bytes, bytes]]  # all but Content-Length, in order
+    timeout: dict[str, float | None]
+
+    @classmethod
+    def of(cls, request: httpx2.Request) -> _Template | None:
+        """The template of `request`, or None when Content-Length is not its last header
+        (where httpx2 puts it), so that the template's requests would differ from it."""
+        raw = request.headers.raw
+        if not raw or raw[-1][0].lower() != b"content-length":
+            return None
+        timeout = request.extensions.get("timeout")
+        if not isinstance(timeout, dict) or len(request.extensions) != 1:
+            return None
+        return cls(request.method, request.url, raw[:-1], timeout)
+
+    def build(self, content: bytes) -> httpx2.Request:
+        """The same request with `content` as its body."""
+        return httpx2.Request(
+            self.method,
+            self.url,
+            headers=[*self.headers, (b"Content-Length", str(len(content)).encode())],
+            stream=httpx2.ByteStream(content),
+            extensions={"timeout": dict(self.timeout)},
+        )
+
+
+class DirectOpenAI(AsyncOpenAI):
+    """`AsyncOpenAI` whose plain calls' requests are built from a template: the request the
+    SDK built for the first call with the same URL, timeout, try number, key and client
+    defaults, with this call's body."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._templates: dict[tuple[Any, ...], _Template | None] = {}
+
+    def _build_request(
+        self, options: FinalRequestOptions, *, retries_taken: int = 0
+    ) -> httpx2.Request:
+        key = self._template_key(options, retries_taken)
+        if key is None:
+            return super()._build_request(options, retries_taken=retries_taken)
+        template = self._templates.get(key, False)
+        if isinstance(template, _Template):
+            return template.build(cast(bytes, options.content))
+        request = super()._build_request(options, retries_taken=retries_taken)
+        if template is False:  # not seen: keep its template (None if it cannot have one)
+            if len(self._templates) >= _MAX_TEMPLATES:
+                self._templates.clear()
+            self._templates[key] = _Template.of(request)
+        return request
+
+    def _template_key(self, options: FinalRequestOptions, retries_taken: int) -> Any:
+        """What the SDK's request for `options` depends on besides its body, or None when it
+        depends on more (per-call headers, params, files, an idempotency key sent, a legacy
+        httpx client or one with params or cookies) or its body is not plain bytes."""
+        timeout = options.timeout
+        http = self._client
+        if (
+            not isinstance(options.content, bytes)
+            or not options.content  # httpx2 puts an empty body's Content-Length elsewhere
+            or options.params
+            or options.headers
+            or options.files is not None
+            or options.json_data is not None
+            or options.extra_json is not None
+            or (self._idempotency_header is not None and options.idempotency_key is not None)
+            or not (timeout is None or timeout is NOT_GIVEN or isinstance(timeout, int | float))
+            or not isinstance(http, httpx2.AsyncClient)
+            or http.params
+            or http.cookies
+        ):
+            return None
+        return (
+            options.method,
+            options.url,
+            timeout,
+            retries_taken,
+            self.api_key,
+            self.organization,
+            self.project,
+            tuple(sorted(options.security.items())),
+            tuple(http.headers.raw),
+        )

@@ -32,7 +32,7 @@ import openai
 from openai import AsyncOpenAI
 from openai._models import FinalRequestOptions  # what `post()` builds; covered by the tests
 
-from pyloto_cli.adapters.direct_http import DirectOpenAIClient
+from pyloto_cli.adapters.direct_http import DirectOpenAI, DirectOpenAIClient
 from pyloto_cli.adapters.http11 import Http11Transport2
 from pyloto_cli.adapters.llm.offline import NON_TEXT_REPLY
 from pyloto_cli.domain.reply import Reply
@@ -76,7 +76,7 @@ async def open_openai_client(settings: Settings) -> AsyncIterator[AsyncOpenAI]:
         if settings.http_transport is HttpTransport.PYLOTO
         else DirectOpenAIClient()
     )
-    client = AsyncOpenAI(
+    client = DirectOpenAI(
         api_key=settings.openai_api_key.get_secret_value(),
         base_url=settings.openai_base_url,
         max_retries=settings.llm_max_retries,
