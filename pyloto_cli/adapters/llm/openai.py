@@ -4,10 +4,11 @@
         responder = OpenAIResponder(client, settings)
         reply = await responder.respond(request)
 
-One client per process, a `DirectOpenAIClient` (the SDK's `DefaultAioHttpClient` whose requests
-go straight to its transport, past httpx2's auth, redirect and cookie steps:
-adapters/direct_http.py) on pyloto's HTTP/1.1 transport (adapters/http11.py; the SDK's aiohttp
-one with PYLOTO_HTTP_TRANSPORT=aiohttp), closed on exit.
+One client per process, a `DirectOpenAI` (the SDK's `AsyncOpenAI` that builds a call's request
+from the one it built for the last call like it) over a `DirectOpenAIClient` (the SDK's
+`DefaultAioHttpClient` whose requests go straight to its transport, past httpx2's auth, redirect
+and cookie steps), both in adapters/direct_http.py, on pyloto's HTTP/1.1 transport
+(adapters/http11.py; the SDK's aiohttp one with PYLOTO_HTTP_TRANSPORT=aiohttp), closed on exit.
 Calls go through the client's low-level `request()` (what its `post()` calls): the same
 retries, backoff and error types as `chat.completions.create()`, without its parameter
 transform. The request options are built once (`FinalRequestOptions` for the absolute URL) and
