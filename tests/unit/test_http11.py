@@ -326,3 +326,37 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
         )
     )
     return cert_path, key_path
+
+
+async def test_an_answer_comes_back_as_httpx_reads_it(flavour: Flavour) -> None:
+    """Not encoded: already read, in the state httpx's own read leaves an answer in; encoded:
+    read and decoded by httpx. Either way the client sees what any transport would give it."""
+    packed = gzip.compress(b'{"z":1}')
+    answers = iter(
+        [
+            plain(200, b'{"ok":true}'),
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(packed), packed),
+        ]
+    )
+    http = flavour.http
+    async with raw_server(lambda _: next(answers)) as server, flavour.client() as client:
+        for body, wire, read in (
+            (b'{"ok":true}', b'{"ok":true}', True),
+            (b'{"z":1}', packed, False),
+        ):
+            request = client.build_request("POST", server.url, content=b"1")
+            answer = await client._transport.handle_async_request(request)
+            assert answer.is_stream_consumed is read  # read by the transport when not encoded
+            encoded = answer.headers.get("content-encoding")
+            reference = http.Response(
+                200,
+                headers={"content-encoding": encoded} if encoded else {},
+                stream=http.ByteStream(wire),
+            )
+            await reference.aread()
+            await answer.aread()
+            assert answer.content == reference.content == body
+            assert answer.num_bytes_downloaded == reference.num_bytes_downloaded == len(wire)
+            assert (answer.is_stream_consumed, answer.is_closed) == (True, True)
+            assert [part async for part in answer.aiter_bytes()] == [body]
