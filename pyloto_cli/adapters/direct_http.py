@@ -269,7 +269,7 @@ class DirectOpenAI(AsyncOpenAI):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._templates: dict[tuple[Any, ...], _Template | None] = {}
+        self._templates: dict[tuple[Any, ...], _Template] = {}
 
     def _build_request(
         self, options: FinalRequestOptions, *, retries_taken: int = 0
@@ -277,17 +277,20 @@ class DirectOpenAI(AsyncOpenAI):
         key = self._template_key(options, retries_taken)
         if key is None:
             return super()._build_request(options, retries_taken=retries_taken)
-        template = self._templates.get(key, False)
-        if isinstance(template, _Template):
+        template = self._templates.get(key)
+        if template is not None:
             return template.build(cast(bytes, options.content))
         request = super()._build_request(options, retries_taken=retries_taken)
-        if template is False:  # not seen: keep its template (None if it cannot have one)
+        template = _Template.of(request)
+        if template is not None:
             if len(self._templates) >= _MAX_TEMPLATES:
                 self._templates.clear()
-            self._templates[key] = _Template.of(request)
+            self._templates[key] = template
         return request
 
-    def _template_key(self, options: FinalRequestOptions, retries_taken: int) -> Any:
+    def _template_key(
+        self, options: FinalRequestOptions, retries_taken: int
+    ) -> tuple[Any, ...] | None:
         """What the SDK's request for `options` depends on besides its body, or None when it
         depends on more (per-call headers, params, files, an idempotency key sent, a legacy
         httpx client or one with params or cookies) or its body is not plain bytes."""

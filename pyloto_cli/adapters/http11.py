@@ -358,7 +358,8 @@ async def _handle(pool: ConnectionPool, http: ModuleType, request: Any) -> Any:
 def _as_read(response: Any, body: bytes) -> None:
     """Leave `response` as httpx's `read()` leaves it. Its body is whole and not encoded, so it
     is the content as it came: the read's chain of generators, decoder and chunker per answer
-    is skipped (a fifth of the CPU of a Graph send here). An encoded one is read by httpx."""
+    is skipped (about 5 % of pyloto's CPU per message, docs/performance.md, session 13). An
+    encoded one is read by httpx."""
     response._content = body
     response._num_bytes_downloaded = len(body)
     response.is_stream_consumed = True
