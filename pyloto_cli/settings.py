@@ -132,11 +132,11 @@ class Settings(BaseSettings):
     worker_thread: bool = Field(True, validation_alias=_env("PYLOTO_WORKER_THREAD"))
     # how many nice steps below the web thread that worker thread runs (Linux; 0: the same)
     worker_nice: int = Field(10, ge=0, le=19, validation_alias=_env("PYLOTO_WORKER_NICE"))
-    # the garbage collector's thresholds while serve's worker thread runs (JSON: [100, 10, 1000];
-    # Python's own are [700, 10, 10]): small young collections, often, instead of rare 5-20 ms
-    # ones that hold the GIL while a webhook waits (docs/performance.md, session 12)
+    # the garbage collector's thresholds while serve's worker thread runs (JSON: [1000, 10, 1000];
+    # Python's own are [700, 10, 10]): young collections a few times a minute and full ones
+    # rare, not one per webhook (docs/performance.md, sessions 12 and 14)
     gc_thresholds: tuple[_Threshold, _Threshold, _Threshold] = Field(
-        (100, 10, 1000), validation_alias=_env("PYLOTO_GC_THRESHOLDS")
+        (1000, 10, 1000), validation_alias=_env("PYLOTO_GC_THRESHOLDS")
     )
     workers: int = Field(0, ge=0, le=64, validation_alias=_env("PYLOTO_WORKERS"))
     # set by `serve --workers N` for its children (see pyloto_cli.workers), not by users

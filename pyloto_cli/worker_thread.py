@@ -15,12 +15,13 @@ so the 200 does not queue behind LLM answers being parsed. It changes the order,
 of work: the worker gets every cycle the web thread leaves.
 
 A collection by Python's garbage collector holds the GIL from start to end, whichever thread
-runs it, and a webhook that arrives meanwhile waits. With Python's thresholds (700, 10, 10)
-the worker's young generation held 16 000 to 25 000 objects when it was collected (the
-coroutines, timers and requests of the messages waiting on the LLM: dicts and tuples that
-become tracked again are not counted towards the threshold), a pause of 4 to 19 ms about twice
-a second. `PYLOTO_GC_THRESHOLDS` (100, 10, 1000) makes young collections small and frequent
-(under 1 ms each) and full ones rare (docs/performance.md, session 12).
+runs it, and a webhook that arrives meanwhile waits. Python's thresholds (700, 10, 10) run a
+full collection every hundred young ones. `PYLOTO_GC_THRESHOLDS` (1000, 10, 1000) makes full
+ones rare, and young ones too: the count that triggers one is allocations minus deallocations,
+which the messages in flight keep near level, so at 100 webhooks a second a young collection
+(5 to 12 ms) comes every few seconds. A threshold of 100 (session 12) made one per webhook
+(0.1 ms each, and a 0.6 ms older one every ten): 6 % of pyloto's CPU per message
+(docs/performance.md, session 14).
 
 The memory queue belongs to one loop, so with it the worker stays on the web loop
 (`bootstrap.run_worker`), as it does with PYLOTO_WORKER_THREAD=false.

@@ -48,7 +48,7 @@ async def test_the_thread_answers_what_the_web_loop_enqueued(
         assert web.worker is None
         async with worker_thread(settings, web, on_failure=_unexpected):
             assert sys.getswitchinterval() == SWITCH_INTERVAL_S
-            assert gc.get_threshold() == settings.gc_thresholds == (100, 10, 1000)
+            assert gc.get_threshold() == settings.gc_thresholds == (1000, 10, 1000)
             (worker,) = (t for t in threading.enumerate() if t.name == "pyloto-worker")
             assert worker.native_id is not None
             web_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())

@@ -18,7 +18,7 @@ def test_the_default_makes_young_collections_small_and_full_ones_rare(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("PYLOTO_GC_THRESHOLDS", raising=False)
-    assert Settings(_env_file=None).gc_thresholds == (100, 10, 1000)
+    assert Settings(_env_file=None).gc_thresholds == (1000, 10, 1000)
 
 
 @pytest.mark.parametrize("raw", ["[0, 10, 10]", "[100, 10]", "[100, 10, -1]"])
