@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from pyloto_cli.domain import json_codec
+
 JsonObject = dict[str, Any]
 
 # Headers a push queue (Cloud Tasks) carries between tries of one task: pyloto's attempt count
@@ -47,7 +49,7 @@ class Task:
 
     def to_json(self) -> bytes:
         """Serialize for storage."""
-        return json.dumps(
+        return json_codec.dumps(
             {
                 "task_id": self.task_id,
                 "kind": self.kind.value,
@@ -57,10 +59,8 @@ class Task:
                 "item": self.item,
                 "value": self.value,
                 "field": self.field,
-            },
-            ensure_ascii=False,
-            separators=(",", ":"),
-        ).encode()
+            }
+        )
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Task:

@@ -22,7 +22,6 @@ construction (pydantic deep-copies every default); the answer comes back as the 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
@@ -36,6 +35,7 @@ from openai._models import FinalRequestOptions  # what `post()` builds; covered 
 from pyloto_cli.adapters.direct_http import DirectOpenAI, DirectOpenAIClient
 from pyloto_cli.adapters.http11 import Http11Transport2
 from pyloto_cli.adapters.llm.offline import NON_TEXT_REPLY
+from pyloto_cli.domain import json_codec
 from pyloto_cli.domain.reply import Reply
 from pyloto_cli.logs import get_logger, log_event
 from pyloto_cli.pipeline.breaker import CircuitBreaker
@@ -108,13 +108,13 @@ class OpenAIChat:
                 "type": "json_schema",
                 "json_schema": {"name": request.stage, "strict": True, "schema": request.schema},
             }
-        content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        content = json_codec.dumps(body)
         options = self._options.model_copy(
             update={"content": content, "timeout": request.timeout_s}
         )
         try:
             response = await self._client.request(httpx2.Response, options)
-            data = json.loads(response.content)
+            data = json_codec.loads(response.content)
         except openai.APIError as exc:
             raise _call_error(exc) from exc
         except ValueError as exc:  # a 200 whose body is not JSON (a proxy's page)

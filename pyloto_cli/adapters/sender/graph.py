@@ -22,7 +22,6 @@ send (SendPaused, fast, no request) until a probe send succeeds after the pause.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import re
 import time
@@ -38,6 +37,7 @@ from httpx_aiohttp import AiohttpTransport
 from pyloto_cli.adapters.direct_http import DirectGraphClient
 from pyloto_cli.adapters.http11 import Http11Transport
 from pyloto_cli.adapters.sender.limiter import SendLimiter
+from pyloto_cli.domain import json_codec
 from pyloto_cli.domain.errors import (
     AmbiguousSendError,
     PermanentError,
@@ -253,7 +253,7 @@ class GraphSender:
         response = await self._request(body, phone_number_id, peer, kind)
         duration_ms = round((time.perf_counter() - started) * 1000, 1)
         try:
-            data: Any = response.json()
+            data: Any = json_codec.loads(response.content)
         except ValueError:
             data = None
         if response.is_success and isinstance(data, dict):
@@ -269,8 +269,8 @@ class GraphSender:
         """POST once; again at once if the first try cannot have reached Meta (a stale
         keep-alive connection, a refused connect): that retry cannot duplicate a message."""
         url = self._url(phone_number_id)
-        content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        request = httpx.Request("POST", url, content=content.encode(), headers=self._headers)
+        content = json_codec.dumps(body)
+        request = httpx.Request("POST", url, content=content, headers=self._headers)
         try:
             return await self._client.send(request)
         except httpx.TransportError as exc:

@@ -13,7 +13,6 @@ closes it after the adapters). Either way the adapter creates its table on enter
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from pyloto_cli.adapters.attached import Attached
 from pyloto_cli.adapters.sqlite_db import SqliteAttachment, SqliteDatabase
+from pyloto_cli.domain import json_codec
 from pyloto_cli.domain.session import Session, Turn
 
 SCHEMA = (
@@ -38,11 +38,11 @@ _UPSERT = """INSERT INTO sessions (key, data, updated_at) VALUES (?, ?, ?)
 
 def _read(conn: sqlite3.Connection, key: str) -> Session | None:
     row = conn.execute("SELECT data FROM sessions WHERE key = ?", (key,)).fetchone()
-    return None if row is None else Session.from_dict(json.loads(row["data"]))
+    return None if row is None else Session.from_dict(json_codec.loads(row["data"]))
 
 
 def _write(conn: sqlite3.Connection, session: Session) -> None:
-    data = json.dumps(session.to_dict(), ensure_ascii=False, separators=(",", ":"))
+    data = json_codec.dumps(session.to_dict()).decode()
     conn.execute(_UPSERT, (session.key, data, session.updated_at))
 
 
