@@ -200,11 +200,11 @@ def serialize_request(
     method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]]
 ) -> bytes:
     """An HTTP/1.1 request's head (the body goes after it); a line break in it is refused."""
-    lines = [method + b" " + target + b" HTTP/1.1"]
-    lines.extend(name + b": " + value for name, value in headers)
-    if any(b"\r" in line or b"\n" in line for line in lines):
-        raise _Unsupported("a header name or value holds a line break")
+    lines = [method + b" " + target + b" HTTP/1.1", *[n + b": " + v for n, v in headers]]
     head = b"\r\n".join(lines)
+    breaks = len(lines) - 1  # the joins': any other CR or LF is in a line
+    if head.count(b"\n") != breaks or head.count(b"\r") != breaks:
+        raise _Unsupported("a header name or value holds a line break")
     return head + b"\r\n\r\n"
 
 
@@ -220,6 +220,19 @@ def _framed(raw: list[tuple[bytes, bytes]], body: bytes) -> list[tuple[bytes, by
     if body or len(kept) != len(raw):
         kept.append((b"Content-Length", str(len(body)).encode()))
     return kept
+
+
+async def _take_slot(slots: asyncio.Semaphore, wait_s: float | None) -> None:
+    """One of `slots`, waiting at most `wait_s`; a free one is taken at once, with no timer
+    (a semaphore that is not locked is acquired without waiting)."""
+    if not slots.locked():
+        await slots.acquire()
+        return
+    try:
+        async with asyncio.timeout(wait_s):
+            await slots.acquire()
+    except TimeoutError:
+        raise StageTimeout("pool", "no connection free in time") from None
 
 
 class ConnectionPool:
@@ -254,11 +267,7 @@ class ConnectionPool:
         if self._closed:
             raise RuntimeError("the transport is closed")
         if self._slots is not None:
-            try:
-                async with asyncio.timeout(timeouts.get("pool")):
-                    await self._slots.acquire()
-            except TimeoutError:
-                raise StageTimeout("pool", "no connection free in time") from None
+            await _take_slot(self._slots, timeouts.get("pool"))
         try:
             conn = self._idle_connection(origin) or await self._connect(origin, timeouts)
             try:

@@ -22,7 +22,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from pyloto_cli.adapters.http11 import Http11Transport, Http11Transport2
+from pyloto_cli.adapters.http11 import (
+    Http11Transport,
+    Http11Transport2,
+    _Unsupported,
+    serialize_request,
+)
 from tests.fakes.raw_http import plain, raw_server
 
 
@@ -145,6 +150,20 @@ async def test_header_with_line_break_is_refused_unsent(flavour: Flavour) -> Non
         with pytest.raises(flavour.http.UnsupportedProtocol):
             await client.post(server.url, content=b"1", headers={"X-Bad": "a\r\nX-Evil: 1"})
     assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    "header",
+    [(b"X-A", b"1\n"), (b"X-A", b"\r1"), (b"X-A\r", b"1"), (b"X\nA", b"1"), (b"X-A", b"a\r\nB: 1")],
+)
+def test_any_cr_or_lf_in_a_header_is_refused(header: tuple[bytes, bytes]) -> None:
+    good = [(b"Host", b"example.test"), (b"Content-Length", b"2")]
+    assert serialize_request(b"POST", b"/v1/x", good) == (
+        b"POST /v1/x HTTP/1.1\r\nHost: example.test\r\nContent-Length: 2\r\n\r\n"
+    )
+    for headers in ([header], [*good, header], [header, *good]):
+        with pytest.raises(_Unsupported, match="line break"):
+            serialize_request(b"POST", b"/v1/x", headers)
 
 
 async def test_other_schemes_are_refused(flavour: Flavour) -> None:
