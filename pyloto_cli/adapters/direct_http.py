@@ -129,10 +129,12 @@ class DirectOpenAIClient(DefaultAioHttpClient):
                 timeout=timeout,
                 extensions=extensions,
             )
-        encoding = self.headers.encoding
-        defaults = [(name.decode(encoding), value) for name, value in self.headers.raw]
-        merged = [
-            (name, value.decode(encoding)) for name, value in defaults if name.lower() not in given
+        # the defaults as they are stored (bytes; the client's cached encoding may predate a
+        # default added beyond ASCII), then this call's own
+        merged: list[tuple[Any, Any]] = [
+            (name, value)
+            for name, value in self.headers.raw
+            if name.lower().decode("latin-1") not in given
         ]
         merged.extend(cast(list[tuple[str, str]], headers))
         chosen = self.timeout if isinstance(timeout, Httpx2Default) else httpx2.Timeout(timeout)
@@ -238,6 +240,7 @@ class _Template:
     url: httpx2.URL
     headers: list[tuple[bytes, bytes]]  # all but Content-Length, in order
     timeout: dict[str, float | None]
+    encoding: str  # the headers': Content-Length's digits do not change it
 
     @classmethod
     def of(cls, request: httpx2.Request) -> _Template | None:
@@ -249,17 +252,20 @@ class _Template:
         timeout = request.extensions.get("timeout")
         if not isinstance(timeout, dict) or len(request.extensions) != 1:
             return None
-        return cls(request.method, request.url, raw[:-1], timeout)
+        return cls(request.method, request.url, raw[:-1], timeout, request.headers.encoding)
 
     def build(self, content: bytes) -> httpx2.Request:
-        """The same request with `content` as its body."""
-        return httpx2.Request(
+        """The same request with `content` as its body. Its headers' encoding is set, not
+        found again by decoding every header at the SDK's first look at one."""
+        request = httpx2.Request(
             self.method,
             self.url,
             headers=[*self.headers, (b"Content-Length", str(len(content)).encode())],
             stream=httpx2.ByteStream(content),
             extensions={"timeout": dict(self.timeout)},
         )
+        request.headers.encoding = self.encoding
+        return request
 
 
 class DirectOpenAI(AsyncOpenAI):

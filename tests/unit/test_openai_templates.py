@@ -49,6 +49,8 @@ def options(content: bytes | None, **fields: Any) -> FinalRequestOptions:
 def assert_same(ours: httpx2.Request, theirs: httpx2.Request) -> None:
     assert (ours.method, ours.url) == (theirs.method, theirs.url)
     assert ours.headers.raw == theirs.headers.raw  # names, case, order, Content-Length
+    assert ours.headers.encoding == theirs.headers.encoding
+    assert ours.headers == theirs.headers
     assert ours.read() == theirs.read()
     assert ours.extensions == theirs.extensions
 
@@ -77,6 +79,20 @@ async def test_a_like_call_is_built_from_the_template_as_the_sdk_builds_it(
             ours = sdk._build_request(later, retries_taken=retries)
             assert_same(ours, SDK_BUILD(sdk, later, retries_taken=retries))
         assert len(sdk_builds) == 1  # the later ones did not go through the SDK's builder
+
+
+async def test_a_default_header_beyond_ascii_keeps_its_encoding(sdk_builds: list[str]) -> None:
+    http = DirectOpenAIClient(headers={"X-Client": "caf\u00e9".encode()}, timeout=3.0)
+    sdk = DirectOpenAI(api_key="sk-one", base_url="http://api.test/v1", http_client=http)
+    async with sdk:
+        sdk._build_request(options(b'{"a":1}'))
+        later = options(b'{"b":2}', idempotency_key="stainless-python-retry-2")
+        ours = sdk._build_request(later)
+        theirs = SDK_BUILD(sdk, later)
+    assert len(sdk_builds) == 1  # the first call: `ours` came from its template
+    assert_same(ours, theirs)
+    assert ours.headers.encoding == "utf-8"
+    assert ours.headers["x-client"] == "caf\u00e9"
 
 
 async def test_each_try_number_and_timeout_has_its_own_template(sdk_builds: list[str]) -> None:
