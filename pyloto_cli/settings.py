@@ -133,7 +133,7 @@ class Settings(BaseSettings):
     # how many nice steps below the web thread that worker thread runs (Linux; 0: the same)
     worker_nice: int = Field(10, ge=0, le=19, validation_alias=_env("PYLOTO_WORKER_NICE"))
     # the garbage collector's thresholds while serve's worker thread runs (JSON: [1000, 10, 1000];
-    # Python's own are [700, 10, 10]): young collections a few times a minute and full ones
+    # Python's own are [700, 10, 10]): young collections every second or few and full ones
     # rare, not one per webhook (docs/performance.md, sessions 12 and 14)
     gc_thresholds: tuple[_Threshold, _Threshold, _Threshold] = Field(
         (1000, 10, 1000), validation_alias=_env("PYLOTO_GC_THRESHOLDS")

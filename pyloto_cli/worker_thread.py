@@ -18,10 +18,10 @@ A collection by Python's garbage collector holds the GIL from start to end, whic
 runs it, and a webhook that arrives meanwhile waits. Python's thresholds (700, 10, 10) run a
 full collection every hundred young ones. `PYLOTO_GC_THRESHOLDS` (1000, 10, 1000) makes full
 ones rare, and young ones too: the count that triggers one is allocations minus deallocations,
-which the messages in flight keep near level, so at 100 webhooks a second a young collection
-(5 to 12 ms) comes every few seconds. A threshold of 100 (session 12) made one per webhook
-(0.1 ms each, and a 0.6 ms older one every ten): 6 % of pyloto's CPU per message
-(docs/performance.md, session 14).
+which the messages in flight keep near level, so a young collection comes every second or few
+(in the bench at 100 webhooks a second, 3 or 4 in 7 s, 5 to 12 ms each). A threshold of 100
+(session 12) made one per webhook (0.1 ms each, and a 0.6 ms older one every ten): 6 % of
+pyloto's CPU per message (docs/performance.md, session 14).
 
 The memory queue belongs to one loop, so with it the worker stays on the web loop
 (`bootstrap.run_worker`), as it does with PYLOTO_WORKER_THREAD=false.

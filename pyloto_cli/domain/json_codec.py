@@ -8,8 +8,8 @@ bytes (docs/performance.md, session 14). The log lines keep the standard library
 
 `dumps` writes what `json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()`
 writes, but for a float in exponent form (`1e-7` for `1e-07`: the same number); what orjson
-refuses (an integer beyond 64 bits, a key that is not a string, a type it
-does not know) goes to the standard library, so nothing that encoded before fails now. One
+refuses (an integer beyond 64 bits, a key that is not a string) goes to the standard library,
+so nothing that encoded before fails now (a type neither knows is still a TypeError). One
 difference: orjson writes NaN and infinities as null (the standard library writes `NaN`,
 which is not JSON).
 

@@ -15,7 +15,6 @@ With `ttl_s`, every write also (re)sets both keys' expiry: idle conversations th
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ from redis.typing import EncodableT, FieldT
 
 from pyloto_cli.adapters.attached import Attached
 from pyloto_cli.adapters.redis_db import RedisConnection, text
+from pyloto_cli.domain import json_codec
 from pyloto_cli.domain.session import Session, Turn
 
 _UPDATED = "updated_at"
@@ -34,7 +34,7 @@ _META = "m:"
 
 
 def _encode_turn(turn: Turn) -> str:
-    return json.dumps(turn.to_dict(), ensure_ascii=False, separators=(",", ":"))
+    return json_codec.dumps(turn.to_dict()).decode()
 
 
 def _session(key: str, fields: dict[Any, Any], turns: Sequence[bytes | str]) -> Session | None:
@@ -45,7 +45,7 @@ def _session(key: str, fields: dict[Any, Any], turns: Sequence[bytes | str]) -> 
     meta = {name[len(_META) :]: value for name, value in decoded.items() if name.startswith(_META)}
     return Session(
         key=key,
-        turns=tuple(Turn.from_dict(json.loads(raw)) for raw in turns),
+        turns=tuple(Turn.from_dict(json_codec.loads(raw)) for raw in turns),
         updated_at=float(decoded.get(_UPDATED, 0.0)),
         meta=meta,
     )
