@@ -238,9 +238,8 @@ class _Template:
 
     method: str
     url: httpx2.URL
-    headers: list[tuple[bytes, bytes]]  # all but Content-Length, in order
+    headers: httpx2.Headers  # all but Content-Length, in order, with their encoding
     timeout: dict[str, float | None]
-    encoding: str  # the headers': Content-Length's digits do not change it
 
     @classmethod
     def of(cls, request: httpx2.Request) -> _Template | None:
@@ -252,19 +251,22 @@ class _Template:
         timeout = request.extensions.get("timeout")
         if not isinstance(timeout, dict) or len(request.extensions) != 1:
             return None
-        return cls(request.method, request.url, raw[:-1], timeout, request.headers.encoding)
+        headers = httpx2.Headers(raw[:-1], request.headers.encoding)
+        return cls(request.method, request.url, headers, timeout)
 
     def build(self, content: bytes) -> httpx2.Request:
-        """The same request with `content` as its body. Its headers' encoding is set, not
-        found again by decoding every header at the SDK's first look at one."""
+        """The same request with `content` as its body. The headers are copied as httpx2
+        stores them, with their encoding (Content-Length's digits do not change it), so
+        neither is worked out again per call."""
+        headers = httpx2.Headers(self.headers, self.headers.encoding)
+        headers["Content-Length"] = str(len(content))
         request = httpx2.Request(
             self.method,
             self.url,
-            headers=[*self.headers, (b"Content-Length", str(len(content)).encode())],
             stream=httpx2.ByteStream(content),
             extensions={"timeout": dict(self.timeout)},
         )
-        request.headers.encoding = self.encoding
+        request.headers = headers
         return request
 
 
