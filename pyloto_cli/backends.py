@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyloto_cli.adapters.sqlite_db import SqliteDatabase
 from pyloto_cli.domain.errors import BackendUnavailable
-from pyloto_cli.pipeline.retry import RetryPolicy
+from pyloto_cli.domain.retry import RetryPolicy
 from pyloto_cli.ports import (
     DeadLetterStore,
     Deduper,

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pyloto_cli import backends
+from pyloto_cli.domain.retry import RetryPolicy
 from pyloto_cli.logs import get_logger, log_event
 from pyloto_cli.pipeline.process import Pipeline, PipelineConfig
-from pyloto_cli.pipeline.retry import RetryPolicy
 from pyloto_cli.pipeline.worker import Worker
 from pyloto_cli.ports import (
     DeadLetterStore,

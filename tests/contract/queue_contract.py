@@ -16,8 +16,8 @@ from typing import Protocol, Self
 import pytest
 
 from pyloto_cli.domain.errors import BackendUnavailable, StaleLeaseError
+from pyloto_cli.domain.retry import RetryPolicy
 from pyloto_cli.domain.task import Leased, NackOutcome, Task, TaskKind
-from pyloto_cli.pipeline.retry import RetryPolicy
 from pyloto_cli.ports import MessageQueue, QueueAdmin
 
 LEASE_S = 30.0

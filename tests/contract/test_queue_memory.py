@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pyloto_cli.adapters.queue.memory import MemoryMessageQueue
-from pyloto_cli.pipeline.retry import RetryPolicy
+from pyloto_cli.domain.retry import RetryPolicy
 from tests.contract.queue_contract import ContractQueue, FakeClock, MakeQueue, QueueContract
 
 

@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from pyloto_cli.adapters.queue.redis_streams import RedisStreamsQueue
 from pyloto_cli.adapters.redis_db import text
 from pyloto_cli.domain.errors import BackendUnavailable, StaleLeaseError
-from pyloto_cli.pipeline.retry import RetryPolicy
+from pyloto_cli.domain.retry import RetryPolicy
 from tests.contract.queue_contract import (
     LEASE_S,
     ContractQueue,

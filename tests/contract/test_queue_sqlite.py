@@ -9,7 +9,7 @@ import pytest
 
 from pyloto_cli.adapters.queue.sqlite import SqliteMessageQueue
 from pyloto_cli.adapters.sqlite_db import SqliteDatabase
-from pyloto_cli.pipeline.retry import RetryPolicy
+from pyloto_cli.domain.retry import RetryPolicy
 from tests.contract.queue_contract import (
     ContractQueue,
     DurableQueueContract,

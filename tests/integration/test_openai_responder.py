@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from pyloto_cli.adapters.llm.openai import CIRCUIT_OPEN, OpenAIResponder, open_openai_client
+from pyloto_cli.domain.breaker import BreakerState, CircuitBreaker
 from pyloto_cli.domain.reply import ReplyKind
 from pyloto_cli.domain.webhook import MessageType
-from pyloto_cli.pipeline.breaker import BreakerState, CircuitBreaker
 from pyloto_cli.settings import Settings
 from tests.fakes import request
 from tests.fakes.openai_server import FakeAnswer, FakeOpenAIServer

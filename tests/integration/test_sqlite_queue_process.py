@@ -23,8 +23,8 @@ from pyloto_cli.adapters.queue import sqlite as sqlite_queue
 from pyloto_cli.adapters.queue.sqlite import SqliteMessageQueue
 from pyloto_cli.adapters.sqlite_db import SqliteDatabase
 from pyloto_cli.domain.errors import StaleLeaseError
+from pyloto_cli.domain.retry import RetryPolicy
 from pyloto_cli.domain.task import Leased
-from pyloto_cli.pipeline.retry import RetryPolicy
 from tests.contract.queue_contract import FakeClock, ids, make_task
 
 LEASE_S = 30.0
@@ -35,7 +35,7 @@ DEADLINE_S = 20.0
 LEASER = """
 import asyncio, json, sys
 from pyloto_cli.adapters.queue.sqlite import SqliteMessageQueue
-from pyloto_cli.pipeline.retry import RetryPolicy
+from pyloto_cli.domain.retry import RetryPolicy
 
 async def main(path: str, hold: bool) -> None:
     async with SqliteMessageQueue(path, RetryPolicy()) as queue:

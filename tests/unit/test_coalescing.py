@@ -18,11 +18,11 @@ from pyloto_cli.adapters.sessions.memory import MemorySessionStore
 from pyloto_cli.adapters.statuses.memory import MemoryStatusStore
 from pyloto_cli.bootstrap import open_runtime
 from pyloto_cli.domain.errors import PermanentError, TransientError
+from pyloto_cli.domain.retry import RetryPolicy
 from pyloto_cli.domain.session import Role, Session
 from pyloto_cli.domain.task import JsonObject, Leased, Task
 from pyloto_cli.domain.webhook import split_webhook
 from pyloto_cli.pipeline.process import Outcome, Pipeline
-from pyloto_cli.pipeline.retry import RetryPolicy
 from pyloto_cli.pipeline.worker import Worker
 from pyloto_cli.ports import ClaimResult, Deduper
 from pyloto_cli.settings import Settings

@@ -24,11 +24,11 @@ from pyloto_cli.domain.errors import (
     SendPaused,
     TransientError,
 )
+from pyloto_cli.domain.retry import RetryPolicy
 from pyloto_cli.domain.session import Role, Session, Turn
 from pyloto_cli.domain.task import JsonObject, Leased
 from pyloto_cli.domain.webhook import split_webhook
 from pyloto_cli.pipeline.process import Outcome, Pipeline, PipelineConfig
-from pyloto_cli.pipeline.retry import RetryPolicy
 from pyloto_cli.pipeline.worker import Worker
 from pyloto_cli.ports import ClaimResult, SendResult
 from tests.unit.pipeline_support import PNID, FlakyDeduper, RecordingSender, message, webhook

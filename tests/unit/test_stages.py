@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from pyloto_cli.domain.breaker import BreakerState, CircuitBreaker
 from pyloto_cli.domain.reply import ReplyKind
-from pyloto_cli.pipeline.breaker import BreakerState, CircuitBreaker
 from pyloto_cli.pipeline.llm_output import EVENTS, parse_event, parse_message_type
 from pyloto_cli.pipeline.stages import (
     ChatRequest,

@@ -36,9 +36,9 @@ from pyloto_cli.adapters.direct_http import DirectOpenAI, DirectOpenAIClient
 from pyloto_cli.adapters.http11 import Http11Transport2
 from pyloto_cli.adapters.llm.offline import NON_TEXT_REPLY
 from pyloto_cli.domain import json_codec
+from pyloto_cli.domain.breaker import CircuitBreaker
 from pyloto_cli.domain.reply import Reply
 from pyloto_cli.logs import get_logger, log_event
-from pyloto_cli.pipeline.breaker import CircuitBreaker
 from pyloto_cli.pipeline.stages import (
     ChatRequest,
     LLMCallError,

@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import Self
 
 from pyloto_cli.domain.errors import BackendUnavailable, StaleLeaseError
+from pyloto_cli.domain.retry import RetryPolicy
 from pyloto_cli.domain.task import (
     DeadLetter,
     EnqueueResult,
@@ -30,7 +31,6 @@ from pyloto_cli.domain.task import (
     Task,
 )
 from pyloto_cli.logs import get_logger, log_event
-from pyloto_cli.pipeline.retry import RetryPolicy
 
 _log = get_logger("queue.memory")
 

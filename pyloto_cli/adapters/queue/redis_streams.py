@@ -47,6 +47,7 @@ from redis.exceptions import RedisError, ResponseError
 from pyloto_cli.adapters.queue import redis_streams_lua as lua
 from pyloto_cli.adapters.redis_db import LuaScript, RedisConnection, text
 from pyloto_cli.domain.errors import StaleLeaseError
+from pyloto_cli.domain.retry import RetryPolicy
 from pyloto_cli.domain.task import (
     DeadLetter,
     EnqueueResult,
@@ -56,7 +57,6 @@ from pyloto_cli.domain.task import (
     Task,
 )
 from pyloto_cli.logs import get_logger, log_event
-from pyloto_cli.pipeline.retry import RetryPolicy
 
 _log = get_logger("queue.redis")
 _GROUP = "workers"

@@ -33,6 +33,7 @@ from typing import Any, Self, TypeVar
 
 from pyloto_cli.adapters.sqlite_db import Operation, SqliteAttachment, SqliteDatabase
 from pyloto_cli.domain.errors import StaleLeaseError
+from pyloto_cli.domain.retry import RetryPolicy
 from pyloto_cli.domain.task import (
     DeadLetter,
     EnqueueResult,
@@ -42,7 +43,6 @@ from pyloto_cli.domain.task import (
     Task,
 )
 from pyloto_cli.logs import get_logger, log_event
-from pyloto_cli.pipeline.retry import RetryPolicy
 
 _log = get_logger("queue.sqlite")
 
