@@ -1,8 +1,10 @@
-"""Shared fixtures: settings without `.env`, fixture files, real servers (tests/servers.py)."""
+"""Shared fixtures: a hermetic environment, settings without `.env`, fixture files, real servers
+(tests/servers.py)."""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,37 @@ pytest_plugins = ["tests.servers"]
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
+
+# Every variable pyloto, the OpenAI SDK or the Google clients read: a developer's real keys and
+# servers must never reach a test. Tests that need a server take its address from a fixture.
+HERMETIC_PREFIXES = (
+    "PYLOTO_",
+    "OPENAI_",
+    "WHATSAPP_",
+    "GRAPH_",
+    "REDIS_",
+    "GOOGLE_",
+    "FIRESTORE_",
+    "CLOUD",
+    "PUBSUB_",
+)
+# Settings read these names too, without a prefix of their own.
+HERMETIC_NAMES = ("QUEUE_BACKEND", "SESSION_STORE_BACKEND", "DEDUPE_BACKEND", "PORT")
+
+
+def make_hermetic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Clear the settings' variables and stop Settings from reading a `.env` in the cwd; the
+    monkeypatch restores both."""
+    for name in list(os.environ):
+        if name.startswith(HERMETIC_PREFIXES) or name in HERMETIC_NAMES:
+            monkeypatch.delenv(name)
+    monkeypatch.setitem(Settings.model_config, "env_file", None)
+
+
+@pytest.fixture(autouse=True)
+def hermetic_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts hermetic; subprocesses it starts inherit the cleared environment."""
+    make_hermetic(monkeypatch)
 
 
 @pytest.fixture

@@ -1,11 +1,14 @@
 """Real servers for integration tests: Redis, the Firestore emulator and the Cloud Tasks emulator.
 
 A pytest plugin (registered in tests/conftest.py). Each session fixture uses the server its
-environment variable names when that server answers (`REDIS_URL`, `FIRESTORE_EMULATOR_HOST`,
-`CLOUD_TASKS_EMULATOR_HOST`, e.g. from `scripts/test-services.sh start`); otherwise it starts the
-server itself on a free 127.0.0.1 port, polls it to a deadline and stops it after the session.
-A server that cannot be found or started fails the test with its log tail and the install hint;
-nothing is ever skipped.
+environment variable named when the session began (`REDIS_URL`, `FIRESTORE_EMULATOR_HOST`,
+`CLOUD_TASKS_EMULATOR_HOST`, e.g. from `scripts/test-services.sh start`), if that address is on
+loopback and the server answers; otherwise it starts the server itself on a free 127.0.0.1 port,
+polls it to a deadline and stops it after the session. A server that cannot be found or started
+fails the test with its log tail and the install hint; nothing is ever skipped.
+
+Those variables are read once, at start-up (`pytest_configure`): tests run with them cleared
+(`hermetic_env` in tests/conftest.py) and get an address only from these fixtures.
 
 Function-scoped helpers isolate tests on shared servers: a unique Redis key prefix (its keys are
 deleted afterwards by SCAN, never FLUSHDB), a unique Firestore project (its documents are wiped
@@ -19,7 +22,7 @@ import os
 import shutil
 import socket
 import subprocess
-import time
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -28,6 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
+from tests.waiting import poll_until
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -46,6 +51,25 @@ FIRESTORE_HINT = (
     "or set FIRESTORE_EMULATOR_JAR to a copy of the jar; see scripts/install-test-deps.sh"
 )
 START_ATTEMPTS = 3
+_SERVER_VARIABLES = ("REDIS_URL", "FIRESTORE_EMULATOR_HOST", "CLOUD_TASKS_EMULATOR_HOST")
+_CONFIGURED = pytest.StashKey[dict[str, str]]()
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Remember the servers the shell points at before any test clears the environment."""
+    config.stash[_CONFIGURED] = {
+        name: os.environ[name] for name in _SERVER_VARIABLES if os.environ.get(name)
+    }
+
+
+def _configured(config: pytest.Config, name: str) -> str | None:
+    """The address `name` held at start-up, if it is on loopback (tests never leave the host)."""
+    value = config.stash[_CONFIGURED].get(name)
+    if value is None:
+        return None
+    host = urllib.parse.urlsplit(value if "://" in value else f"//{value}").hostname
+    return value if host in _LOOPBACK else None
 
 
 # --- probes ---------------------------------------------------------------------------------
@@ -137,17 +161,20 @@ def _start_server(
                 command(port), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
         started = _Started(name, process, log)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and process.poll() is None:
-            if ready(port) and process.poll() is None:
+        try:
+            poll_until(
+                lambda proc=process, port=port: proc.poll() is not None or ready(port),
+                within=timeout_s,
+                interval=0.05,
+                what=f"{name} ready",
+            )
+        except AssertionError:
+            failure = f"{name} not ready on 127.0.0.1:{port} after {timeout_s:.0f}s"
+        else:
+            if process.poll() is None:
                 return started, port
-            time.sleep(0.05)
+            failure = f"{name} exited with code {process.returncode}"
         started.stop()
-        failure = (
-            f"{name} exited with code {process.returncode}"
-            if time.monotonic() < deadline
-            else f"{name} not ready on 127.0.0.1:{port} after {timeout_s:.0f}s"
-        )
         failure += f"; last lines of {log}:\n{started.tail()}"
     pytest.fail(f"{failure}\n{hint}", pytrace=False)
 
@@ -184,9 +211,9 @@ def _server_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def redis_url(_server_logs: Path) -> Iterator[str]:
+def redis_url(pytestconfig: pytest.Config, _server_logs: Path) -> Iterator[str]:
     """`redis://127.0.0.1:PORT/0` of a live Redis: `REDIS_URL` if it answers, else our own."""
-    configured = os.environ.get("REDIS_URL")
+    configured = _configured(pytestconfig, "REDIS_URL")
     if configured and _redis_answers(configured):
         yield configured
         return
@@ -208,10 +235,10 @@ def redis_url(_server_logs: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def firestore_emulator_host(_server_logs: Path) -> Iterator[str]:
-    """`127.0.0.1:PORT` of a Firestore emulator, also exported as `FIRESTORE_EMULATOR_HOST`
-    for the session (the Google client reads it when it is built)."""
-    configured = os.environ.get("FIRESTORE_EMULATOR_HOST")
+def firestore_emulator_host(pytestconfig: pytest.Config, _server_logs: Path) -> Iterator[str]:
+    """`127.0.0.1:PORT` of a Firestore emulator: `FIRESTORE_EMULATOR_HOST` if it answers, else
+    our own. `firestore_project` hands it to the Google client."""
+    configured = _configured(pytestconfig, "FIRESTORE_EMULATOR_HOST")
     if configured and _firestore_answers(configured):
         yield configured
         return
@@ -227,20 +254,17 @@ def firestore_emulator_host(_server_logs: Path) -> Iterator[str]:
         FIRESTORE_HINT,
         timeout_s=60.0,
     )
-    host = f"127.0.0.1:{port}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("FIRESTORE_EMULATOR_HOST", host)
-        try:
-            yield host
-        finally:
-            started.stop()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        started.stop()
 
 
 @pytest.fixture(scope="session")
-def cloud_tasks_emulator_host(_server_logs: Path) -> Iterator[str]:
+def cloud_tasks_emulator_host(pytestconfig: pytest.Config, _server_logs: Path) -> Iterator[str]:
     """`127.0.0.1:PORT` of the Cloud Tasks emulator (gRPC): `CLOUD_TASKS_EMULATOR_HOST` if it
     answers, else one started from `.services/tasks-venv` with `--max-retries 3`."""
-    configured = os.environ.get("CLOUD_TASKS_EMULATOR_HOST")
+    configured = _configured(pytestconfig, "CLOUD_TASKS_EMULATOR_HOST")
     if configured and _tcp_open(configured):
         yield configured
         return
@@ -298,8 +322,13 @@ async def redis_client(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
 
 
 @pytest.fixture
-def firestore_project(firestore_emulator_host: str) -> Iterator[str]:
-    """A Firestore project id of this test's own; its documents are wiped afterwards."""
+def firestore_project(
+    firestore_emulator_host: str, hermetic_env: None, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """A Firestore project id of this test's own, with `FIRESTORE_EMULATOR_HOST` set to the
+    emulator for this test (the Google client reads only that variable); its documents are
+    wiped afterwards."""
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", firestore_emulator_host)
     project = _unique("pyloto-test")
     yield project
     base = f"http://{firestore_emulator_host}/emulator/v1/projects/{project}"

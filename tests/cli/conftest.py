@@ -11,28 +11,11 @@ from typer.testing import CliRunner
 
 from pyloto_cli.logs import LOGGER_NAME
 
-_LEAKY_ENV = (
-    "WHATSAPP_ACCESS_TOKEN",
-    "WHATSAPP_APP_SECRET",
-    "WHATSAPP_VERIFY_TOKEN",
-    "OPENAI_API_KEY",
-    "OPENAI_BASE_URL",
-    "QUEUE_BACKEND",
-    "SESSION_STORE_BACKEND",
-    "DEDUPE_BACKEND",
-    "GRAPH_API_URL",
-    "PYLOTO_MAX_ATTEMPTS",
-    "PYLOTO_LOG_LEVEL",
-    "PYLOTO_LOG_FORMAT",
-    "PYLOTO_MARK_READ",
-)
-
 
 @pytest.fixture(autouse=True)
-def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Run in tmp_path (so no `.env` is read) with PYLOTO_DATA_DIR there; returns the data dir."""
-    for name in _LEAKY_ENV:
-        monkeypatch.delenv(name, raising=False)
+def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hermetic_env: None) -> Path:
+    """Run in tmp_path with PYLOTO_DATA_DIR there (on top of `hermetic_env` in tests/conftest.py,
+    which clears every setting's variable); returns the data dir."""
     monkeypatch.chdir(tmp_path)
     data_dir = tmp_path / "data"
     monkeypatch.setenv("PYLOTO_DATA_DIR", str(data_dir))
