@@ -18,6 +18,7 @@ afterwards), and a unique Cloud Tasks queue (deleted afterwards).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import socket
@@ -143,6 +144,12 @@ class _Started:
                 self.process.wait(timeout=10)
 
 
+def _up_or_exited(
+    process: subprocess.Popen[bytes], ready: Callable[[int], bool], port: int
+) -> bool:
+    return process.poll() is not None or ready(port)
+
+
 def _start_server(
     name: str,
     command: Callable[[int], list[str]],
@@ -163,7 +170,7 @@ def _start_server(
         started = _Started(name, process, log)
         try:
             poll_until(
-                lambda proc=process, port=port: proc.poll() is not None or ready(port),
+                functools.partial(_up_or_exited, process, ready, port),
                 within=timeout_s,
                 interval=0.05,
                 what=f"{name} ready",
