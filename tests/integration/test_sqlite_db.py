@@ -15,6 +15,7 @@ import pytest
 from pyloto_cli.adapters import sqlite_db
 from pyloto_cli.adapters.sqlite_db import SqliteDatabase, begin, is_busy
 from pyloto_cli.domain.errors import BackendUnavailable
+from tests.waiting import wait_until
 
 SCHEMA = ("CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY, v TEXT)",)
 
@@ -62,18 +63,17 @@ async def test_wal_is_checkpointed_in_the_background(tmp_path: Path) -> None:
     async with SqliteDatabase(path, schema=SCHEMA) as db:
         for i in range(50):
             await db.run(insert(f"k{i}"))
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
+
+        def copied() -> bool:
             probe = sqlite3.connect(path)
             try:
                 busy, log, done = probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             finally:
                 probe.close()
             # a background checkpoint already copied every frame when this one found none new
-            if log > 0 and done == log and busy == 0 and db.checkpoints > 0:
-                break
-            await asyncio.sleep(0.1)
-        assert db.checkpoints > 0
+            return bool(log > 0 and done == log and busy == 0 and db.checkpoints > 0)
+
+        await wait_until(copied, within=5.0, interval=0.1, what="a background checkpoint")
 
 
 async def test_closed_database_refuses_work(tmp_path: Path) -> None:
@@ -149,7 +149,7 @@ async def test_under_steady_writes_the_log_is_emptied(
         while time.monotonic() < deadline:  # a commit every 5 ms or so
             await db.run(insert(str(i), big))
             i += 1
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # the load's pace: a writer that never stops is the case
         wal = path.with_name(path.name + "-wal").stat().st_size
         assert db.truncations >= 2
         (rows,) = await db.run(
@@ -168,7 +168,7 @@ async def test_a_lazy_write_waits_for_the_next_transaction_and_goes_first(tmp_pa
     operation (which sees its write), and both share one commit."""
     async with SqliteDatabase(tmp_path / "db.sqlite", schema=SCHEMA, lazy_wait_s=30.0) as db:
         lazy = asyncio.create_task(db.run(insert("lazy"), lazy=True))
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # a window in which it must not commit on its own
         assert not lazy.done()
         assert db.pending == 1
         commits = db.commits
@@ -193,7 +193,7 @@ async def test_a_failing_lazy_write_fails_alone(tmp_path: Path) -> None:
     async with SqliteDatabase(tmp_path / "db.sqlite", schema=SCHEMA, lazy_wait_s=30.0) as db:
         await db.run(insert("a"))
         duplicate = asyncio.create_task(db.run(insert("a"), lazy=True))
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one loop turn: the task hands its write to the database
         await db.run(insert("b"))
         with pytest.raises(sqlite3.IntegrityError):
             await duplicate
@@ -205,7 +205,7 @@ async def test_close_commits_the_lazy_writes_still_waiting(tmp_path: Path) -> No
     db = SqliteDatabase(path, schema=SCHEMA, lazy_wait_s=30.0)
     async with db:
         lazy = asyncio.create_task(db.run(insert("last"), lazy=True))
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one loop turn: the task hands its write to the database
     await asyncio.wait_for(lazy, timeout=10)
     with sqlite3.connect(path) as other:
         assert keys(other) == ["last"]
@@ -259,9 +259,11 @@ async def test_an_inline_write_waits_in_the_writer_while_another_process_writes(
     async with SqliteDatabase(path, schema=SCHEMA, busy_wait_s=30.0) as db:
         with another_writer(path) as other:
             first = asyncio.create_task(db.run(on_thread("first", threads)))
-            await asyncio.sleep(0.05)  # the writer holds its batch, waiting for the lock
+            await asyncio.sleep(0)  # one loop turn: the task hands its write to the writer
+            # the writer took it into its batch and waits for the lock
+            await wait_until(lambda: db.pending == 0, what="the writer taking the first write")
             second = asyncio.create_task(db.run(on_thread("second", threads), inline=True))
-            await asyncio.sleep(0.1)  # the loop runs: nothing retries on it
+            await asyncio.sleep(0.1)  # a window in which neither may finish: the lock is held
             assert not first.done()
             assert not second.done()
             other.execute("COMMIT")
@@ -283,7 +285,7 @@ async def test_an_inline_write_moves_to_the_writer_when_another_process_holds_th
     async with SqliteDatabase(path, schema=SCHEMA, busy_wait_s=30.0) as db:
         with another_writer(path) as other:
             write = asyncio.create_task(db.run(on_thread("moved", threads), inline=True))
-            await asyncio.sleep(0.1)  # the loop runs while the writer waits for the lock
+            await asyncio.sleep(0.1)  # a window in which it may not finish: the lock is held
             assert not write.done()
             other.execute("COMMIT")
             await asyncio.wait_for(write, timeout=10)

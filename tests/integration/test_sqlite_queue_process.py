@@ -26,6 +26,7 @@ from pyloto_cli.domain.errors import StaleLeaseError
 from pyloto_cli.domain.retry import RetryPolicy
 from pyloto_cli.domain.task import Leased
 from tests.contract.queue_contract import FakeClock, ids, make_task
+from tests.waiting import poll_until
 
 LEASE_S = 30.0
 DEADLINE_S = 20.0
@@ -105,7 +106,7 @@ async def test_an_ack_joins_the_next_lease_which_then_takes_the_conversations_ne
         [first] = await queue.lease(10, LEASE_S)
         commits = db.commits
         ack = asyncio.create_task(queue.ack(first))
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # a window in which the lazy ack must not commit on its own
         assert not ack.done()
         assert ids(await queue.lease(10, LEASE_S)) == ["c1-m2"]
         await ack
@@ -153,9 +154,7 @@ async def test_concurrent_enqueues_share_a_commit(queue: SqliteMessageQueue) -> 
 
     def hold_writer_until_all_wait(conn: sqlite3.Connection) -> None:
         entered.set()
-        deadline = time.monotonic() + DEADLINE_S
-        while queue.db.pending < 50 and time.monotonic() < deadline:
-            time.sleep(0.001)
+        poll_until(lambda: queue.db.pending >= 50, within=DEADLINE_S, interval=0.001)
 
     before = queue.db.commits
     gate = asyncio.ensure_future(queue.db.run(hold_writer_until_all_wait))
@@ -202,7 +201,7 @@ async def test_an_idle_poll_does_not_wait_for_another_process_writing(
         assert ids(await queue.lease(1, LEASE_S)) == ["a"]
         other.execute("BEGIN IMMEDIATE")
         leasing = asyncio.create_task(queue.lease(10, LEASE_S))
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # a window in which it may not finish: the lock is held
         assert not leasing.done()  # it found work last time: it went straight for the lock
         other.execute("COMMIT")
         assert ids(await asyncio.wait_for(leasing, 2.0)) == ["b"]
@@ -234,7 +233,7 @@ async def test_an_enqueue_commits_on_the_callers_thread_unless_another_process_w
     try:
         other.execute("BEGIN IMMEDIATE")
         waiting = asyncio.create_task(queue.enqueue([make_task("later", "c1")]))
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # a window in which it may not finish: the lock is held
         assert not waiting.done()
         other.execute("COMMIT")
         result = await asyncio.wait_for(waiting, DEADLINE_S)

@@ -24,6 +24,7 @@ from pyloto_cli.ports import QueueAdmin
 from pyloto_cli.settings import Settings
 from pyloto_cli.worker_thread import SWITCH_INTERVAL_S, threadable, worker_thread
 from tests.conftest import load_fixture
+from tests.waiting import wait_until
 
 
 def _unexpected() -> None:
@@ -74,11 +75,7 @@ async def test_the_thread_answers_what_the_web_loop_enqueued(
 
 
 async def _eventually(check: Callable[[], Awaitable[bool]]) -> None:
-    """Until `check()` is true, for up to 2 s (then the caller's assertions say what is off)."""
-    for _ in range(200):
-        if await check():
-            return
-        await asyncio.sleep(0.01)
+    await wait_until(check, within=5.0)
 
 
 async def _emptied(admin: QueueAdmin) -> bool:
@@ -156,7 +153,9 @@ async def test_serve_giving_up_while_the_worker_starts_ends_the_thread_quietly(
     @contextlib.asynccontextmanager
     async def slow_open(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         opening.set()
-        await asyncio.sleep(0.3)  # still opening when serve gives up
+        # start-up latency of the fake, not a wait: the thread cannot be cancelled mid-open, so it
+        # must finish opening on its own, after serve has given up
+        await asyncio.sleep(0.3)
         async with real_open(*args, **kwargs) as runtime:
             yield runtime
 
@@ -174,4 +173,4 @@ async def test_serve_giving_up_while_the_worker_starts_ends_the_thread_quietly(
 
 async def _enter_and_hold(manager: contextlib.AbstractAsyncContextManager[None]) -> None:
     async with manager:
-        await asyncio.sleep(30)
+        await asyncio.Event().wait()  # held until the test cancels it

@@ -32,6 +32,7 @@ from pyloto_cli.pipeline.process import Outcome, Pipeline, PipelineConfig
 from pyloto_cli.pipeline.worker import Worker
 from pyloto_cli.ports import ClaimResult, SendResult
 from tests.unit.pipeline_support import PNID, FlakyDeduper, RecordingSender, message, webhook
+from tests.waiting import wait_until
 
 
 @dataclass
@@ -472,10 +473,7 @@ async def _running(worker: Worker) -> AsyncIterator[None]:
 
 
 async def _wait_for(done: Callable[[], bool], within_s: float) -> None:
-    for _ in range(int(within_s / 0.01)):
-        if done():
-            return
-        await asyncio.sleep(0.01)
+    await wait_until(done, within=within_s, what="the worker's sends")
 
 
 def _sent_at_least(sender: RecordingSender, count: int) -> bool:
