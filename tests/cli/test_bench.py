@@ -31,6 +31,7 @@ from pyloto_cli.cli import app
 from pyloto_cli.fakes.graph_server import FakeGraphServer
 from pyloto_cli.fakes.openai_server import FakeOpenAIServer
 from pyloto_cli.web.signature import verify_signature
+from tests.waiting import wait_until
 
 
 def run_bench(runner: CliRunner, *args: str) -> dict[str, Any]:
@@ -95,12 +96,12 @@ async def test_open_loop_cancelled_sends_nothing_more() -> None:
     async with FakeGraphServer() as graph, LoadClient(20) as client:
         url = f"{graph.url}/v25.0/109000000000001/messages"
         run = asyncio.create_task(open_loop(client, url, hooks, 20.0, lambda _: None))
-        await asyncio.sleep(0.3)
+        await wait_until(lambda: len(graph.requests) >= 3, what="the run under way")
         run.cancel()
         with pytest.raises(asyncio.CancelledError):
             await run
         sent = len(graph.requests)
-        await asyncio.sleep(0.3)  # six more would have been due by now
+        await asyncio.sleep(0.3)  # a window in which six more would have been due
         assert 0 < sent < 40
         assert len(graph.requests) == sent
 

@@ -10,7 +10,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -20,6 +19,7 @@ from pyloto_cli.firstrun import SECRETS_FILE, ensure_local_secrets
 from pyloto_cli.settings import Settings
 from pyloto_cli.web.signature import sign, verify_signature
 from tests.e2e.serve_process import free_port
+from tests.waiting import poll_until
 
 pytestmark = pytest.mark.e2e
 
@@ -32,6 +32,13 @@ def clean_env(**extra: str) -> dict[str, str]:
     env.pop("SESSION_STORE_BACKEND", None)
     env.pop("DEDUPE_BACKEND", None)
     return {**env, **extra}
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def test_local_secrets_are_generated_once_and_reused(tmp_path: Path) -> None:
@@ -79,14 +86,13 @@ def test_serve_with_no_settings_prints_a_working_curl_line(tmp_path: Path) -> No
         )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        ready = False
-        while time.monotonic() < deadline and not ready:
-            try:
-                ready = httpx.get(f"{url}/readyz").status_code == 200
-            except httpx.TransportError:
-                time.sleep(0.05)
-        assert ready, log.read_text()
+        poll_until(
+            lambda: _answers(f"{url}/readyz"),
+            within=20.0,
+            interval=0.05,
+            what="/readyz",
+            details=log.read_text,
+        )
         printed = log.read_text()
         assert "Real Meta webhooks will be rejected until WHATSAPP_APP_SECRET is set" in printed
         curl = next(line.strip() for line in printed.splitlines() if "curl " in line)
@@ -101,10 +107,14 @@ def test_serve_with_no_settings_prints_a_working_curl_line(tmp_path: Path) -> No
         refused = httpx.post(f"{url}/webhooks/whatsapp", content=body)
         assert refused.status_code == 401
         wamid = json.loads(body)["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
-        for _ in range(300):  # up to 15 s on a busy machine
-            if re.search(r'"event": "task_processed".*' + re.escape(wamid), log.read_text()):
-                break
-            time.sleep(0.05)
+        processed_line = re.compile(r'"event": "task_processed".*' + re.escape(wamid))
+        poll_until(
+            lambda: processed_line.search(log.read_text()),
+            within=15.0,
+            interval=0.05,
+            what="task_processed logged",
+            details=lambda: log.read_text()[-3000:],
+        )
         events = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
         sent = [e for e in events if e["event"] == "message_sent"]
         assert sent, printed

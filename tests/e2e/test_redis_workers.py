@@ -35,6 +35,7 @@ from pyloto_cli.adapters.redis_db import text
 from pyloto_cli.web.signature import sign
 from tests.e2e.serve_process import kill9, terminate
 from tests.fakes.graph_server import FakeGraphServer
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -357,10 +358,13 @@ async def test_a_killed_workers_leases_are_reclaimed(
         await cluster.start()
         async with httpx.AsyncClient(timeout=10) as http:
             posting = asyncio.create_task(post_all(http, cluster, conversations, per))
-            while len(graph.messages()) < conversations * per // 4:
-                if posting.done():
-                    break
-                await asyncio.sleep(0.005)
+            await wait_until(
+                lambda: posting.done() or len(graph.messages()) >= conversations * per // 4,
+                within=30.0,
+                interval=0.005,
+                what="a quarter of the replies sent",
+                details=cluster.logs,
+            )
             held = await kill_holding_worker(cluster, rclient)
             await posting
             wanted = {wamid_of(c, i) for c in range(conversations) for i in range(per)}

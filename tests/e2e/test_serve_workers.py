@@ -14,6 +14,7 @@ import pytest
 from tests.e2e.serve_process import ServeProcess
 from tests.e2e.test_kill9 import USERS, answered, post, serve_env, webhook_body
 from tests.fakes.graph_server import FakeGraphServer
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -41,10 +42,12 @@ async def test_two_worker_processes_answer_everything_once_in_order(tmp_path: Pa
                 )
             assert all(ok for lane in results for ok in lane)
             wanted = {w for w, _ in bodies}
-            for _ in range(300):
-                if wanted <= set(answered(graph)):
-                    break
-                await asyncio.sleep(0.05)
+            await wait_until(
+                lambda: wanted <= set(answered(graph)),
+                within=15.0,
+                what="every webhook answered",
+                details=serve.log_tail,
+            )
         finally:
             assert serve.proc is not None
             serve.proc.send_signal(signal.SIGTERM)
@@ -74,13 +77,12 @@ async def test_worker_processes_stop_when_serve_is_killed(tmp_path: Path) -> Non
         [started] = [e for e in log if e["event"] == "workers_started"]
         pids = [int(p) for p in started["pids"]]
         serve.kill9()
-        alive = pids
-        for _ in range(100):  # the children look at their parent once a second
-            alive = _alive(pids)
-            if not alive:
-                break
-            await asyncio.sleep(0.1)
-        assert alive == []
+        await wait_until(  # the children look at their parent once a second
+            lambda: not _alive(pids),
+            within=10.0,
+            what="the worker processes gone",
+            details=lambda: f"still alive: {_alive(pids)}",
+        )
 
 
 async def _post_all(client: httpx.AsyncClient, url: str, bodies: list[bytes]) -> list[bool]:
@@ -107,14 +109,15 @@ async def test_worker_processes_are_woken_by_the_web_process(tmp_path: Path) -> 
         try:
             log = [json.loads(x) for x in serve.log.read_text().splitlines() if x.startswith("{")]
             assert any(e["event"] == "workers_ready" for e in log)  # before /readyz answered
-            await asyncio.sleep(0.5)  # the worker's first poll found nothing: it now waits
+            # time for the worker's first poll to find nothing, so that it then waits 30 s; too
+            # short only weakens the test (a poll would find the webhook), it cannot fail it
+            await asyncio.sleep(0.5)
             wamid, body = webhook_body(1)
             async with httpx.AsyncClient() as client:
                 assert await post(client, serve.url, body)
-            for _ in range(50):
-                if answered(graph)[wamid]:
-                    break
-                await asyncio.sleep(0.1)
+            await wait_until(
+                lambda: answered(graph)[wamid], within=5.0, what="the reply", details=serve.log_tail
+            )
             assert answered(graph)[wamid] == 1
         finally:
             serve.terminate()
