@@ -13,7 +13,7 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from pyloto_cli.web.signature import sign
 from tests.e2e.serve_process import ServeProcess
 from tests.fakes.graph_server import FakeGraphServer
 from tests.servers import CloudTasksQueueRef
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cloud_tasks]
 
@@ -119,12 +120,14 @@ def sends_for(graph: FakeGraphServer, wamid: str) -> list[int]:
     ]
 
 
-async def wait_until(check: Any, serve: ServeProcess, within_s: float = 20.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met in {within_s}s; log: {serve.log_tail()}")
-        await asyncio.sleep(0.05)
+async def wait_answered(wamids: Iterable[str], graph: FakeGraphServer, serve: ServeProcess) -> None:
+    wanted = set(wamids)
+    await wait_until(
+        lambda: wanted <= set(answered(graph)),
+        within=20.0,
+        what="every webhook answered",
+        details=serve.log_tail,
+    )
 
 
 async def queue_counts(client: httpx.AsyncClient, serve: ServeProcess) -> tuple[int, int]:
@@ -137,11 +140,13 @@ async def wait_counts(
     client: httpx.AsyncClient, serve: ServeProcess, wanted: tuple[int, int], within_s: float = 20.0
 ) -> None:
     """Until `/readyz` reports (depth, dead) == `wanted` (a task leaves once its 200 is in)."""
-    deadline = time.monotonic() + within_s
-    while (counts := await queue_counts(client, serve)) != wanted:
-        if time.monotonic() > deadline:
-            pytest.fail(f"(depth, dead) = {counts}, not {wanted}; log: {serve.log_tail()}")
-        await asyncio.sleep(0.05)
+
+    async def reached() -> bool:
+        return await queue_counts(client, serve) == wanted
+
+    await wait_until(
+        reached, within=within_s, what=f"(depth, dead) == {wanted}", details=serve.log_tail
+    )
 
 
 async def test_webhooks_are_pushed_back_and_answered_once(
@@ -161,7 +166,7 @@ async def test_webhooks_are_pushed_back_and_answered_once(
         await asyncio.gather(
             *(post_webhook(client, serve, w, f"1555000{i % 6:04d}") for i, w in enumerate(wamids))
         )
-        await wait_until(lambda: set(wamids) <= set(answered(graph)), serve)
+        await wait_answered(wamids, graph, serve)
         await wait_counts(client, serve, (0, 0))
     replies = answered(graph)
     assert {w: n for w, n in replies.items() if n != 1} == {}
@@ -180,7 +185,7 @@ async def test_5xx_is_retried_by_the_queue_and_answered_once(
         await post_webhook(client, serve, "wamid.e2e.ct.r2", "15550001002")
         await post_webhook(client, serve, "wamid.e2e.ct.ok", "15550001003")
         wanted = {"wamid.e2e.ct.r1", "wamid.e2e.ct.r2", "wamid.e2e.ct.ok"}
-        await wait_until(lambda: wanted <= set(answered(graph)), serve)
+        await wait_answered(wanted, graph, serve)
         await wait_counts(client, serve, (0, 0))
     assert answered(graph) == Counter(dict.fromkeys(wanted, 1))
     assert sends_for(graph, "wamid.e2e.ct.r1") == [500, 200]

@@ -18,7 +18,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -203,12 +202,14 @@ class Cluster:
             proc = Proc(name, args, self.env(name), self.workdir / f"{name}.log")
             proc.spawn(self.workdir)
             self.procs[name] = proc
-        deadline = time.monotonic() + 30
         async with httpx.AsyncClient() as http:
-            while not await self._ready(http):
-                if time.monotonic() > deadline:
-                    pytest.fail(f"processes not ready:\n{self.logs()}")
-                await asyncio.sleep(0.05)
+            await wait_until(
+                lambda: self._ready(http),
+                within=30.0,
+                interval=0.05,
+                what="processes ready",
+                details=self.logs,
+            )
 
     async def _ready(self, http: httpx.AsyncClient) -> bool:
         for proc in self.procs.values():
@@ -296,12 +297,14 @@ def answered(graph: FakeGraphServer) -> set[str]:
 async def wait_all_answered(
     graph: FakeGraphServer, cluster: Cluster, wamids: set[str], within_s: float = 20.0
 ) -> None:
-    deadline = time.monotonic() + within_s
-    while not wamids <= answered(graph):
-        if time.monotonic() > deadline:
-            missing = sorted(wamids - answered(graph))
-            pytest.fail(f"{len(missing)} never answered, e.g. {missing[:5]}\n{cluster.logs()}")
-        await asyncio.sleep(0.05)
+
+    def missing() -> str:
+        never = sorted(wamids - answered(graph))
+        return f"{len(never)} never answered, e.g. {never[:5]}\n{cluster.logs()}"
+
+    await wait_until(
+        lambda: wamids <= answered(graph), within=within_s, what="every reply", details=missing
+    )
 
 
 async def queue_counts(http: httpx.AsyncClient, cluster: Cluster) -> tuple[int, int]:
@@ -312,11 +315,13 @@ async def queue_counts(http: httpx.AsyncClient, cluster: Cluster) -> tuple[int, 
 
 async def wait_drained(http: httpx.AsyncClient, cluster: Cluster, within_s: float = 10.0) -> None:
     """Until the queue is empty with no dead letter (acks trail the replies they follow)."""
-    deadline = time.monotonic() + within_s
-    while (counts := await queue_counts(http, cluster)) != (0, 0):
-        if time.monotonic() > deadline:
-            pytest.fail(f"queue not drained: (depth, dead) = {counts}\n{cluster.logs()}")
-        await asyncio.sleep(0.05)
+
+    async def drained() -> bool:
+        return await queue_counts(http, cluster) == (0, 0)
+
+    await wait_until(
+        drained, within=within_s, what="queue drained (depth, dead == 0, 0)", details=cluster.logs
+    )
 
 
 def expected_order(conversations: int, per: int) -> dict[str, list[str]]:
@@ -384,15 +389,16 @@ async def test_a_killed_workers_leases_are_reclaimed(
 
 async def kill_holding_worker(cluster: Cluster, client: aioredis.Redis) -> int:
     """SIGKILL worker-a once it holds leases; returns how many it held (left pending)."""
-    deadline = time.monotonic() + 10
-    while True:
+
+    async def holder() -> str:
+        """worker-a's consumer name once it holds a lease, else ""."""
         consumers = await group_consumers(client)
         name = cluster.consumer_of("worker-a", consumers)
-        if name is not None and consumers[name] > 0:
-            break
-        if time.monotonic() > deadline:
-            pytest.fail(f"worker-a never held a lease:\n{cluster.logs()}")
-        await asyncio.sleep(0.005)
+        return name if name is not None and consumers[name] > 0 else ""
+
+    name = await wait_until(
+        holder, within=10.0, interval=0.005, what="worker-a holding a lease", details=cluster.logs
+    )
     cluster.procs["worker-a"].kill9()
     held = (await group_consumers(client))[name]  # nobody reclaims within the lease time
     assert held > 0
