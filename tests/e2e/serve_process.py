@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.waiting import wait_until
 
 
 def free_port() -> int:
@@ -50,18 +50,23 @@ class ServeProcess:
     async def start(self, within_s: float = 30.0) -> None:
         """Start it and wait until /readyz answers (or fail with the log's tail)."""
         self.proc = self.spawn()
-        deadline = time.monotonic() + within_s
         async with httpx.AsyncClient() as client:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    pytest.fail(f"pyloto serve exited: {self.log_tail()}")
-                try:
-                    if (await client.get(f"{self.url}/readyz")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.05)
-        pytest.fail(f"pyloto serve not ready: {self.log_tail()}")
+            await wait_until(
+                lambda: self._ready(client),
+                within=within_s,
+                interval=0.05,
+                what="pyloto serve ready",
+                details=self.log_tail,
+            )
+
+    async def _ready(self, client: httpx.AsyncClient) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            pytest.fail(f"pyloto serve exited: {self.log_tail()}")
+        try:
+            return (await client.get(f"{self.url}/readyz")).status_code == 200
+        except httpx.TransportError:
+            return False
 
     def log_tail(self, chars: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-chars:]
