@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -389,17 +390,29 @@ async def test_a_killed_workers_leases_are_reclaimed(
 
 async def kill_holding_worker(cluster: Cluster, client: aioredis.Redis) -> int:
     """SIGKILL worker-a once it holds leases; returns how many it held (left pending)."""
+    pid = cluster.procs["worker-a"].pid
 
-    async def holder() -> str:
-        """worker-a's consumer name once it holds a lease, else ""."""
+    async def stopped_holding() -> str:
+        """worker-a's consumer name once it is stopped (SIGSTOP) holding a lease, else "": a
+        running worker could ack its last lease between the look and the kill."""
         consumers = await group_consumers(client)
         name = cluster.consumer_of("worker-a", consumers)
-        return name if name is not None and consumers[name] > 0 else ""
+        if name is None or consumers[name] == 0:
+            return ""
+        os.kill(pid, signal.SIGSTOP)
+        if (await group_consumers(client))[name] > 0:
+            return name
+        os.kill(pid, signal.SIGCONT)
+        return ""
 
     name = await wait_until(
-        holder, within=10.0, interval=0.005, what="worker-a holding a lease", details=cluster.logs
+        stopped_holding,
+        within=10.0,
+        interval=0.005,
+        what="worker-a holding a lease",
+        details=cluster.logs,
     )
-    cluster.procs["worker-a"].kill9()
     held = (await group_consumers(client))[name]  # nobody reclaims within the lease time
+    cluster.procs["worker-a"].kill9()
     assert held > 0
     return held
