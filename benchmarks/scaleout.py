@@ -24,8 +24,8 @@ from dataclasses import replace
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.compare_table import ratio
 from pyloto_cli.bench import BenchConfig, BenchReport, run_bench
-from pyloto_cli.bench.compare_table import ratio
 from pyloto_cli.logs import configure_logging
 from pyloto_cli.loops import loop_factory
 

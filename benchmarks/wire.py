@@ -9,7 +9,7 @@ webhook, from the wire's point of view. Linux only, and it needs CAP_NET_RAW (ro
 A classic BPF filter keeps only the server port's TCP packets, so the capture is not woken for
 the LLM and Graph traffic of the same run.
 
-The comparison runs it as a child process for each system (`python -m pyloto_cli.bench.wire
+The comparison runs it as a child process for each system (`python -m benchmarks.wire
 --port P --out FILE`): ready when it prints `capturing`, and on SIGTERM it writes the
 latencies (seconds, JSON) to FILE. Without CAP_NET_RAW it prints why and exits with status 3.
 """
@@ -182,10 +182,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         sock = open_capture(args.interface, args.port)
     except PermissionError:
-        print("no capture: it needs CAP_NET_RAW (root)", flush=True)  # noqa: T201
+        print("no capture: it needs CAP_NET_RAW (root)", flush=True)
         sys.exit(NO_CAPTURE_EXIT)
     with sock:
-        print("capturing", flush=True)  # noqa: T201
+        print("capturing", flush=True)
         acks = read_frames(sock, WireAcks(args.port), lambda: stopping)
     args.out.write_text(json.dumps(acks.latencies_s))
 
