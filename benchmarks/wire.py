@@ -123,13 +123,15 @@ def may_capture() -> bool:
 def open_capture(interface: str = "lo", port: int | None = None) -> socket.socket:
     """A packet socket on `interface` with receive timestamps (and only `port`'s TCP packets
     when given); raises PermissionError without CAP_NET_RAW."""
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(_ETH_P_ALL))
+    # protocol 0 receives nothing until the bind names one: a socket opened for every protocol
+    # would queue other traffic, unfiltered, in the moment before the filter is attached
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     try:
         if port is not None:
             _attach(sock, port_filter(port))
-        sock.bind((interface, 0))
         sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        sock.bind((interface, _ETH_P_ALL))  # Python puts the protocol in network order here
         sock.settimeout(0.2)
     except BaseException:
         sock.close()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from pyloto_cli.logs import LOGGER_NAME
 
 _LEAKY_ENV = (
     "WHATSAPP_ACCESS_TOKEN",
@@ -32,3 +36,13 @@ def bench_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in _LEAKY_ENV:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """`benchmarks.compare.main` configures the `pyloto` logger on the test's captured stderr:
+    undo it after, so no later test logs to a closed stream."""
+    logger = logging.getLogger(LOGGER_NAME)
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
