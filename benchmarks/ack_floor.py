@@ -23,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from pyloto_cli.bench.compare import pin_process, pinned_here, source_root, split_cpus
+from benchmarks.systems import pin_process, pinned_here, source_root, split_cpus
 from pyloto_cli.bench.load import WEBHOOK_PATH, Ack, LoadClient, open_loop, pool_size
 from pyloto_cli.bench.payloads import build_webhooks
 from pyloto_cli.bench.procs import child, free_port, wait_ready

@@ -1,13 +1,12 @@
-"""CPU per Graph send for each client flavour, against the fake Graph server in a subprocess.
+"""CPU per Graph send for each public httpx client set-up, against the fake Graph server.
 
     .venv/bin/python -m benchmarks.graph_client_cpu [--sends 3000] [--concurrency 64]
 
-Prints the client process's CPU milliseconds per send (time.process_time, so the server's
-work is not counted) and the throughput for: httpx defaults, httpx with pyloto's pool limits,
-httpx on the aiohttp transport through httpx's full `send`, the same with the send going
-straight to the transport (`DirectGraphClient`, what `open_graph_client` uses with
-PYLOTO_HTTP_TRANSPORT=aiohttp), and `DirectGraphClient` on pyloto's HTTP/1.1 transport (`http11`,
-the default).
+The fake Graph server runs in a subprocess; this prints the client process's CPU milliseconds
+per send (time.process_time, so the server's work is not counted) and the throughput for:
+httpx with its defaults, httpx with a pool as large as the concurrency, and httpx on
+httpx-aiohttp's transport with that pool. Each send is what a Graph sender does: a POST of a
+JSON text message with a Bearer token, the answer's JSON read.
 """
 
 from __future__ import annotations
@@ -18,11 +17,13 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Literal
 
-from pyloto_cli.adapters.sender.graph import ClientKind, GraphSender, open_graph_client
-from pyloto_cli.settings import Settings
+import httpx
+from httpx_aiohttp import AiohttpTransport
 
-KINDS: tuple[ClientKind, ...] = ("httpx-default", "httpx", "aiohttp-full-send", "aiohttp", "http11")
+ClientKind = Literal["httpx-default", "httpx", "aiohttp"]
+KINDS: tuple[ClientKind, ...] = ("httpx-default", "httpx", "aiohttp")
 
 
 def _free_port() -> int:
@@ -43,18 +44,30 @@ def _wait_ready(port: int, deadline_s: float = 10.0) -> None:
     raise RuntimeError(f"fake Graph server not listening on {port}")
 
 
+def client_for(kind: ClientKind, concurrency: int) -> httpx.AsyncClient:
+    """The client of `kind`, its pool as large as `concurrency` unless it keeps the defaults."""
+    if kind == "httpx-default":
+        return httpx.AsyncClient(trust_env=False)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    if kind == "httpx":
+        return httpx.AsyncClient(limits=limits, trust_env=False)
+    return httpx.AsyncClient(transport=AiohttpTransport(limits=limits), trust_env=False)
+
+
 async def _run(kind: ClientKind, url: str, sends: int, concurrency: int) -> tuple[float, float]:
-    settings = Settings(_env_file=None, concurrency=concurrency)
     body = {"messaging_product": "whatsapp", "to": "+15550001234", "type": "text"}
-    async with open_graph_client(settings, kind=kind) as client:
-        token = "bench-token"  # noqa: S105 - the fake server accepts any token
-        sender = GraphSender(client, access_token=token, api_version="v25.0", base_url=url)
+    endpoint = f"{url}/v25.0/15550001111/messages"
+    headers = {"Authorization": "Bearer bench-token"}  # the fake server accepts any token
+    async with client_for(kind, concurrency) as client:
         queue: asyncio.Queue[int] = asyncio.Queue()
 
         async def worker() -> None:
             while not queue.empty():
                 n = queue.get_nowait()
-                await sender.send("15550001111", {**body, "text": {"body": f"m{n}"}})
+                payload = {**body, "text": {"body": f"m{n}"}}
+                answer = await client.post(endpoint, json=payload, headers=headers)
+                answer.raise_for_status()
+                answer.json()
 
         for n in range(concurrency * 4):  # warm the pool
             queue.put_nowait(n)
@@ -75,7 +88,7 @@ def main() -> None:
     args = parser.parse_args()
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.graph_server", "--port", str(port)],
+        [sys.executable, "-m", "pyloto_cli.fakes.graph_server", "--port", str(port)],
         stdout=subprocess.DEVNULL,
     )
     try:

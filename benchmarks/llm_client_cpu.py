@@ -1,26 +1,21 @@
-"""CPU cost per chat completion of the openai client paths, against the fake OpenAI server.
+"""CPU cost per chat completion of the openai SDK's public call paths, against the fake server.
 
-    python benchmarks/llm_client_cpu.py [--calls 2000] [--in-flight 50] [--latency-ms 20]
+    .venv/bin/python -m benchmarks.llm_client_cpu [--calls 2000] [--in-flight 50] [--latency-ms 20]
 
-Starts `tests.fakes.openai_server` as a subprocess on 127.0.0.1 (so its CPU is not counted),
-then, per variant, runs `--calls` completions with `--in-flight` concurrent and prints this
-process's CPU milliseconds per call (`time.process_time`):
+Starts `pyloto_cli.fakes.openai_server` as a subprocess on 127.0.0.1 (so its CPU is not
+counted), then, per variant, runs `--calls` completions with `--in-flight` concurrent and prints
+this process's CPU milliseconds per call (`time.process_time`):
 
-- create/default: `chat.completions.create()` on the default httpx2 client
+- create/default: `chat.completions.create()` on the SDK's default HTTP client
 - create/aiohttp: `chat.completions.create()` on `DefaultAioHttpClient`
-- post/aiohttp:   low-level `client.post("/chat/completions", cast_to=ChatCompletion)` on it
-- pyloto/aiohttp: pyloto's `OpenAIChat` (made once per client, as pyloto does: the request path
-  plus body building and content checks) on `DefaultAioHttpClient`
-- pyloto/direct:  the same on `DirectOpenAIClient` (its sends go straight to the transport),
-  which is what pyloto runs with PYLOTO_HTTP_TRANSPORT=aiohttp
-- pyloto/http11:  the same on pyloto's HTTP/1.1 transport (adapters/http11.py)
-- pyloto/template: the same on `DirectOpenAI`, whose plain calls' requests are built from the
-  last like one's (adapters/direct_http.py): pyloto's default
+- post/aiohttp:   the lower-level `client.post("/chat/completions", cast_to=ChatCompletion)`
+- raw/aiohttp:    `client.post(..., cast_to=httpx2.Response)`, the answer's JSON read with
+  orjson instead of being built into `ChatCompletion` models
 
 The figure depends on the call rate as much as on the path: `--latency-ms 20 --in-flight 50`
 (about 2 000 calls/s) shares each event-loop wake-up among many answers, while
-`--latency-ms 500 --in-flight 100` (about 200 calls/s, what pyloto's worker sees at 100
-messages/s) pays it for nearly every answer.
+`--latency-ms 500 --in-flight 100` (about 200 calls/s, what a worker sees at 100 messages/s)
+pays it for nearly every answer.
 """
 
 from __future__ import annotations
@@ -37,13 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import httpx2
+import orjson
 from openai import AsyncOpenAI, DefaultAioHttpClient
 from openai.types.chat import ChatCompletion
-
-from pyloto_cli.adapters.direct_http import DirectOpenAI, DirectOpenAIClient
-from pyloto_cli.adapters.http11 import Http11Transport2
-from pyloto_cli.adapters.llm.openai import OPENAI_LIMITS, OpenAIChat
-from pyloto_cli.pipeline.stages import ChatMessage, ChatRequest
 
 ROOT = Path(__file__).resolve().parent.parent
 MESSAGES: list[Any] = [
@@ -63,7 +55,7 @@ def free_port() -> int:
 @contextlib.contextmanager
 def fake_server(port: int, latency_ms: float) -> Any:
     """The fake OpenAI server as a subprocess, ready when its health check answers."""
-    cmd = [sys.executable, "-m", "tests.fakes.openai_server", "--port", str(port)]
+    cmd = [sys.executable, "-m", "pyloto_cli.fakes.openai_server", "--port", str(port)]
     proc = subprocess.Popen(
         [*cmd, "--latency-ms", str(latency_ms)], cwd=ROOT, stdout=subprocess.DEVNULL
     )
@@ -85,15 +77,9 @@ def fake_server(port: int, latency_ms: float) -> Any:
 
 @contextlib.asynccontextmanager
 async def client_for(base_url: str, http: str) -> AsyncIterator[AsyncOpenAI]:
-    """An AsyncOpenAI client on the default transport, the aiohttp one, or pyloto's direct
-    client on the aiohttp one or on pyloto's HTTP/1.1 transport (under `DirectOpenAI` for
-    "template")."""
-    clients = {"aiohttp": DefaultAioHttpClient, "direct": DirectOpenAIClient}
-    http_client = clients[http]() if http in clients else None
-    if http in ("http11", "template"):
-        http_client = DirectOpenAIClient(transport=Http11Transport2(limits=OPENAI_LIMITS))
-    sdk = DirectOpenAI if http == "template" else AsyncOpenAI
-    async with sdk(
+    """An AsyncOpenAI client on the SDK's default HTTP client or on the aiohttp one."""
+    http_client = DefaultAioHttpClient() if http == "aiohttp" else None
+    async with AsyncOpenAI(
         api_key="bench", base_url=base_url, max_retries=0, timeout=30, http_client=http_client
     ) as client:
         yield client
@@ -110,11 +96,16 @@ def via_post(client: AsyncOpenAI) -> Call:
     )
 
 
-def via_pyloto(client: AsyncOpenAI) -> Call:
-    chat = OpenAIChat(client)  # one per client, as the responder keeps it
-    messages = tuple(ChatMessage(m["role"], m["content"]) for m in MESSAGES)
-    request = ChatRequest("response", "gpt-4o-mini", messages, 30.0)
-    return lambda: chat(request)
+def via_raw(client: AsyncOpenAI) -> Call:
+    body = {"model": "gpt-4o-mini", "messages": MESSAGES}
+
+    async def call() -> object:
+        response = await client.post(
+            "/chat/completions", cast_to=httpx2.Response, body=body, options={"timeout": 30}
+        )
+        return orjson.loads(response.content)["choices"][0]["message"]["content"]
+
+    return call
 
 
 async def measure(call: Call, calls: int, in_flight: int) -> float:
@@ -136,10 +127,7 @@ async def run(base_url: str, calls: int, in_flight: int) -> None:
         ("create/default", "default", via_create),
         ("create/aiohttp", "aiohttp", via_create),
         ("post/aiohttp", "aiohttp", via_post),
-        ("pyloto/aiohttp", "aiohttp", via_pyloto),
-        ("pyloto/direct", "direct", via_pyloto),
-        ("pyloto/http11", "http11", via_pyloto),
-        ("pyloto/template", "template", via_pyloto),
+        ("raw/aiohttp", "aiohttp", via_raw),
     ]
     for name, http, make_call in variants:
         async with client_for(base_url, http) as client:

@@ -20,7 +20,8 @@ worker reaches its concurrency limit and the connection pools their largest size
 hiccup of a long run would) and "flat" is judged from one minute after the burst. RSS holds
 the high-water mark of what was in flight: a quiet soak keeps rising, in steps, each time a
 stall lets more pile up, until a stall takes the worker to its limit.
-Nothing is pinned. PYLOTO_SEND_RATE_PER_NUMBER is 1000 unless the environment sets it.
+Nothing is pinned. As in `benchmarks.compare`, PYLOTO_SEND_RATE_PER_NUMBER is 1000 and the
+reply cache and coalescing are off unless the environment sets them.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from benchmarks.systems import PYLOTO_DEFAULTS
 from pyloto_cli.bench.load import WEBHOOK_PATH, Ack, LoadClient, closed_loop, open_loop, pool_size
 from pyloto_cli.bench.payloads import build_webhooks
 from pyloto_cli.bench.procs import (
@@ -296,6 +298,15 @@ async def _run(args: argparse.Namespace, config: BenchConfig) -> dict[str, Any]:
 
 
 def _print(result: Mapping[str, Any]) -> None:
+    backlog = result.get("backlog")
+    if backlog:
+        fill, drain = backlog["fill"], backlog["drain"]
+        print(
+            f"{fill['queued_depth']} queued: web process peak RSS {fill['web_peak_rss_mb']} MB"
+            f" while taking them in; serve peak RSS {drain['peak_rss_mb']} MB draining them"
+            f" (answered {drain['answered']}, lost {drain['lost']},"
+            f" doubled {drain['duplicated']})"
+        )
     for part in ("backlog", "soak"):
         if part in result:
             figures = {k: v for k, v in result[part].items() if k != "rss_series"}
@@ -305,7 +316,8 @@ def _print(result: Mapping[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run the backlog and the soak; print their figures."""
     args = _parser().parse_args(argv)
-    os.environ.setdefault("PYLOTO_SEND_RATE_PER_NUMBER", "1000")
+    for name, value in PYLOTO_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     config = BenchConfig(
         llm_latency_ms=args.llm_latency_ms,
         llm_jitter_ms=args.llm_jitter_ms,

@@ -2,14 +2,16 @@
 
     .venv/bin/python -m benchmarks.paired --a TREE_A --b TREE_B [--pairs 3] [-n 1000] [--rate 50]
 
-Single runs of the same code on this machine differ by up to 10 % within minutes (the host's
-speed drifts), which hides any change worth a few percent. Here each pair runs both trees'
-`pyloto bench --compare pyloto` at once: both servers pinned to the same first CPU, both load
-generators and fakes on the others, each at half the usual rate so that the two together
-offer the usual load. Both runs of a pair see the same drift, so the ratio B/A of their CPU per
-message moves by about 1 % between pairs while the figures themselves move by 10 %. The pairs
-alternate which tree starts first. A tree is a checkout (`git worktree add /tmp/b HEAD~1`);
-each runs with its own directory first on PYTHONPATH.
+Single runs of the same code on one machine drift by several percent within minutes, which
+hides any change worth a few percent. Here each pair runs both trees' own `pyloto bench` at
+once, each at half the usual rate so that the two together offer the usual load, with LLM
+calls of exactly the configured latency. Both runs of a pair see the same drift, so the ratio
+B/A of their CPU per message moves much less between pairs than the figures themselves. The
+pairs alternate which tree starts first. A tree is a checkout (`git worktree add /tmp/b
+HEAD~1`); each runs with its own `.venv/bin/python` when it has one (else this interpreter),
+its own directory first on PYTHONPATH and no bytecode written. Both run with
+PYLOTO_SEND_RATE_PER_NUMBER=1000, no reply cache and no coalescing unless the environment says
+otherwise. Nothing is pinned: `pyloto bench` runs the server beside its load generator.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,18 +41,33 @@ class Pair:
         return self.b_ms / self.a_ms
 
 
+# what both trees run with unless the environment says otherwise (as benchmarks.compare does)
+PYLOTO_DEFAULTS = {
+    "PYLOTO_SEND_RATE_PER_NUMBER": "1000",
+    "PYLOTO_REPLY_CACHE": "false",
+    "PYLOTO_COALESCE_WINDOW_SECONDS": "0",
+}
+
+
 def bench_command(messages: int, rate: float) -> list[str]:
-    """The bench each tree runs: pyloto alone, LLM latency exact, JSON out."""
+    """The bench each tree runs (after its interpreter): pyloto alone, LLM latency exact, one
+    JSON object last."""
     return [
-        sys.executable,
-        *("-m", "pyloto_cli", "bench", "--compare", "pyloto", "--json"),
+        *("-m", "pyloto_cli", "bench", "--json"),
         *("-n", str(messages), "--rate", str(rate), "--llm-jitter-ms", "0"),
     ]
 
 
+def interpreter(tree: Path) -> str:
+    """The tree's own venv's python, else this one."""
+    venv = tree / ".venv" / "bin" / "python"
+    return str(venv) if venv.is_file() else sys.executable
+
+
 def figures(output: str) -> tuple[float, int]:
-    """CPU ms per message, and messages lost or doubled, from one bench's JSON."""
-    run: dict[str, Any] = json.loads(output)["pyloto"]
+    """CPU ms per message, and messages lost or doubled, from one bench's JSON (its last
+    line)."""
+    run: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
     counts = run["counts"]
     return float(run["server"]["cpu_ms_per_msg"]), int(counts["lost"] + counts["duplicated"])
 
@@ -57,17 +75,21 @@ def figures(output: str) -> tuple[float, int]:
 async def _one(tree: Path, command: list[str], delay_s: float) -> tuple[float, int]:
     await asyncio.sleep(delay_s)
     env = {
+        **PYLOTO_DEFAULTS,
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")])),
+        "PYTHONDONTWRITEBYTECODE": "1",
     }
-    proc = await asyncio.create_subprocess_exec(
-        *command,
-        cwd=tree,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    out, _ = await proc.communicate()
+    with tempfile.TemporaryDirectory(prefix="pyloto-paired-") as cwd:  # no tree's .env is read
+        proc = await asyncio.create_subprocess_exec(
+            interpreter(tree),
+            *command,
+            cwd=cwd,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        out, _ = await proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"the bench in {tree} exited with {proc.returncode}")
     return figures(out.decode())

@@ -9,7 +9,8 @@ deployment). Nothing is pinned: the server, its workers, the fake OpenAI server,
 API and the load generator share the machine's CPUs. The load should be past one worker's
 capacity, so that replies/s (goodput) measures what the workers sustain; the table gives each
 run's figures and its ratio to the first. CPU and peak RSS are summed over the web process and
-its workers. PYLOTO_SEND_RATE_PER_NUMBER is 1000 unless the environment sets it.
+its workers. As in `benchmarks.compare`, PYLOTO_SEND_RATE_PER_NUMBER is 1000 and the reply
+cache and coalescing are off unless the environment sets them.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from dataclasses import replace
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.compare_table import ratio
+from benchmarks.systems import PYLOTO_DEFAULTS
 from pyloto_cli.bench import BenchConfig, BenchReport, run_bench
-from pyloto_cli.bench.compare_table import ratio
 from pyloto_cli.logs import configure_logging
 from pyloto_cli.loops import loop_factory
 
@@ -74,6 +76,23 @@ def table(reports: Mapping[int, BenchReport]) -> Table:
     return out
 
 
+def summary_lines(reports: Mapping[int, BenchReport]) -> list[str]:
+    """The figures as plain text: one line per run, then each run's goodput over the first."""
+    lines = []
+    for workers, report in reports.items():
+        c = report.counts
+        lines.append(
+            f"{_label(workers)}: replies/s {report.replies_per_s}, ack p99 {report.ack_ms.p99} ms,"
+            f" reply p50 {report.e2e_ms.p50} ms, CPU {report.server.cpu_ms_per_msg} ms/msg;"
+            f" acked {c.acked}, answered {c.answered}, lost {c.lost}, doubled {c.duplicated}"
+        )
+    runs = list(reports)
+    for workers in runs[1:]:
+        goodput = ratio(reports[workers].replies_per_s, reports[runs[0]].replies_per_s)
+        lines.append(f"goodput {_label(workers)} / {_label(runs[0])}: {goodput}")
+    return lines
+
+
 async def run_all(runs: list[int], config: BenchConfig, err: Console) -> dict[int, BenchReport]:
     """One bench run per worker count, one after another."""
     reports: dict[int, BenchReport] = {}
@@ -106,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
         runs = [int(w) for w in args.workers.split(",") if w.strip()]
     except ValueError:
         raise SystemExit(f"--workers: comma-separated counts (got {args.workers!r})") from None
-    os.environ.setdefault("PYLOTO_SEND_RATE_PER_NUMBER", "1000")
+    for name, value in PYLOTO_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     config = BenchConfig(
         messages=args.messages,
         rate=args.rate,
@@ -124,6 +144,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({str(k): r.to_json() for k, r in reports.items()}, indent=2))
     else:
         Console(width=140).print(table(reports))
+        for line in summary_lines(reports):
+            print(line)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """The server's own ack latency, read off the loopback interface: no client in the figure.
 
     sudo .venv/bin/python -m benchmarks.wire_acks --seconds 30 [--json]   # then, meanwhile:
-    pyloto bench --compare pyloto -n 1000 --rate 100 --llm-jitter-ms 0
+    pyloto bench -n 1000 --rate 100 --llm-jitter-ms 0
 
-`pyloto bench --compare ... --wire` takes this figure itself for each system, as root (the
+`python -m benchmarks.compare --wire` takes this figure itself for each system, as root (the
 "ack ms p99, wire" row); this script takes it beside any other run. The capture is
-`pyloto_cli.bench.wire`: the kernel's receive timestamps of each `POST /webhooks/whatsapp`
+`benchmarks.wire`: the kernel's receive timestamps of each `POST /webhooks/whatsapp`
 request packet and of the server's first answer packet on that connection. Linux only, and it
 needs CAP_NET_RAW (root). Run it on the load generator's CPU (`taskset -c 1`), not the
 server's.
@@ -18,8 +18,8 @@ import json
 import sys
 from dataclasses import asdict
 
+from benchmarks.wire import capture
 from pyloto_cli.bench.report import latency_ms
-from pyloto_cli.bench.wire import capture
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,15 +21,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
-import httptools
+import aiohttp
 
-from pyloto_cli.adapters.http11 import ConnectFailed, ConnectionPool, Origin, serialize_request
 from pyloto_cli.bench.payloads import Webhook
 
 WEBHOOK_PATH = "/webhooks/whatsapp"
 # what `LoadClient.request` raises for a request that got no answer: refused, reset, timed out,
 # or answered with something that is not HTTP
-_FAILED = (OSError, TimeoutError, httptools.HttpParserError)
+_FAILED = (aiohttp.ClientError, OSError, TimeoutError)
 AckCallback = Callable[["Ack"], None]
 
 
@@ -55,24 +54,13 @@ class Ack:
         return self.finished - self.due
 
 
-@dataclass(frozen=True, slots=True)
-class _Target:
-    host: str
-    port: int
-    path: str
-
-    @property
-    def origin(self) -> Origin:
-        return b"http", self.host, self.port
-
-
 @functools.lru_cache(maxsize=64)
-def _target(url: str) -> _Target:
+def _checked(url: str) -> str:
+    """`url`, once checked to be plain HTTP to a host (the generator's target is loopback)."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "http" or parts.hostname is None:
         raise ValueError(f"the load generator speaks plain HTTP to a host: {url!r}")
-    path = f"{parts.path or '/'}?{parts.query}" if parts.query else parts.path or "/"
-    return _Target(parts.hostname, parts.port or 80, path)
+    return url
 
 
 def pool_size(rate: float, concurrency: int | None = None) -> int:
@@ -83,53 +71,60 @@ def pool_size(rate: float, concurrency: int | None = None) -> int:
     return max(100, int(rate * 4))
 
 
-class LoadClient:
-    """The generator's HTTP/1.1 client: keep-alive connections to loopback, nothing else.
+def failure_name(exc: BaseException) -> str:
+    """What a failed request's ack says: the OS's own error when aiohttp wraps one (a refused
+    connection is `ConnectionRefusedError`), else the exception's type."""
+    cause = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+    return type(cause).__name__
 
-    Every ack figure counts this client's own work on both ends of the round trip. A general
-    client builds request and response objects, consults a cookie jar and arms timers on every
-    request: against a server that does nothing (`benchmarks/ack_floor.py`), aiohttp's session
-    took 0.87 to 0.96 ms per round trip at p50. This writes the request's bytes on a pooled
-    connection and reads the answer with httptools (uvicorn's parser), as load testers do: 0.57
-    to 0.61 ms. The connections are pyloto's own HTTP/1.1 pool (`adapters/http11.py`). At most
-    `connections` requests at once; `timeout_s` bounds connecting and each answer, not the wait
+
+class LoadClient:
+    """The generator's HTTP client: one aiohttp session, keep-alive connections to loopback.
+
+    Every ack figure counts this client's own work on both ends of the round trip, so it is
+    set up to do nothing a load generator does not need: no cookie jar, no automatic headers
+    beyond Host and Content-Length, no decompression, no proxy lookup. At most `connections`
+    requests at once; `timeout_s` bounds connecting and each read of the answer, not the wait
     for a free connection.
     """
 
     def __init__(self, connections: int, timeout_s: float = 10.0) -> None:
-        self._pool = ConnectionPool(max_connections=connections)
-        self._timeouts = {"connect": timeout_s, "read": timeout_s}
+        self._connections = connections
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=timeout_s, sock_read=timeout_s
+        )
+        self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Self:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self._connections, limit_per_host=0),
+            timeout=self._timeout,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+            auto_decompress=False,
+            trust_env=False,
+        )
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
+        await self.aclose()
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         """Close every connection."""
-        self._pool.close()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def request(
         self, method: str, url: str, body: bytes = b"", headers: Sequence[tuple[str, str]] = ()
     ) -> tuple[int, bytes]:
         """`method url` with `body`; the answer's status and body. Raises one of `_FAILED`."""
-        target = _target(url)
-        verb = method.encode()
-        head = serialize_request(
-            verb,
-            target.path.encode("latin-1"),
-            [
-                (b"Host", f"{target.host}:{target.port}".encode("latin-1")),
-                *((name.encode("latin-1"), value.encode("latin-1")) for name, value in headers),
-                (b"Content-Length", str(len(body)).encode()),
-            ],
-        )
-        try:
-            answer = await self._pool.exchange(target.origin, verb, head + body, self._timeouts)
-        except ConnectFailed as exc:  # a failed ack names the OS's own error
-            raise exc.__cause__ or exc from None
-        return answer.status, answer.body
+        if self._session is None:
+            raise RuntimeError("LoadClient is used inside `async with`")
+        async with self._session.request(
+            method, _checked(url), data=body or None, headers=dict(headers)
+        ) as answer:
+            return answer.status, await answer.read()
 
 
 async def get_json(client: LoadClient, url: str) -> Any:
@@ -148,7 +143,7 @@ async def post_webhook(client: LoadClient, url: str, hook: Webhook, index: int, 
     try:
         status, _ = await client.request("POST", url, hook.body, headers)
     except _FAILED as exc:
-        return Ack(index, due, started, time.monotonic(), None, type(exc).__name__)
+        return Ack(index, due, started, time.monotonic(), None, failure_name(exc))
     return Ack(index, due, started, time.monotonic(), status)
 
 

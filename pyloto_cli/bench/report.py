@@ -149,7 +149,7 @@ class BenchReport:
     duration_s: float
     send_lag_ms_max: float | None
     reply_cache: ReplyCacheUsage = ReplyCacheUsage(None)
-    ack_wire_ms: Latency | None = None  # the server's own, off the loopback wire (compare)
+    ack_wire_ms: Latency | None = None  # the server's own, off the loopback wire (benchmarks/)
 
     @property
     def clean(self) -> bool:

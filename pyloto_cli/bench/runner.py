@@ -72,7 +72,6 @@ class BenchConfig:
     keep: bool = False  # keep that directory (server log, SQLite files) after the run
     seed: int = 1
     workers: int = 0  # `pyloto serve --workers N`: N worker processes beside the web process
-    wire: bool = False  # compare: also take the server's acks off the loopback wire (root)
 
     @property
     def mode(self) -> str:

@@ -12,15 +12,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from pyloto_cli.bench import BenchConfig, BenchReport, run_bench
-from pyloto_cli.bench.compare import (
-    CompareLines,
-    parse_systems,
-    pinned_here,
-    reference_problem,
-    run_compare,
-    split_cpus,
-)
-from pyloto_cli.bench.compare_table import comparison_table
 from pyloto_cli.cli._boundary import EXIT_FAILURE, boundary, print_json
 from pyloto_cli.logs import configure_logging
 from pyloto_cli.loops import loop_factory
@@ -69,42 +60,6 @@ def _run(config: BenchConfig, err: Console) -> BenchReport:
             return runner.run(run_bench(config, bars))
 
 
-def _compare_systems(raw: str) -> list[str]:
-    try:
-        systems = parse_systems(raw, with_pyloto=True)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--compare") from None
-    problem = reference_problem(systems)
-    if problem is not None:
-        raise typer.BadParameter(problem, param_hint="--compare")
-    return systems
-
-
-def _compare(
-    systems: list[str], config: BenchConfig, pin: bool, as_json: bool, console: Console
-) -> bool:
-    """Run the systems one after another and print the table; True when pyloto was clean."""
-    err = Console(stderr=True)
-    pinning = split_cpus() if pin else None
-    if pin and pinning is None:
-        err.print("[yellow]one CPU only: nothing pinned[/]")
-    progress = CompareLines(err)
-    with (
-        boundary(err),
-        pinned_here(pinning),
-        asyncio.Runner(loop_factory=loop_factory()) as runner,
-    ):
-        reports = runner.run(run_compare(systems, config, pinning, progress))
-    if as_json:
-        print_json({kind: report.to_json() for kind, report in reports.items()})
-    else:
-        console.print(comparison_table(reports))
-        for kind, report in reports.items():
-            if report.config.get("workdir"):
-                console.print(f"kept ({kind}): {report.config['workdir']}", highlight=False)
-    return reports["pyloto"].clean
-
-
 def bench(
     messages: Annotated[
         int, typer.Option("--messages", "-n", min=1, help="Webhooks to send.")
@@ -143,23 +98,6 @@ def bench(
     workers: Annotated[
         int, typer.Option(min=0, help="`pyloto serve --workers N` (worker processes).")
     ] = 0,
-    compare: Annotated[
-        str | None,
-        typer.Option(
-            help="Also run these reference bots (inline, background; `bench` extra), one after"
-            " another, and print one table with ratios to the first."
-        ),
-    ] = None,
-    pin: Annotated[
-        bool, typer.Option(help="--compare: the system under test on one CPU, the rest apart.")
-    ] = True,
-    wire: Annotated[
-        bool,
-        typer.Option(
-            help="--compare: also take each server's acks off the loopback wire (Linux, root;"
-            " the capture costs the run a little CPU)."
-        ),
-    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object last.")] = False,
 ) -> None:
     """Latency and throughput: real server, real pipeline, real HTTP, fake LLM and Graph API.
@@ -170,11 +108,10 @@ def bench(
     PYLOTO_SEND_RATE_PER_NUMBER, 80/s by default, caps replies per business number).
     With PYLOTO_REPLY_CACHE=true and --greetings 0.3, the reply cache's hit rate is shown.
 
-    With --compare inline,background, each reference bot of benchmarks/reference/ and then
-    pyloto run through the same load and fakes (pyloto with PYLOTO_SEND_RATE_PER_NUMBER=1000
-    unless set: the bots have no send limit); --json prints {system: report}.
+    The comparison with the reference bots is in the source checkout:
+    `python -m benchmarks.compare` (see docs/bench.md).
 
-    Exit 1 if an acknowledged webhook was never answered or was answered twice (by pyloto).
+    Exit 1 if an acknowledged webhook was never answered or was answered twice.
     """
     console, err = Console(), Console(stderr=True)
     configure_logging("console", "WARNING")
@@ -195,13 +132,7 @@ def bench(
         seed=seed,
         keep=keep,
         workers=workers,
-        wire=wire,
     )
-    if compare is not None:
-        if not _compare(_compare_systems(compare), config, pin, as_json, console):
-            err.print("[bold red]error:[/] pyloto lost or doubled a reply")
-            raise typer.Exit(EXIT_FAILURE)
-        return
     with boundary(err):
         report = _run(config, err)
     if as_json:

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,7 +25,6 @@ from pyloto_cli.bench.procs import (
     tree_peak_rss_bytes,
 )
 from pyloto_cli.bench.report import percentile
-from pyloto_cli.bench.wire import may_capture
 from pyloto_cli.cli import app
 from pyloto_cli.fakes.graph_server import FakeGraphServer
 from pyloto_cli.fakes.openai_server import FakeOpenAIServer
@@ -214,54 +212,3 @@ def test_reply_cache_hit_rate_is_reported(
     # 10 greetings, 5 distinct texts, one conversation each: 5 misses, then 5 hits
     assert (cache["enabled"], cache["hits"], cache["misses"]) == (True, 5, 5)
     assert cache["hit_rate"] == 0.5
-
-
-def test_compare_runs_the_inline_bot_then_pyloto_through_the_same_load(
-    runner: CliRunner, tmp_path: Path
-) -> None:
-    """`--compare inline`: the reference bot and pyloto each answer all 10 webhooks once;
-    with --keep, each system's directory (its server log) stays under --data-dir."""
-    result = runner.invoke(
-        app,
-        [
-            "bench",
-            *("--compare", "inline", "--no-pin", "-n", "10", "--rate", "20"),
-            *("--llm-latency-ms", "20", "--llm-jitter-ms", "5", "--json"),
-            *("--keep", "--data-dir", str(tmp_path), "--wire"),
-        ],
-    )
-    assert result.exit_code == 0, f"{result.stdout}\n{result.stderr}"
-    reports: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
-    assert list(reports) == ["inline", "pyloto"]
-    for kind, report in reports.items():
-        counts = report["counts"]
-        assert (counts["acked"], counts["answered"], counts["replies"]) == (10, 10, 10), kind
-        assert report["config"]["system"] == kind
-        assert report["server"]["cpu_ms_per_msg"] > 0
-    # the inline bot answers the webhook only after its three LLM calls (>= 15 ms each)
-    assert reports["inline"]["ack_ms"]["p50"] >= 45
-    # --wire as root (CI): each server's acks are also taken off the wire; the inline bot holds
-    # each webhook for its three calls there too, and no wire ack is longer than the client's
-    for kind, report in reports.items():
-        wire = report["ack_wire_ms"]
-        if not may_capture():
-            assert wire is None, kind
-            continue
-        assert wire["count"] == 10, kind
-        assert wire["max"] <= report["ack_ms"]["max"], kind
-    if may_capture():
-        assert reports["inline"]["ack_wire_ms"]["p50"] >= 45
-    assert reports["pyloto"]["config"]["send_rate_per_number"] == "1000"
-    for kind, report in reports.items():
-        kept = Path(report["config"]["workdir"])
-        assert kept.parent == tmp_path
-        assert kept.name.startswith(f"pyloto-compare-{kind}-")
-        log = "serve.log" if kind == "pyloto" else f"{kind}.log"
-        assert (kept / log).stat().st_size > 0
-
-
-def test_compare_refuses_an_unknown_system(runner: CliRunner) -> None:
-    """A typo in --compare is a usage error before anything starts."""
-    result = runner.invoke(app, ["bench", "--compare", "inline,flask", "-n", "1"])
-    assert result.exit_code == 2
-    assert "choose from inline, background, pyloto" in result.stderr

@@ -26,7 +26,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from benchmarks.compare import webhooks as compare_webhooks
+from benchmarks.systems import webhooks as compare_webhooks
 from pyloto_cli.bench.runner import BenchConfig
 from pyloto_cli.fakes.graph_server import FakeGraphServer
 from pyloto_cli.fakes.openai_server import DEFAULT_CONTENT, FakeAnswer, FakeOpenAIServer

@@ -1,4 +1,4 @@
-"""bench/wire.py: the server's ack latency from loopback packets (capturing needs root, as CI
+"""benchmarks/wire.py: the server's ack latency from loopback packets (capturing needs root, as CI
 has; without it the capture says so and the comparison goes on without the figure)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pyloto_cli.bench import wire
-from pyloto_cli.bench.compare import wire_capture
+from benchmarks import wire
+from benchmarks.systems import wire_capture
 from pyloto_cli.bench.load import LoadClient, post_webhook
 from pyloto_cli.bench.payloads import build_webhooks
 from tests.fakes.raw_http import plain, raw_server

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from pyloto_cli.bench.compare_table import rounds_table
+from benchmarks.compare_table import rounds_table
 from pyloto_cli.bench.load import Ack
 from pyloto_cli.bench.report import BenchReport, RunRecord, summarize
 

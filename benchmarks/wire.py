@@ -9,7 +9,7 @@ webhook, from the wire's point of view. Linux only, and it needs CAP_NET_RAW (ro
 A classic BPF filter keeps only the server port's TCP packets, so the capture is not woken for
 the LLM and Graph traffic of the same run.
 
-The comparison runs it as a child process for each system (`python -m pyloto_cli.bench.wire
+The comparison runs it as a child process for each system (`python -m benchmarks.wire
 --port P --out FILE`): ready when it prints `capturing`, and on SIGTERM it writes the
 latencies (seconds, JSON) to FILE. Without CAP_NET_RAW it prints why and exits with status 3.
 """
@@ -123,13 +123,15 @@ def may_capture() -> bool:
 def open_capture(interface: str = "lo", port: int | None = None) -> socket.socket:
     """A packet socket on `interface` with receive timestamps (and only `port`'s TCP packets
     when given); raises PermissionError without CAP_NET_RAW."""
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(_ETH_P_ALL))
+    # protocol 0 receives nothing until the bind names one: a socket opened for every protocol
+    # would queue other traffic, unfiltered, in the moment before the filter is attached
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     try:
         if port is not None:
             _attach(sock, port_filter(port))
-        sock.bind((interface, 0))
         sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        sock.bind((interface, _ETH_P_ALL))  # Python puts the protocol in network order here
         sock.settimeout(0.2)
     except BaseException:
         sock.close()
@@ -182,10 +184,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         sock = open_capture(args.interface, args.port)
     except PermissionError:
-        print("no capture: it needs CAP_NET_RAW (root)", flush=True)  # noqa: T201
+        print("no capture: it needs CAP_NET_RAW (root)", flush=True)
         sys.exit(NO_CAPTURE_EXIT)
     with sock:
-        print("capturing", flush=True)  # noqa: T201
+        print("capturing", flush=True)
         acks = read_frames(sock, WireAcks(args.port), lambda: stopping)
     args.out.write_text(json.dumps(acks.latencies_s))
 

@@ -15,12 +15,7 @@ def fake_tree(root: Path, cpu_ms: float, lost: int = 0) -> Path:
     package = root / "pyloto_cli"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
-    result = {
-        "pyloto": {
-            "server": {"cpu_ms_per_msg": cpu_ms},
-            "counts": {"lost": lost, "duplicated": 0},
-        }
-    }
+    result = {"server": {"cpu_ms_per_msg": cpu_ms}, "counts": {"lost": lost, "duplicated": 0}}
     (package / "__main__.py").write_text(f"print({json.dumps(json.dumps(result))})\n")
     return root
 
@@ -48,14 +43,14 @@ async def test_a_failing_bench_is_an_error_not_a_figure(tmp_path: Path) -> None:
 
 def test_the_command_is_pyloto_alone_at_the_given_load() -> None:
     command = bench_command(1000, 50.0)
-    assert command[1:6] == ["-m", "pyloto_cli", "bench", "--compare", "pyloto"]
+    assert command[:4] == ["-m", "pyloto_cli", "bench", "--json"]
     assert command[command.index("-n") + 1] == "1000"
     assert command[command.index("--rate") + 1] == "50.0"
 
 
 def test_figures_read_cpu_and_faults_from_the_bench_json() -> None:
     run = {"server": {"cpu_ms_per_msg": 4.2}, "counts": {"lost": 2, "duplicated": 1}}
-    assert figures(json.dumps({"pyloto": run})) == (4.2, 3)
+    assert figures("progress\n" + json.dumps(run)) == (4.2, 3)
 
 
 def test_summary_is_the_median_ratio_and_its_range() -> None:
