@@ -22,7 +22,7 @@ from pyloto_cli.domain.webhook import split_webhook
 from pyloto_cli.pipeline.worker import Worker
 from pyloto_cli.ports import QueueAdmin
 from pyloto_cli.settings import Settings
-from pyloto_cli.worker_thread import SWITCH_INTERVAL_S, threadable, worker_thread
+from pyloto_cli.worker_thread import threadable, worker_thread
 from tests.conftest import load_fixture
 
 
@@ -42,18 +42,17 @@ async def test_the_thread_answers_what_the_web_loop_enqueued(
     (task,) = split_webhook(load_fixture("webhooks/text.json"), time.time())
     before = sys.getswitchinterval()
     thresholds = gc.get_threshold()
-    assert thresholds != settings.gc_thresholds  # Python's own, in the test process
     async with open_runtime(_web(settings)) as web:
         assert web.pipeline is None  # the web loop opens no LLM client
         assert web.worker is None
         async with worker_thread(settings, web, on_failure=_unexpected):
-            assert sys.getswitchinterval() == SWITCH_INTERVAL_S
-            assert gc.get_threshold() == settings.gc_thresholds == (1000, 10, 1000)
+            # the interpreter is the process's, not the worker's to tune
+            assert sys.getswitchinterval() == before
+            assert gc.get_threshold() == thresholds
             (worker,) = (t for t in threading.enumerate() if t.name == "pyloto-worker")
             assert worker.native_id is not None
             web_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-            worker_nice = os.getpriority(os.PRIO_PROCESS, worker.native_id)
-            assert worker_nice == min(19, web_nice + settings.worker_nice) > web_nice
+            assert os.getpriority(os.PRIO_PROCESS, worker.native_id) == web_nice
             result = await web.sink.enqueue([task])
             assert result.enqueued == (task.task_id,)
             web.notify()
@@ -119,7 +118,6 @@ def test_memory_queues_and_push_queues_keep_the_worker_on_the_web_loop(
     make_settings: Callable[..., Settings],
 ) -> None:
     assert not threadable(make_settings(queue_backend="memory"))
-    assert not threadable(make_settings(worker_thread=False))
     assert not threadable(make_settings(worker_enabled=False))
     assert threadable(make_settings(queue_backend="redis", redis_url="redis://127.0.0.1:1"))
 

@@ -271,17 +271,15 @@ class SqliteMessageQueue:
         """Stop taking calls (they raise BackendUnavailable); close the file if it is ours."""
         await self._sql.close()
 
-    async def _run(
-        self, op: Operation[T], *, readonly: bool = False, lazy: bool = False, inline: bool = False
-    ) -> T:
-        return await self._sql.run(op, readonly=readonly, lazy=lazy, inline=inline)
+    async def _run(self, op: Operation[T], *, readonly: bool = False, lazy: bool = False) -> T:
+        return await self._sql.run(op, readonly=readonly, lazy=lazy)
 
     # --- MessageQueue ------------------------------------------------------------------------
 
     async def enqueue(self, tasks: Sequence[Task]) -> EnqueueResult:
         """Store `tasks` in one transaction; returns once committed (shared group commit)."""
         batch, now = list(tasks), self._clock()
-        return await self._run(lambda conn: _enqueue(conn, batch, now), inline=True)
+        return await self._run(lambda conn: _enqueue(conn, batch, now))
 
     async def lease(self, max_items: int, lease_s: float) -> list[Leased]:
         """Lease the oldest leasable head of each conversation, FIFO, up to `max_items`."""
