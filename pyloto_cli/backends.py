@@ -1,6 +1,6 @@
 """Adapter selection for the composition root: one function per port, keyed by the settings.
 
-Only `bootstrap.open_runtime` calls these. Every adapter is entered on the caller's exit stack,
+Only `bootstrap.Roles` calls these. Every adapter is entered on the caller's exit stack,
 so it is closed in reverse order. SDK-backed modules are imported only when chosen: the
 embedded defaults need neither redis nor the Google clients installed.
 """
@@ -24,12 +24,12 @@ from pyloto_cli.ports import (
     Sender,
     SessionStore,
     StatusStore,
+    TaskRescheduler,
     TaskSink,
 )
 from pyloto_cli.settings import QueueBackend, Settings, StoreBackend
 
 if TYPE_CHECKING:
-    from pyloto_cli.adapters.queue.cloud_tasks import CloudTasksSink
     from pyloto_cli.web.tasks_auth import TaskAuthenticator
 
 Stack = contextlib.AsyncExitStack
@@ -39,10 +39,10 @@ class SqliteFiles:
     """The SQLite files open in this process, by path: one `SqliteDatabase` (one writer thread,
     one group commit) per file, however many runtimes use it.
 
-    `serve` runs its worker on a thread with its own event loop and its own runtime; that
-    runtime is given the web runtime's `SqliteFiles`, so both write queue.db and state.db
-    through the same writer threads (a `SqliteDatabase` serves callers on any loop). A file is
-    closed by the stack of the runtime that opened it, so the worker's runtime closes first.
+    `serve` runs its worker on a thread with its own event loop and its own `Roles`; those are
+    given the web loop's `SqliteFiles`, so both write queue.db and state.db through the same
+    writer threads (a `SqliteDatabase` serves callers on any loop). A file is closed by the
+    stack that opened it, so the worker's closes first.
     """
 
     def __init__(self) -> None:
@@ -107,15 +107,23 @@ class Shared:
 
 
 @dataclass(frozen=True, slots=True)
+class PushParts:
+    """What a push queue (Cloud Tasks) adds for `/tasks/process`."""
+
+    auth: TaskAuthenticator
+    scheduler: TaskRescheduler
+    dead_letters: DeadLetterStore
+
+
+@dataclass(frozen=True, slots=True)
 class QueueParts:
-    """The queue's roles: every backend has a sink; pull backends also lease (`queue`)."""
+    """The queue's parts: every backend has a sink; pull backends also lease (`queue`), push
+    backends have `push`."""
 
     sink: TaskSink
     queue: MessageQueue | None
     admin: QueueAdmin | None
-    cloud_tasks: CloudTasksSink | None = None
-    dead_letters: DeadLetterStore | None = None
-    task_auth: TaskAuthenticator | None = None
+    push: PushParts | None = None
 
 
 async def open_queue(shared: Shared, policy: RetryPolicy) -> QueueParts:
@@ -152,7 +160,7 @@ async def _open_cloud_tasks(shared: Shared) -> QueueParts:
     opened = await shared.stack.enter_async_context(sink)
     dead = await open_dead_letters(shared)
     admin = CloudTasksAdmin(opened, dead)
-    return QueueParts(opened, None, admin, cloud_tasks=opened, dead_letters=dead, task_auth=auth)
+    return QueueParts(opened, None, admin, PushParts(auth, opened, dead))
 
 
 async def open_dead_letters(shared: Shared) -> DeadLetterStore:

@@ -35,6 +35,21 @@ class TaskSink(Protocol):
         ...
 
 
+class TaskRescheduler(Protocol):
+    """A push queue's way to run a task again later, at a time it chooses (Cloud Tasks)."""
+
+    async def reschedule(
+        self,
+        task: Task,
+        delay_s: float,
+        attempt: int,
+        salt: str = "",
+        last_error: str | None = None,
+    ) -> None:
+        """Create the task again, due in `delay_s` seconds, as attempt `attempt`."""
+        ...
+
+
 class MessageQueue(TaskSink, Protocol):
     """A pull queue with leases, retries and dead letters.
 

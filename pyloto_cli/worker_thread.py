@@ -2,10 +2,10 @@
 
 On one event loop the webhook's 200 would wait behind whatever the worker's callbacks are doing
 (parsing LLM answers, building payloads). On its own thread the worker is preempted instead, so
-the ack waits at most for the GIL. The worker's runtime opens its own LLM and Graph clients,
+the ack waits at most for the GIL. The worker's `Roles` open their own LLM and Graph clients,
 and Redis or Firestore clients when those are chosen (they belong to the loop that opened them),
-but shares the web runtime's SQLite files (`backends.SqliteFiles`): one writer thread and one
-group commit per file for both loops. The web loop wakes the worker after each enqueue with
+but share the web loop's SQLite files (`backends.SqliteFiles`): one writer thread and one group
+commit per file for both loops. The web loop wakes the worker after each enqueue with
 `call_soon_threadsafe`.
 
 The memory queue belongs to one loop, so with it the worker stays on the web loop
@@ -23,10 +23,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from pyloto_cli import loops
-from pyloto_cli.bootstrap import Runtime, open_runtime
+from pyloto_cli.backends import SqliteFiles
+from pyloto_cli.bootstrap import open_roles
 from pyloto_cli.domain.errors import WorkerFailed
 from pyloto_cli.logs import get_logger, log_event
+from pyloto_cli.pipeline.worker import Worker
 from pyloto_cli.settings import QueueBackend, Settings
+from pyloto_cli.web.intake import Intake
 
 _log = get_logger("worker")
 
@@ -34,7 +37,7 @@ _log = get_logger("worker")
 @dataclass(frozen=True, slots=True)
 class _Running:
     loop: asyncio.AbstractEventLoop
-    runtime: Runtime
+    worker: Worker
     stop: asyncio.Event
 
 
@@ -47,19 +50,18 @@ def threadable(settings: Settings) -> bool:
 
 def _thread_main(
     settings: Settings,
-    web: Runtime,
+    sqlite: SqliteFiles,
     started: concurrent.futures.Future[_Running],
     on_failure: Callable[[], None],
 ) -> None:
     async def main() -> None:
         stop = asyncio.Event()
-        async with open_runtime(settings, sqlite=web.sqlite) as runtime:
-            if runtime.worker is None:  # a push queue: serve does not start this thread
-                raise RuntimeError("no worker to run: the queue backend pushes tasks")
+        async with open_roles(settings, sqlite=sqlite) as roles:
+            worker = await roles.worker()
             if not started.set_running_or_notify_cancel():
                 return  # serve stopped waiting (it is shutting down): close and end
-            started.set_result(_Running(asyncio.get_running_loop(), runtime, stop))
-            await runtime.worker.run(stop)
+            started.set_result(_Running(asyncio.get_running_loop(), worker, stop))
+            await worker.run(stop)
 
     try:
         loops.run(main())
@@ -73,18 +75,18 @@ def _thread_main(
 
 @contextlib.asynccontextmanager
 async def worker_thread(
-    settings: Settings, web: Runtime, on_failure: Callable[[], None]
+    settings: Settings, sqlite: SqliteFiles, intake: Intake, on_failure: Callable[[], None]
 ) -> AsyncIterator[None]:
-    """Run a worker on its own thread for the block; raises if its runtime cannot open.
+    """Run a worker on its own thread for the block; raises if its roles cannot open.
 
-    `web` is the web loop's runtime: its SQLite files are shared, its `notify` wakes the
+    `sqlite` are the web loop's open SQLite files, to share; `intake.notify` wakes the
     worker. `on_failure` is called (from the worker's thread) if the worker ends by an error
     after it started; `serve` stops itself then.
     """
     started: concurrent.futures.Future[_Running] = concurrent.futures.Future()
     thread = threading.Thread(
         target=_thread_main,
-        args=(settings, web, started, on_failure),
+        args=(settings, sqlite, started, on_failure),
         name="pyloto-worker",
         daemon=True,
     )
@@ -100,14 +102,14 @@ async def worker_thread(
 
     def wake() -> None:
         with contextlib.suppress(RuntimeError):  # its loop ended: the worker failed
-            running.loop.call_soon_threadsafe(running.runtime.notify)
+            running.loop.call_soon_threadsafe(running.worker.notify)
 
-    web.wakers.append(wake)
+    intake.wakers.append(wake)
     log_event(_log, "worker_started", logging.DEBUG, mode="thread")
     try:
         yield
     finally:
-        web.wakers.remove(wake)
+        intake.wakers.remove(wake)
         with contextlib.suppress(RuntimeError):  # the loop already ended (the worker failed)
             running.loop.call_soon_threadsafe(running.stop.set)
         await asyncio.to_thread(thread.join)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyloto_cli.bootstrap import open_runtime
+from pyloto_cli.bootstrap import open_roles
 from pyloto_cli.domain.errors import MalformedPayload
 from pyloto_cli.domain.webhook import split_webhook
 from pyloto_cli.logs import get_logger, log_event
@@ -97,9 +97,10 @@ async def run_enqueue(
 ) -> EnqueueReport:
     """Enqueue every source on the queue `settings` name; `on_file` follows the progress."""
     report = EnqueueReport()
-    async with open_runtime(admin_settings(settings)) as runtime:
+    async with open_roles(admin_settings(settings)) as roles:
+        sink = (await roles.queue_parts()).sink
         for source in sources:
-            outcome = await enqueue_source(runtime.sink, source)
+            outcome = await enqueue_source(sink, source)
             report.files.append(outcome)
             if on_file is not None:
                 on_file(outcome)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pyloto_cli.bootstrap import Runtime, open_runtime
+from pyloto_cli.bootstrap import Roles, open_roles
 from pyloto_cli.domain.task import DeadLetter, QueueStats
 from pyloto_cli.logs import get_logger, log_event, mask_phone
 from pyloto_cli.ports import DeliveryStatus, QueueAdmin
@@ -24,11 +24,12 @@ _log = get_logger("tools.queue")
 _SHOW_LIMIT = 1_000_000  # dead letters scanned by `show` and `requeue` (QueueAdmin has no get)
 
 
-def _admin(runtime: Runtime) -> QueueAdmin:
-    if runtime.admin is None:
-        backend = runtime.settings.queue_backend.value
+async def _admin(roles: Roles) -> QueueAdmin:
+    admin = await roles.admin()
+    if admin is None:
+        backend = roles.settings.queue_backend.value
         raise ToolUsageError(f"QUEUE_BACKEND={backend} has no admin interface here")
-    return runtime.admin
+    return admin
 
 
 def iso_time(epoch: float | None) -> str | None:
@@ -56,8 +57,8 @@ def stats_json(stats: QueueStats) -> dict[str, Any]:
 
 async def queue_stats(settings: Settings) -> QueueStats:
     """One snapshot of the configured queue."""
-    async with open_runtime(admin_settings(settings)) as runtime:
-        return await _admin(runtime).stats()
+    async with open_roles(admin_settings(settings)) as roles:
+        return await (await _admin(roles)).stats()
 
 
 async def watch_stats(
@@ -69,8 +70,8 @@ async def watch_stats(
 ) -> int:
     """Call `on_stats` every `interval_s` seconds, `count` times (forever when None)."""
     shown = 0
-    async with open_runtime(admin_settings(settings)) as runtime:
-        admin = _admin(runtime)
+    async with open_roles(admin_settings(settings)) as roles:
+        admin = await _admin(roles)
         while count is None or shown < count:
             if shown:
                 await asyncio.sleep(interval_s)  # the refresh interval, not a readiness wait
@@ -117,10 +118,11 @@ async def run_drain(
 
     `total` is the depth before the drain; retries raise `handled` above it.
     """
-    async with open_runtime(settings) as runtime:
-        admin, worker = _admin(runtime), runtime.worker
-        if worker is None:
+    async with open_roles(settings) as roles:
+        admin = await _admin(roles)
+        if (await roles.queue_parts()).queue is None:
             raise ToolUsageError("this queue backend pushes tasks; there is nothing to drain")
+        worker = await roles.worker()
         total = (await admin.stats()).depth
         started = time.perf_counter()
         burst = asyncio.create_task(worker.drain(), name="pyloto-drain")
@@ -165,8 +167,8 @@ def dead_letter_json(dead: DeadLetter, *, full: bool = False) -> dict[str, Any]:
 
 async def list_dead(settings: Settings, limit: int = 100) -> list[DeadLetter]:
     """Dead letters, oldest first."""
-    async with open_runtime(admin_settings(settings)) as runtime:
-        return await _admin(runtime).dead_letters(limit)
+    async with open_roles(admin_settings(settings)) as roles:
+        return await (await _admin(roles)).dead_letters(limit)
 
 
 async def show_dead(settings: Settings, task_id: str) -> DeadLetter | None:
@@ -187,8 +189,8 @@ class RequeueReport:
 
 async def requeue_dead(settings: Settings, task_ids: Sequence[str] | None) -> RequeueReport:
     """Queue dead letters again (every one when `task_ids` is None)."""
-    async with open_runtime(admin_settings(settings)) as runtime:
-        admin = _admin(runtime)
+    async with open_roles(admin_settings(settings)) as roles:
+        admin = await _admin(roles)
         if task_ids is None:
             return RequeueReport(await admin.requeue_dead(None))
         dead_ids = {d.task.task_id for d in await admin.dead_letters(_SHOW_LIMIT)}
@@ -201,8 +203,8 @@ async def requeue_dead(settings: Settings, task_ids: Sequence[str] | None) -> Re
 
 async def purge_dead(settings: Settings) -> int:
     """Delete every dead letter; the count."""
-    async with open_runtime(admin_settings(settings)) as runtime:
-        return await _admin(runtime).purge_dead()
+    async with open_roles(admin_settings(settings)) as roles:
+        return await (await _admin(roles)).purge_dead()
 
 
 # --- failed deliveries ----------------------------------------------------------------------
@@ -224,5 +226,5 @@ def delivery_json(status: DeliveryStatus) -> dict[str, Any]:
 
 async def failed_deliveries(settings: Settings, limit: int = 100) -> list[DeliveryStatus]:
     """The most recent `failed` delivery statuses, newest first, with their error codes."""
-    async with open_runtime(admin_settings(settings)) as runtime:
-        return await runtime.statuses.failed(limit)
+    async with open_roles(admin_settings(settings)) as roles:
+        return await (await roles.stores()).statuses.failed(limit)

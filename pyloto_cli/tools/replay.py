@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from pyloto_cli.bootstrap import Runtime, open_runtime
+from pyloto_cli.bootstrap import Stores, open_roles
 from pyloto_cli.domain.errors import MalformedPayload
 from pyloto_cli.domain.reply import Reply
 from pyloto_cli.domain.task import JsonObject, Task, TaskKind
@@ -214,17 +214,17 @@ def _reply_json(reply: Reply) -> JsonObject:
 
 
 class Replayer:
-    """Runs requests through a pipeline on a runtime's ports, recording each task."""
+    """Runs requests through a copy of `pipeline` on `stores`, recording each task."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, pipeline: Pipeline, stores: Stores) -> None:
         self._probe = _Probe()
         self.pipeline = Pipeline(
-            sessions=runtime.sessions,
-            deduper=runtime.deduper,
-            responder=_TimedResponder(runtime.processing.responder, self._probe),
-            sender=_RecordingSender(runtime.processing.sender, self._probe),
-            statuses=runtime.statuses,
-            config=runtime.processing.config,
+            sessions=stores.sessions,
+            deduper=stores.deduper,
+            responder=_TimedResponder(pipeline.responder, self._probe),
+            sender=_RecordingSender(pipeline.sender, self._probe),
+            statuses=stores.statuses,
+            config=pipeline.config,
         )
 
     async def replay(self, request: Request) -> list[JsonObject]:
@@ -317,8 +317,8 @@ async def run_replay(
     """Replay `sources` in order on one offline runtime; record and/or compare the transcript."""
     expected = _expected(expect)
     report = ReplayReport()
-    async with open_runtime(replay_settings(settings, live_llm=live_llm)) as runtime:
-        replayer = Replayer(runtime)
+    async with open_roles(replay_settings(settings, live_llm=live_llm)) as roles:
+        replayer = Replayer(await roles.pipeline(), await roles.stores())
         for source in sources:
             for request in requests_of(source):
                 for item in await replayer.replay(request):

@@ -14,20 +14,33 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from pyloto_cli.bootstrap import Runtime, retry_policy
 from pyloto_cli.domain.errors import AmbiguousSendError, PayloadTooLarge
+from pyloto_cli.domain.retry import RetryPolicy
 from pyloto_cli.domain.task import ATTEMPT_HEADER, LAST_ERROR_HEADER, DeadLetter, Task
 from pyloto_cli.logs import bind, get_logger, log_event
-from pyloto_cli.pipeline.process import Outcome, TaskResult
+from pyloto_cli.pipeline.process import Outcome, Pipeline, TaskResult
+from pyloto_cli.ports import DeadLetterStore, TaskRescheduler
 from pyloto_cli.web.body import read_body
-from pyloto_cli.web.tasks_auth import TaskAuthError
+from pyloto_cli.web.tasks_auth import TaskAuthenticator, TaskAuthError
 
 RESCHEDULE_AFTER_S = 10.0  # longer waits than this are scheduled, not left to Cloud Tasks
 _log = get_logger("tasks")
+
+
+@dataclass(frozen=True, slots=True)
+class PushRole:
+    """What `/tasks/process` needs: only a process on a push queue (Cloud Tasks) has one."""
+
+    pipeline: Pipeline
+    auth: TaskAuthenticator
+    scheduler: TaskRescheduler
+    dead_letters: DeadLetterStore
+    policy: RetryPolicy
 
 
 def pushed_attempt(headers: Mapping[str, str]) -> int:
@@ -39,11 +52,11 @@ def pushed_attempt(headers: Mapping[str, str]) -> int:
 
 async def process_pushed(request: Request) -> Response:
     """Authenticate, run the task, answer with the retry decision."""
-    runtime: Runtime = request.app.state.runtime
-    if runtime.cloud_tasks is None or runtime.task_auth is None:
+    push: PushRole | None = request.app.state.push
+    if push is None:
         return PlainTextResponse("not a push queue", status_code=404)
     try:
-        await runtime.task_auth.authenticate(request.headers)
+        await push.auth.authenticate(request.headers)
     except TaskAuthError as exc:
         log_event(_log, "task_rejected", reason=str(exc), status=exc.status_code)
         return PlainTextResponse("unauthorized", status_code=exc.status_code)
@@ -57,36 +70,34 @@ async def process_pushed(request: Request) -> Response:
         log_event(_log, "task_dequeued", kind=task.kind.value, queue="cloud_tasks")
         started = time.perf_counter()
         last_error = request.headers.get(LAST_ERROR_HEADER.lower())
-        result = await runtime.processing.process(task, attempt, last_error)
+        result = await push.pipeline.process(task, attempt, last_error)
         duration_ms = round((time.perf_counter() - started) * 1000, 2)
-        return await _settle(runtime, task, attempt, result, duration_ms)
+        return await _settle(push, task, attempt, result, duration_ms)
 
 
 async def _settle(
-    runtime: Runtime, task: Task, attempt: int, result: TaskResult, duration_ms: float
+    push: PushRole, task: Task, attempt: int, result: TaskResult, duration_ms: float
 ) -> Response:
     if result.outcome in (Outcome.DONE, Outcome.SKIPPED):
         log_event(_log, "task_processed", outcome=result.outcome.value, duration_ms=duration_ms)
         return PlainTextResponse("ok")
     reason = result.reason or "unknown error"
-    policy = retry_policy(runtime.settings)
+    policy = push.policy
     if result.outcome is Outcome.DEFER:  # sending paused: wait, without spending an attempt
         pause = result.delay_s or RESCHEDULE_AFTER_S
-        if runtime.cloud_tasks is not None:
-            salt = f"defer:{time.time_ns()}"  # same attempt, so a name of its own (per call)
-            await runtime.cloud_tasks.reschedule(task, pause, attempt, salt)
+        salt = f"defer:{time.time_ns()}"  # same attempt, so a name of its own (per call)
+        await push.scheduler.reschedule(task, pause, attempt, salt)
         log_event(_log, "task_deferred", reason=reason, delay_s=pause)
         return PlainTextResponse("deferred")
     if result.outcome is Outcome.DEAD or policy.exhausted(attempt):
-        assert runtime.dead_letters is not None  # noqa: S101 - wired with cloud_tasks
-        await runtime.dead_letters.record(DeadLetter(task, reason, attempt, time.time()))
+        await push.dead_letters.record(DeadLetter(task, reason, attempt, time.time()))
         log_event(_log, "task_dead_lettered", reason=reason, duration_ms=duration_ms)
         return PlainTextResponse("dead-lettered")
     delay = result.delay_s if result.delay_s is not None else policy.delay(attempt)
     ambiguous = reason.startswith(AmbiguousSendError.__name__)  # the next try must know
-    if (delay > RESCHEDULE_AFTER_S or ambiguous) and runtime.cloud_tasks is not None:
+    if delay > RESCHEDULE_AFTER_S or ambiguous:
         last = reason if ambiguous else None
-        await runtime.cloud_tasks.reschedule(task, delay, attempt + 1, last_error=last)
+        await push.scheduler.reschedule(task, delay, attempt + 1, last_error=last)
         log_event(_log, "task_retried", reason=reason, delay_s=delay, rescheduled=True)
         return PlainTextResponse("rescheduled")
     log_event(_log, "task_retried", reason=reason, delay_s=delay)

@@ -16,7 +16,7 @@ from pyloto_cli.adapters.llm.offline import OfflineResponder
 from pyloto_cli.adapters.queue.memory import MemoryMessageQueue
 from pyloto_cli.adapters.sessions.memory import MemorySessionStore
 from pyloto_cli.adapters.statuses.memory import MemoryStatusStore
-from pyloto_cli.bootstrap import open_runtime
+from pyloto_cli.bootstrap import open_roles
 from pyloto_cli.domain.errors import PermanentError, TransientError
 from pyloto_cli.domain.retry import RetryPolicy
 from pyloto_cli.domain.session import Role, Session
@@ -281,9 +281,9 @@ async def test_settings_reach_the_worker(make_settings: Callable[..., Settings])
         PYLOTO_COALESCE_WINDOW_SECONDS="1.5",
         PYLOTO_COALESCE_MAX="4",
     )
-    async with open_runtime(settings) as runtime:
-        assert runtime.worker is not None
-        assert (runtime.worker.coalesce_window_s, runtime.worker.coalesce_max) == (1.5, 4)
+    async with open_roles(settings) as roles:
+        worker = await roles.worker()
+        assert (worker.coalesce_window_s, worker.coalesce_max) == (1.5, 4)
 
 
 async def test_a_burst_deferred_by_another_workers_claim_leaves_that_claim(
