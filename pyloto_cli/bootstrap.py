@@ -123,6 +123,7 @@ class Roles:
             self._worker = Worker(
                 queue,
                 await self.pipeline(),
+                policy=retry_policy(settings),
                 concurrency=settings.concurrency,
                 lease_s=settings.lease_seconds,
                 poll_interval=settings.poll_interval,

@@ -62,6 +62,9 @@ def tasks_of(item: JsonObject, received_at: float) -> list[Task]:
     return split_webhook(webhook([item]), received_at)
 
 
+POLICY = RetryPolicy(base_s=0.0, cap_s=0.0, jitter=0.0, max_attempts=3)
+
+
 @dataclass
 class Harness:
     queue: SignallingQueue
@@ -73,7 +76,12 @@ class Harness:
 
     def worker(self, window_s: float = WINDOW_S, **options: Any) -> Worker:
         return Worker(
-            self.queue, self.pipeline, poll_interval=0.001, coalesce_window_s=window_s, **options
+            self.queue,
+            self.pipeline,
+            policy=POLICY,
+            poll_interval=0.001,
+            coalesce_window_s=window_s,
+            **options,
         )
 
     async def deliver(self, item: JsonObject, offset_s: float) -> None:
@@ -104,9 +112,8 @@ def deduper() -> MemoryDeduper:
 
 @pytest.fixture
 async def harness(sender: RecordingSender, deduper: MemoryDeduper) -> AsyncIterator[Harness]:
-    policy = RetryPolicy(base_s=0.0, cap_s=0.0, jitter=0.0, max_attempts=3)
     async with (
-        SignallingQueue(policy) as queue,
+        SignallingQueue(POLICY) as queue,
         MemorySessionStore() as sessions,
         MemoryStatusStore() as statuses,
         OfflineResponder() as responder,

@@ -19,7 +19,13 @@ from pyloto_cli.adapters.deadletters.memory import MemoryDeadLetterStore
 from pyloto_cli.adapters.queue.cloud_tasks import TOKEN_HEADER
 from pyloto_cli.bootstrap import Stores, open_roles, pipeline_config, retry_policy
 from pyloto_cli.domain.errors import AmbiguousSendError, PermanentError, SendPaused, TransientError
-from pyloto_cli.domain.task import ATTEMPT_HEADER, LAST_ERROR_HEADER, JsonObject, Task
+from pyloto_cli.domain.task import (
+    ATTEMPT_HEADER,
+    PREVIOUS_FAILURE_HEADER,
+    FailureKind,
+    JsonObject,
+    Task,
+)
 from pyloto_cli.domain.webhook_split import split_webhook
 from pyloto_cli.pipeline.process import Pipeline
 from pyloto_cli.ports import SendResult
@@ -40,7 +46,7 @@ class FakeSink:
     def __init__(self) -> None:
         self.rescheduled: list[tuple[Task, float, int]] = []
         self.salts: list[str] = []
-        self.last_errors: list[str | None] = []
+        self.failures: list[FailureKind | None] = []
 
     async def reschedule(
         self,
@@ -48,11 +54,11 @@ class FakeSink:
         delay_s: float,
         attempt: int,
         salt: str = "",
-        last_error: str | None = None,
+        previous_failure: FailureKind | None = None,
     ) -> None:
         self.rescheduled.append((task, delay_s, attempt))
         self.salts.append(salt)
-        self.last_errors.append(last_error)
+        self.failures.append(previous_failure)
 
 
 class ScriptedSender:
@@ -247,23 +253,36 @@ async def test_retryable_failure_without_a_delay_gets_the_policy_delay(harness: 
     assert int(response.headers["retry-after"]) >= 1
 
 
-async def test_ambiguous_send_is_rescheduled_with_its_error_and_not_retried_twice(
+async def test_ambiguous_send_is_rescheduled_with_its_failure_kind_and_not_retried_twice(
     harness: Harness,
 ) -> None:
-    """Cloud Tasks keeps no error between tries: the reschedule carries it in a header."""
+    """Cloud Tasks keeps nothing between tries: the reschedule carries the failure kind, and
+    the endpoint reads it back from the header."""
     harness.sender.errors.append(AmbiguousSendError("read timeout after send"))
     task = message_task()
     response = await push(harness, task)
     assert response.status_code == 200
     assert harness.sink.rescheduled == [(task, harness.sink.rescheduled[0][1], 2)]
-    carried = harness.sink.last_errors[0] or ""
-    assert carried.startswith("AmbiguousSendError")
+    assert harness.sink.failures == [FailureKind.AMBIGUOUS_SEND]
     harness.sender.errors.append(AmbiguousSendError("read timeout again"))
-    again = await push(harness, task, **{ATTEMPT_HEADER: "2", LAST_ERROR_HEADER: carried})
+    header = {ATTEMPT_HEADER: "2", PREVIOUS_FAILURE_HEADER: FailureKind.AMBIGUOUS_SEND.value}
+    again = await push(harness, task, **header)
     assert again.status_code == 200
     dead = await harness.dead.get(task.task_id)
     assert dead is not None
     assert "not retried twice" in dead.error
+
+
+async def test_an_error_text_is_not_taken_for_the_failure_kind(harness: Harness) -> None:
+    """A retry whose previous failure is unknown (here: an unknown header value) gets its one
+    retry of an ambiguous send: only the typed kind says "already retried once"."""
+    harness.sender.errors.append(AmbiguousSendError("read timeout after send"))
+    task = message_task()
+    header = {ATTEMPT_HEADER: "2", PREVIOUS_FAILURE_HEADER: "AmbiguousSendError: earlier"}
+    response = await push(harness, task, **header)
+    assert response.status_code == 200
+    assert await harness.dead.list() == []
+    assert [attempt for _, _, attempt in harness.sink.rescheduled] == [3]
 
 
 async def test_a_live_claim_elsewhere_is_deferred_without_spending_an_attempt(
