@@ -28,7 +28,7 @@ from pyloto_cli.domain.retry import RetryPolicy
 from pyloto_cli.logs import get_logger, log_event
 from pyloto_cli.pipeline.process import Pipeline, PipelineConfig
 from pyloto_cli.pipeline.worker import Worker
-from pyloto_cli.ports import Deduper, QueueAdmin, SessionStore, StatusStore
+from pyloto_cli.ports import Deduper, QueueAdmin, SessionStore, StatusStore, TaskSink
 from pyloto_cli.settings import Settings
 from pyloto_cli.web.intake import Intake
 from pyloto_cli.web.tasks import PushRole
@@ -87,6 +87,14 @@ class Roles:
             self._intake = Intake(parts.sink, parts.admin, stores.sessions)
             self._opened("intake")
         return self._intake
+
+    async def sink(self) -> TaskSink:
+        """Where tasks are stored (every queue backend has one)."""
+        return (await self.queue_parts()).sink
+
+    async def pulls(self) -> bool:
+        """Whether the queue backend leases tasks to workers (else it pushes them)."""
+        return (await self.queue_parts()).queue is not None
 
     async def admin(self) -> QueueAdmin | None:
         """The queue's admin interface (None for a backend without one)."""

@@ -13,18 +13,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pyloto_cli.bootstrap import Roles, open_roles
 from pyloto_cli.domain.task import DeadLetter, QueueStats
 from pyloto_cli.logs import get_logger, log_event, mask_phone
 from pyloto_cli.ports import DeliveryStatus, QueueAdmin
 from pyloto_cli.settings import Settings
-from pyloto_cli.tools import ToolUsageError, admin_settings
+from pyloto_cli.tools import RolesOpener, ToolRoles, ToolUsageError, admin_settings
 
 _log = get_logger("tools.queue")
 _SHOW_LIMIT = 1_000_000  # dead letters scanned by `show` and `requeue` (QueueAdmin has no get)
 
 
-async def _admin(roles: Roles) -> QueueAdmin:
+async def _admin(roles: ToolRoles) -> QueueAdmin:
     admin = await roles.admin()
     if admin is None:
         backend = roles.settings.queue_backend.value
@@ -55,7 +54,7 @@ def stats_json(stats: QueueStats) -> dict[str, Any]:
 # --- stats ----------------------------------------------------------------------------------
 
 
-async def queue_stats(settings: Settings) -> QueueStats:
+async def queue_stats(settings: Settings, open_roles: RolesOpener) -> QueueStats:
     """One snapshot of the configured queue."""
     async with open_roles(admin_settings(settings)) as roles:
         return await (await _admin(roles)).stats()
@@ -63,6 +62,7 @@ async def queue_stats(settings: Settings) -> QueueStats:
 
 async def watch_stats(
     settings: Settings,
+    open_roles: RolesOpener,
     on_stats: Callable[[QueueStats], None],
     *,
     interval_s: float = 1.0,
@@ -110,6 +110,7 @@ class DrainReport:
 
 async def run_drain(
     settings: Settings,
+    open_roles: RolesOpener,
     on_progress: Callable[[int, int], None] | None = None,
     *,
     refresh_s: float = 0.1,
@@ -120,7 +121,7 @@ async def run_drain(
     """
     async with open_roles(settings) as roles:
         admin = await _admin(roles)
-        if (await roles.queue_parts()).queue is None:
+        if not await roles.pulls():
             raise ToolUsageError("this queue backend pushes tasks; there is nothing to drain")
         worker = await roles.worker()
         total = (await admin.stats()).depth
@@ -165,15 +166,17 @@ def dead_letter_json(dead: DeadLetter, *, full: bool = False) -> dict[str, Any]:
     return data
 
 
-async def list_dead(settings: Settings, limit: int = 100) -> list[DeadLetter]:
+async def list_dead(
+    settings: Settings, open_roles: RolesOpener, limit: int = 100
+) -> list[DeadLetter]:
     """Dead letters, oldest first."""
     async with open_roles(admin_settings(settings)) as roles:
         return await (await _admin(roles)).dead_letters(limit)
 
 
-async def show_dead(settings: Settings, task_id: str) -> DeadLetter | None:
+async def show_dead(settings: Settings, open_roles: RolesOpener, task_id: str) -> DeadLetter | None:
     """The dead letter of `task_id`, or None."""
-    for dead in await list_dead(settings, _SHOW_LIMIT):
+    for dead in await list_dead(settings, open_roles, _SHOW_LIMIT):
         if dead.task.task_id == task_id:
             return dead
     return None
@@ -187,7 +190,9 @@ class RequeueReport:
     missing: tuple[str, ...] = ()
 
 
-async def requeue_dead(settings: Settings, task_ids: Sequence[str] | None) -> RequeueReport:
+async def requeue_dead(
+    settings: Settings, open_roles: RolesOpener, task_ids: Sequence[str] | None
+) -> RequeueReport:
     """Queue dead letters again (every one when `task_ids` is None)."""
     async with open_roles(admin_settings(settings)) as roles:
         admin = await _admin(roles)
@@ -201,7 +206,7 @@ async def requeue_dead(settings: Settings, task_ids: Sequence[str] | None) -> Re
         return RequeueReport(count, missing)
 
 
-async def purge_dead(settings: Settings) -> int:
+async def purge_dead(settings: Settings, open_roles: RolesOpener) -> int:
     """Delete every dead letter; the count."""
     async with open_roles(admin_settings(settings)) as roles:
         return await (await _admin(roles)).purge_dead()
@@ -224,7 +229,9 @@ def delivery_json(status: DeliveryStatus) -> dict[str, Any]:
     }
 
 
-async def failed_deliveries(settings: Settings, limit: int = 100) -> list[DeliveryStatus]:
+async def failed_deliveries(
+    settings: Settings, open_roles: RolesOpener, limit: int = 100
+) -> list[DeliveryStatus]:
     """The most recent `failed` delivery statuses, newest first, with their error codes."""
     async with open_roles(admin_settings(settings)) as roles:
         return await (await roles.stores()).statuses.failed(limit)

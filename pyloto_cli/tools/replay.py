@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from pyloto_cli.bootstrap import Stores, open_roles
 from pyloto_cli.domain.errors import MalformedPayload
 from pyloto_cli.domain.reply import Reply
 from pyloto_cli.domain.task import JsonObject, Task, TaskKind
@@ -47,7 +46,7 @@ from pyloto_cli.logs import get_logger, log_event, mask_phone
 from pyloto_cli.pipeline.process import Outcome, Pipeline, TaskResult
 from pyloto_cli.ports import Responder, ResponderRequest, Sender, SendResult
 from pyloto_cli.settings import QueueBackend, Settings, StoreBackend
-from pyloto_cli.tools import ToolUsageError
+from pyloto_cli.tools import RolesOpener, StoreSet, ToolUsageError
 from pyloto_cli.tools.enqueue import parse_body
 from pyloto_cli.tools.sources import Source
 from pyloto_cli.tools.transcript import diff_transcripts, read_transcript, write_transcript
@@ -216,7 +215,7 @@ def _reply_json(reply: Reply) -> JsonObject:
 class Replayer:
     """Runs requests through a copy of `pipeline` on `stores`, recording each task."""
 
-    def __init__(self, pipeline: Pipeline, stores: Stores) -> None:
+    def __init__(self, pipeline: Pipeline, stores: StoreSet) -> None:
         self._probe = _Probe()
         self.pipeline = Pipeline(
             sessions=stores.sessions,
@@ -307,6 +306,7 @@ class ReplayReport:
 
 async def run_replay(
     settings: Settings,
+    open_roles: RolesOpener,
     sources: Sequence[Source],
     *,
     live_llm: bool = False,

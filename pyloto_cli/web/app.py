@@ -20,12 +20,12 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from pyloto_cli.domain.errors import MalformedPayload, WebhookRejected
+from pyloto_cli.domain.signature import verify_signature
 from pyloto_cli.domain.webhook import split_webhook
 from pyloto_cli.logs import get_logger, log_event
 from pyloto_cli.settings import Settings
 from pyloto_cli.web.body import read_body
 from pyloto_cli.web.intake import Intake
-from pyloto_cli.web.signature import verify_signature
 from pyloto_cli.web.tasks import PushRole, process_pushed
 
 _log = get_logger("web")

@@ -11,12 +11,12 @@ import httpx
 import pytest
 
 from pyloto_cli.bootstrap import open_roles
+from pyloto_cli.domain.signature import sign
 from pyloto_cli.domain.task import EnqueueResult, Task
 from pyloto_cli.settings import Settings
 from pyloto_cli.web.app import create_app
 from pyloto_cli.web.body import MAX_BODY_BYTES
 from pyloto_cli.web.intake import Intake
-from pyloto_cli.web.signature import sign
 
 SECRET = "test-app-secret"
 
