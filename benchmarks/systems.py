@@ -70,9 +70,9 @@ from pyloto_cli.bench.runner import (
     server_env,
     spent_between,
 )
+from pyloto_cli.domain.signature import sign
 from pyloto_cli.fakes.graph_server import FakeGraphServer
 from pyloto_cli.logs import get_logger, log_event
-from pyloto_cli.web.signature import sign
 
 BOTS = {"inline": "benchmarks.reference.inline_bot", "background": "benchmarks.reference.pywa_bot"}
 SYSTEMS = ("inline", "background", "baseline", "pyloto")

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pyloto_cli.bootstrap import open_runtime
+from pyloto_cli.bootstrap import open_roles
 from pyloto_cli.domain.reply import Reply
 from pyloto_cli.domain.webhook import split_webhook
 from pyloto_cli.ports import Responder, ResponderRequest
@@ -74,20 +74,21 @@ async def measure(total: int, sleep_s: float, concurrency: int, data_dir: Path) 
         openai_enabled=False,
         log_level="WARNING",
     )
-    async with open_runtime(settings) as runtime:
-        if runtime.worker is None:
+    async with open_roles(settings) as roles:
+        if (await roles.queue_parts()).queue is None:
             raise SystemExit("this queue backend has no pull worker")
-        runtime.processing.responder = SleepingResponder(runtime.processing.responder, sleep_s)
+        worker = await roles.worker()
+        worker.pipeline.responder = SleepingResponder(worker.pipeline.responder, sleep_s)
         for start in range(0, total, 500):
             tasks = [
                 t
                 for i in range(start, min(total, start + 500))
                 for t in split_webhook(webhook(i, total), 0.0)
             ]
-            await runtime.sink.enqueue(tasks)
+            await worker.queue.enqueue(tasks)
         started = time.perf_counter()
         cpu = time.process_time()
-        stats = await runtime.worker.drain()
+        stats = await worker.drain()
         elapsed = time.perf_counter() - started
         cpu_used = time.process_time() - cpu
     return {

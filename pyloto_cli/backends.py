@@ -1,6 +1,7 @@
-"""Adapter selection for the composition root: one function per port, keyed by the settings.
+"""Adapter selection for the composition root: a table per port, from the backend named in
+the settings to the function that opens it.
 
-Only `bootstrap.open_runtime` calls these. Every adapter is entered on the caller's exit stack,
+Only `bootstrap.Roles` calls these. Every adapter is entered on the caller's exit stack,
 so it is closed in reverse order. SDK-backed modules are imported only when chosen: the
 embedded defaults need neither redis nor the Google clients installed.
 """
@@ -8,9 +9,10 @@ embedded defaults need neither redis nor the Google clients installed.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pyloto_cli.adapters.sqlite_db import SqliteDatabase
 from pyloto_cli.domain.errors import BackendUnavailable
@@ -24,25 +26,26 @@ from pyloto_cli.ports import (
     Sender,
     SessionStore,
     StatusStore,
+    TaskRescheduler,
     TaskSink,
 )
 from pyloto_cli.settings import QueueBackend, Settings, StoreBackend
 
 if TYPE_CHECKING:
-    from pyloto_cli.adapters.queue.cloud_tasks import CloudTasksSink
     from pyloto_cli.web.tasks_auth import TaskAuthenticator
 
 Stack = contextlib.AsyncExitStack
+T = TypeVar("T")
 
 
 class SqliteFiles:
     """The SQLite files open in this process, by path: one `SqliteDatabase` (one writer thread,
     one group commit) per file, however many runtimes use it.
 
-    `serve` runs its worker on a thread with its own event loop and its own runtime; that
-    runtime is given the web runtime's `SqliteFiles`, so both write queue.db and state.db
-    through the same writer threads (a `SqliteDatabase` serves callers on any loop). A file is
-    closed by the stack of the runtime that opened it, so the worker's runtime closes first.
+    `serve` runs its worker on a thread with its own event loop and its own `Roles`; those are
+    given the web loop's `SqliteFiles`, so both write queue.db and state.db through the same
+    writer threads (a `SqliteDatabase` serves callers on any loop). A file is closed by the
+    stack that opened it, so the worker's closes first.
     """
 
     def __init__(self) -> None:
@@ -107,42 +110,57 @@ class Shared:
 
 
 @dataclass(frozen=True, slots=True)
+class PushParts:
+    """What a push queue (Cloud Tasks) adds for `/tasks/process`."""
+
+    auth: TaskAuthenticator
+    scheduler: TaskRescheduler
+    dead_letters: DeadLetterStore
+
+
+@dataclass(frozen=True, slots=True)
 class QueueParts:
-    """The queue's roles: every backend has a sink; pull backends also lease (`queue`)."""
+    """The queue's parts: every backend has a sink; pull backends also lease (`queue`), push
+    backends have `push`."""
 
     sink: TaskSink
     queue: MessageQueue | None
     admin: QueueAdmin | None
-    cloud_tasks: CloudTasksSink | None = None
-    dead_letters: DeadLetterStore | None = None
-    task_auth: TaskAuthenticator | None = None
+    push: PushParts | None = None
 
 
-async def open_queue(shared: Shared, policy: RetryPolicy) -> QueueParts:
-    """The queue backend named by QUEUE_BACKEND."""
-    settings, stack = shared.settings, shared.stack
-    backend = settings.queue_backend
-    if backend is QueueBackend.MEMORY:
-        from pyloto_cli.adapters.queue.memory import MemoryMessageQueue
+# --- the tables: one opener per backend, the module imported only when it is chosen ----------
 
-        memory = await stack.enter_async_context(MemoryMessageQueue(policy))
-        return QueueParts(memory, memory, memory)
-    if backend is QueueBackend.REDIS:
-        from pyloto_cli.adapters.queue.redis_streams import RedisStreamsQueue
+QueueOpener = Callable[[Shared, RetryPolicy], Awaitable[QueueParts]]
+Opener = Callable[[Shared], Awaitable[T]]
 
-        streams = RedisStreamsQueue(await shared.redis(), policy, prefix=settings.redis_prefix)
-        redis_queue = await stack.enter_async_context(streams)
-        return QueueParts(redis_queue, redis_queue, redis_queue)
-    if backend is QueueBackend.CLOUD_TASKS:
-        return await _open_cloud_tasks(shared)
+
+async def _memory_queue(shared: Shared, policy: RetryPolicy) -> QueueParts:
+    from pyloto_cli.adapters.queue.memory import MemoryMessageQueue
+
+    memory = await shared.stack.enter_async_context(MemoryMessageQueue(policy))
+    return QueueParts(memory, memory, memory)
+
+
+async def _sqlite_queue(shared: Shared, policy: RetryPolicy) -> QueueParts:
     from pyloto_cli.adapters.queue.sqlite import SqliteMessageQueue
 
-    sqlite = SqliteMessageQueue(await shared.sqlite_db("queue.db"), policy)
-    opened = await stack.enter_async_context(sqlite)
+    queue = SqliteMessageQueue(await shared.sqlite_db("queue.db"), policy)
+    opened = await shared.stack.enter_async_context(queue)
     return QueueParts(opened, opened, opened)
 
 
-async def _open_cloud_tasks(shared: Shared) -> QueueParts:
+async def _redis_queue(shared: Shared, policy: RetryPolicy) -> QueueParts:
+    from pyloto_cli.adapters.queue.redis_streams import RedisStreamsQueue
+
+    prefix = shared.settings.redis_prefix
+    streams = RedisStreamsQueue(await shared.redis(), policy, prefix=prefix)
+    opened = await shared.stack.enter_async_context(streams)
+    return QueueParts(opened, opened, opened)
+
+
+async def _cloud_tasks_queue(shared: Shared, policy: RetryPolicy) -> QueueParts:
+    """A push queue: no lease; pyloto's policy is applied by `/tasks/process` instead."""
     from pyloto_cli.adapters.queue.cloud_tasks import CloudTasksConfig, CloudTasksSink
     from pyloto_cli.adapters.queue.cloud_tasks_admin import CloudTasksAdmin
     from pyloto_cli.web.tasks_auth import build_task_authenticator
@@ -152,104 +170,181 @@ async def _open_cloud_tasks(shared: Shared) -> QueueParts:
     opened = await shared.stack.enter_async_context(sink)
     dead = await open_dead_letters(shared)
     admin = CloudTasksAdmin(opened, dead)
-    return QueueParts(opened, None, admin, cloud_tasks=opened, dead_letters=dead, task_auth=auth)
+    return QueueParts(opened, None, admin, PushParts(auth, opened, dead))
 
 
-async def open_dead_letters(shared: Shared) -> DeadLetterStore:
-    """Where a push queue's dead letters live: the session store's backend."""
-    backend = shared.settings.session_store_backend
-    if backend is StoreBackend.FIRESTORE:
-        from pyloto_cli.adapters.deadletters.firestore import FirestoreDeadLetterStore
+QUEUES: dict[QueueBackend, QueueOpener] = {
+    QueueBackend.SQLITE: _sqlite_queue,
+    QueueBackend.MEMORY: _memory_queue,
+    QueueBackend.REDIS: _redis_queue,
+    QueueBackend.CLOUD_TASKS: _cloud_tasks_queue,
+}
 
-        store = FirestoreDeadLetterStore(client=await shared.firestore())
-        return await shared.stack.enter_async_context(store)
-    if backend is StoreBackend.REDIS:
-        from pyloto_cli.adapters.deadletters.redis import RedisDeadLetterStore
 
-        redis_store = RedisDeadLetterStore(
-            await shared.redis(), prefix=shared.settings.redis_prefix
-        )
-        return await shared.stack.enter_async_context(redis_store)
-    if backend is StoreBackend.SQLITE:
-        from pyloto_cli.adapters.deadletters.sqlite import SqliteDeadLetterStore
+async def _memory_sessions(shared: Shared) -> SessionStore:
+    from pyloto_cli.adapters.sessions.memory import MemorySessionStore
 
-        sqlite_store = SqliteDeadLetterStore(await shared.state_db())
-        return await shared.stack.enter_async_context(sqlite_store)
+    return await shared.stack.enter_async_context(MemorySessionStore())
+
+
+async def _sqlite_sessions(shared: Shared) -> SessionStore:
+    from pyloto_cli.adapters.sessions.sqlite import SqliteSessionStore
+
+    store = SqliteSessionStore(await shared.state_db())
+    return await shared.stack.enter_async_context(store)
+
+
+async def _redis_sessions(shared: Shared) -> SessionStore:
+    from pyloto_cli.adapters.sessions.redis import RedisSessionStore
+
+    store = RedisSessionStore(await shared.redis(), prefix=shared.settings.redis_prefix)
+    return await shared.stack.enter_async_context(store)
+
+
+async def _firestore_sessions(shared: Shared) -> SessionStore:
+    from pyloto_cli.adapters.sessions.firestore import FirestoreSessionStore
+
+    store = FirestoreSessionStore(client=await shared.firestore())
+    return await shared.stack.enter_async_context(store)
+
+
+SESSIONS: dict[StoreBackend, Opener[SessionStore]] = {
+    StoreBackend.SQLITE: _sqlite_sessions,
+    StoreBackend.MEMORY: _memory_sessions,
+    StoreBackend.REDIS: _redis_sessions,
+    StoreBackend.FIRESTORE: _firestore_sessions,
+}
+
+
+async def _memory_deduper(shared: Shared) -> Deduper:
+    from pyloto_cli.adapters.dedupe.memory import MemoryDeduper
+
+    return await shared.stack.enter_async_context(MemoryDeduper())
+
+
+async def _sqlite_deduper(shared: Shared) -> Deduper:
+    from pyloto_cli.adapters.dedupe.sqlite import SqliteDeduper
+
+    return await shared.stack.enter_async_context(SqliteDeduper(await shared.state_db()))
+
+
+async def _redis_deduper(shared: Shared) -> Deduper:
+    from pyloto_cli.adapters.dedupe.redis import RedisDeduper
+
+    deduper = RedisDeduper(await shared.redis(), prefix=shared.settings.redis_prefix)
+    return await shared.stack.enter_async_context(deduper)
+
+
+async def _firestore_deduper(shared: Shared) -> Deduper:
+    from pyloto_cli.adapters.dedupe.firestore import FirestoreDeduper
+
+    deduper = FirestoreDeduper(client=await shared.firestore())
+    return await shared.stack.enter_async_context(deduper)
+
+
+DEDUPERS: dict[StoreBackend, Opener[Deduper]] = {
+    StoreBackend.SQLITE: _sqlite_deduper,
+    StoreBackend.MEMORY: _memory_deduper,
+    StoreBackend.REDIS: _redis_deduper,
+    StoreBackend.FIRESTORE: _firestore_deduper,
+}
+
+
+async def _memory_statuses(shared: Shared) -> StatusStore:
+    from pyloto_cli.adapters.statuses.memory import MemoryStatusStore
+
+    return await shared.stack.enter_async_context(MemoryStatusStore())
+
+
+async def _sqlite_statuses(shared: Shared) -> StatusStore:
+    from pyloto_cli.adapters.statuses.sqlite import SqliteStatusStore
+
+    return await shared.stack.enter_async_context(SqliteStatusStore(await shared.state_db()))
+
+
+async def _redis_statuses(shared: Shared) -> StatusStore:
+    from pyloto_cli.adapters.statuses.redis import RedisStatusStore
+
+    store = RedisStatusStore(await shared.redis(), prefix=shared.settings.redis_prefix)
+    return await shared.stack.enter_async_context(store)
+
+
+async def _firestore_statuses(shared: Shared) -> StatusStore:
+    from pyloto_cli.adapters.statuses.firestore import FirestoreStatusStore
+
+    store = FirestoreStatusStore(client=await shared.firestore())
+    return await shared.stack.enter_async_context(store)
+
+
+# Delivery statuses live beside the sessions, in the same backend (SQLite: state.db); they are
+# high-volume and append-only, so they stay out of the session documents.
+STATUSES: dict[StoreBackend, Opener[StatusStore]] = {
+    StoreBackend.SQLITE: _sqlite_statuses,
+    StoreBackend.MEMORY: _memory_statuses,
+    StoreBackend.REDIS: _redis_statuses,
+    StoreBackend.FIRESTORE: _firestore_statuses,
+}
+
+
+async def _memory_dead_letters(shared: Shared) -> DeadLetterStore:
     from pyloto_cli.adapters.deadletters.memory import MemoryDeadLetterStore
 
     return await shared.stack.enter_async_context(MemoryDeadLetterStore())
 
 
+async def _sqlite_dead_letters(shared: Shared) -> DeadLetterStore:
+    from pyloto_cli.adapters.deadletters.sqlite import SqliteDeadLetterStore
+
+    store = SqliteDeadLetterStore(await shared.state_db())
+    return await shared.stack.enter_async_context(store)
+
+
+async def _redis_dead_letters(shared: Shared) -> DeadLetterStore:
+    from pyloto_cli.adapters.deadletters.redis import RedisDeadLetterStore
+
+    store = RedisDeadLetterStore(await shared.redis(), prefix=shared.settings.redis_prefix)
+    return await shared.stack.enter_async_context(store)
+
+
+async def _firestore_dead_letters(shared: Shared) -> DeadLetterStore:
+    from pyloto_cli.adapters.deadletters.firestore import FirestoreDeadLetterStore
+
+    store = FirestoreDeadLetterStore(client=await shared.firestore())
+    return await shared.stack.enter_async_context(store)
+
+
+# A push queue's dead letters live in the session store's backend (a pull queue keeps its own).
+DEAD_LETTERS: dict[StoreBackend, Opener[DeadLetterStore]] = {
+    StoreBackend.SQLITE: _sqlite_dead_letters,
+    StoreBackend.MEMORY: _memory_dead_letters,
+    StoreBackend.REDIS: _redis_dead_letters,
+    StoreBackend.FIRESTORE: _firestore_dead_letters,
+}
+
+
+async def open_queue(shared: Shared, policy: RetryPolicy) -> QueueParts:
+    """The queue backend named by QUEUE_BACKEND."""
+    return await QUEUES[shared.settings.queue_backend](shared, policy)
+
+
 async def open_sessions(shared: Shared) -> SessionStore:
     """The session store named by SESSION_STORE_BACKEND."""
-    backend, stack = shared.settings.session_store_backend, shared.stack
-    if backend is StoreBackend.MEMORY:
-        from pyloto_cli.adapters.sessions.memory import MemorySessionStore
-
-        return await stack.enter_async_context(MemorySessionStore())
-    if backend is StoreBackend.REDIS:
-        from pyloto_cli.adapters.sessions.redis import RedisSessionStore
-
-        return await stack.enter_async_context(
-            RedisSessionStore(await shared.redis(), prefix=shared.settings.redis_prefix)
-        )
-    if backend is StoreBackend.FIRESTORE:
-        from pyloto_cli.adapters.sessions.firestore import FirestoreSessionStore
-
-        fs = FirestoreSessionStore(client=await shared.firestore())
-        return await stack.enter_async_context(fs)
-    from pyloto_cli.adapters.sessions.sqlite import SqliteSessionStore
-
-    return await stack.enter_async_context(SqliteSessionStore(await shared.state_db()))
+    return await SESSIONS[shared.settings.session_store_backend](shared)
 
 
 async def open_deduper(shared: Shared) -> Deduper:
     """The deduper named by DEDUPE_BACKEND."""
-    backend, stack = shared.settings.dedupe_backend, shared.stack
-    if backend is StoreBackend.MEMORY:
-        from pyloto_cli.adapters.dedupe.memory import MemoryDeduper
-
-        return await stack.enter_async_context(MemoryDeduper())
-    if backend is StoreBackend.REDIS:
-        from pyloto_cli.adapters.dedupe.redis import RedisDeduper
-
-        return await stack.enter_async_context(
-            RedisDeduper(await shared.redis(), prefix=shared.settings.redis_prefix)
-        )
-    if backend is StoreBackend.FIRESTORE:
-        from pyloto_cli.adapters.dedupe.firestore import FirestoreDeduper
-
-        fs = FirestoreDeduper(client=await shared.firestore())
-        return await stack.enter_async_context(fs)
-    from pyloto_cli.adapters.dedupe.sqlite import SqliteDeduper
-
-    return await stack.enter_async_context(SqliteDeduper(await shared.state_db()))
+    return await DEDUPERS[shared.settings.dedupe_backend](shared)
 
 
 async def open_statuses(shared: Shared) -> StatusStore:
-    """Delivery statuses beside the sessions, in the same backend (SQLite: state.db).
+    """Delivery statuses, in the session store's backend (SESSION_STORE_BACKEND)."""
+    return await STATUSES[shared.settings.session_store_backend](shared)
 
-    Statuses are high-volume and append-only; they stay out of the session documents.
-    """
-    settings, stack = shared.settings, shared.stack
-    backend = settings.session_store_backend
-    if backend is StoreBackend.MEMORY:
-        from pyloto_cli.adapters.statuses.memory import MemoryStatusStore
 
-        return await stack.enter_async_context(MemoryStatusStore())
-    if backend is StoreBackend.REDIS:
-        from pyloto_cli.adapters.statuses.redis import RedisStatusStore
-
-        redis = RedisStatusStore(await shared.redis(), prefix=settings.redis_prefix)
-        return await stack.enter_async_context(redis)
-    if backend is StoreBackend.FIRESTORE:
-        from pyloto_cli.adapters.statuses.firestore import FirestoreStatusStore
-
-        fs = FirestoreStatusStore(client=await shared.firestore())
-        return await stack.enter_async_context(fs)
-    from pyloto_cli.adapters.statuses.sqlite import SqliteStatusStore
-
-    return await stack.enter_async_context(SqliteStatusStore(await shared.state_db()))
+async def open_dead_letters(shared: Shared) -> DeadLetterStore:
+    """A push queue's dead letters, in the session store's backend (SESSION_STORE_BACKEND)."""
+    return await DEAD_LETTERS[shared.settings.session_store_backend](shared)
 
 
 async def open_responder(settings: Settings, stack: Stack) -> Responder:

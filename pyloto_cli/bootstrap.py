@@ -1,87 +1,187 @@
 """The composition root: the one place that picks adapters from settings, opens and closes them.
 
-`open_runtime(settings)` enters every adapter on one AsyncExitStack and yields a `Runtime`; the
-ASGI lifespan, `pyloto worker`, replay and bench all use it. SDK-backed adapters are imported
-only when their backend is chosen, so the embedded defaults need no cloud package.
+`open_roles(settings)` yields a `Roles` whose parts are built the first time they are asked
+for, each entered on one AsyncExitStack and closed in reverse order on exit. A process builds
+only the roles it plays:
+
+- intake (`web.intake.Intake`): the webhook's sink, who to wake after an enqueue, readiness;
+- processing (`pipeline.worker.Worker`): a pull queue's worker over the pipeline;
+- push (`web.tasks.PushRole`): the pipeline behind `/tasks/process`, with Cloud Tasks' auth,
+  rescheduling and dead letters;
+- admin (`ports.QueueAdmin`) and the stores, for the CLI's tools.
+
+`serve`'s web process opens intake (and push on Cloud Tasks) and no LLM client; a worker opens
+processing only. SDK-backed adapters are imported only when their backend is chosen, so the
+embedded defaults need no cloud package.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from pyloto_cli import backends
+from pyloto_cli.domain.errors import BackendUnavailable
 from pyloto_cli.domain.retry import RetryPolicy
 from pyloto_cli.logs import get_logger, log_event
 from pyloto_cli.pipeline.process import Pipeline, PipelineConfig
 from pyloto_cli.pipeline.worker import Worker
-from pyloto_cli.ports import (
-    DeadLetterStore,
-    Deduper,
-    MessageQueue,
-    QueueAdmin,
-    SessionStore,
-    StatusStore,
-    TaskSink,
-)
+from pyloto_cli.ports import Deduper, QueueAdmin, SessionStore, StatusStore, TaskSink
 from pyloto_cli.settings import Settings
-
-if TYPE_CHECKING:
-    from pyloto_cli.adapters.queue.cloud_tasks import CloudTasksSink
-    from pyloto_cli.web.tasks_auth import TaskAuthenticator
+from pyloto_cli.web.intake import Intake
+from pyloto_cli.web.tasks import PushRole
 
 _log = get_logger("bootstrap")
 
 
-@dataclass(slots=True)
-class Runtime:
-    """Every opened adapter, the pipeline, and (for pull queues) the worker."""
+@dataclass(frozen=True, slots=True)
+class Stores:
+    """The state stores: sessions, dedupe markers, delivery statuses."""
 
-    settings: Settings
-    sink: TaskSink
-    queue: MessageQueue | None
-    admin: QueueAdmin | None
     sessions: SessionStore
     deduper: Deduper
     statuses: StatusStore
-    # None in a process that only takes webhooks in (`serve --workers N`, `serve --no-worker`
-    # on a pull queue): it opens no LLM client and no Graph client
-    pipeline: Pipeline | None
-    worker: Worker | None = None
-    cloud_tasks: CloudTasksSink | None = None
-    dead_letters: DeadLetterStore | None = None
-    task_auth: TaskAuthenticator | None = None
-    wakers: list[Callable[[], None]] = field(default_factory=list)  # e.g. worker processes
-    sqlite: backends.SqliteFiles = field(default_factory=backends.SqliteFiles)
+
+
+class Roles:
+    """One process's opened backends; each role is built on first use and then reused."""
+
+    def __init__(self, settings: Settings, shared: backends.Shared) -> None:
+        self.settings = settings
+        self._shared = shared
+        self._queue: backends.QueueParts | None = None
+        self._stores: Stores | None = None
+        self._pipeline: Pipeline | None = None
+        self._intake: Intake | None = None
+        self._worker: Worker | None = None
+        self._push: PushRole | None = None
 
     @property
-    def processing(self) -> Pipeline:
-        """The pipeline; raises in a process that only takes webhooks in."""
-        if self.pipeline is None:
-            raise RuntimeError(
-                "this process only takes webhooks in (its worker runs elsewhere): no pipeline"
+    def sqlite(self) -> backends.SqliteFiles:
+        """The SQLite files open here, for another loop's `Roles` to share."""
+        return self._shared.sqlite
+
+    async def queue_parts(self) -> backends.QueueParts:
+        """The queue backend's parts (opened once)."""
+        if self._queue is None:
+            self._queue = await backends.open_queue(self._shared, retry_policy(self.settings))
+        return self._queue
+
+    async def stores(self) -> Stores:
+        """The session, dedupe and status stores (opened once)."""
+        if self._stores is None:
+            shared = self._shared
+            sessions = await backends.open_sessions(shared)
+            deduper = await backends.open_deduper(shared)
+            statuses = await backends.open_statuses(shared)
+            self._stores = Stores(sessions, deduper, statuses)
+        return self._stores
+
+    async def intake(self) -> Intake:
+        """The webhook's role: the sink, the wakers, readiness. Opens no LLM or Graph client."""
+        if self._intake is None:
+            parts = await self.queue_parts()
+            stores = await self.stores()
+            self._intake = Intake(parts.sink, parts.admin, stores.sessions)
+            self._opened("intake")
+        return self._intake
+
+    async def sink(self) -> TaskSink:
+        """Where tasks are stored (every queue backend has one)."""
+        return (await self.queue_parts()).sink
+
+    async def pulls(self) -> bool:
+        """Whether the queue backend leases tasks to workers (else it pushes them)."""
+        return (await self.queue_parts()).queue is not None
+
+    async def admin(self) -> QueueAdmin | None:
+        """The queue's admin interface (None for a backend without one)."""
+        return (await self.queue_parts()).admin
+
+    async def pipeline(self) -> Pipeline:
+        """The LLM responder, the sender and the pipeline over them and the stores."""
+        if self._pipeline is None:
+            parts = await self.queue_parts()
+            stores = await self.stores()
+            settings, stack = self.settings, self._shared.stack
+            responder = await backends.open_responder(settings, stack)
+            sender = await backends.open_sender(settings, stack)
+            self._pipeline = Pipeline(
+                sessions=stores.sessions,
+                deduper=stores.deduper,
+                responder=responder,
+                sender=sender,
+                statuses=stores.statuses,
+                config=pipeline_config(settings, exclusive_queue=parts.queue is not None),
             )
-        return self.pipeline
+        return self._pipeline
 
-    def notify(self) -> None:
-        """Wake this process's worker, and any others registered, after an enqueue."""
-        if self.worker is not None:
-            self.worker.notify()
-        for wake in self.wakers:
-            wake()
+    async def worker(self) -> Worker:
+        """The processing role of a pull queue; raises for a push queue (nothing to pull)."""
+        if self._worker is None:
+            queue = (await self.queue_parts()).queue
+            if queue is None:
+                raise BackendUnavailable(
+                    f"QUEUE_BACKEND={self.settings.queue_backend.value} pushes tasks:"
+                    " there is nothing to pull"
+                )
+            settings = self.settings
+            self._worker = Worker(
+                queue,
+                await self.pipeline(),
+                policy=retry_policy(settings),
+                concurrency=settings.concurrency,
+                lease_s=settings.lease_seconds,
+                poll_interval=settings.poll_interval,
+                grace_s=settings.shutdown_grace_seconds,
+                coalesce_window_s=settings.coalesce_window_seconds,
+                coalesce_max=settings.coalesce_max,
+            )
+            self._opened("processing")
+        return self._worker
 
-    async def check_ready(self) -> dict[str, Any]:
-        """Touch the queue and the stores; raises if one does not answer."""
-        checks: dict[str, Any] = {}
-        if self.admin is not None:
-            stats = await self.admin.stats()
-            checks["queue"] = {"backend": stats.backend, "depth": stats.depth, "dead": stats.dead}
-        await self.sessions.exists("__readyz__")
-        checks["sessions"] = "ok"
-        return checks
+    async def push(self) -> PushRole | None:
+        """What `/tasks/process` runs on a push queue; None on a pull queue."""
+        push = (await self.queue_parts()).push
+        if push is not None and self._push is None:
+            self._push = PushRole(
+                pipeline=await self.pipeline(),
+                auth=push.auth,
+                scheduler=push.scheduler,
+                dead_letters=push.dead_letters,
+                policy=retry_policy(self.settings),
+            )
+            self._opened("push")
+        return self._push
+
+    def _opened(self, role: str) -> None:
+        settings, pipeline = self.settings, self._pipeline
+        log_event(
+            _log,
+            "runtime_opened",
+            role=role,
+            queue=settings.queue_backend.value,
+            sessions=settings.session_store_backend.value,
+            dedupe=settings.dedupe_backend.value,
+            responder=None if pipeline is None else type(pipeline.responder).__name__,
+            sender=None if pipeline is None else type(pipeline.sender).__name__,
+        )
+
+
+@contextlib.asynccontextmanager
+async def open_roles(
+    settings: Settings, *, sqlite: backends.SqliteFiles | None = None
+) -> AsyncIterator[Roles]:
+    """A `Roles` over `settings`; everything it opened is closed on exit, in reverse order.
+
+    `sqlite`: another loop's open SQLite files, to share (see `backends.SqliteFiles`).
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        shared = backends.Shared(settings, stack, sqlite or backends.SqliteFiles())
+        stack.callback(log_event, _log, "runtime_closed")  # runs last: everything is closed
+        yield Roles(settings, shared)
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
@@ -107,93 +207,13 @@ def pipeline_config(settings: Settings, *, exclusive_queue: bool = True) -> Pipe
 
 
 @contextlib.asynccontextmanager
-async def open_runtime(
-    settings: Settings, *, sqlite: backends.SqliteFiles | None = None
-) -> AsyncIterator[Runtime]:
-    """Open every adapter the settings name; close them all on exit, in reverse order.
-
-    `sqlite`: another runtime's open SQLite files, to share (see `backends.SqliteFiles`).
-    """
-    async with contextlib.AsyncExitStack() as stack:
-        shared = backends.Shared(settings, stack, sqlite or backends.SqliteFiles())
-        parts = await backends.open_queue(shared, retry_policy(settings))
-        sessions = await backends.open_sessions(shared)
-        deduper = await backends.open_deduper(shared)
-        statuses = await backends.open_statuses(shared)
-        queue = parts.queue
-        pipeline = None
-        if queue is None or settings.worker_enabled:
-            pipeline = await _open_pipeline(
-                settings, stack, (sessions, deduper, statuses), exclusive_queue=queue is not None
-            )
-        worker = None
-        if queue is not None and pipeline is not None:
-            worker = Worker(
-                queue,
-                pipeline,
-                concurrency=settings.concurrency,
-                lease_s=settings.lease_seconds,
-                poll_interval=settings.poll_interval,
-                grace_s=settings.shutdown_grace_seconds,
-                coalesce_window_s=settings.coalesce_window_seconds,
-                coalesce_max=settings.coalesce_max,
-            )
-        log_event(
-            _log,
-            "runtime_opened",
-            queue=settings.queue_backend.value,
-            sessions=settings.session_store_backend.value,
-            dedupe=settings.dedupe_backend.value,
-            responder=None if pipeline is None else type(pipeline.responder).__name__,
-            sender=None if pipeline is None else type(pipeline.sender).__name__,
-        )
-        stack.callback(log_event, _log, "runtime_closed")  # runs last: everything is closed
-        yield Runtime(
-            settings=settings,
-            sink=parts.sink,
-            queue=queue,
-            admin=parts.admin,
-            sessions=sessions,
-            deduper=deduper,
-            statuses=statuses,
-            pipeline=pipeline,
-            worker=worker,
-            cloud_tasks=parts.cloud_tasks,
-            dead_letters=parts.dead_letters,
-            task_auth=parts.task_auth,
-            sqlite=shared.sqlite,
-        )
-
-
-async def _open_pipeline(
-    settings: Settings,
-    stack: contextlib.AsyncExitStack,
-    stores: tuple[SessionStore, Deduper, StatusStore],
-    *,
-    exclusive_queue: bool,
-) -> Pipeline:
-    """The LLM responder, the sender and the pipeline over them (what a worker needs)."""
-    sessions, deduper, statuses = stores
-    responder = await backends.open_responder(settings, stack)
-    sender = await backends.open_sender(settings, stack)
-    return Pipeline(
-        sessions=sessions,
-        deduper=deduper,
-        responder=responder,
-        sender=sender,
-        statuses=statuses,
-        config=pipeline_config(settings, exclusive_queue=exclusive_queue),
-    )
-
-
-@contextlib.asynccontextmanager
-async def run_worker(runtime: Runtime, *, enabled: bool = True) -> AsyncIterator[None]:
-    """Run the runtime's worker in the background for the duration of the block."""
-    if not enabled or runtime.worker is None:
+async def run_worker(worker: Worker | None) -> AsyncIterator[None]:
+    """Run `worker` (if any) in the background on this loop for the duration of the block."""
+    if worker is None:
         yield
         return
     stop = asyncio.Event()
-    task = asyncio.create_task(runtime.worker.run(stop), name="pyloto-worker")
+    task = asyncio.create_task(worker.run(stop), name="pyloto-worker")
     try:
         yield
     finally:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from pyloto_cli.domain.signature import sign
 from pyloto_cli.settings import Settings
-from pyloto_cli.web.signature import sign
 
 SECRETS_FILE = "local-secrets.json"
 EXAMPLE_FILE = "example-webhook.json"

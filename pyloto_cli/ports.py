@@ -16,6 +16,7 @@ from pyloto_cli.domain.session import Session, Turn
 from pyloto_cli.domain.task import (
     DeadLetter,
     EnqueueResult,
+    FailureKind,
     JsonObject,
     Leased,
     NackOutcome,
@@ -32,6 +33,22 @@ class TaskSink(Protocol):
 
     async def enqueue(self, tasks: Sequence[Task]) -> EnqueueResult:
         """Store `tasks`; ids already queued are reported as duplicates, not stored twice."""
+        ...
+
+
+class TaskRescheduler(Protocol):
+    """A push queue's way to run a task again later, at a time it chooses (Cloud Tasks)."""
+
+    async def reschedule(
+        self,
+        task: Task,
+        delay_s: float,
+        attempt: int,
+        salt: str = "",
+        previous_failure: FailureKind | None = None,
+    ) -> None:
+        """Create the task again, due in `delay_s` seconds, as attempt `attempt`, telling it
+        what the attempt before failed with."""
         ...
 
 
@@ -56,8 +73,18 @@ class MessageQueue(TaskSink, Protocol):
         """The task is done; raises StaleLeaseError if the lease was lost."""
         ...
 
-    async def nack(self, lease: Leased, error: str, delay_s: float | None = None) -> NackOutcome:
-        """Retry later (after `delay_s`, or the policy's delay), or dead-letter when spent."""
+    async def nack(
+        self,
+        lease: Leased,
+        error: str,
+        delay_s: float | None = None,
+        failure: FailureKind | None = None,
+    ) -> NackOutcome:
+        """Retry later (after `delay_s`, or the policy's delay), or dead-letter when spent.
+
+        `failure` is stored with the task and handed back as the next lease's
+        `previous_failure` (None clears it).
+        """
         ...
 
     async def defer(self, lease: Leased, delay_s: float, reason: str) -> None:
@@ -65,7 +92,8 @@ class MessageQueue(TaskSink, Protocol):
 
         For outages that are not the task's fault (e.g. the Graph access token rejected):
         the attempt counter goes back by one (never below 0), `reason` becomes the last
-        error, and the task keeps its place at its conversation's head. Raises
+        error, the stored failure kind is kept, and the task keeps its place at its
+        conversation's head. Raises
         StaleLeaseError if the lease was lost.
         """
         ...

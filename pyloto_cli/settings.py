@@ -10,13 +10,11 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_GRAPH_API_VERSION = "v25.0"
-_Threshold = Annotated[int, Field(ge=1)]
 
 
 class QueueBackend(StrEnum):
@@ -128,16 +126,6 @@ class Settings(BaseSettings):
 
     # --- Worker and queue policy -------------------------------------------------------------
     worker_enabled: bool = Field(True, validation_alias=_env("PYLOTO_WORKER_ENABLED"))
-    # serve's in-process worker on a thread with its own event loop (SQLite and Redis queues)
-    worker_thread: bool = Field(True, validation_alias=_env("PYLOTO_WORKER_THREAD"))
-    # how many nice steps below the web thread that worker thread runs (Linux; 0: the same)
-    worker_nice: int = Field(10, ge=0, le=19, validation_alias=_env("PYLOTO_WORKER_NICE"))
-    # the garbage collector's thresholds while serve's worker thread runs (JSON: [1000, 10, 1000];
-    # Python's own are [700, 10, 10]): young collections every second or few and full ones
-    # rare, not one per webhook (docs/performance.md, sessions 12 and 14)
-    gc_thresholds: tuple[_Threshold, _Threshold, _Threshold] = Field(
-        (1000, 10, 1000), validation_alias=_env("PYLOTO_GC_THRESHOLDS")
-    )
     workers: int = Field(0, ge=0, le=64, validation_alias=_env("PYLOTO_WORKERS"))
     # set by `serve --workers N` for its children (see pyloto_cli.workers), not by users
     parent_pid: int | None = Field(None, validation_alias=_env("PYLOTO_PARENT_PID"))

@@ -1,7 +1,7 @@
 """One SQLite file behind one writer thread, with group commit.
 
-sqlite3 blocks, so no call runs on the event loop but one (`inline`, below): every operation
-is a plain function of the connection, handed to a dedicated thread. The thread takes
+sqlite3 blocks, so no call runs on the event loop: every operation is a plain function of the
+connection, handed to a dedicated thread. The thread takes
 everything waiting, runs it in one transaction (each operation inside its own SAVEPOINT, so one
 failing operation does not undo the others), commits once, and then resolves each caller's
 future. Concurrent webhook requests therefore share a commit, and a caller hears back only
@@ -15,15 +15,8 @@ wake-up and a commit (about 10 % fewer WAL page writes at 100 webhooks a second;
 is within the benchmarks' noise), and an ack committed just before a lease frees the
 conversation's next task for it.
 
-An `inline` operation (the webhook's enqueue, which its 200 waits for) is run on the event loop
-that opened the file, when the connection is free: those of one loop iteration together, in one
-transaction, right after the callbacks that made them. Free means the writer thread is neither
-running a batch nor has one waiting, and no other process holds the write lock (`BEGIN
-IMMEDIATE` fails at once then); otherwise they go to the writer thread, in order, and it waits
-for the lock instead of the loop. The loop is blocked for that one transaction, about what the
-request waited for anyway, and saves two hand-offs between threads that each wait for the GIL
-behind the worker's thread: three context switches per message fewer at 100 webhooks a second,
-and a lower ack p99 in every pair measured (docs/performance.md).
+The webhook's enqueue takes the same path as every other write: a burst of webhooks shares one
+commit, and the event loop never blocks on the file (nor on another process's write lock).
 
 WAL with `synchronous=NORMAL` survives a process crash (kill -9) but not a power loss; FULL
 survives both at a much higher commit cost. Automatic checkpoints are off (they would run inside
@@ -156,10 +149,6 @@ class SqliteDatabase:
         self._max_batch = max_batch
         self._busy_wait_s = busy_wait_s
         self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
-        self._conn: sqlite3.Connection | None = None  # the writer's, while it runs
-        self._conn_lock = threading.Lock()  # held by whoever uses `_conn`: the writer, or inline
-        self._owner: asyncio.AbstractEventLoop | None = None  # the loop that opened it
-        self._inline: list[_Job[Any]] = []  # the owner loop's, until its flush
         self._thread: threading.Thread | None = None
         self._closed = False
         self._dirty = threading.Event()
@@ -172,11 +161,11 @@ class SqliteDatabase:
         if self._closed:
             raise RuntimeError("SqliteDatabase cannot be reopened once closed")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._owner = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = self._owner.create_future()
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
         self._thread = threading.Thread(
             target=self._main,
-            args=(ready, self._owner),
+            args=(ready, loop),
             daemon=True,
             name=f"sqlite-writer:{self.path.name}",
         )
@@ -205,72 +194,28 @@ class SqliteDatabase:
         if self._closed:
             return
         self._closed = True
-        if self._inline:  # accepted before the close: committed before it, like the rest
-            self._flush_inline()
         if self._thread is not None:
             self._jobs.put(None)
             await asyncio.to_thread(self._thread.join)
 
-    async def run(
-        self, op: Operation[T], *, readonly: bool = False, lazy: bool = False, inline: bool = False
-    ) -> T:
+    async def run(self, op: Operation[T], *, readonly: bool = False, lazy: bool = False) -> T:
         """Run `op(conn)` in the writer thread inside a transaction; return once committed.
 
         A batch made only of `readonly` operations opens a deferred transaction, which takes no
         write lock: a poll that finds nothing does not contend with other processes' writers.
         A `lazy` operation does not wake the writer: it joins the next transaction, or one of
         its own within `lazy_wait_s`. The caller still hears back only once it is committed.
-        An `inline` operation from the loop that opened the database runs on that loop, with the
-        other inline operations of the same loop iteration, when the connection is free (see
-        `_flush_inline`); otherwise, and from any other loop, it goes to the writer thread.
         """
         if self._closed or self._thread is None:
             raise BackendUnavailable(f"sqlite: {self.path} is not open")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         job = _Job(op, future, loop, readonly)
-        if inline and loop is self._owner:
-            self._inline.append(job)
-            if len(self._inline) == 1:  # the first of this loop iteration's: flush after them
-                loop.call_soon(self._flush_inline)
-        elif lazy:
+        if lazy:
             self._lazy.append(job)
         else:
             self._jobs.put(job)
         return await future
-
-    def _flush_inline(self) -> None:
-        """On the owner loop: the inline jobs of this loop iteration in one transaction, here,
-        if the connection is free; else to the writer thread, in order, behind what waits
-        there. Free means: the writer is not running a batch and has none waiting, and no other
-        process holds the write lock (`BEGIN IMMEDIATE` fails at once then; the writer thread
-        waits for the lock, not this loop)."""
-        batch, self._inline = self._inline, []
-        if not batch:  # `close` flushed them already
-            return
-        outcomes = None
-        if self._conn_lock.acquire(blocking=False):
-            try:
-                outcomes = self._run_here(batch)
-            finally:
-                self._conn_lock.release()
-        if outcomes is None:
-            for job in batch:
-                self._jobs.put(job)
-            return
-        self._dirty.set()
-        _settle_all(outcomes)  # every inline job is this loop's
-
-    def _run_here(self, batch: list[_Job[Any]]) -> list[_Outcome] | None:
-        """`batch` on the writer's connection (its lock held), or None if it is not free."""
-        conn = self._conn
-        if conn is None or not self._jobs.empty():
-            return None
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            return None if is_busy(exc) else _failed(batch, exc)
-        return self._execute(conn, batch)
 
     # --- the writer thread ---------------------------------------------------------------------
 
@@ -295,7 +240,6 @@ class SqliteDatabase:
             target=self._checkpoint_loop, daemon=True, name=f"sqlite-checkpoint:{self.path.name}"
         )
         checkpointer.start()
-        self._conn = conn
         loop.call_soon_threadsafe(_settle, ready, None, None)
         try:
             while True:
@@ -307,8 +251,6 @@ class SqliteDatabase:
             while self._lazy:  # those queued while the last batch ran
                 self._commit(conn, self._take_lazy())
         finally:
-            with self._conn_lock:
-                self._conn = None
             self._stopping.set()
             self._dirty.set()
             checkpointer.join()
@@ -362,11 +304,8 @@ class SqliteDatabase:
         return batch, False
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> None:
-        """`batch` in one transaction, the connection's lock held; its callers are answered
-        after the lock is released, so that one woken by its answer finds the connection free
-        for its next inline write."""
-        with self._conn_lock:
-            outcomes = self._run_batch(conn, batch)
+        """`batch` in one transaction, then its callers answered."""
+        outcomes = self._run_batch(conn, batch)
         self._dirty.set()
         self._deliver(outcomes)
 
@@ -480,10 +419,8 @@ class SqliteAttachment:
         if self._owned:
             await self.db.close()
 
-    async def run(
-        self, op: Operation[T], *, readonly: bool = False, lazy: bool = False, inline: bool = False
-    ) -> T:
+    async def run(self, op: Operation[T], *, readonly: bool = False, lazy: bool = False) -> T:
         """`op(conn)` in the database's writer thread, committed (see `SqliteDatabase.run`)."""
         if not self._open:
             raise BackendUnavailable(f"sqlite {self._role}: {self.db.path} is not open")
-        return await self.db.run(op, readonly=readonly, lazy=lazy, inline=inline)
+        return await self.db.run(op, readonly=readonly, lazy=lazy)

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pyloto_cli.web.signature import sign
+from pyloto_cli.domain.signature import sign
 
 WABA_ID = "209000000000001"
 QUESTIONS = (

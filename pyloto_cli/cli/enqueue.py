@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress
 
+from pyloto_cli.bootstrap import open_roles
 from pyloto_cli.cli._boundary import EXIT_FAILURE, EXIT_OK, boundary, load_settings, print_json
 from pyloto_cli.tools.enqueue import ENQUEUE_SUFFIXES, EnqueueReport, FileOutcome, run_enqueue
 from pyloto_cli.tools.sources import expand
@@ -55,7 +56,7 @@ def enqueue(
         sources = expand(targets, ENQUEUE_SUFFIXES, typer.get_binary_stream("stdin"))
         has_dir = not as_json and any(Path(t).is_dir() for t in targets)
         with _progress(err, len(sources), enabled=has_dir) as on_file:
-            report = asyncio.run(run_enqueue(settings, sources, on_file))
+            report = asyncio.run(run_enqueue(settings, open_roles, sources, on_file))
     if as_json:
         print_json(report.to_json())
     else:

@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
+from pyloto_cli.bootstrap import open_roles
 from pyloto_cli.cli._boundary import EXIT_FAILURE, EXIT_OK, boundary, load_settings, print_json
 from pyloto_cli.domain.task import QueueStats
 from pyloto_cli.tools import ToolUsageError
@@ -72,7 +73,7 @@ def stats(
     view = _stats_view(Console(), live=watch, as_json=as_json)
     with boundary(Console(stderr=True)), contextlib.suppress(KeyboardInterrupt), view as show:
         settings = load_settings()
-        asyncio.run(ops.watch_stats(settings, show, interval_s=interval, count=times))
+        asyncio.run(ops.watch_stats(settings, open_roles, show, interval_s=interval, count=times))
 
 
 @contextlib.contextmanager
@@ -106,7 +107,7 @@ def drain(as_json: JsonOpt = False) -> None:
     """Process until nothing is left to lease (burst mode); exit 1 if a task was dead-lettered."""
     err = Console(stderr=True)
     with boundary(err), _drain_progress(err, enabled=not as_json) as on_progress:
-        report = asyncio.run(ops.run_drain(load_settings(), on_progress))
+        report = asyncio.run(ops.run_drain(load_settings(), open_roles, on_progress))
     if as_json:
         print_json(report.to_json())
     else:
@@ -118,7 +119,8 @@ def failed_deliveries(limit: LimitOpt = 100, as_json: JsonOpt = False) -> None:
     """Sent messages whose delivery failed (status webhooks), newest first, with error codes."""
     with boundary(Console(stderr=True)):
         rows = [
-            ops.delivery_json(s) for s in asyncio.run(ops.failed_deliveries(load_settings(), limit))
+            ops.delivery_json(s)
+            for s in asyncio.run(ops.failed_deliveries(load_settings(), open_roles, limit))
         ]
     if as_json:
         print_json({"failed": rows})
@@ -130,7 +132,10 @@ def failed_deliveries(limit: LimitOpt = 100, as_json: JsonOpt = False) -> None:
 def dead_list(limit: LimitOpt = 100, as_json: JsonOpt = False) -> None:
     """Dead letters, oldest first."""
     with boundary(Console(stderr=True)):
-        rows = [ops.dead_letter_json(d) for d in asyncio.run(ops.list_dead(load_settings(), limit))]
+        rows = [
+            ops.dead_letter_json(d)
+            for d in asyncio.run(ops.list_dead(load_settings(), open_roles, limit))
+        ]
     if as_json:
         print_json({"dead_letters": rows})
         return
@@ -142,7 +147,7 @@ def dead_show(task_id: str, as_json: JsonOpt = False) -> None:
     """One dead letter with its error and the item as received."""
     err = Console(stderr=True)
     with boundary(err):
-        dead = asyncio.run(ops.show_dead(load_settings(), task_id))
+        dead = asyncio.run(ops.show_dead(load_settings(), open_roles, task_id))
     if dead is None:
         err.print(f"[bold red]error:[/] no dead letter {escape(task_id)}", highlight=False)
         raise typer.Exit(EXIT_FAILURE)
@@ -167,7 +172,9 @@ def dead_requeue(
     with boundary(err):
         if bool(task_ids) == all_:
             raise ToolUsageError("give dead letter IDs or --all (not both)")
-        report = asyncio.run(ops.requeue_dead(load_settings(), None if all_ else task_ids))
+        report = asyncio.run(
+            ops.requeue_dead(load_settings(), open_roles, None if all_ else task_ids)
+        )
     if as_json:
         print_json({"requeued": report.requeued, "missing": list(report.missing)})
     else:
@@ -186,7 +193,7 @@ def dead_purge(
         settings = load_settings()
         if not yes:
             typer.confirm("Delete every dead letter?", abort=True)
-        purged = asyncio.run(ops.purge_dead(settings))
+        purged = asyncio.run(ops.purge_dead(settings, open_roles))
     if as_json:
         print_json({"purged": purged})
     else:

@@ -14,6 +14,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from pyloto_cli.bootstrap import open_roles
 from pyloto_cli.cli._boundary import EXIT_FAILURE, EXIT_OK, boundary, load_settings, print_json
 from pyloto_cli.tools.replay import REPLAY_SUFFIXES, ReplayReport, run_replay
 from pyloto_cli.tools.sources import expand
@@ -84,7 +85,13 @@ def replay(
         show = None if as_json else (lambda item: _show_item(console, item))
         report = asyncio.run(
             run_replay(
-                settings, sources, live_llm=live_llm, record=record, expect=expect, on_item=show
+                settings,
+                open_roles,
+                sources,
+                live_llm=live_llm,
+                record=record,
+                expect=expect,
+                on_item=show,
             )
         )
     if as_json:

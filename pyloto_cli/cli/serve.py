@@ -15,12 +15,13 @@ import uvicorn
 from rich.console import Console
 
 from pyloto_cli import loops
-from pyloto_cli.bootstrap import Runtime, open_runtime, run_worker
+from pyloto_cli.bootstrap import Roles, open_roles, run_worker
 from pyloto_cli.cli._boundary import boundary
 from pyloto_cli.firstrun import LocalSetup, ensure_local_secrets
 from pyloto_cli.logs import configure_logging
 from pyloto_cli.settings import Settings
 from pyloto_cli.web.app import create_app
+from pyloto_cli.web.intake import Intake
 from pyloto_cli.worker_thread import threadable, worker_thread
 from pyloto_cli.workers import (
     announce_ready,
@@ -92,40 +93,45 @@ def serve(
 
 
 async def run_server(settings: Settings, host: str, port: int, children: int) -> None:
-    """Open the runtime first (a backend that cannot be reached is one clear error, before
-    anything listens), then serve on it until a signal, with the worker(s) beside."""
-    threaded = threadable(settings)
-    web_settings = settings.model_copy(update={"worker_enabled": False}) if threaded else settings
-    async with (
-        open_runtime(web_settings) as runtime,
-        _in_process_worker(settings, runtime, threaded=threaded),
-    ):
-        _freeze_startup_objects()
-        config = uvicorn.Config(
-            create_app(settings, runtime),
-            host=host,
-            port=port,
-            log_level="warning",
-            lifespan="on",
-            access_log=False,
-            timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
-        )
-        async with worker_processes(settings, children) as pool:
-            if pool.children:  # else nothing to wake on each webhook
-                runtime.wakers.append(pool.wake)
-            await uvicorn.Server(config).serve()
+    """Open the roles this process plays first (a backend that cannot be reached is one clear
+    error, before anything listens), then serve on them until a signal, with the worker(s)
+    beside."""
+    async with open_roles(settings) as roles:
+        intake = await roles.intake()
+        push = await roles.push()  # a push queue runs its tasks in this process
+        async with _in_process_worker(settings, roles, intake, pushed=push is not None):
+            _freeze_startup_objects()
+            config = uvicorn.Config(
+                create_app(settings, intake, push),
+                host=host,
+                port=port,
+                log_level="warning",
+                lifespan="off",
+                access_log=False,
+                timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+            )
+            async with worker_processes(settings, children) as pool:
+                if pool.children:  # else nothing to wake on each webhook
+                    intake.wakers.append(pool.wake)
+                await uvicorn.Server(config).serve()
 
 
 @contextlib.asynccontextmanager
 async def _in_process_worker(
-    settings: Settings, web: Runtime, *, threaded: bool
+    settings: Settings, roles: Roles, intake: Intake, *, pushed: bool
 ) -> AsyncIterator[None]:
-    """The worker in this process: on its own thread, or on the web loop, or none."""
-    if threaded:
-        async with worker_thread(settings, web, on_failure=_stop_serving):
+    """The worker in this process: on its own thread (SQLite, Redis), on the web loop (the
+    memory queue), or none (not wanted, or a push queue)."""
+    if not settings.worker_enabled or pushed:
+        yield
+        return
+    if threadable(settings):
+        async with worker_thread(settings, roles.sqlite, intake, on_failure=_stop_serving):
             yield
         return
-    async with run_worker(web, enabled=settings.worker_enabled):
+    worker = await roles.worker()
+    intake.wakers.append(worker.notify)
+    async with run_worker(worker):
         yield
 
 
@@ -148,23 +154,20 @@ def _after_shutdown(signum: int, frame: object) -> None:
 
 
 async def run_worker_process(settings: Settings) -> None:
-    """Open the runtime and run its worker until SIGINT/SIGTERM."""
+    """Open the processing role and run its worker until SIGINT/SIGTERM."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     watcher = asyncio.create_task(stop_when_orphaned(stop, settings.parent_pid))
     try:
-        async with open_runtime(settings) as runtime:
-            if runtime.worker is None:
-                raise typer.BadParameter(
-                    "this queue backend pushes tasks; there is nothing to pull"
-                )
+        async with open_roles(settings) as roles:
+            worker = await roles.worker()
             _freeze_startup_objects()
-            stop_listening = listen_for_wakes(loop, settings.wake_fd, runtime.notify)
+            stop_listening = listen_for_wakes(loop, settings.wake_fd, worker.notify)
             announce_ready(settings.ready_fd)
             try:
-                await runtime.worker.run(stop)
+                await worker.run(stop)
             finally:
                 stop_listening()
     finally:

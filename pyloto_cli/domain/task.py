@@ -17,9 +17,9 @@ from pyloto_cli.domain import json_codec
 JsonObject = dict[str, Any]
 
 # Headers a push queue (Cloud Tasks) carries between tries of one task: pyloto's attempt count
-# and the previous try's error, which Cloud Tasks itself does not keep.
+# and what the previous try failed with, which Cloud Tasks itself does not keep.
 ATTEMPT_HEADER = "X-Pyloto-Attempt"
-LAST_ERROR_HEADER = "X-Pyloto-Last-Error"
+PREVIOUS_FAILURE_HEADER = "X-Pyloto-Previous-Failure"
 
 
 class TaskKind(StrEnum):
@@ -28,6 +28,23 @@ class TaskKind(StrEnum):
     MESSAGE = "message"
     STATUS = "status"
     EVENT = "event"  # non-message fields (template/account updates) and value-level errors
+
+
+class FailureKind(StrEnum):
+    """How an attempt failed, when the next attempt must know it: every queue backend stores
+    it with the task (a column, a hash field, a header) and hands it back with the lease."""
+
+    # the reply may have reached Meta (no idempotency key): retried once, never twice
+    AMBIGUOUS_SEND = "ambiguous_send"
+
+    @classmethod
+    def parse(cls, raw: str | bytes | None) -> FailureKind | None:
+        """The stored value back; None for nothing stored or a kind this version does not know."""
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        try:
+            return cls(text) if text else None
+        except ValueError:
+            return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,14 +101,14 @@ class Leased:
 
     `attempt` is 1 on the first delivery; it is counted when the lease is taken, so a crash
     mid-task still counts (arq). `token` identifies this lease: an ack/nack with an older token
-    is refused.
+    is refused. `previous_failure` is what the last nack said the attempt before failed with.
     """
 
     task: Task
     token: str
     attempt: int
     expires_at: float
-    last_error: str | None = None
+    previous_failure: FailureKind | None = None
 
 
 @dataclass(frozen=True, slots=True)

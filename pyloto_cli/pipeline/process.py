@@ -40,7 +40,7 @@ from pyloto_cli.domain.errors import (
 from pyloto_cli.domain.outbound import build_reply_body
 from pyloto_cli.domain.reply import Reply
 from pyloto_cli.domain.session import Role, Session, Turn
-from pyloto_cli.domain.task import Task, TaskKind
+from pyloto_cli.domain.task import FailureKind, Task, TaskKind
 from pyloto_cli.domain.webhook import InboundMessage, inbound_message, needs_reply, status_update
 from pyloto_cli.logs import get_logger, log_event, mask_phone
 from pyloto_cli.ports import (
@@ -69,13 +69,14 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class TaskResult:
-    """The outcome of one attempt, with the reason and delay the queue needs."""
+    """The outcome of one attempt, with the reason, delay and failure kind the queue needs."""
 
     outcome: Outcome
     reason: str | None = None
     delay_s: float | None = None
     sent_id: str | None = None
     reply: Reply | None = None
+    failure: FailureKind | None = None  # stored with a retry, for the next attempt
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,12 +118,12 @@ class Pipeline:
         self._clock = clock
 
     async def process(
-        self, task: Task, attempt: int = 1, last_error: str | None = None
+        self, task: Task, attempt: int = 1, previous: FailureKind | None = None
     ) -> TaskResult:
         """Run one attempt of `task`; never raises for transient or permanent failures.
 
-        `last_error` is the previous attempt's reason (the queue keeps it): an ambiguous send
-        (the reply may have reached Meta) is retried once, never twice.
+        `previous` is what the previous attempt failed with (the queue keeps it): an ambiguous
+        send (the reply may have reached Meta) is retried once, never twice.
         """
         try:
             if task.kind is TaskKind.MESSAGE:
@@ -132,10 +133,10 @@ class Pipeline:
             log_event(_log, "webhook_event", field=task.field, task_id=task.task_id)
             return TaskResult(Outcome.DONE)
         except (TransientError, PermanentError) as exc:
-            return _failed(exc, last_error)
+            return _failed(exc, previous)
 
     async def process_batch(
-        self, tasks: Sequence[Task], attempt: int = 1, last_error: str | None = None
+        self, tasks: Sequence[Task], attempt: int = 1, previous: FailureKind | None = None
     ) -> TaskResult:
         """Answer a burst of one conversation's MESSAGE tasks as one turn with one reply.
 
@@ -145,11 +146,11 @@ class Pipeline:
         of the whole burst, for every task of it. One task is simply `process`.
         """
         if len(tasks) == 1:
-            return await self.process(tasks[0], attempt, last_error)
+            return await self.process(tasks[0], attempt, previous)
         try:
             return await self._burst([inbound_message(task) for task in tasks])
         except (TransientError, PermanentError) as exc:
-            return _failed(exc, last_error)
+            return _failed(exc, previous)
 
     async def _status(self, task: Task) -> TaskResult:
         update = status_update(task)
@@ -336,14 +337,19 @@ def _already_answered(session: Session, message_id: str) -> bool:
     )
 
 
-def _failed(exc: TransientError | PermanentError, last_error: str | None) -> TaskResult:
-    """The outcome of an attempt that raised `exc`."""
+def _failed(exc: TransientError | PermanentError, previous: FailureKind | None) -> TaskResult:
+    """The outcome of an attempt that raised `exc`, after one that failed with `previous`."""
     if isinstance(exc, SendPaused):
         return TaskResult(Outcome.DEFER, reason=_reason(exc), delay_s=exc.retry_after)
     if isinstance(exc, AmbiguousSendError):
-        if last_error is not None and last_error.startswith(AmbiguousSendError.__name__):
+        if previous is FailureKind.AMBIGUOUS_SEND:
             return TaskResult(Outcome.DEAD, reason=f"{_reason(exc)}; not retried twice")
-        return TaskResult(Outcome.RETRY, reason=_reason(exc), delay_s=exc.retry_after)
+        return TaskResult(
+            Outcome.RETRY,
+            reason=_reason(exc),
+            delay_s=exc.retry_after,
+            failure=FailureKind.AMBIGUOUS_SEND,
+        )
     if isinstance(exc, TransientError):
         return TaskResult(Outcome.RETRY, reason=_reason(exc), delay_s=exc.retry_after)
     return TaskResult(Outcome.DEAD, reason=_reason(exc))

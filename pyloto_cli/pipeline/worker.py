@@ -23,14 +23,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pyloto_cli.domain.errors import StaleLeaseError
+from pyloto_cli.domain.retry import RetryPolicy
 from pyloto_cli.domain.task import Leased, NackOutcome, TaskKind
 from pyloto_cli.domain.webhook import inbound_message, needs_reply
 from pyloto_cli.logs import bind, get_logger, log_event
 from pyloto_cli.pipeline.process import Outcome, Pipeline, TaskResult
+from pyloto_cli.pipeline.settlement import Action, Settlement, settle
 from pyloto_cli.ports import MessageQueue
 
 _log = get_logger("worker")
-DEFAULT_DEFER_S = 60.0
 MAX_LEASE_BACKOFF_S = 5.0
 
 
@@ -53,13 +54,18 @@ class WorkerStats:
 
 
 class Worker:
-    """Pulls tasks from a `MessageQueue` and runs them through the pipeline."""
+    """Pulls tasks from a `MessageQueue` and runs them through the pipeline.
+
+    `policy` decides retries and dead letters (`settlement.settle`); give it the one the queue
+    was given, which the queue applies only as a backstop.
+    """
 
     def __init__(
         self,
         queue: MessageQueue,
         pipeline: Pipeline,
         *,
+        policy: RetryPolicy,
         concurrency: int = 64,
         lease_s: float = 30.0,
         poll_interval: float = 0.05,
@@ -71,6 +77,7 @@ class Worker:
     ) -> None:
         self.queue = queue
         self.pipeline = pipeline
+        self.policy = policy
         self.concurrency = concurrency
         self.lease_s = lease_s
         self.poll_interval = poll_interval
@@ -198,10 +205,10 @@ class Worker:
         if self._coalescible(lease):
             holder.extend(await self._followers(lease))
         if len(holder) == 1:
-            return await self.pipeline.process(lease.task, lease.attempt, lease.last_error)
+            return await self.pipeline.process(lease.task, lease.attempt, lease.previous_failure)
         log_event(_log, "task_coalesced", count=len(holder))
         tasks = [held.task for held in holder]
-        return await self.pipeline.process_batch(tasks, lease.attempt, lease.last_error)
+        return await self.pipeline.process_batch(tasks, lease.attempt, lease.previous_failure)
 
     def _coalescible(self, lease: Leased) -> bool:
         """A first attempt of a message that needs a reply, with coalescing on."""
@@ -253,7 +260,8 @@ class Worker:
             log_event(_log, "task_lease_lost", stage="settle", outcome=result.outcome.value)
 
     async def _apply(self, lease: Leased, result: TaskResult, duration_ms: float) -> None:
-        if result.outcome in (Outcome.DONE, Outcome.SKIPPED):
+        decision = settle(result, lease.attempt, self.policy)
+        if decision.action is Action.ACK:
             await self.queue.ack(lease)
             if result.outcome is Outcome.DONE:
                 self.stats.done += 1
@@ -261,21 +269,23 @@ class Worker:
                 self.stats.skipped += 1
             log_event(_log, "task_processed", outcome=result.outcome.value, duration_ms=duration_ms)
             return
-        reason = result.reason or "unknown error"
-        if result.outcome is Outcome.DEFER:
-            delay = DEFAULT_DEFER_S if result.delay_s is None else result.delay_s
-            await self.queue.defer(lease, delay, reason)
+        reason = decision.reason or ""
+        if decision.action is Action.DEFER:
+            await self.queue.defer(lease, decision.delay_s, reason)
             self.stats.deferred += 1
-            log_event(_log, "task_deferred", reason=reason, delay_s=result.delay_s)
+            log_event(_log, "task_deferred", reason=reason, delay_s=decision.delay_s)
             return
-        if result.outcome is Outcome.DEAD:
-            await self.queue.dead_letter(lease, reason)
-            outcome = NackOutcome.DEAD
-        else:
-            outcome = await self.queue.nack(lease, reason, result.delay_s)
+        outcome = await self._retry_or_bury(lease, decision)
         if outcome is NackOutcome.DEAD:
             self.stats.dead += 1
             log_event(_log, "task_dead_lettered", reason=reason, duration_ms=duration_ms)
         else:
             self.stats.retried += 1
-            log_event(_log, "task_retried", reason=reason, delay_s=result.delay_s)
+            log_event(_log, "task_retried", reason=reason, delay_s=round(decision.delay_s, 3))
+
+    async def _retry_or_bury(self, lease: Leased, decision: Settlement) -> NackOutcome:
+        reason = decision.reason or ""
+        if decision.action is Action.DEAD_LETTER:
+            await self.queue.dead_letter(lease, reason)
+            return NackOutcome.DEAD
+        return await self.queue.nack(lease, reason, decision.delay_s, decision.failure)

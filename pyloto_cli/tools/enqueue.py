@@ -15,13 +15,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyloto_cli.bootstrap import open_runtime
 from pyloto_cli.domain.errors import MalformedPayload
 from pyloto_cli.domain.webhook import split_webhook
 from pyloto_cli.logs import get_logger, log_event
 from pyloto_cli.ports import TaskSink
 from pyloto_cli.settings import Settings
-from pyloto_cli.tools import admin_settings
+from pyloto_cli.tools import RolesOpener, admin_settings
 from pyloto_cli.tools.sources import Source
 
 _log = get_logger("tools.enqueue")
@@ -92,14 +91,16 @@ async def enqueue_source(sink: TaskSink, source: Source) -> FileOutcome:
 
 async def run_enqueue(
     settings: Settings,
+    open_roles: RolesOpener,
     sources: Sequence[Source],
     on_file: Callable[[FileOutcome], None] | None = None,
 ) -> EnqueueReport:
     """Enqueue every source on the queue `settings` name; `on_file` follows the progress."""
     report = EnqueueReport()
-    async with open_runtime(admin_settings(settings)) as runtime:
+    async with open_roles(admin_settings(settings)) as roles:
+        sink = await roles.sink()
         for source in sources:
-            outcome = await enqueue_source(runtime.sink, source)
+            outcome = await enqueue_source(sink, source)
             report.files.append(outcome)
             if on_file is not None:
                 on_file(outcome)

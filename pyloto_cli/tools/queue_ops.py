@@ -13,22 +13,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pyloto_cli.bootstrap import Runtime, open_runtime
 from pyloto_cli.domain.task import DeadLetter, QueueStats
 from pyloto_cli.logs import get_logger, log_event, mask_phone
 from pyloto_cli.ports import DeliveryStatus, QueueAdmin
 from pyloto_cli.settings import Settings
-from pyloto_cli.tools import ToolUsageError, admin_settings
+from pyloto_cli.tools import RolesOpener, ToolRoles, ToolUsageError, admin_settings
 
 _log = get_logger("tools.queue")
 _SHOW_LIMIT = 1_000_000  # dead letters scanned by `show` and `requeue` (QueueAdmin has no get)
 
 
-def _admin(runtime: Runtime) -> QueueAdmin:
-    if runtime.admin is None:
-        backend = runtime.settings.queue_backend.value
+async def _admin(roles: ToolRoles) -> QueueAdmin:
+    admin = await roles.admin()
+    if admin is None:
+        backend = roles.settings.queue_backend.value
         raise ToolUsageError(f"QUEUE_BACKEND={backend} has no admin interface here")
-    return runtime.admin
+    return admin
 
 
 def iso_time(epoch: float | None) -> str | None:
@@ -54,14 +54,15 @@ def stats_json(stats: QueueStats) -> dict[str, Any]:
 # --- stats ----------------------------------------------------------------------------------
 
 
-async def queue_stats(settings: Settings) -> QueueStats:
+async def queue_stats(settings: Settings, open_roles: RolesOpener) -> QueueStats:
     """One snapshot of the configured queue."""
-    async with open_runtime(admin_settings(settings)) as runtime:
-        return await _admin(runtime).stats()
+    async with open_roles(admin_settings(settings)) as roles:
+        return await (await _admin(roles)).stats()
 
 
 async def watch_stats(
     settings: Settings,
+    open_roles: RolesOpener,
     on_stats: Callable[[QueueStats], None],
     *,
     interval_s: float = 1.0,
@@ -69,8 +70,8 @@ async def watch_stats(
 ) -> int:
     """Call `on_stats` every `interval_s` seconds, `count` times (forever when None)."""
     shown = 0
-    async with open_runtime(admin_settings(settings)) as runtime:
-        admin = _admin(runtime)
+    async with open_roles(admin_settings(settings)) as roles:
+        admin = await _admin(roles)
         while count is None or shown < count:
             if shown:
                 await asyncio.sleep(interval_s)  # the refresh interval, not a readiness wait
@@ -109,6 +110,7 @@ class DrainReport:
 
 async def run_drain(
     settings: Settings,
+    open_roles: RolesOpener,
     on_progress: Callable[[int, int], None] | None = None,
     *,
     refresh_s: float = 0.1,
@@ -117,10 +119,11 @@ async def run_drain(
 
     `total` is the depth before the drain; retries raise `handled` above it.
     """
-    async with open_runtime(settings) as runtime:
-        admin, worker = _admin(runtime), runtime.worker
-        if worker is None:
+    async with open_roles(settings) as roles:
+        admin = await _admin(roles)
+        if not await roles.pulls():
             raise ToolUsageError("this queue backend pushes tasks; there is nothing to drain")
+        worker = await roles.worker()
         total = (await admin.stats()).depth
         started = time.perf_counter()
         burst = asyncio.create_task(worker.drain(), name="pyloto-drain")
@@ -163,15 +166,17 @@ def dead_letter_json(dead: DeadLetter, *, full: bool = False) -> dict[str, Any]:
     return data
 
 
-async def list_dead(settings: Settings, limit: int = 100) -> list[DeadLetter]:
+async def list_dead(
+    settings: Settings, open_roles: RolesOpener, limit: int = 100
+) -> list[DeadLetter]:
     """Dead letters, oldest first."""
-    async with open_runtime(admin_settings(settings)) as runtime:
-        return await _admin(runtime).dead_letters(limit)
+    async with open_roles(admin_settings(settings)) as roles:
+        return await (await _admin(roles)).dead_letters(limit)
 
 
-async def show_dead(settings: Settings, task_id: str) -> DeadLetter | None:
+async def show_dead(settings: Settings, open_roles: RolesOpener, task_id: str) -> DeadLetter | None:
     """The dead letter of `task_id`, or None."""
-    for dead in await list_dead(settings, _SHOW_LIMIT):
+    for dead in await list_dead(settings, open_roles, _SHOW_LIMIT):
         if dead.task.task_id == task_id:
             return dead
     return None
@@ -185,10 +190,12 @@ class RequeueReport:
     missing: tuple[str, ...] = ()
 
 
-async def requeue_dead(settings: Settings, task_ids: Sequence[str] | None) -> RequeueReport:
+async def requeue_dead(
+    settings: Settings, open_roles: RolesOpener, task_ids: Sequence[str] | None
+) -> RequeueReport:
     """Queue dead letters again (every one when `task_ids` is None)."""
-    async with open_runtime(admin_settings(settings)) as runtime:
-        admin = _admin(runtime)
+    async with open_roles(admin_settings(settings)) as roles:
+        admin = await _admin(roles)
         if task_ids is None:
             return RequeueReport(await admin.requeue_dead(None))
         dead_ids = {d.task.task_id for d in await admin.dead_letters(_SHOW_LIMIT)}
@@ -199,10 +206,10 @@ async def requeue_dead(settings: Settings, task_ids: Sequence[str] | None) -> Re
         return RequeueReport(count, missing)
 
 
-async def purge_dead(settings: Settings) -> int:
+async def purge_dead(settings: Settings, open_roles: RolesOpener) -> int:
     """Delete every dead letter; the count."""
-    async with open_runtime(admin_settings(settings)) as runtime:
-        return await _admin(runtime).purge_dead()
+    async with open_roles(admin_settings(settings)) as roles:
+        return await (await _admin(roles)).purge_dead()
 
 
 # --- failed deliveries ----------------------------------------------------------------------
@@ -222,7 +229,9 @@ def delivery_json(status: DeliveryStatus) -> dict[str, Any]:
     }
 
 
-async def failed_deliveries(settings: Settings, limit: int = 100) -> list[DeliveryStatus]:
+async def failed_deliveries(
+    settings: Settings, open_roles: RolesOpener, limit: int = 100
+) -> list[DeliveryStatus]:
     """The most recent `failed` delivery statuses, newest first, with their error codes."""
-    async with open_runtime(admin_settings(settings)) as runtime:
-        return await runtime.statuses.failed(limit)
+    async with open_roles(admin_settings(settings)) as roles:
+        return await (await roles.stores()).statuses.failed(limit)

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from pyloto_cli.bootstrap import Runtime, open_runtime
 from pyloto_cli.domain.errors import MalformedPayload
 from pyloto_cli.domain.reply import Reply
 from pyloto_cli.domain.task import JsonObject, Task, TaskKind
@@ -47,7 +46,7 @@ from pyloto_cli.logs import get_logger, log_event, mask_phone
 from pyloto_cli.pipeline.process import Outcome, Pipeline, TaskResult
 from pyloto_cli.ports import Responder, ResponderRequest, Sender, SendResult
 from pyloto_cli.settings import QueueBackend, Settings, StoreBackend
-from pyloto_cli.tools import ToolUsageError
+from pyloto_cli.tools import RolesOpener, StoreSet, ToolUsageError
 from pyloto_cli.tools.enqueue import parse_body
 from pyloto_cli.tools.sources import Source
 from pyloto_cli.tools.transcript import diff_transcripts, read_transcript, write_transcript
@@ -214,17 +213,17 @@ def _reply_json(reply: Reply) -> JsonObject:
 
 
 class Replayer:
-    """Runs requests through a pipeline on a runtime's ports, recording each task."""
+    """Runs requests through a copy of `pipeline` on `stores`, recording each task."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, pipeline: Pipeline, stores: StoreSet) -> None:
         self._probe = _Probe()
         self.pipeline = Pipeline(
-            sessions=runtime.sessions,
-            deduper=runtime.deduper,
-            responder=_TimedResponder(runtime.processing.responder, self._probe),
-            sender=_RecordingSender(runtime.processing.sender, self._probe),
-            statuses=runtime.statuses,
-            config=runtime.processing.config,
+            sessions=stores.sessions,
+            deduper=stores.deduper,
+            responder=_TimedResponder(pipeline.responder, self._probe),
+            sender=_RecordingSender(pipeline.sender, self._probe),
+            statuses=stores.statuses,
+            config=pipeline.config,
         )
 
     async def replay(self, request: Request) -> list[JsonObject]:
@@ -307,6 +306,7 @@ class ReplayReport:
 
 async def run_replay(
     settings: Settings,
+    open_roles: RolesOpener,
     sources: Sequence[Source],
     *,
     live_llm: bool = False,
@@ -317,8 +317,8 @@ async def run_replay(
     """Replay `sources` in order on one offline runtime; record and/or compare the transcript."""
     expected = _expected(expect)
     report = ReplayReport()
-    async with open_runtime(replay_settings(settings, live_llm=live_llm)) as runtime:
-        replayer = Replayer(runtime)
+    async with open_roles(replay_settings(settings, live_llm=live_llm)) as roles:
+        replayer = Replayer(await roles.pipeline(), await roles.stores())
         for source in sources:
             for request in requests_of(source):
                 for item in await replayer.replay(request):

@@ -8,12 +8,10 @@ refused with 413 as soon as the count passes it, without reading the rest.
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
@@ -21,28 +19,32 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from pyloto_cli.bootstrap import Runtime, open_runtime, run_worker
 from pyloto_cli.domain.errors import MalformedPayload, WebhookRejected
+from pyloto_cli.domain.signature import verify_signature
 from pyloto_cli.domain.webhook import split_webhook
 from pyloto_cli.logs import get_logger, log_event
 from pyloto_cli.settings import Settings
 from pyloto_cli.web.body import read_body
-from pyloto_cli.web.signature import verify_signature
-from pyloto_cli.web.tasks import process_pushed
+from pyloto_cli.web.intake import Intake
+from pyloto_cli.web.tasks import PushRole, process_pushed
 
 _log = get_logger("web")
 
 
-def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def _intake(request: Request) -> Intake:
+    intake: Intake = request.app.state.intake
+    return intake
 
 
 async def verify_handshake(request: Request) -> Response:
     """GET: echo `hub.challenge` when the mode is subscribe and the verify token matches."""
-    runtime = _runtime(request)
     params = request.query_params
-    expected = runtime.settings.whatsapp_verify_token
+    expected = _settings(request).whatsapp_verify_token
     token = params.get("hub.verify_token", "")
     if (
         params.get("hub.mode") == "subscribe"
@@ -56,11 +58,11 @@ async def verify_handshake(request: Request) -> Response:
 
 async def receive_webhook(request: Request) -> Response:
     """POST: signed body -> tasks -> durable store -> 200 (or 4xx/503, nothing half-done)."""
-    runtime = _runtime(request)
+    intake = _intake(request)
     started = time.perf_counter()
     try:
         body = await read_body(request)
-        secret = runtime.settings.whatsapp_app_secret
+        secret = _settings(request).whatsapp_app_secret
         if secret is None:  # serve generates one; a runtime without one accepts nothing
             raise MalformedPayload("no app secret configured")
         verify_signature(
@@ -74,11 +76,11 @@ async def receive_webhook(request: Request) -> Response:
         return Response(status_code=400)
     log_event(_log, "webhook_received", logging.DEBUG, items=len(tasks), bytes=len(body))
     try:
-        result = await runtime.sink.enqueue(tasks)
+        result = await intake.sink.enqueue(tasks)
     except Exception as exc:  # storing failed: Meta must retry, so never 200
         _log.exception("webhook_store_failed", extra={"fields": {"error": type(exc).__name__}})
         return PlainTextResponse("temporarily unavailable", status_code=503)
-    runtime.notify()
+    intake.notify()
     log_event(
         _log,
         "webhook_enqueued",
@@ -103,29 +105,16 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     """Readiness: the queue and stores are open and answer."""
-    runtime = _runtime(request)
     try:
-        checks = await runtime.check_ready()
+        checks = await _intake(request).check_ready()
     except Exception as exc:  # readiness reports, it does not crash
         return JSONResponse({"ready": False, "error": type(exc).__name__}, status_code=503)
     return JSONResponse({"ready": True, **checks})
 
 
-def create_app(settings: Settings, runtime: Runtime | None = None) -> Starlette:
-    """The ASGI app. With `runtime` given (tests) it is used as is; else the lifespan opens one
-    from `settings` and, when `settings.worker_enabled`, runs the worker beside the web role."""
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        if runtime is not None:
-            app.state.runtime = runtime
-            yield
-            return
-        async with open_runtime(settings) as opened:
-            app.state.runtime = opened
-            async with run_worker(opened, enabled=settings.worker_enabled):
-                yield
-
+def create_app(settings: Settings, intake: Intake, push: PushRole | None = None) -> Starlette:
+    """The ASGI app over roles the caller opened (and closes): `intake` takes webhooks in;
+    `push`, for a push queue (Cloud Tasks), runs what `/tasks/process` is given."""
     routes = [
         Route("/webhooks/whatsapp", verify_handshake, methods=["GET"]),
         Route("/webhooks/whatsapp", receive_webhook, methods=["POST"]),
@@ -133,7 +122,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Starlette:
         Route("/readyz", readyz, methods=["GET"]),
         Route("/tasks/process", process_pushed, methods=["POST"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
-    if runtime is not None:
-        app.state.runtime = runtime
+    app = Starlette(routes=routes)
+    app.state.settings = settings
+    app.state.intake = intake
+    app.state.push = push
     return app

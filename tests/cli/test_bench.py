@@ -26,9 +26,9 @@ from pyloto_cli.bench.procs import (
 )
 from pyloto_cli.bench.report import percentile
 from pyloto_cli.cli import app
+from pyloto_cli.domain.signature import verify_signature
 from pyloto_cli.fakes.graph_server import FakeGraphServer
 from pyloto_cli.fakes.openai_server import FakeOpenAIServer
-from pyloto_cli.web.signature import verify_signature
 from tests.waiting import wait_until
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from pyloto_cli.bootstrap import open_runtime
+from pyloto_cli.bootstrap import open_roles
 from pyloto_cli.cli import app
 from pyloto_cli.domain.webhook import split_webhook
 from pyloto_cli.settings import Settings
@@ -31,13 +31,14 @@ def bury(data_dir: Path, *fixtures: str, error: str = "PermanentError: test (cod
     """Enqueue the fixtures' tasks with the queue API and dead-letter every one of them."""
 
     async def go() -> None:
-        async with open_runtime(Settings(_env_file=None, data_dir=data_dir)) as runtime:
-            assert runtime.queue is not None
+        async with open_roles(Settings(_env_file=None, data_dir=data_dir)) as roles:
+            queue = (await roles.queue_parts()).queue
+            assert queue is not None
             for name in fixtures:
-                await runtime.sink.enqueue(split_webhook(load_fixture(name), time.time()))
-            while leased := await runtime.queue.lease(10, 30.0):
+                await queue.enqueue(split_webhook(load_fixture(name), time.time()))
+            while leased := await queue.lease(10, 30.0):
                 for lease in leased:
-                    await runtime.queue.dead_letter(lease, error)
+                    await queue.dead_letter(lease, error)
 
     asyncio.run(go())
 

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pyloto_cli.adapters.llm import offline
+from pyloto_cli.bootstrap import open_roles
 from pyloto_cli.cli import app
 from pyloto_cli.settings import Settings
 from pyloto_cli.tools.replay import run_replay
@@ -186,7 +187,7 @@ def test_human_output_shows_message_reply_and_graph_body(runner: CliRunner) -> N
 async def test_every_webhook_fixture_replays_without_failure(path: Path, tmp_path: Path) -> None:
     """Each fixture alone goes through the whole pipeline: no rejection, retry or dead letter."""
     settings = Settings(_env_file=None, data_dir=tmp_path / "data")
-    report = await run_replay(settings, [Source(path.name, path=path)])
+    report = await run_replay(settings, open_roles, [Source(path.name, path=path)])
     assert report.items
     assert report.failures == []
     assert all(i["outcome"] in ("done", "skipped") for i in report.items)

@@ -7,15 +7,15 @@ import pytest
 from typer.testing import CliRunner
 
 from pyloto_cli.cli import app
+from pyloto_cli.settings import Settings
 
 
 @pytest.mark.parametrize("command", ["serve", "worker"])
 @pytest.mark.parametrize(
     ("name", "value", "said"),
     [
-        ("PYLOTO_WORKER_NICE", "abc", "PYLOTO_WORKER_NICE"),
-        ("PYLOTO_GC_THRESHOLDS", "[0, 10, 10]", "PYLOTO_GC_THRESHOLDS"),
-        ("PYLOTO_GC_THRESHOLDS", "100,10,1000", "gc_thresholds"),
+        ("PYLOTO_WORKERS", "abc", "PYLOTO_WORKERS"),
+        ("PYLOTO_CONCURRENCY", "0", "PYLOTO_CONCURRENCY"),
     ],
 )
 def test_a_bad_setting_is_one_clear_error(
@@ -33,3 +33,20 @@ def test_a_bad_setting_is_one_clear_error(
     assert said in result.stderr
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PYLOTO_WORKER_THREAD", "maybe"),
+        ("PYLOTO_WORKER_NICE", "abc"),
+        ("PYLOTO_GC_THRESHOLDS", "100,10,1000"),
+    ],
+)
+def test_a_removed_setting_left_in_the_environment_does_not_stop_start_up(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    """The README's "Removed settings": ignored, whatever the value."""
+    monkeypatch.setenv(name, value)
+    settings = Settings(_env_file=None)
+    assert not hasattr(settings, name.removeprefix("PYLOTO_").lower())

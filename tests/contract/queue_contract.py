@@ -17,7 +17,7 @@ import pytest
 
 from pyloto_cli.domain.errors import BackendUnavailable, StaleLeaseError
 from pyloto_cli.domain.retry import RetryPolicy
-from pyloto_cli.domain.task import Leased, NackOutcome, Task, TaskKind
+from pyloto_cli.domain.task import FailureKind, Leased, NackOutcome, Task, TaskKind
 from pyloto_cli.ports import MessageQueue, QueueAdmin
 
 LEASE_S = 30.0
@@ -168,10 +168,11 @@ class QueueContract:
     async def test_first_lease_is_attempt_one_with_a_fresh_token(
         self, queue: ContractQueue, clock: FakeClock
     ) -> None:
-        """attempt=1, expiry = now + lease_s, distinct tokens, no error yet."""
+        """attempt=1, expiry = now + lease_s, distinct tokens, no failure yet."""
         await queue.enqueue([make_task("a", "c1"), make_task("b", "c2")])
         first, second = await queue.lease(10, LEASE_S)
-        assert (first.attempt, first.expires_at, first.last_error) == (1, clock.now + LEASE_S, None)
+        expected = (1, clock.now + LEASE_S, None)
+        assert (first.attempt, first.expires_at, first.previous_failure) == expected
         assert first.token != second.token
 
     async def test_expired_lease_is_taken_again_and_old_token_refused(
@@ -237,15 +238,22 @@ class QueueContract:
     async def test_nack_delay_hides_task_until_it_passes(
         self, queue: ContractQueue, clock: FakeClock
     ) -> None:
-        """A nacked task comes back after delay_s, as the next attempt, with its error."""
+        """A nacked task comes back after delay_s, as the next attempt, with its failure kind;
+        a nack without one clears it."""
         await queue.enqueue([make_task("m1", "c1")])
         [lease] = await queue.lease(1, LEASE_S)
-        assert await queue.nack(lease, "llm timeout", delay_s=60) is NackOutcome.RETRY
+        nacked = await queue.nack(
+            lease, "read timeout", delay_s=60, failure=FailureKind.AMBIGUOUS_SEND
+        )
+        assert nacked is NackOutcome.RETRY
         clock.advance(59)
         assert await queue.lease(1, LEASE_S) == []
         clock.advance(1)
         [again] = await queue.lease(1, LEASE_S)
-        assert (again.attempt, again.last_error) == (2, "llm timeout")
+        assert (again.attempt, again.previous_failure) == (2, FailureKind.AMBIGUOUS_SEND)
+        assert await queue.nack(again, "llm timeout", delay_s=0) is NackOutcome.RETRY
+        [third] = await queue.lease(1, LEASE_S)
+        assert (third.attempt, third.previous_failure) == (3, None)
 
     async def test_nack_without_delay_uses_the_policy(
         self, queue: ContractQueue, clock: FakeClock, policy: RetryPolicy
@@ -306,7 +314,7 @@ class QueueContract:
             await queue.defer(lease, 0, "graph token rejected")
         assert await queue.dead_letters() == []
         [lease] = await queue.lease(1, LEASE_S)
-        assert (lease.attempt, lease.last_error) == (1, "graph token rejected")
+        assert (lease.attempt, lease.previous_failure) == (1, None)
         assert await queue.nack(lease, "fail 1", delay_s=0) is NackOutcome.RETRY
         [lease] = await queue.lease(1, LEASE_S)
         await queue.defer(lease, 0, "graph token rejected")
@@ -330,7 +338,19 @@ class QueueContract:
         clock.advance(1)
         [again] = await queue.lease(1, LEASE_S)
         assert (again.task.task_id, again.attempt) == ("m1", 1)
-        assert again.last_error == "graph token rejected"
+        assert again.previous_failure is None
+
+    async def test_defer_keeps_the_failure_kind_for_the_next_attempt(
+        self, queue: ContractQueue, clock: FakeClock
+    ) -> None:
+        """A pause between an ambiguous send and its retry must not make it retryable twice."""
+        await queue.enqueue([make_task("m1", "c1")])
+        [lease] = await queue.lease(1, LEASE_S)
+        await queue.nack(lease, "read timeout", delay_s=0, failure=FailureKind.AMBIGUOUS_SEND)
+        [lease] = await queue.lease(1, LEASE_S)
+        await queue.defer(lease, 0, "graph token rejected")
+        [again] = await queue.lease(1, LEASE_S)
+        assert (again.attempt, again.previous_failure) == (2, FailureKind.AMBIGUOUS_SEND)
 
     async def test_defer_with_a_stale_lease_is_refused(
         self, queue: ContractQueue, clock: FakeClock
@@ -426,7 +446,7 @@ class QueueContract:
         head, other = await queue.lease(10, LEASE_S)
         followers = await queue.lease_followers(head, 1.5, 10, LEASE_S)
         assert ids(followers) == ["m2", "m3"]
-        assert [(f.attempt, f.expires_at, f.last_error) for f in followers] == [
+        assert [(f.attempt, f.expires_at, f.previous_failure) for f in followers] == [
             (1, clock.now + LEASE_S, None)
         ] * 2
         assert len({head.token, *(f.token for f in followers)}) == 3
@@ -489,13 +509,15 @@ class QueueContract:
         [head] = await queue.lease(10, LEASE_S)
         followers = await queue.lease_followers(head, 1.0, 10, LEASE_S)
         for lease in [*reversed(followers), head]:
-            assert await queue.nack(lease, "boom", delay_s=60) is NackOutcome.RETRY
+            nacked = await queue.nack(lease, "boom", delay_s=60, failure=FailureKind.AMBIGUOUS_SEND)
+            assert nacked is NackOutcome.RETRY
         clock.advance(59)
         assert await queue.lease(10, LEASE_S) == []
         clock.advance(1)
         for task_id in ("m1", "m2", "m3"):
             [again] = await queue.lease(10, LEASE_S)
-            assert (again.task.task_id, again.attempt, again.last_error) == (task_id, 2, "boom")
+            expected = (task_id, 2, FailureKind.AMBIGUOUS_SEND)
+            assert (again.task.task_id, again.attempt, again.previous_failure) == expected
             assert await queue.lease(10, LEASE_S) == []
             await queue.ack(again)
         assert (await queue.stats()).depth == 0
@@ -517,7 +539,7 @@ class QueueContract:
             ("m2", 1),
             ("m3", 1),
         ]
-        assert again[0].last_error == "graph token rejected"
+        assert again[0].previous_failure is None
 
     async def test_a_follower_still_waiting_for_its_retry_ends_the_run(
         self, queue: ContractQueue, clock: FakeClock
@@ -583,7 +605,7 @@ class DurableQueueContract(QueueContract):
             await queue.enqueue([make_task("m1", "c1"), make_task("m2", "c1")])
             await queue.enqueue([make_task("x1", "c2")])
             first, other = await queue.lease(10, LEASE_S)
-            await queue.nack(first, "boom", delay_s=5)
+            await queue.nack(first, "boom", delay_s=5, failure=FailureKind.AMBIGUOUS_SEND)
             await queue.dead_letter(other, "bad")
         clock.advance(5)
         async with make_queue() as queue:
@@ -592,10 +614,10 @@ class DurableQueueContract(QueueContract):
             [dead] = await queue.dead_letters()
             assert (dead.task, dead.error) == (make_task("x1", "c2"), "bad")
             [lease] = await queue.lease(10, LEASE_S)
-            assert (lease.task, lease.attempt, lease.last_error) == (
+            assert (lease.task, lease.attempt, lease.previous_failure) == (
                 make_task("m1", "c1"),
                 2,
-                "boom",
+                FailureKind.AMBIGUOUS_SEND,
             )
 
     async def test_lease_of_a_crashed_worker_expires_after_reopen(

@@ -12,6 +12,7 @@ from pyloto_cli.adapters.queue.redis_streams import RedisStreamsQueue
 from pyloto_cli.adapters.redis_db import text
 from pyloto_cli.domain.errors import BackendUnavailable, StaleLeaseError
 from pyloto_cli.domain.retry import RetryPolicy
+from pyloto_cli.domain.task import FailureKind
 from tests.contract.queue_contract import (
     LEASE_S,
     ContractQueue,
@@ -190,9 +191,10 @@ async def test_a_borrowed_client_that_decodes_responses_works_too(
             task = make_task("m1", "c1", text="olá 👋")
             await queue.enqueue([task, make_task("m2", "c1")])
             [lease] = await queue.lease(10, LEASE_S)
-            await queue.nack(lease, "boom", delay_s=0)
+            await queue.nack(lease, "boom", delay_s=0, failure=FailureKind.AMBIGUOUS_SEND)
             [lease] = await queue.lease(10, LEASE_S)
-            assert (lease.task, lease.attempt, lease.last_error) == (task, 2, "boom")
+            expected = (task, 2, FailureKind.AMBIGUOUS_SEND)
+            assert (lease.task, lease.attempt, lease.previous_failure) == expected
             await queue.dead_letter(lease, "bad")
             [dead] = await queue.dead_letters()
             assert (dead.task, dead.error, dead.attempts) == (task, "bad", 2)

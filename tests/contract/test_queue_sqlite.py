@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,11 +11,13 @@ import pytest
 from pyloto_cli.adapters.queue.sqlite import SqliteMessageQueue
 from pyloto_cli.adapters.sqlite_db import SqliteDatabase
 from pyloto_cli.domain.retry import RetryPolicy
+from pyloto_cli.domain.task import FailureKind
 from tests.contract.queue_contract import (
     ContractQueue,
     DurableQueueContract,
     FakeClock,
     MakeQueue,
+    make_task,
 )
 
 
@@ -53,3 +56,20 @@ class TestSqliteQueueOnSharedDatabase(DurableQueueContract):
         async with make_queue():
             pass
         assert await database.run(lambda conn: conn.execute("SELECT 1").fetchone()[0]) == 1
+
+
+async def test_a_queue_file_from_before_the_failure_kind_column_opens_and_keeps_its_tasks(
+    tmp_path: Path,
+) -> None:
+    """Upgrading pyloto leaves the waiting tasks of an older queue.db leasable."""
+    path, policy = tmp_path / "queue.db", RetryPolicy(base_s=0.0, jitter=0.0)
+    async with SqliteMessageQueue(path, policy) as queue:
+        await queue.enqueue([make_task("m1", "c1")])
+    with sqlite3.connect(path) as conn:  # as an older version left it
+        conn.execute("ALTER TABLE queue_tasks DROP COLUMN previous_failure")
+    async with SqliteMessageQueue(path, policy) as queue:
+        [lease] = await queue.lease(1, 30.0)
+        assert (lease.task.task_id, lease.previous_failure) == ("m1", None)
+        await queue.nack(lease, "read timeout", delay_s=0, failure=FailureKind.AMBIGUOUS_SEND)
+        [again] = await queue.lease(1, 30.0)
+        assert again.previous_failure is FailureKind.AMBIGUOUS_SEND

@@ -22,8 +22,8 @@ import pytest
 
 from pyloto_cli.adapters.deadletters.sqlite import SqliteDeadLetterStore
 from pyloto_cli.adapters.queue.cloud_tasks import TOKEN_HEADER
+from pyloto_cli.domain.signature import sign
 from pyloto_cli.domain.webhook_split import split_webhook
-from pyloto_cli.web.signature import sign
 from tests.e2e.serve_process import ServeProcess
 from tests.fakes.graph_server import FakeGraphServer
 from tests.servers import CloudTasksQueueRef

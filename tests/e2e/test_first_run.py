@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pyloto_cli.domain.signature import sign, verify_signature
 from pyloto_cli.firstrun import SECRETS_FILE, ensure_local_secrets
 from pyloto_cli.settings import Settings
-from pyloto_cli.web.signature import sign, verify_signature
 from tests.e2e.serve_process import free_port
 from tests.waiting import poll_until
 

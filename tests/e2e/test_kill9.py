@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pyloto_cli.web.signature import sign
+from pyloto_cli.domain.signature import sign
 from tests.e2e.serve_process import ServeProcess
 from tests.fakes.graph_server import FakeGraphServer
 from tests.waiting import wait_until

@@ -32,7 +32,7 @@ import redis
 import redis.asyncio as aioredis
 
 from pyloto_cli.adapters.redis_db import text
-from pyloto_cli.web.signature import sign
+from pyloto_cli.domain.signature import sign
 from tests.e2e.serve_process import kill9, terminate
 from tests.fakes.graph_server import FakeGraphServer
 from tests.waiting import wait_until

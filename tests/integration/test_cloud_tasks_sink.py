@@ -27,7 +27,13 @@ from pyloto_cli.adapters.queue.cloud_tasks import (
     dispatch_deadline_for,
 )
 from pyloto_cli.domain.errors import BackendUnavailable, TransientError
-from pyloto_cli.domain.task import ATTEMPT_HEADER, Task, TaskKind
+from pyloto_cli.domain.task import (
+    ATTEMPT_HEADER,
+    PREVIOUS_FAILURE_HEADER,
+    FailureKind,
+    Task,
+    TaskKind,
+)
 from pyloto_cli.settings import Settings
 from tests.servers import CloudTasksQueueRef
 
@@ -179,6 +185,17 @@ async def test_reschedule_delivers_later_under_a_new_name_with_the_attempt(
     assert delivery.headers[ATTEMPT_HEADER.lower()] == "2"
     assert delivery.headers["x-cloudtasks-taskname"] not in {cloud_task_id(task.task_id), ""}
     assert float(delivery.headers["x-cloudtasks-tasketa"]) >= before + 0.3
+
+
+async def test_reschedule_carries_the_previous_failure_kind(
+    sink: CloudTasksSink, receiver: Receiver
+) -> None:
+    """Cloud Tasks keeps nothing between tries: the kind travels in a header of its own."""
+    await sink.reschedule(
+        make_task(8), delay_s=0, attempt=2, previous_failure=FailureKind.AMBIGUOUS_SEND
+    )
+    delivery = await receiver.next()
+    assert delivery.headers[PREVIOUS_FAILURE_HEADER.lower()] == "ambiguous_send"
 
 
 async def test_stats_show_the_queue_state_and_waiting_tasks(sink: CloudTasksSink) -> None:

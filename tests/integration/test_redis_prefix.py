@@ -10,7 +10,7 @@ import pydantic
 import pytest
 import redis.asyncio as aioredis
 
-from pyloto_cli.bootstrap import open_runtime
+from pyloto_cli.bootstrap import open_roles
 from pyloto_cli.domain.webhook import split_webhook
 from pyloto_cli.settings import Settings
 from tests.conftest import load_fixture
@@ -35,18 +35,19 @@ async def test_every_key_carries_the_prefix_and_deployments_do_not_mix(
     try:
         before = {key async for key in client.scan_iter(count=1000)}
         (task,) = split_webhook(load_fixture("webhooks/text.json"), time.time())
-        async with open_runtime(_redis_settings(make_settings, redis_url, a)) as first:
-            assert first.worker is not None
-            await first.sink.enqueue([task])
-            stats = await first.worker.drain()
+        async with open_roles(_redis_settings(make_settings, redis_url, a)) as first:
+            worker, intake = await first.worker(), await first.intake()
+            await intake.sink.enqueue([task])
+            stats = await worker.drain()
             assert stats.done == 1
-            assert await first.sessions.exists(task.conversation_key)
-        async with open_runtime(_redis_settings(make_settings, redis_url, b)) as second:
-            assert second.admin is not None
-            assert (await second.admin.stats()).depth == 0
-            assert not await second.sessions.exists(task.conversation_key)
-            await second.sink.enqueue([task])  # not a duplicate here: b never saw it
-            assert (await second.admin.stats()).depth == 1
+            assert await intake.sessions.exists(task.conversation_key)
+        async with open_roles(_redis_settings(make_settings, redis_url, b)) as second:
+            intake = await second.intake()
+            assert intake.admin is not None
+            assert (await intake.admin.stats()).depth == 0
+            assert not await intake.sessions.exists(task.conversation_key)
+            await intake.sink.enqueue([task])  # not a duplicate here: b never saw it
+            assert (await intake.admin.stats()).depth == 1
         written = {key async for key in client.scan_iter(count=1000)} - before
         assert written
         assert all(key.decode().startswith((a, b)) for key in written), written

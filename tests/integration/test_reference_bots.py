@@ -28,10 +28,10 @@ import pytest_asyncio
 
 from benchmarks.systems import webhooks as compare_webhooks
 from pyloto_cli.bench.runner import BenchConfig
+from pyloto_cli.domain.signature import sign
 from pyloto_cli.fakes.graph_server import FakeGraphServer
 from pyloto_cli.fakes.openai_server import DEFAULT_CONTENT, FakeAnswer, FakeOpenAIServer
 from pyloto_cli.pipeline.llm_output import load_prompts
-from pyloto_cli.web.signature import sign
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

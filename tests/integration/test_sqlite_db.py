@@ -233,39 +233,29 @@ def on_thread(key: str, threads: list[int]) -> Callable[[sqlite3.Connection], ob
     return op
 
 
-async def test_an_inline_write_runs_on_the_callers_thread_and_is_committed(
-    tmp_path: Path,
-) -> None:
-    """With the connection free it runs here, in a transaction of its own, committed on return."""
-    path = tmp_path / "db.sqlite"
-    threads: list[int] = []
-    async with SqliteDatabase(path, schema=SCHEMA) as db:
-        commits = db.commits
-        await db.run(on_thread("inline", threads), inline=True)
-        assert threads == [threading.get_ident()]
-        assert db.commits == commits + 1
-        with sqlite3.connect(path) as other:
-            assert keys(other) == ["inline"]
+async def _taken_by_writer(db: SqliteDatabase) -> None:
+    """Wait (with a deadline) until the writer thread took every queued operation."""
+    await asyncio.sleep(0)  # the tasks just created hand their operations over first
+    deadline = time.monotonic() + 10
+    while db.pending:
+        assert time.monotonic() < deadline, "the writer thread never took the batch"
+        await asyncio.sleep(0.005)
 
 
-async def test_an_inline_write_waits_in_the_writer_while_another_process_writes(
+async def test_writes_wait_in_the_writer_thread_while_another_process_writes(
     tmp_path: Path,
 ) -> None:
-    """Another connection holds the write lock: the operation does not block this loop
-    retrying; the writer thread waits for the lock, runs it after the write queued before it,
-    and only then does the caller hear back."""
+    """Another connection holds the write lock: nothing blocks this loop; the writer thread
+    waits for the lock, runs the writes in order, and only then do the callers hear back."""
     path = tmp_path / "db.sqlite"
     threads: list[int] = []
     async with SqliteDatabase(path, schema=SCHEMA, busy_wait_s=30.0) as db:
         with another_writer(path) as other:
             first = asyncio.create_task(db.run(on_thread("first", threads)))
-            await asyncio.sleep(0)  # one loop turn: the task hands its write to the writer
-            # the writer took it into its batch and waits for the lock
-            await wait_until(lambda: db.pending == 0, what="the writer taking the first write")
-            second = asyncio.create_task(db.run(on_thread("second", threads), inline=True))
-            await asyncio.sleep(0.1)  # a window in which neither may finish: the lock is held
-            assert not first.done()
-            assert not second.done()
+            await _taken_by_writer(db)  # the writer holds its batch, waiting for the lock
+            second = asyncio.create_task(db.run(on_thread("second", threads)))
+            done, _ = await asyncio.wait({first, second}, timeout=0.1)  # this loop runs
+            assert not done
             other.execute("COMMIT")
             await asyncio.wait_for(asyncio.gather(first, second), timeout=10)
         order = await db.run(
@@ -275,65 +265,36 @@ async def test_an_inline_write_waits_in_the_writer_while_another_process_writes(
     assert threading.get_ident() not in threads  # both ran on the writer thread
 
 
-async def test_an_inline_write_moves_to_the_writer_when_another_process_holds_the_lock(
-    tmp_path: Path,
-) -> None:
-    """Nothing else queued, but another connection holds the write lock: BEGIN fails at once
-    and the operation goes to the writer thread instead of sleeping on the caller's loop."""
+async def test_concurrent_writes_share_a_commit_on_the_writer_thread(tmp_path: Path) -> None:
+    """Concurrent requests' writes go into one transaction, not one each; a failing one among
+    them fails alone."""
+    threads: list[int] = []
     path = tmp_path / "db.sqlite"
-    threads: list[int] = []
     async with SqliteDatabase(path, schema=SCHEMA, busy_wait_s=30.0) as db:
-        with another_writer(path) as other:
-            write = asyncio.create_task(db.run(on_thread("moved", threads), inline=True))
-            await asyncio.sleep(0.1)  # a window in which it may not finish: the lock is held
-            assert not write.done()
-            other.execute("COMMIT")
-            await asyncio.wait_for(write, timeout=10)
-        assert await db.run(keys) == ["moved"]
-    assert len(threads) == 1
-    assert threads[0] != threading.get_ident()
-
-
-async def test_a_failing_inline_write_leaves_nothing_and_the_next_one_runs(
-    tmp_path: Path,
-) -> None:
-    """Its error reaches its caller, its writes are rolled back, the connection is usable."""
-
-    def write_then_fail(conn: sqlite3.Connection) -> object:
-        conn.execute("INSERT INTO t VALUES ('half', 'x')")
-        raise ValueError("failed after writing")
-
-    async with SqliteDatabase(tmp_path / "db.sqlite", schema=SCHEMA) as db:
-        with pytest.raises(ValueError, match="failed after writing"):
-            await db.run(write_then_fail, inline=True)
-        await db.run(insert("next"), inline=True)
-        assert await db.run(keys) == ["next"]
-
-
-async def test_inline_writes_of_one_loop_iteration_share_a_commit(tmp_path: Path) -> None:
-    """Concurrent requests' inline writes go into one transaction on the loop, not one each;
-    a failing one among them fails alone."""
-    threads: list[int] = []
-    async with SqliteDatabase(tmp_path / "db.sqlite", schema=SCHEMA) as db:
         await db.run(insert("taken"))
         commits = db.commits
-        results = await asyncio.gather(
-            *(db.run(on_thread(f"k{i}", threads), inline=True) for i in range(20)),
-            db.run(insert("taken"), inline=True),
-            return_exceptions=True,
-        )
-        assert db.commits == commits + 1
+        with another_writer(path) as other:  # holds the writer while all of them queue
+            blocker = asyncio.create_task(db.run(insert("blocker")))
+            await _taken_by_writer(db)
+            writes = [db.run(on_thread(f"k{i}", threads)) for i in range(20)]
+            gathered = asyncio.gather(*writes, db.run(insert("taken")), return_exceptions=True)
+            await asyncio.sleep(0)  # one loop turn: every write is handed to the writer
+            assert db.pending == 21
+            other.execute("COMMIT")
+            await blocker
+            results = await gathered
+        assert db.commits == commits + 2  # the blocker's, then one for the 21 behind it
         assert isinstance(results[-1], sqlite3.IntegrityError)
-        assert len(await db.run(keys)) == 21
-    assert set(threads) == {threading.get_ident()}
+        assert len(await db.run(keys)) == 22
+    assert threading.get_ident() not in threads
 
 
-async def test_close_commits_an_inline_write_made_just_before_it(tmp_path: Path) -> None:
+async def test_close_commits_a_write_made_just_before_it(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite"
     db = SqliteDatabase(path, schema=SCHEMA)
     async with db:
-        write = asyncio.create_task(db.run(insert("last"), inline=True))
-        await asyncio.sleep(0)  # it is waiting for the loop's flush when the close begins
+        write = asyncio.create_task(db.run(insert("last")))
+        await asyncio.sleep(0)  # it is queued when the close begins
     await asyncio.wait_for(write, timeout=10)
     with sqlite3.connect(path) as other:
         assert keys(other) == ["last"]

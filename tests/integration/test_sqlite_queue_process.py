@@ -213,12 +213,12 @@ async def test_an_idle_poll_does_not_wait_for_another_process_writing(
         other.close()
 
 
-async def test_an_enqueue_commits_on_the_callers_thread_unless_another_process_writes(
+async def test_an_enqueue_commits_on_the_writer_thread_and_waits_there_for_another_process(
     queue: SqliteMessageQueue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The webhook's enqueue skips the hand-off to the writer thread when the file is free; while
-    another process holds the write lock it waits in the writer thread, and the caller's loop
-    goes on running meanwhile."""
+    """The webhook's enqueue is committed by the writer thread, never on the caller's loop;
+    while another process holds the write lock it waits there, and the caller's loop goes on
+    running meanwhile."""
     threads: list[int] = []
     real = sqlite_queue._enqueue
 
@@ -228,7 +228,8 @@ async def test_an_enqueue_commits_on_the_callers_thread_unless_another_process_w
 
     monkeypatch.setattr(sqlite_queue, "_enqueue", recording)
     await queue.enqueue([make_task("here", "c1")])
-    assert threads == [threading.get_ident()]
+    assert len(threads) == 1
+    assert threads[0] != threading.get_ident()
     other = sqlite3.connect(tmp_path / "queue.db", timeout=0, isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")

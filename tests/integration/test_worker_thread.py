@@ -16,13 +16,14 @@ from typing import Any
 
 import pytest
 
-from pyloto_cli.bootstrap import open_runtime
+from pyloto_cli.bootstrap import Roles, open_roles
 from pyloto_cli.domain.errors import PylotoError
 from pyloto_cli.domain.webhook import split_webhook
 from pyloto_cli.pipeline.worker import Worker
 from pyloto_cli.ports import QueueAdmin
 from pyloto_cli.settings import Settings
-from pyloto_cli.worker_thread import SWITCH_INTERVAL_S, threadable, worker_thread
+from pyloto_cli.web.intake import Intake
+from pyloto_cli.worker_thread import threadable, worker_thread
 from tests.conftest import load_fixture
 from tests.waiting import wait_until
 
@@ -31,8 +32,11 @@ def _unexpected() -> None:
     pytest.fail("the worker failed")
 
 
-def _web(settings: Settings) -> Settings:
-    return settings.model_copy(update={"worker_enabled": False})
+@contextlib.asynccontextmanager
+async def _web(settings: Settings) -> AsyncIterator[tuple[Roles, Intake]]:
+    """The web loop's roles: intake only."""
+    async with open_roles(settings) as roles:
+        yield roles, await roles.intake()
 
 
 async def test_the_thread_answers_what_the_web_loop_enqueued(
@@ -43,18 +47,15 @@ async def test_the_thread_answers_what_the_web_loop_enqueued(
     (task,) = split_webhook(load_fixture("webhooks/text.json"), time.time())
     before = sys.getswitchinterval()
     thresholds = gc.get_threshold()
-    assert thresholds != settings.gc_thresholds  # Python's own, in the test process
-    async with open_runtime(_web(settings)) as web:
-        assert web.pipeline is None  # the web loop opens no LLM client
-        assert web.worker is None
-        async with worker_thread(settings, web, on_failure=_unexpected):
-            assert sys.getswitchinterval() == SWITCH_INTERVAL_S
-            assert gc.get_threshold() == settings.gc_thresholds == (1000, 10, 1000)
+    async with _web(settings) as (roles, web):
+        async with worker_thread(settings, roles.sqlite, web, on_failure=_unexpected):
+            # the interpreter is the process's, not the worker's to tune
+            assert sys.getswitchinterval() == before
+            assert gc.get_threshold() == thresholds
             (worker,) = (t for t in threading.enumerate() if t.name == "pyloto-worker")
             assert worker.native_id is not None
             web_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-            worker_nice = os.getpriority(os.PRIO_PROCESS, worker.native_id)
-            assert worker_nice == min(19, web_nice + settings.worker_nice) > web_nice
+            assert os.getpriority(os.PRIO_PROCESS, worker.native_id) == web_nice
             result = await web.sink.enqueue([task])
             assert result.enqueued == (task.task_id,)
             web.notify()
@@ -68,7 +69,7 @@ async def test_the_thread_answers_what_the_web_loop_enqueued(
             assert (await admin.stats()).depth == 0
         assert sys.getswitchinterval() == before
         assert gc.get_threshold() == thresholds
-        assert web.sqlite.paths() == {
+        assert roles.sqlite.paths() == {
             settings.data_dir / "queue.db",
             settings.data_dir / "state.db",
         }
@@ -86,12 +87,12 @@ async def test_both_runtimes_write_through_one_database_per_file(
     make_settings: Callable[..., Settings],
 ) -> None:
     settings = make_settings()
-    async with open_runtime(_web(settings)) as web:
-        queue_db = web.sqlite.get(settings.data_dir / "queue.db")
-        async with open_runtime(settings, sqlite=web.sqlite) as worker:
-            assert worker.queue is not None
-            assert worker.queue is not web.queue
-            assert worker.sqlite.get(settings.data_dir / "queue.db") is queue_db
+    async with _web(settings) as (roles, web):
+        queue_db = roles.sqlite.get(settings.data_dir / "queue.db")
+        async with open_roles(settings, sqlite=roles.sqlite) as worker_roles:
+            worker = await worker_roles.worker()
+            assert worker.queue is not web.sink
+            assert worker_roles.sqlite.get(settings.data_dir / "queue.db") is queue_db
         # the worker's runtime closed; the web runtime's files are still open and usable
         assert web.admin is not None
         assert (await web.admin.stats()).depth == 0
@@ -105,9 +106,9 @@ async def test_a_worker_that_cannot_start_is_an_error_naming_why(
         openai_base_url="http://127.0.0.1:9/v1",
         prompts_dir=tmp_path / "missing",
     )
-    async with open_runtime(_web(settings)) as web:
+    async with _web(settings) as (roles, web):
         with pytest.raises(PylotoError, match=r"worker could not start.*PYLOTO_PROMPTS_DIR"):
-            async with worker_thread(settings, web, on_failure=_unexpected):
+            async with worker_thread(settings, roles.sqlite, web, on_failure=_unexpected):
                 pytest.fail("the block must not run")
         assert web.wakers == []
 
@@ -116,7 +117,6 @@ def test_memory_queues_and_push_queues_keep_the_worker_on_the_web_loop(
     make_settings: Callable[..., Settings],
 ) -> None:
     assert not threadable(make_settings(queue_backend="memory"))
-    assert not threadable(make_settings(worker_thread=False))
     assert not threadable(make_settings(worker_enabled=False))
     assert threadable(make_settings(queue_backend="redis", redis_url="redis://127.0.0.1:1"))
 
@@ -133,8 +133,8 @@ async def test_a_worker_that_fails_after_starting_calls_on_failure(
     settings = make_settings()
     failed = threading.Event()
     async with (
-        open_runtime(_web(settings)) as web,
-        worker_thread(settings, web, on_failure=failed.set),
+        _web(settings) as (roles, web),
+        worker_thread(settings, roles.sqlite, web, on_failure=failed.set),
     ):
         assert await asyncio.to_thread(failed.wait, 5.0)
         web.notify()  # the worker's loop is gone: waking it is a no-op, not an error
@@ -148,7 +148,7 @@ async def test_serve_giving_up_while_the_worker_starts_ends_the_thread_quietly(
     import pyloto_cli.worker_thread as module
 
     opening = threading.Event()
-    real_open = open_runtime
+    real_open = open_roles
 
     @contextlib.asynccontextmanager
     async def slow_open(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
@@ -159,10 +159,11 @@ async def test_serve_giving_up_while_the_worker_starts_ends_the_thread_quietly(
         async with real_open(*args, **kwargs) as runtime:
             yield runtime
 
-    monkeypatch.setattr(module, "open_runtime", slow_open)
+    monkeypatch.setattr(module, "open_roles", slow_open)
     settings = make_settings()
-    async with open_runtime(_web(settings)) as web:
-        starting = asyncio.create_task(_enter_and_hold(worker_thread(settings, web, _unexpected)))
+    async with _web(settings) as (roles, web):
+        thread = worker_thread(settings, roles.sqlite, web, _unexpected)
+        starting = asyncio.create_task(_enter_and_hold(thread))
         await asyncio.to_thread(opening.wait, 5.0)
         starting.cancel()
         with pytest.raises(asyncio.CancelledError):

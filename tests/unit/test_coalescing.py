@@ -16,7 +16,7 @@ from pyloto_cli.adapters.llm.offline import OfflineResponder
 from pyloto_cli.adapters.queue.memory import MemoryMessageQueue
 from pyloto_cli.adapters.sessions.memory import MemorySessionStore
 from pyloto_cli.adapters.statuses.memory import MemoryStatusStore
-from pyloto_cli.bootstrap import open_runtime
+from pyloto_cli.bootstrap import open_roles
 from pyloto_cli.domain.errors import PermanentError, TransientError
 from pyloto_cli.domain.retry import RetryPolicy
 from pyloto_cli.domain.session import Role, Session
@@ -62,6 +62,9 @@ def tasks_of(item: JsonObject, received_at: float) -> list[Task]:
     return split_webhook(webhook([item]), received_at)
 
 
+POLICY = RetryPolicy(base_s=0.0, cap_s=0.0, jitter=0.0, max_attempts=3)
+
+
 @dataclass
 class Harness:
     queue: SignallingQueue
@@ -73,7 +76,12 @@ class Harness:
 
     def worker(self, window_s: float = WINDOW_S, **options: Any) -> Worker:
         return Worker(
-            self.queue, self.pipeline, poll_interval=0.001, coalesce_window_s=window_s, **options
+            self.queue,
+            self.pipeline,
+            policy=POLICY,
+            poll_interval=0.001,
+            coalesce_window_s=window_s,
+            **options,
         )
 
     async def deliver(self, item: JsonObject, offset_s: float) -> None:
@@ -104,9 +112,8 @@ def deduper() -> MemoryDeduper:
 
 @pytest.fixture
 async def harness(sender: RecordingSender, deduper: MemoryDeduper) -> AsyncIterator[Harness]:
-    policy = RetryPolicy(base_s=0.0, cap_s=0.0, jitter=0.0, max_attempts=3)
     async with (
-        SignallingQueue(policy) as queue,
+        SignallingQueue(POLICY) as queue,
         MemorySessionStore() as sessions,
         MemoryStatusStore() as statuses,
         OfflineResponder() as responder,
@@ -281,9 +288,9 @@ async def test_settings_reach_the_worker(make_settings: Callable[..., Settings])
         PYLOTO_COALESCE_WINDOW_SECONDS="1.5",
         PYLOTO_COALESCE_MAX="4",
     )
-    async with open_runtime(settings) as runtime:
-        assert runtime.worker is not None
-        assert (runtime.worker.coalesce_window_s, runtime.worker.coalesce_max) == (1.5, 4)
+    async with open_roles(settings) as roles:
+        worker = await roles.worker()
+        assert (worker.coalesce_window_s, worker.coalesce_max) == (1.5, 4)
 
 
 async def test_a_burst_deferred_by_another_workers_claim_leaves_that_claim(

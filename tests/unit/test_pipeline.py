@@ -84,7 +84,7 @@ async def harness(sender: RecordingSender) -> AsyncIterator[Harness]:
     policy = RetryPolicy(base_s=0.0, cap_s=0.0, jitter=0.0, max_attempts=3)
     async with (
         MemoryMessageQueue(policy) as queue,
-        worker_on(queue, sender, concurrency=8, poll_interval=0.001) as harness,
+        worker_on(queue, sender, policy=policy, concurrency=8, poll_interval=0.001) as harness,
     ):
         yield harness
 
@@ -289,7 +289,7 @@ async def run_with(sessions: MemorySessionStore, deduper: MemoryDeduper) -> Reco
             statuses=MemoryStatusStore(),
         )
         await queue.enqueue(split_webhook(webhook([message("wamid.K1", "hi")]), 0.0))
-        await Worker(queue, pipeline, poll_interval=0.001).drain()
+        await Worker(queue, pipeline, policy=policy, poll_interval=0.001).drain()
         assert (await queue.stats()).depth == 0
     return sender
 
@@ -498,7 +498,7 @@ async def test_a_wake_during_an_empty_lease_is_not_lost(sender: RecordingSender)
 
     async with (
         _WakeDuringLease(policy, enqueue_and_wake) as queue,
-        worker_on(queue, sender, poll_interval=30.0, grace_s=1.0) as harness,
+        worker_on(queue, sender, policy=policy, poll_interval=30.0, grace_s=1.0) as harness,
     ):
         worker_box.append(harness.worker)
         await _run_until(harness.worker, lambda: bool(sender.sent), within_s=2.0)
@@ -528,7 +528,7 @@ async def test_a_trickle_costs_one_lease_per_message(sender: RecordingSender) ->
     policy = RetryPolicy(base_s=0.0, cap_s=0.0, jitter=0.0, max_attempts=3)
     async with (
         _CountingLeases(policy) as queue,
-        worker_on(queue, sender, poll_interval=30.0, grace_s=1.0) as harness,
+        worker_on(queue, sender, policy=policy, poll_interval=30.0, grace_s=1.0) as harness,
         _running(harness.worker),
     ):
         await queue.leased.wait()  # the start's lease, on an empty queue
@@ -561,7 +561,7 @@ async def test_a_failing_lease_backs_off_and_the_worker_goes_on(
     policy = RetryPolicy(base_s=0.0, cap_s=0.0, jitter=0.0, max_attempts=3)
     async with (
         _DownThenUp(policy, failures=3) as queue,
-        worker_on(queue, sender, poll_interval=0.01, grace_s=1.0) as harness,
+        worker_on(queue, sender, policy=policy, poll_interval=0.01, grace_s=1.0) as harness,
     ):
         await queue.enqueue(split_webhook(webhook([message("wamid.down", "oi")]), 1767225600.0))
         with caplog.at_level("INFO"):

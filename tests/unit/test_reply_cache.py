@@ -19,7 +19,7 @@ from pyloto_cli.adapters.llm.cache import (
 from pyloto_cli.adapters.llm.offline import OfflineResponder
 from pyloto_cli.bench.payloads import GREETINGS, message_text
 from pyloto_cli.bench.report import reply_cache_usage
-from pyloto_cli.bootstrap import open_runtime
+from pyloto_cli.bootstrap import open_roles
 from pyloto_cli.domain.reply import Reply, ReplyKind, ReplyOption
 from pyloto_cli.domain.webhook import MessageType, split_webhook
 from pyloto_cli.pipeline.process import Outcome
@@ -268,7 +268,7 @@ def text_payload(wamid: str, wa_id: str, body: str) -> dict[str, Any]:
 
 
 class TestWiring:
-    """open_runtime wraps the responder only when PYLOTO_REPLY_CACHE is on."""
+    """The composition root wraps the responder only when PYLOTO_REPLY_CACHE is on."""
 
     async def test_off_by_default(self, make_settings: Callable[..., Settings]) -> None:
         """Without the setting the offline responder is used as is."""
@@ -276,8 +276,8 @@ class TestWiring:
             queue_backend="memory", session_store_backend="memory", dedupe_backend="memory"
         )
         assert settings.reply_cache is False
-        async with open_runtime(settings) as runtime:
-            assert isinstance(runtime.processing.responder, OfflineResponder)
+        async with open_roles(settings) as roles:
+            assert isinstance((await roles.pipeline()).responder, OfflineResponder)
 
     async def test_on_wraps_the_responder_and_the_pipeline_hits(
         self, make_settings: Callable[..., Settings]
@@ -291,14 +291,15 @@ class TestWiring:
             reply_cache_ttl_seconds=30,
             reply_cache_max_words=3,
         )
-        async with open_runtime(settings) as runtime:
-            responder = runtime.processing.responder
+        async with open_roles(settings) as roles:
+            pipeline = await roles.pipeline()
+            responder = pipeline.responder
             assert isinstance(responder, CachingResponder)
             assert isinstance(responder.inner, OfflineResponder)
             results = []
             for n, wa_id in enumerate(("15550000001", "15550000002")):
                 (task,) = split_webhook(text_payload(f"wamid.C{n}", wa_id, "Hello!"), 1.0)
-                results.append(await runtime.processing.process(task))
+                results.append(await pipeline.process(task))
         assert [r.outcome for r in results] == [Outcome.DONE, Outcome.DONE]
         first, second = (r.reply for r in results)
         assert first is not None

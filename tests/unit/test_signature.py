@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pyloto_cli.domain.errors import SignatureError
-from pyloto_cli.web.signature import sign, verify_signature
+from pyloto_cli.domain.signature import sign, verify_signature
 
 SECRET = b"app-secret"
 # Meta signs its escaped-unicode bytes: non-ASCII as \uXXXX with lowercase hex.

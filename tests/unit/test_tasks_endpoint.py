@@ -1,7 +1,7 @@
 """`POST /tasks/process` in process: authentication, the retry decision, attempt counting.
 
-The runtime is the memory one from `open_runtime`, with the Cloud Tasks roles swapped for test
-doubles: a sink that records reschedules, a token authenticator and a memory dead-letter store.
+The stores are the memory ones from `open_roles`; the push role is built here from test doubles:
+a scheduler that records reschedules, a token authenticator and a memory dead-letter store.
 The pipeline's sender is scripted so a test decides whether a send succeeds or fails and how.
 """
 
@@ -11,26 +11,29 @@ import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, cast
 
 import httpx
 import pytest
 
 from pyloto_cli.adapters.deadletters.memory import MemoryDeadLetterStore
 from pyloto_cli.adapters.queue.cloud_tasks import TOKEN_HEADER
-from pyloto_cli.bootstrap import Runtime, open_runtime, pipeline_config
+from pyloto_cli.bootstrap import Stores, open_roles, pipeline_config, retry_policy
 from pyloto_cli.domain.errors import AmbiguousSendError, PermanentError, SendPaused, TransientError
-from pyloto_cli.domain.task import ATTEMPT_HEADER, LAST_ERROR_HEADER, JsonObject, Task
+from pyloto_cli.domain.task import (
+    ATTEMPT_HEADER,
+    PREVIOUS_FAILURE_HEADER,
+    FailureKind,
+    JsonObject,
+    Task,
+)
 from pyloto_cli.domain.webhook_split import split_webhook
 from pyloto_cli.pipeline.process import Pipeline
 from pyloto_cli.ports import SendResult
 from pyloto_cli.settings import Settings
 from pyloto_cli.web.app import create_app
-from pyloto_cli.web.tasks import RESCHEDULE_AFTER_S, pushed_attempt
+from pyloto_cli.web.intake import Intake
+from pyloto_cli.web.tasks import RESCHEDULE_AFTER_S, PushRole, pushed_attempt
 from pyloto_cli.web.tasks_auth import TaskAuthenticator
-
-if TYPE_CHECKING:
-    from pyloto_cli.adapters.queue.cloud_tasks import CloudTasksSink
 
 TOKEN = "t" * 32
 MAX_ATTEMPTS = 5
@@ -43,7 +46,7 @@ class FakeSink:
     def __init__(self) -> None:
         self.rescheduled: list[tuple[Task, float, int]] = []
         self.salts: list[str] = []
-        self.last_errors: list[str | None] = []
+        self.failures: list[FailureKind | None] = []
 
     async def reschedule(
         self,
@@ -51,11 +54,11 @@ class FakeSink:
         delay_s: float,
         attempt: int,
         salt: str = "",
-        last_error: str | None = None,
+        previous_failure: FailureKind | None = None,
     ) -> None:
         self.rescheduled.append((task, delay_s, attempt))
         self.salts.append(salt)
-        self.last_errors.append(last_error)
+        self.failures.append(previous_failure)
 
 
 class ScriptedSender:
@@ -79,7 +82,9 @@ class ScriptedSender:
 
 @dataclasses.dataclass
 class Harness:
-    runtime: Runtime
+    settings: Settings
+    intake: Intake
+    stores: Stores
     http: httpx.AsyncClient
     sender: ScriptedSender
     sink: FakeSink
@@ -130,26 +135,27 @@ async def harness(make_settings: Callable[..., Settings]) -> AsyncIterator[Harne
         dedupe_backend="memory",
         max_attempts=MAX_ATTEMPTS,
     )
-    async with open_runtime(settings) as opened:
+    async with open_roles(settings) as roles:
         sender, sink, dead = ScriptedSender(), FakeSink(), MemoryDeadLetterStore()
+        stores, intake = await roles.stores(), await roles.intake()
         pipeline = Pipeline(
-            sessions=opened.sessions,
-            deduper=opened.deduper,
-            responder=opened.processing.responder,
+            sessions=stores.sessions,
+            deduper=stores.deduper,
+            responder=(await roles.pipeline()).responder,
             sender=sender,
-            statuses=opened.statuses,
+            statuses=stores.statuses,
             config=pipeline_config(settings, exclusive_queue=False),
         )
-        runtime = dataclasses.replace(
-            opened,
+        role = PushRole(
             pipeline=pipeline,
-            cloud_tasks=cast("CloudTasksSink", sink),
-            task_auth=TaskAuthenticator(token=TOKEN),
+            auth=TaskAuthenticator(token=TOKEN),
+            scheduler=sink,
             dead_letters=dead,
+            policy=retry_policy(settings),
         )
-        transport = httpx.ASGITransport(app=create_app(settings, runtime))
+        transport = httpx.ASGITransport(app=create_app(settings, intake, role))
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield Harness(runtime, http, sender, sink, dead)
+            yield Harness(settings, intake, stores, http, sender, sink, dead)
 
 
 async def push(
@@ -170,7 +176,7 @@ async def test_no_token_is_401_and_nothing_runs(harness: Harness) -> None:
     response = await push(harness, task, token=None)
     assert response.status_code == 401
     assert harness.sender.calls == 0
-    assert not await harness.runtime.sessions.exists(task.conversation_key)
+    assert not await harness.stores.sessions.exists(task.conversation_key)
 
 
 async def test_wrong_token_is_refused_and_nothing_runs(harness: Harness) -> None:
@@ -178,7 +184,7 @@ async def test_wrong_token_is_refused_and_nothing_runs(harness: Harness) -> None
     response = await push(harness, task, token="x" * 32)
     assert response.status_code in (401, 403)
     assert harness.sender.calls == 0
-    assert not await harness.runtime.sessions.exists(task.conversation_key)
+    assert not await harness.stores.sessions.exists(task.conversation_key)
 
 
 async def test_a_bearer_token_alone_does_not_pass_the_shared_secret(harness: Harness) -> None:
@@ -193,8 +199,12 @@ async def test_auth_comes_before_the_body_is_read(harness: Harness) -> None:
 
 
 async def test_not_a_push_queue_is_404(harness: Harness) -> None:
-    harness.runtime.cloud_tasks = None
-    response = await push(harness, message_task())
+    app = create_app(harness.settings, harness.intake)  # a pull queue's app: no push role
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        response = await http.post(
+            "/tasks/process", content=message_task().to_json(), headers={TOKEN_HEADER: TOKEN}
+        )
     assert response.status_code == 404
     assert harness.sender.calls == 0
 
@@ -208,7 +218,7 @@ async def test_right_token_runs_the_task_and_answers_200(harness: Harness) -> No
     assert response.status_code == 200
     (body,) = harness.sender.bodies
     assert body["biz_opaque_callback_data"] == task.task_id
-    session = await harness.runtime.sessions.load(task.conversation_key)
+    session = await harness.stores.sessions.load(task.conversation_key)
     assert session is not None
     assert [t.message_id for t in session.turns] == [task.task_id, "wamid.sent.1"]
 
@@ -243,23 +253,36 @@ async def test_retryable_failure_without_a_delay_gets_the_policy_delay(harness: 
     assert int(response.headers["retry-after"]) >= 1
 
 
-async def test_ambiguous_send_is_rescheduled_with_its_error_and_not_retried_twice(
+async def test_ambiguous_send_is_rescheduled_with_its_failure_kind_and_not_retried_twice(
     harness: Harness,
 ) -> None:
-    """Cloud Tasks keeps no error between tries: the reschedule carries it in a header."""
+    """Cloud Tasks keeps nothing between tries: the reschedule carries the failure kind, and
+    the endpoint reads it back from the header."""
     harness.sender.errors.append(AmbiguousSendError("read timeout after send"))
     task = message_task()
     response = await push(harness, task)
     assert response.status_code == 200
     assert harness.sink.rescheduled == [(task, harness.sink.rescheduled[0][1], 2)]
-    carried = harness.sink.last_errors[0] or ""
-    assert carried.startswith("AmbiguousSendError")
+    assert harness.sink.failures == [FailureKind.AMBIGUOUS_SEND]
     harness.sender.errors.append(AmbiguousSendError("read timeout again"))
-    again = await push(harness, task, **{ATTEMPT_HEADER: "2", LAST_ERROR_HEADER: carried})
+    header = {ATTEMPT_HEADER: "2", PREVIOUS_FAILURE_HEADER: FailureKind.AMBIGUOUS_SEND.value}
+    again = await push(harness, task, **header)
     assert again.status_code == 200
     dead = await harness.dead.get(task.task_id)
     assert dead is not None
     assert "not retried twice" in dead.error
+
+
+async def test_an_error_text_is_not_taken_for_the_failure_kind(harness: Harness) -> None:
+    """A retry whose previous failure is unknown (here: an unknown header value) gets its one
+    retry of an ambiguous send: only the typed kind says "already retried once"."""
+    harness.sender.errors.append(AmbiguousSendError("read timeout after send"))
+    task = message_task()
+    header = {ATTEMPT_HEADER: "2", PREVIOUS_FAILURE_HEADER: "AmbiguousSendError: earlier"}
+    response = await push(harness, task, **header)
+    assert response.status_code == 200
+    assert await harness.dead.list() == []
+    assert [attempt for _, _, attempt in harness.sink.rescheduled] == [3]
 
 
 async def test_a_live_claim_elsewhere_is_deferred_without_spending_an_attempt(
@@ -267,7 +290,7 @@ async def test_a_live_claim_elsewhere_is_deferred_without_spending_an_attempt(
 ) -> None:
     """Another instance holds the claim: rescheduled at the same attempt, nothing sent."""
     task = message_task()
-    await harness.runtime.deduper.claim(task.task_id, 60.0)  # another instance is on it
+    await harness.stores.deduper.claim(task.task_id, 60.0)  # another instance is on it
     response = await push(harness, task, **{ATTEMPT_HEADER: "3"})
     assert response.status_code == 200
     assert [(t.task_id, attempt) for t, _, attempt in harness.sink.rescheduled] == [

@@ -10,12 +10,13 @@ from typing import Any
 import httpx
 import pytest
 
-from pyloto_cli.bootstrap import Runtime, open_runtime
+from pyloto_cli.bootstrap import open_roles
+from pyloto_cli.domain.signature import sign
 from pyloto_cli.domain.task import EnqueueResult, Task
 from pyloto_cli.settings import Settings
 from pyloto_cli.web.app import create_app
 from pyloto_cli.web.body import MAX_BODY_BYTES
-from pyloto_cli.web.signature import sign
+from pyloto_cli.web.intake import Intake
 
 SECRET = "test-app-secret"
 
@@ -61,23 +62,28 @@ def meta_bytes(payload: dict[str, Any]) -> bytes:
 
 
 @pytest.fixture
-async def runtime(make_settings: Callable[..., Settings]) -> AsyncIterator[Runtime]:
-    settings = make_settings(
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings(
         queue_backend="memory", session_store_backend="memory", dedupe_backend="memory"
     )
-    async with open_runtime(settings) as opened:
-        yield opened
 
 
 @pytest.fixture
-async def client(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(runtime.settings, runtime)
+async def runtime(settings: Settings) -> AsyncIterator[Intake]:
+    """The intake role alone: no LLM or Graph client is opened for the web app."""
+    async with open_roles(settings) as roles:
+        yield await roles.intake()
+
+
+@pytest.fixture
+async def client(settings: Settings, runtime: Intake) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings, runtime)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
         yield http
 
 
-async def queued(runtime: Runtime) -> int:
+async def queued(runtime: Intake) -> int:
     assert runtime.admin is not None
     return (await runtime.admin.stats()).depth
 
@@ -130,7 +136,7 @@ class TestHandshake:
 
 class TestWebhookPost:
     async def test_signed_webhook_is_stored_before_200(
-        self, client: httpx.AsyncClient, runtime: Runtime
+        self, client: httpx.AsyncClient, runtime: Intake
     ):
         """Three messages in one POST become three stored tasks by the time 200 arrives."""
         body = meta_bytes(text_webhook(["wamid.A1", "wamid.A2", "wamid.A3"]))
@@ -139,7 +145,7 @@ class TestWebhookPost:
         assert await queued(runtime) == 3
 
     async def test_unicode_body_signed_as_sent_is_accepted(
-        self, client: httpx.AsyncClient, runtime: Runtime
+        self, client: httpx.AsyncClient, runtime: Intake
     ):
         """Accents, emoji and Arabic in Meta's escaped form pass the signature check."""
         body = meta_bytes(text_webhook(["wamid.U1"], body="Olá, preço? 😊 مرحبا"))
@@ -148,7 +154,7 @@ class TestWebhookPost:
         assert await queued(runtime) == 1
 
     async def test_bad_signature_is_rejected_and_nothing_enqueued(
-        self, client: httpx.AsyncClient, runtime: Runtime
+        self, client: httpx.AsyncClient, runtime: Intake
     ):
         """A signature made with another secret: 401, queue untouched."""
         body = meta_bytes(text_webhook(["wamid.B1"]))
@@ -157,7 +163,7 @@ class TestWebhookPost:
         assert await queued(runtime) == 0
 
     async def test_missing_signature_is_rejected_and_nothing_enqueued(
-        self, client: httpx.AsyncClient, runtime: Runtime
+        self, client: httpx.AsyncClient, runtime: Intake
     ):
         """No X-Hub-Signature-256: 401, queue untouched."""
         body = meta_bytes(text_webhook(["wamid.B2"]))
@@ -165,7 +171,7 @@ class TestWebhookPost:
         assert response.status_code in (401, 403)
         assert await queued(runtime) == 0
 
-    async def test_reserialized_body_is_rejected(self, client: httpx.AsyncClient, runtime: Runtime):
+    async def test_reserialized_body_is_rejected(self, client: httpx.AsyncClient, runtime: Intake):
         """A proxy that re-dumps the JSON breaks the signature: rejected, not half-accepted."""
         original = meta_bytes(text_webhook(["wamid.R1"], body="preço 😊"))
         redumped = json.dumps(json.loads(original), ensure_ascii=False).encode()
@@ -178,7 +184,7 @@ class TestWebhookPost:
         assert await queued(runtime) == 0
 
     async def test_malformed_json_with_valid_signature_is_400(
-        self, client: httpx.AsyncClient, runtime: Runtime
+        self, client: httpx.AsyncClient, runtime: Intake
     ):
         """Signed garbage: 400 with a reason, nothing enqueued."""
         response = await post_signed(client, b'{"object": "whatsapp_business_account", "entry": [')
@@ -187,14 +193,14 @@ class TestWebhookPost:
         assert await queued(runtime) == 0
 
     async def test_json_that_is_not_a_webhook_is_400(
-        self, client: httpx.AsyncClient, runtime: Runtime
+        self, client: httpx.AsyncClient, runtime: Intake
     ):
         """Valid JSON of the wrong shape is a clear 400 too."""
         response = await post_signed(client, b"[1, 2, 3]")
         assert response.status_code == 400
         assert await queued(runtime) == 0
 
-    async def test_oversized_body_is_413(self, client: httpx.AsyncClient, runtime: Runtime):
+    async def test_oversized_body_is_413(self, client: httpx.AsyncClient, runtime: Intake):
         """Over 3 MiB by Content-Length: 413."""
         body = b"x" * (MAX_BODY_BYTES + 1)
         response = await post_signed(client, body)
@@ -202,7 +208,7 @@ class TestWebhookPost:
         assert await queued(runtime) == 0
 
     async def test_oversized_chunked_body_is_413_without_reading_it_all(
-        self, client: httpx.AsyncClient, runtime: Runtime
+        self, client: httpx.AsyncClient, runtime: Intake
     ):
         """A chunked body (no Content-Length) is cut off once it passes 3 MiB."""
         sent = 0
@@ -224,7 +230,7 @@ class TestWebhookPost:
         assert await queued(runtime) == 0
 
     async def test_store_failure_answers_503_never_200(
-        self, client: httpx.AsyncClient, runtime: Runtime
+        self, client: httpx.AsyncClient, runtime: Intake, settings: Settings
     ):
         """If the queue cannot commit, Meta gets 503 so that it retries."""
 
@@ -232,14 +238,14 @@ class TestWebhookPost:
             async def enqueue(self, tasks: Sequence[Task]) -> EnqueueResult:
                 raise OSError("disk full")
 
-        client_app = create_app(runtime.settings, dataclasses.replace(runtime, sink=BrokenSink()))
+        client_app = create_app(settings, dataclasses.replace(runtime, sink=BrokenSink()))
         transport = httpx.ASGITransport(app=client_app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as broken:
             response = await post_signed(broken, meta_bytes(text_webhook(["wamid.D1"])))
         assert response.status_code == 503
 
     async def test_redelivered_webhook_is_not_stored_twice(
-        self, client: httpx.AsyncClient, runtime: Runtime
+        self, client: httpx.AsyncClient, runtime: Intake
     ):
         """Meta's redelivery of the same wamids gets 200 and adds nothing."""
         body = meta_bytes(text_webhook(["wamid.C1", "wamid.C2"]))

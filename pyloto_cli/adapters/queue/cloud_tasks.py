@@ -33,8 +33,9 @@ from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpc
 from pyloto_cli.domain.errors import BackendUnavailable, TransientError
 from pyloto_cli.domain.task import (
     ATTEMPT_HEADER,
-    LAST_ERROR_HEADER,
+    PREVIOUS_FAILURE_HEADER,
     EnqueueResult,
+    FailureKind,
     QueueStats,
     Task,
 )
@@ -185,7 +186,7 @@ class CloudTasksSink:
         delay_s: float,
         attempt: int,
         salt: str = "",
-        last_error: str | None = None,
+        previous_failure: FailureKind | None = None,
     ) -> None:
         """Create the task again, due in `delay_s` seconds, under a name of its own per attempt.
 
@@ -197,9 +198,8 @@ class CloudTasksSink:
         due = datetime.now(UTC) + timedelta(seconds=max(0.0, delay_s))
         try:
             http_task = self._http_task(task, name_id, due=due, attempt=attempt)
-            if last_error:  # Cloud Tasks keeps no error between tries; the next one needs it
-                clean = last_error.encode("ascii", "replace").decode()[:200]
-                http_task.http_request.headers[LAST_ERROR_HEADER] = clean
+            if previous_failure is not None:  # Cloud Tasks keeps nothing between tries
+                http_task.http_request.headers[PREVIOUS_FAILURE_HEADER] = previous_failure.value
             created = await self._create(http_task)
         except gexc.GoogleAPICallError as exc:
             raise TransientError(f"Cloud Tasks reschedule failed: {exc.message or exc}") from exc

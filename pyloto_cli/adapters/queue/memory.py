@@ -25,6 +25,7 @@ from pyloto_cli.domain.retry import RetryPolicy
 from pyloto_cli.domain.task import (
     DeadLetter,
     EnqueueResult,
+    FailureKind,
     Leased,
     NackOutcome,
     QueueStats,
@@ -46,7 +47,7 @@ class _Entry:
     attempts: int = 0
     token: str | None = None
     expires_at: float | None = None
-    last_error: str | None = None
+    failure: FailureKind | None = None  # how the last nacked attempt failed
 
     def live_lease(self, now: float) -> bool:
         return self.token is not None and self.expires_at is not None and self.expires_at > now
@@ -59,7 +60,7 @@ class _Entry:
         self.attempts += 1
         self.token = secrets.token_hex(16)
         self.expires_at = now + lease_s
-        return Leased(self.task, self.token, self.attempts, self.expires_at, self.last_error)
+        return Leased(self.task, self.token, self.attempts, self.expires_at, self.failure)
 
 
 class MemoryMessageQueue:
@@ -144,7 +145,13 @@ class MemoryMessageQueue:
         entry = self._owned(lease)
         self._remove(entry)
 
-    async def nack(self, lease: Leased, error: str, delay_s: float | None = None) -> NackOutcome:
+    async def nack(
+        self,
+        lease: Leased,
+        error: str,
+        delay_s: float | None = None,
+        failure: FailureKind | None = None,
+    ) -> NackOutcome:
         """Retry after `delay_s` (or the policy's delay), or dead-letter once attempts are spent."""
         entry = self._owned(lease)
         if self._policy.exhausted(entry.attempts):
@@ -153,7 +160,7 @@ class MemoryMessageQueue:
         delay = delay_s if delay_s is not None else self._policy.delay(entry.attempts)
         entry.available_at = self._clock() + delay
         entry.token = entry.expires_at = None
-        entry.last_error = error
+        entry.failure = failure
         return NackOutcome.RETRY
 
     async def defer(self, lease: Leased, delay_s: float, reason: str) -> None:
@@ -162,7 +169,6 @@ class MemoryMessageQueue:
         entry.attempts = max(0, entry.attempts - 1)
         entry.available_at = self._clock() + delay_s
         entry.token = entry.expires_at = None
-        entry.last_error = reason
 
     async def dead_letter(self, lease: Leased, error: str) -> None:
         """Dead-letter now, keeping the payload, the error and the attempt count."""
@@ -221,7 +227,6 @@ class MemoryMessageQueue:
         for task_id in ids:
             dead = self._dead.pop(task_id)
             entry = _Entry(self._next_seq(), dead.task, enqueued_at=now, available_at=now)
-            entry.last_error = dead.error
             self._append(entry)
         log_event(_log, "queue_dead_requeued", backend="memory", count=len(ids))
         return len(ids)

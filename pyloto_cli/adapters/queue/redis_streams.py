@@ -51,6 +51,7 @@ from pyloto_cli.domain.retry import RetryPolicy
 from pyloto_cli.domain.task import (
     DeadLetter,
     EnqueueResult,
+    FailureKind,
     Leased,
     NackOutcome,
     QueueStats,
@@ -177,7 +178,7 @@ class RedisStreamsQueue:
         cursor, granted = await lua.LEASE(client, [], [self._prefix, *args, self._cursor, *tokens])
         self._cursor = text(cursor)
         leases: list[Leased] = []
-        for task_id, payload, attempt, token, has_error, error, expired in granted:
+        for task_id, payload, attempt, token, failure, expired in granted:
             if int(expired):
                 log_event(
                     _log,
@@ -186,9 +187,9 @@ class RedisStreamsQueue:
                     task_id=text(task_id),
                     attempt=int(attempt),
                 )
-            last_error = text(error) if int(has_error) else None
+            previous = FailureKind.parse(failure)
             leases.append(
-                Leased(Task.from_json(payload), text(token), int(attempt), expires, last_error)
+                Leased(Task.from_json(payload), text(token), int(attempt), expires, previous)
             )
         return leases
 
@@ -203,20 +204,28 @@ class RedisStreamsQueue:
         """Remove the task; the next task of its conversation becomes leasable."""
         self._check(await self._run(lua.ACK, lease.task.task_id, lease.token), lease)
 
-    async def nack(self, lease: Leased, error: str, delay_s: float | None = None) -> NackOutcome:
+    async def nack(
+        self,
+        lease: Leased,
+        error: str,
+        delay_s: float | None = None,
+        failure: FailureKind | None = None,
+    ) -> NackOutcome:
         """Retry after `delay_s` (or the policy's delay), or dead-letter once attempts are spent."""
         if self._policy.exhausted(lease.attempt):
             await self.dead_letter(lease, error)
             return NackOutcome.DEAD
         delay = delay_s if delay_s is not None else self._policy.delay(lease.attempt)
         due = _num(self._clock() + delay)
-        self._check(await self._run(lua.RETRY, lease.task.task_id, lease.token, error, due), lease)
+        kind = "" if failure is None else failure.value
+        args = (lease.task.task_id, lease.token, error, due, 0, kind)
+        self._check(await self._run(lua.RETRY, *args), lease)
         return NackOutcome.RETRY
 
     async def defer(self, lease: Leased, delay_s: float, reason: str) -> None:
         """Put the task back for `delay_s`, giving this attempt back; never dead-letters."""
         due = _num(self._clock() + delay_s)
-        args = (lease.task.task_id, lease.token, reason, due, 1)
+        args = (lease.task.task_id, lease.token, reason, due, 1, "")
         self._check(await self._run(lua.RETRY, *args), lease)
 
     async def dead_letter(self, lease: Leased, error: str) -> None:
@@ -238,10 +247,10 @@ class RedisStreamsQueue:
         if not isinstance(reply, list):
             self._check(reply, lease)  # 0: the head's lease is no longer held
         leases: list[Leased] = []
-        for _, payload, attempt, token, has_error, error in reply[1]:
-            last_error = text(error) if int(has_error) else None
+        for _, payload, attempt, token, failure in reply[1]:
             task = Task.from_json(payload)
-            leases.append(Leased(task, text(token), int(attempt), expires, last_error))
+            previous = FailureKind.parse(failure)
+            leases.append(Leased(task, text(token), int(attempt), expires, previous))
         return leases
 
     @staticmethod

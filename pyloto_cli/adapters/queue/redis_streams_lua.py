@@ -4,7 +4,7 @@ Every script gets the key prefix as ARGV[1] and builds its key names from it (so
 needs one Redis, or a Sentinel-managed primary; not Redis Cluster). Keys, for prefix P:
 
     P..'stream'        stream of leasable conversation heads, field `id`; consumer group `workers`
-    P..'t:'..id        hash per live task: payload, conv, enq, att, tok, exp, err, eid
+    P..'t:'..id        hash per live task: payload, conv, enq, att, tok, exp, err, fail, eid
     P..'c:'..conv      list of the conversation's live task ids, oldest first (its FIFO)
     P..'lock:'..conv   the conversation's lease: the holder's token, SET NX-style with PX
     P..'live'          zset id -> enqueued_at       P..'leased'   zset id -> lease expiry
@@ -102,7 +102,7 @@ return out
 )
 
 # ARGV: prefix, consumer, now, expires_at, lease_ms, min_idle_ms, max_items, cursor, tokens...
-# -> {next_cursor, {id, payload, attempt, token, has_error, error, was_expired}...}
+# -> {next_cursor, {id, payload, attempt, token, previous_failure, was_expired}...}
 LEASE = LuaScript(
     _PRELUDE
     + """
@@ -139,9 +139,8 @@ local function grant(eid, fields)
   redis.call('HSET', t, 'tok', token, 'exp', exp)
   redis.call('ZADD', P .. 'leased', exp, id)
   redis.call('SADD', P .. 'tried', id)
-  local err = redis.call('HGET', t, 'err')
-  out[#out + 1] = {id, redis.call('HGET', t, 'payload'), att, token,
-                   err and 1 or 0, err or '', tok and 1 or 0}
+  local fail = redis.call('HGET', t, 'fail')
+  out[#out + 1] = {id, redis.call('HGET', t, 'payload'), att, token, fail or '', tok and 1 or 0}
 end
 
 local claimed = redis.call('XAUTOCLAIM', STREAM, GROUP, consumer, ARGV[6], ARGV[8],
@@ -161,7 +160,7 @@ return {claimed[1], out}
 )
 
 # ARGV: prefix, id, token, now, expires_at, last_received_at, max_items, tokens...
-# -> 0 if the lease is stale, else {1, {{id, payload, attempt, token, has_error, error}...}}
+# -> 0 if the lease is stale, else {1, {{id, payload, attempt, token, previous_failure}...}}
 # Followers are never in the stream: they wait in the list behind the head, leased.
 FOLLOW = LuaScript(
     _PRELUDE
@@ -188,8 +187,8 @@ for _, id in ipairs(redis.call('LRANGE', line, pos + 1, pos + tonumber(ARGV[7]))
   redis.call('ZADD', P .. 'leased', exp, id)
   redis.call('ZREM', P .. 'delayed', id)
   redis.call('SADD', P .. 'tried', id)
-  local err = redis.call('HGET', f, 'err')
-  out[#out + 1] = {id, payload, att, token, err and 1 or 0, err or ''}
+  local fail = redis.call('HGET', f, 'fail')
+  out[#out + 1] = {id, payload, att, token, fail or ''}
 end
 return {1, out}
 """
@@ -223,16 +222,21 @@ return 1
 """
 )
 
-# ARGV: prefix, id, token, error, due[, uncount] -> 1, or 0 if stale
-# uncount = '1' (defer): the attempt is given back, never below 0
+# ARGV: prefix, id, token, error, due, uncount, failure -> 1, or 0 if stale
+# uncount = '1' (defer): the attempt is given back, never below 0, and the failure kind kept;
+# else the failure kind (a FailureKind value, '' for none) is stored for the next lease
 RETRY = LuaScript(
     _PRELUDE
     + """
 local id, token = ARGV[2], ARGV[3]
 local t = owned(id, token)
 if not t then return 0 end
-if ARGV[6] == '1' and tonumber(redis.call('HGET', t, 'att')) > 0 then
-  redis.call('HINCRBY', t, 'att', -1)
+if ARGV[6] == '1' then
+  if tonumber(redis.call('HGET', t, 'att')) > 0 then redis.call('HINCRBY', t, 'att', -1) end
+elseif ARGV[7] ~= '' then
+  redis.call('HSET', t, 'fail', ARGV[7])
+else
+  redis.call('HDEL', t, 'fail')
 end
 unlock(t, token)
 unstream(t)

@@ -37,6 +37,7 @@ from pyloto_cli.domain.retry import RetryPolicy
 from pyloto_cli.domain.task import (
     DeadLetter,
     EnqueueResult,
+    FailureKind,
     Leased,
     NackOutcome,
     QueueStats,
@@ -62,7 +63,8 @@ _SCHEMA = (
         attempts INTEGER NOT NULL DEFAULT 0,
         lease_token TEXT,
         lease_expires REAL,
-        last_error TEXT
+        last_error TEXT,
+        previous_failure TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS queue_tasks_conversation ON queue_tasks (conversation_key, seq)",
     "CREATE INDEX IF NOT EXISTS queue_tasks_heads ON queue_tasks (seq) WHERE head = 1",
@@ -83,12 +85,12 @@ INSERT OR IGNORE INTO queue_tasks
 SELECT ?1, ?2, NOT EXISTS (SELECT 1 FROM queue_tasks WHERE conversation_key = ?2), ?3, ?4, ?4, ?5
 """
 _LEASABLE = """
-SELECT seq, task_id, payload, attempts, lease_token, last_error FROM queue_tasks
+SELECT seq, task_id, payload, attempts, lease_token, previous_failure FROM queue_tasks
 WHERE head = 1 AND available_at <= :now AND (lease_expires IS NULL OR lease_expires <= :now)
 ORDER BY seq LIMIT :limit
 """
 _FOLLOWERS = """
-SELECT seq, payload, attempts, available_at, lease_expires, last_error FROM queue_tasks
+SELECT seq, payload, attempts, available_at, lease_expires, previous_failure FROM queue_tasks
 WHERE conversation_key = ? AND seq > ? ORDER BY seq LIMIT ?
 """
 _PROMOTE = """
@@ -107,6 +109,13 @@ FROM (
     FROM queue_tasks
 )
 """
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Bring a queue file made by an older version up to this schema (tasks keep waiting)."""
+    columns = {row["name"] for row in conn.execute("PRAGMA table_info(queue_tasks)")}
+    if "previous_failure" not in columns:
+        conn.execute("ALTER TABLE queue_tasks ADD COLUMN previous_failure TEXT")
 
 
 def _insert(conn: sqlite3.Connection, row: tuple[str, str, bytes, float, str | None]) -> bool:
@@ -155,7 +164,7 @@ def _grant(conn: sqlite3.Connection, row: sqlite3.Row, task: Task, expires: floa
         "UPDATE queue_tasks SET attempts = ?, lease_token = ?, lease_expires = ? WHERE seq = ?",
         (attempt, token, expires, row["seq"]),
     )
-    return Leased(task, token, attempt, expires, row["last_error"])
+    return Leased(task, token, attempt, expires, FailureKind.parse(row["previous_failure"]))
 
 
 def _followers(
@@ -256,6 +265,7 @@ class SqliteMessageQueue:
 
     async def __aenter__(self) -> Self:
         await self._sql.open()
+        await self._run(_add_missing_columns)
         log_event(_log, "queue_opened", logging.DEBUG, backend="sqlite", path=str(self.path))
         return self
 
@@ -271,17 +281,15 @@ class SqliteMessageQueue:
         """Stop taking calls (they raise BackendUnavailable); close the file if it is ours."""
         await self._sql.close()
 
-    async def _run(
-        self, op: Operation[T], *, readonly: bool = False, lazy: bool = False, inline: bool = False
-    ) -> T:
-        return await self._sql.run(op, readonly=readonly, lazy=lazy, inline=inline)
+    async def _run(self, op: Operation[T], *, readonly: bool = False, lazy: bool = False) -> T:
+        return await self._sql.run(op, readonly=readonly, lazy=lazy)
 
     # --- MessageQueue ------------------------------------------------------------------------
 
     async def enqueue(self, tasks: Sequence[Task]) -> EnqueueResult:
         """Store `tasks` in one transaction; returns once committed (shared group commit)."""
         batch, now = list(tasks), self._clock()
-        return await self._run(lambda conn: _enqueue(conn, batch, now), inline=True)
+        return await self._run(lambda conn: _enqueue(conn, batch, now))
 
     async def lease(self, max_items: int, lease_s: float) -> list[Leased]:
         """Lease the oldest leasable head of each conversation, FIFO, up to `max_items`."""
@@ -328,7 +336,13 @@ class SqliteMessageQueue:
         """
         await self._run(lambda conn: _remove(conn, _owned(conn, lease)), lazy=True)
 
-    async def nack(self, lease: Leased, error: str, delay_s: float | None = None) -> NackOutcome:
+    async def nack(
+        self,
+        lease: Leased,
+        error: str,
+        delay_s: float | None = None,
+        failure: FailureKind | None = None,
+    ) -> NackOutcome:
         """Retry after `delay_s` (or the policy's delay), or dead-letter once attempts are spent."""
         now = self._clock()
         if self._policy.exhausted(lease.attempt):
@@ -340,8 +354,8 @@ class SqliteMessageQueue:
             row = _owned(conn, lease)
             conn.execute(
                 "UPDATE queue_tasks SET available_at = ?, lease_token = NULL,"
-                " lease_expires = NULL, last_error = ? WHERE seq = ?",
-                (now + delay, error, row["seq"]),
+                " lease_expires = NULL, last_error = ?, previous_failure = ? WHERE seq = ?",
+                (now + delay, error, failure and failure.value, row["seq"]),
             )
 
         await self._run(op)
