@@ -361,10 +361,11 @@ async def open_responder(settings: Settings, stack: Stack) -> Responder:
 
 async def _open_llm_responder(settings: Settings, stack: Stack) -> Responder:
     if settings.llm_active:
-        from pyloto_cli.adapters.llm.openai import OpenAIResponder, open_openai_client
+        from pyloto_cli.adapters.llm.openai import OpenAIChatModel, open_openai_client
+        from pyloto_cli.pipeline.responder import LLMResponder
 
         client = await stack.enter_async_context(open_openai_client(settings))
-        return await stack.enter_async_context(OpenAIResponder(client, settings))
+        return await stack.enter_async_context(LLMResponder(OpenAIChatModel(client), settings))
     from pyloto_cli.adapters.llm.offline import OfflineResponder
 
     return await stack.enter_async_context(OfflineResponder.from_settings(settings))

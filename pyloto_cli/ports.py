@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
+from pyloto_cli.domain.llm import ChatRequest
 from pyloto_cli.domain.reply import Reply
 from pyloto_cli.domain.session import Session, Turn
 from pyloto_cli.domain.task import (
@@ -210,6 +211,14 @@ class Responder(Protocol):
 
     async def respond(self, request: ResponderRequest) -> Reply:
         """The reply; never raises for LLM failures (it falls back to a safe reply)."""
+        ...
+
+
+class ChatModel(Protocol):
+    """One chat completion on an LLM service (the OpenAI adapter); the stages run over it."""
+
+    async def complete(self, request: ChatRequest) -> str:
+        """The first choice's message content; raises LLMCallError with a stable reason."""
         ...
 
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Final
+
+# What a message without text (an image, a sticker) gets instead of three LLM calls.
+NON_TEXT_REPLY: Final = "I can read text messages only for now. Could you type your question?"
 
 
 class ReplyKind(StrEnum):
@@ -49,3 +53,16 @@ class Reply:
     overridden: bool = False
     errors: tuple[str, ...] = ()
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def override_replies(
+    events: str, *, handoff_reply: str, optout_reply: str, safe_reply: str
+) -> dict[str, str]:
+    """The message that replaces the generated reply, by overriding event.
+
+    `events` is comma-separated (PYLOTO_OVERRIDE_EVENTS): a human handoff and an opt-out have
+    their own message, any other listed event gets the safe reply.
+    """
+    own = {"human_handoff": handoff_reply, "opt_out": optout_reply}
+    names = (e.strip() for e in events.split(","))
+    return {name: own.get(name, safe_reply) for name in names if name}

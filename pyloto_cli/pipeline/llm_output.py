@@ -1,5 +1,5 @@
-"""The LLM seam of the stages: the call (`ChatCall`, `ChatRequest`), its error, the prompts,
-and what the structured stages must answer (JSON schemas and their validation).
+"""What the stages ask the model and what they accept back: the prompts, the JSON schemas of
+the structured stages and the validation of their answers.
 
 The schemas are sent as `response_format` (strict JSON schema); the answers are validated here
 with pydantic, whatever the model sent. An answer that does not match raises `LLMCallError`
@@ -9,15 +9,14 @@ with reason `bad_output`, and the stage falls back. Option ids are made here (`b
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pyloto_cli.domain.errors import TransientError
+from pyloto_cli.domain.llm import LLMCallError
 from pyloto_cli.domain.reply import ListSection, ReplyKind, ReplyOption
 
 EVENTS: Final = (
@@ -30,43 +29,6 @@ EVENTS: Final = (
     "opt_out",
     "other",
 )
-
-
-class LLMCallError(TransientError):
-    """One LLM call failed. `reason` is short and stable (`timeout`, `rate_limited`,
-    `http_500`, `connection`, `bad_output`, ...); `service` is true when the service itself
-    failed, which is what the circuit breaker counts (a malformed answer does not)."""
-
-    def __init__(self, reason: str, *, service: bool = True, code: int | None = None) -> None:
-        super().__init__(reason, code=code)
-        self.service = service
-
-
-@dataclass(frozen=True, slots=True)
-class ChatMessage:
-    """One chat message sent to the model."""
-
-    role: str
-    content: str
-
-
-@dataclass(frozen=True, slots=True)
-class ChatRequest:
-    """One chat completion; `schema` asks for structured output named after the stage."""
-
-    stage: str
-    model: str
-    messages: tuple[ChatMessage, ...]
-    timeout_s: float
-    schema: Mapping[str, Any] | None = None
-
-
-class ChatCall(Protocol):
-    """Makes one chat completion and returns the message content, or raises LLMCallError."""
-
-    async def __call__(self, request: ChatRequest) -> str:
-        """The content of the first choice."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,8 @@ stage use its fallback (event `unknown`, the safe reply, a text message), logs `
 with the stage and reason, and names the stage in `Reply.errors`. A stage whose input fell back
 is not run; it takes its fallback too.
 
-This module knows no SDK: a `ChatCall` (the OpenAI adapter) makes the calls.
+This module knows no SDK: the stages call a `ports.ChatModel` (the OpenAI adapter); the
+responder that runs the graph is pipeline/responder.py.
 """
 
 from __future__ import annotations
@@ -30,24 +31,20 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
-from pyloto_cli.domain.reply import Reply
+from pyloto_cli.domain.llm import ChatMessage, ChatRequest, LLMCallError
+from pyloto_cli.domain.reply import Reply, override_replies
 from pyloto_cli.domain.session import Role
 from pyloto_cli.logs import get_logger, log_event
 from pyloto_cli.pipeline.llm_output import (
     EVENT_SCHEMA,
     MESSAGE_TYPE_SCHEMA,
     TEXT_SHAPE,
-    ChatCall,
-    ChatMessage,
-    ChatRequest,
-    LLMCallError,
     MessageShape,
     Prompts,
-    load_prompts,
     parse_event,
     parse_message_type,
 )
-from pyloto_cli.ports import ResponderRequest
+from pyloto_cli.ports import ChatModel, ResponderRequest
 from pyloto_cli.settings import Settings
 
 EVENT_STAGE: Final = "event"
@@ -55,23 +52,6 @@ RESPONSE_STAGE: Final = "response"
 TYPE_STAGE: Final = "message_type"
 UNKNOWN_EVENT: Final = "unknown"
 EVENT_HISTORY_TURNS: Final = 6
-
-__all__ = [
-    "ChatCall",
-    "ChatMessage",
-    "ChatRequest",
-    "GraphResult",
-    "LLMCallError",
-    "MessageShape",
-    "Prompts",
-    "Stage",
-    "StageContext",
-    "StageGraph",
-    "StageOutcome",
-    "build_reply",
-    "default_stages",
-    "load_prompts",
-]
 
 _logger = get_logger("llm")
 T = TypeVar("T")
@@ -85,7 +65,7 @@ class StageContext:
     request: ResponderRequest
     settings: Settings
     prompts: Prompts
-    chat: ChatCall
+    chat: ChatModel
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +268,7 @@ def _model(settings: Settings, specific: str | None) -> str:
 async def detect_event(ctx: StageContext, _inputs: Outputs) -> str:
     """LLM#1: the event of the user's turn, given the recent history (structured output)."""
     history = history_messages(ctx.request, EVENT_HISTORY_TURNS)
-    content = await ctx.chat(
+    content = await ctx.chat.complete(
         ChatRequest(
             stage=EVENT_STAGE,
             model=_model(ctx.settings, ctx.settings.openai_model_event),
@@ -302,7 +282,7 @@ async def detect_event(ctx: StageContext, _inputs: Outputs) -> str:
 
 async def write_response(ctx: StageContext, _inputs: Outputs) -> str:
     """LLM#2: the reply text, given the history and the user's turn."""
-    content = await ctx.chat(
+    content = await ctx.chat.complete(
         ChatRequest(
             stage=RESPONSE_STAGE,
             model=_model(ctx.settings, ctx.settings.openai_model_response),
@@ -318,7 +298,7 @@ async def write_response(ctx: StageContext, _inputs: Outputs) -> str:
 
 async def choose_message_type(ctx: StageContext, inputs: Outputs) -> MessageShape:
     """LLM#3: text, buttons or a list, given LLM#2's text (structured output)."""
-    content = await ctx.chat(
+    content = await ctx.chat.complete(
         ChatRequest(
             stage=TYPE_STAGE,
             model=_model(ctx.settings, ctx.settings.openai_model_type),
@@ -333,17 +313,23 @@ async def choose_message_type(ctx: StageContext, inputs: Outputs) -> MessageShap
     return parse_message_type(content)
 
 
+def _override_replies(settings: Settings) -> dict[str, str]:
+    return override_replies(
+        settings.override_events,
+        handoff_reply=settings.handoff_reply,
+        optout_reply=settings.optout_reply,
+        safe_reply=settings.safe_reply,
+    )
+
+
 def override_events(settings: Settings) -> frozenset[str]:
     """The events whose configured message replaces the generated reply."""
-    return frozenset(e.strip() for e in settings.override_events.split(",") if e.strip())
+    return frozenset(_override_replies(settings))
 
 
 def override_reply(event: str, settings: Settings) -> str | None:
     """The configured message for an overriding event, else None."""
-    if event not in override_events(settings):
-        return None
-    replies = {"human_handoff": settings.handoff_reply, "opt_out": settings.optout_reply}
-    return replies.get(event, settings.safe_reply)
+    return _override_replies(settings).get(event)
 
 
 def _is_override(event: str, ctx: StageContext) -> bool:

@@ -1,4 +1,4 @@
-"""OpenAIResponder with the real AsyncOpenAI client (aiohttp transport) against the fake server.
+"""LLMResponder over the OpenAI chat model (the real AsyncOpenAI client) against the fake server.
 
 Latencies stay at tens of milliseconds; assertions are on what the server saw (arrival and
 finish times, bodies), never on how long things took.
@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 
-from pyloto_cli.adapters.llm.openai import CIRCUIT_OPEN, OpenAIResponder, open_openai_client
+from pyloto_cli.adapters.llm.openai import OpenAIChatModel, open_openai_client
 from pyloto_cli.domain.breaker import BreakerState, CircuitBreaker
 from pyloto_cli.domain.reply import ReplyKind
 from pyloto_cli.domain.webhook import MessageType
+from pyloto_cli.pipeline.responder import CIRCUIT_OPEN, LLMResponder
 from pyloto_cli.settings import Settings
 from tests.fakes import request
 from tests.fakes.openai_server import FakeAnswer, FakeOpenAIServer
@@ -69,10 +70,10 @@ def llm_settings(make_settings: Callable[..., Settings], fake: FakeOpenAIServer)
 
 
 @contextlib.asynccontextmanager
-async def responder_for(settings: Settings, **kw: Any) -> AsyncIterator[OpenAIResponder]:
+async def responder_for(settings: Settings, **kw: Any) -> AsyncIterator[LLMResponder]:
     async with (
         open_openai_client(settings) as client,
-        OpenAIResponder(client, settings, **kw) as responder,
+        LLMResponder(OpenAIChatModel(client), settings, **kw) as responder,
     ):
         yield responder
 
@@ -229,7 +230,9 @@ class TestFailures:
         assert reply.text == settings.safe_reply
         assert set(reply.errors) == {"event", "response", "message_type"}
 
-    async def test_connection_refused_gives_safe_reply(self, make_settings) -> None:
+    async def test_connection_refused_gives_safe_reply(
+        self, make_settings, caplog: pytest.LogCaptureFixture
+    ) -> None:
         """Nothing listening: connection errors fall back like any other failure."""
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
@@ -239,10 +242,13 @@ class TestFailures:
             openai_base_url=f"http://127.0.0.1:{port}/v1",
             llm_max_retries=0,
         )
-        async with responder_for(settings) as responder:
-            reply = await responder.respond(request("hi"))
+        with caplog.at_level(logging.WARNING, logger="pyloto"):
+            async with responder_for(settings) as responder:
+                reply = await responder.respond(request("hi"))
         assert reply.text == settings.safe_reply
         assert set(reply.errors) == {"event", "response"}
+        reasons = {r.fields["reason"] for r in caplog.records if r.getMessage() == "llm_error"}  # type: ignore[attr-defined]
+        assert reasons == {"connection"}
 
 
 class TestBreaker:

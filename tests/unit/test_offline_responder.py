@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pyloto_cli.adapters.llm.offline import NON_TEXT_REPLY, OfflineResponder, detect_event
-from pyloto_cli.domain.reply import ReplyKind
+from pyloto_cli.adapters.llm.offline import OfflineResponder, detect_event
+from pyloto_cli.domain.reply import NON_TEXT_REPLY, ReplyKind
 from pyloto_cli.domain.webhook import MessageType
 from pyloto_cli.ports import Responder
 from tests.fakes import request

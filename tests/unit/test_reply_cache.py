@@ -330,7 +330,7 @@ class TestBenchFigures:
 
     def test_usage_tells_off_from_unknown(self) -> None:
         """Another responder means off; a log without `runtime_opened` means unknown."""
-        off = reply_cache_usage(['{"event": "runtime_opened", "responder": "OpenAIResponder"}'])
+        off = reply_cache_usage(['{"event": "runtime_opened", "responder": "LLMResponder"}'])
         assert (off.enabled, off.hit_rate, off.show()) == (False, None, "off")
         assert reply_cache_usage([]).show() == "-"
 

@@ -1,6 +1,6 @@
 """The stage graph runner, the default stages' requests and parsing, prompts, the breaker.
 
-No sockets: a recording `ChatCall` stands in for the model (the wire format is covered by
+No sockets: a recording `ChatModel` stands in for the model (the wire format is covered by
 tests/integration/test_openai_responder.py against the fake server).
 """
 
@@ -16,11 +16,10 @@ from typing import Any
 import pytest
 
 from pyloto_cli.domain.breaker import BreakerState, CircuitBreaker
+from pyloto_cli.domain.llm import ChatRequest, LLMCallError
 from pyloto_cli.domain.reply import ReplyKind
-from pyloto_cli.pipeline.llm_output import EVENTS, parse_event, parse_message_type
+from pyloto_cli.pipeline.llm_output import EVENTS, load_prompts, parse_event, parse_message_type
 from pyloto_cli.pipeline.stages import (
-    ChatRequest,
-    LLMCallError,
     Outputs,
     Stage,
     StageContext,
@@ -28,7 +27,6 @@ from pyloto_cli.pipeline.stages import (
     StageOutcome,
     build_reply,
     default_stages,
-    load_prompts,
 )
 from pyloto_cli.settings import Settings
 from tests.fakes import request
@@ -38,13 +36,13 @@ TEXT_SHAPE_JSON = json.dumps({"kind": "text", "buttons": [], "list_button": "", 
 
 
 class RecordingChat:
-    """A ChatCall answering per stage from a table (a string, or an exception to raise)."""
+    """A ChatModel answering per stage from a table (a string, or an exception to raise)."""
 
     def __init__(self, answers: dict[str, str | Exception]) -> None:
         self.answers = answers
         self.requests: list[ChatRequest] = []
 
-    async def __call__(self, request: ChatRequest) -> str:
+    async def complete(self, request: ChatRequest) -> str:
         self.requests.append(request)
         answer = self.answers[request.stage]
         if isinstance(answer, Exception):

@@ -23,12 +23,17 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Final, Self
 
-from pyloto_cli.domain.reply import ListSection, Reply, ReplyKind, ReplyOption
-from pyloto_cli.pipeline.stages import override_events, override_reply
+from pyloto_cli.domain.reply import (
+    NON_TEXT_REPLY,
+    ListSection,
+    Reply,
+    ReplyKind,
+    ReplyOption,
+    override_replies,
+)
 from pyloto_cli.ports import ResponderRequest
 from pyloto_cli.settings import Settings
 
-NON_TEXT_REPLY: Final = "I can read text messages only for now. Could you type your question?"
 _QUOTE_MAX: Final = 200
 _WORDS: Final = re.compile(r"\w+", re.UNICODE)
 
@@ -104,8 +109,14 @@ class OfflineResponder:
     @classmethod
     def from_settings(cls, settings: Settings) -> OfflineResponder:
         """With the same override events and messages as the real responder."""
-        events = override_events(settings)
-        return cls({event: override_reply(event, settings) or "" for event in events})
+        return cls(
+            override_replies(
+                settings.override_events,
+                handoff_reply=settings.handoff_reply,
+                optout_reply=settings.optout_reply,
+                safe_reply=settings.safe_reply,
+            )
+        )
 
     async def __aenter__(self) -> Self:
         return self

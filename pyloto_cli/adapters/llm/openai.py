@@ -1,65 +1,32 @@
-"""The real responder: the three LLM stages on one `openai.AsyncOpenAI` client.
+"""The chat model on OpenAI: one chat completion per call, on the SDK's public surface.
 
     async with open_openai_client(settings) as client:
-        responder = OpenAIResponder(client, settings)
-        reply = await responder.respond(request)
+        model = OpenAIChatModel(client)
+        content = await model.complete(request)
 
-One client per process, a `DirectOpenAI` (the SDK's `AsyncOpenAI` that builds a call's request
-from the one it built for the last call like it) over a `DirectOpenAIClient` (the SDK's
-`DefaultAioHttpClient` whose requests go straight to its transport, past httpx2's auth, redirect
-and cookie steps), both in adapters/direct_http.py, on pyloto's HTTP/1.1 transport
-(adapters/http11.py; the SDK's aiohttp one with PYLOTO_HTTP_TRANSPORT=aiohttp), closed on exit.
-Calls go through the client's low-level `request()` (what its `post()` calls): the same
-retries, backoff and error types as `chat.completions.create()`, without its parameter
-transform. The request options are built once (`FinalRequestOptions` for the absolute URL) and
-shallow-copied per call with the body as JSON bytes, which skips `post()`'s per-call
-construction (pydantic deep-copies every default); the answer comes back as the raw
-`httpx2.Response` whose JSON is read here (only the first choice's message), not cast into
-`ChatCompletion` models. Together about a third less CPU per call than the typed `post()`
-(benchmarks/llm_client_cpu.py). Structured answers are validated by the stages (pydantic).
+One `AsyncOpenAI` client per process on the SDK's aiohttp transport (`DefaultAioHttpClient`,
+less CPU per call than its default httpx2 one), closed on exit; retries, backoff and error
+types are the SDK's. A call is the client's `post(<base_url>/chat/completions,
+cast_to=httpx2.Response, content=...)`, the SDK's documented way to get the raw response: the
+body goes out as JSON bytes and only the first choice's message is read from the answer, where
+`chat.completions.create()` would transform the parameters and build a `ChatCompletion` model
+that the stages take one string from (benchmarks/llm_client_cpu.py compares the public paths).
+Structured answers are validated by the stages (pydantic).
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
-from collections.abc import AsyncIterator, Sequence
-from types import TracebackType
-from typing import Any, Final, Self
+from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx2
 import openai
-from openai import AsyncOpenAI
-from openai._models import FinalRequestOptions  # what `post()` builds; covered by the tests
+from openai import AsyncOpenAI, DefaultAioHttpClient
 
-from pyloto_cli.adapters.direct_http import DirectOpenAI, DirectOpenAIClient
-from pyloto_cli.adapters.http11 import Http11Transport2
-from pyloto_cli.adapters.llm.offline import NON_TEXT_REPLY
 from pyloto_cli.domain import json_codec
-from pyloto_cli.domain.breaker import CircuitBreaker
-from pyloto_cli.domain.reply import Reply
-from pyloto_cli.logs import get_logger, log_event
-from pyloto_cli.pipeline.stages import (
-    ChatRequest,
-    LLMCallError,
-    Prompts,
-    Stage,
-    StageContext,
-    StageGraph,
-    StageOutcome,
-    build_reply,
-    default_stages,
-    load_prompts,
-)
-from pyloto_cli.ports import ResponderRequest
-from pyloto_cli.settings import HttpTransport, Settings
-
-CIRCUIT_OPEN: Final = "circuit_open"
-# the SDK's own connection limit, every connection kept while idle (a call per stage in flight)
-OPENAI_LIMITS: Final = httpx2.Limits(
-    max_connections=1000, max_keepalive_connections=1000, keepalive_expiry=5.0
-)
-_logger = get_logger("llm")
+from pyloto_cli.domain.llm import ChatRequest, LLMCallError
+from pyloto_cli.settings import Settings
 
 
 @contextlib.asynccontextmanager
@@ -67,37 +34,34 @@ async def open_openai_client(settings: Settings) -> AsyncIterator[AsyncOpenAI]:
     """The process's OpenAI client on the aiohttp transport, closed on exit.
 
     `OPENAI_API_KEY` is required; `OPENAI_BASE_URL` points it elsewhere (a proxy, a fake).
-    Timeout and retries come from `PYLOTO_LLM_STAGE_TIMEOUT` / `PYLOTO_LLM_MAX_RETRIES`; the
-    transport from `PYLOTO_HTTP_TRANSPORT` (pyloto's HTTP/1.1 one, or the SDK's aiohttp one).
+    Timeout and retries come from `PYLOTO_LLM_STAGE_TIMEOUT` / `PYLOTO_LLM_MAX_RETRIES`.
     """
     if settings.openai_api_key is None:
         raise ValueError("OPENAI_API_KEY is required for the OpenAI responder")
-    http_client = (
-        DirectOpenAIClient(transport=Http11Transport2(limits=OPENAI_LIMITS))
-        if settings.http_transport is HttpTransport.PYLOTO
-        else DirectOpenAIClient()
-    )
-    client = DirectOpenAI(
+    client = AsyncOpenAI(
         api_key=settings.openai_api_key.get_secret_value(),
         base_url=settings.openai_base_url,
         max_retries=settings.llm_max_retries,
         timeout=settings.llm_stage_timeout,
-        http_client=http_client,
+        http_client=DefaultAioHttpClient(),
     )
     async with client:
         yield client
 
 
-class OpenAIChat:
-    """`ChatCall` on an AsyncOpenAI client: one chat completion, errors mapped to reasons."""
+class OpenAIChatModel:
+    """`ChatModel` on an AsyncOpenAI client: one chat completion, errors mapped to reasons.
+
+    It does not own `client` (see `open_openai_client`).
+    """
 
     def __init__(self, client: AsyncOpenAI) -> None:
         self._client = client
-        base = client.base_url  # the SDK joins a relative path to it the same way, per call
-        url = str(base.copy_with(raw_path=base.raw_path + b"chat/completions"))
-        self._options = FinalRequestOptions.construct(method="post", url=url)
+        # The absolute URL, joined once: the SDK joins a relative path to its base URL on
+        # every call, which costs more than the rest of its URL handling.
+        self._url = f"{client.base_url}chat/completions"
 
-    async def __call__(self, request: ChatRequest) -> str:
+    async def complete(self, request: ChatRequest) -> str:
         """The first choice's content; raises LLMCallError (chained to the SDK's error)."""
         body: dict[str, Any] = {
             "model": request.model,
@@ -108,12 +72,13 @@ class OpenAIChat:
                 "type": "json_schema",
                 "json_schema": {"name": request.stage, "strict": True, "schema": request.schema},
             }
-        content = json_codec.dumps(body)
-        options = self._options.model_copy(
-            update={"content": content, "timeout": request.timeout_s}
-        )
         try:
-            response = await self._client.request(httpx2.Response, options)
+            response = await self._client.post(
+                self._url,
+                cast_to=httpx2.Response,
+                content=json_codec.dumps(body),
+                options={"timeout": request.timeout_s},
+            )
             data = json_codec.loads(response.content)
         except openai.APIError as exc:
             raise _call_error(exc) from exc
@@ -123,7 +88,7 @@ class OpenAIChat:
 
 
 def _call_error(exc: openai.APIError) -> LLMCallError:
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, openai.APITimeoutError) and not _refused(exc):
         return LLMCallError("timeout")
     if isinstance(exc, openai.APIConnectionError):
         return LLMCallError("connection")
@@ -132,6 +97,22 @@ def _call_error(exc: openai.APIError) -> LLMCallError:
         reason = "rate_limited" if code == 429 else f"http_{code}"
         return LLMCallError(reason, service=code >= 500 or code in (408, 409, 429), code=code)
     return LLMCallError("bad_response", service=False)
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether a timeout error was in fact a failed connection, from its causes' types.
+
+    The SDK's aiohttp transport reports a refused connection or an unknown host as a connect
+    timeout; the OS error under it (an `OSError` that is not a `TimeoutError`) tells them apart.
+    """
+    causes: list[BaseException] = []
+    cause = exc.__cause__
+    while cause is not None and len(causes) < 8:
+        causes.append(cause)
+        cause = cause.__cause__
+    if any(isinstance(c, TimeoutError) for c in causes):
+        return False
+    return any(isinstance(c, OSError) for c in causes)
 
 
 def _content(data: Any) -> str:
@@ -148,62 +129,3 @@ def _content(data: Any) -> str:
     if not isinstance(content, str) or not content.strip():
         raise LLMCallError("empty_output", service=False)
     return content
-
-
-class OpenAIResponder:
-    """`Responder` running the stage graph on OpenAI, behind a circuit breaker.
-
-    It does not own `client` (see `open_openai_client`). `stages` replaces the default graph;
-    `prompts` defaults to the shipped prompts overridden from `settings.prompts_dir`.
-    """
-
-    def __init__(
-        self,
-        client: AsyncOpenAI,
-        settings: Settings,
-        *,
-        stages: Sequence[Stage[Any]] | None = None,
-        prompts: Prompts | None = None,
-        breaker: CircuitBreaker | None = None,
-    ) -> None:
-        self._chat = OpenAIChat(client)
-        self._settings = settings
-        self._graph = StageGraph(stages if stages is not None else default_stages())
-        self._prompts = prompts if prompts is not None else load_prompts(settings.prompts_dir)
-        self.breaker = breaker or CircuitBreaker(
-            settings.llm_breaker_failures, settings.llm_breaker_cooldown
-        )
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
-
-    async def respond(self, request: ResponderRequest) -> Reply:
-        """The reply; LLM failures fall back (never raises for them)."""
-        text = request.message.text
-        if text is None or not text.strip():
-            return Reply(text=NON_TEXT_REPLY, event="other")
-        if not self.breaker.allow():
-            log_event(_logger, "llm_error", logging.WARNING, stage="all", reason=CIRCUIT_OPEN)
-            return Reply(text=self._settings.safe_reply, errors=(CIRCUIT_OPEN,))
-        ctx = StageContext(request, self._settings, self._prompts, self._chat)
-        result = await self._graph.run(
-            ctx,
-            stage_timeout=self._settings.llm_stage_timeout,
-            deadline=self._settings.llm_deadline,
-            on_outcome=self._record,
-        )
-        return build_reply(result, self._settings)
-
-    def _record(self, outcome: StageOutcome) -> None:
-        if outcome.service_failure:
-            self.breaker.record_failure()
-        else:
-            self.breaker.record_success()
