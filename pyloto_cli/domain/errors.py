@@ -86,4 +86,4 @@ class BackendUnavailable(PylotoError):
 
 
 class WorkerFailed(PylotoError):
-    """A worker (thread or process) that `serve` runs could not start; the message says why."""
+    """A worker that `serve` runs could not start; the message says why."""

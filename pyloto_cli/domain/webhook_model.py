@@ -4,12 +4,12 @@
 contents living in `webhook_content`. `parse_webhook(payload)` builds the whole tree.
 
 Why hand-written dataclasses rather than pydantic (v2, extra="allow"):
-- The hot path (the webhook request, up to 1000 items per POST, median under 250 ms) does not
-  build this model at all: `split_webhook` walks the dicts and reads only ids. The model is
-  built later by the worker, one item at a time (`inbound_message`, `status_update`), where a
-  few microseconds of plain `from_dict` code is as cheap as pure Python gets.
-- The domain stays free of third-party libraries (pywa's `from_update` style), and issue 7 can
-  benchmark msgspec and pydantic against this baseline without touching the domain types.
+- The hot path (the webhook request, up to 1000 items per POST) does not build this model at
+  all: `split_webhook` walks the dicts and reads only ids, so the 200 never waits on parsing.
+  The model is built later by the worker, one item at a time (`inbound_message`,
+  `status_update`), where plain `from_dict` code is as cheap as pure Python gets.
+- The domain stays free of third-party libraries (pywa's `from_update` style), so another
+  parser can be tried against this one without touching the domain types.
 - Forward compatibility is explicit: every envelope model keeps the dict it came from in
   `raw`, so unknown fields and types are never lost ("extra allowed"), and the enums map
   unknown values to `UNKNOWN` through `_missing_` instead of raising.

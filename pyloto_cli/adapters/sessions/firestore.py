@@ -5,12 +5,13 @@ its subcollection `turns/{seq}` holds one turn each, where `seq` is a sortable i
 clock, index within the append, random suffix).
 
 Why not one document rewritten in a transaction: Firestore allows about one write per second
-per document, and concurrent read-modify-write transactions on one document abort and retry
-(in the emulator three of them took ~6 s and ten failed after the default five attempts). An
-append here is a blind batch (the head merged, the new turn documents created) that never
-conflicts, so concurrent appends all land, in one round trip. The history is then trimmed to the
-newest `max_turns` (deletes are idempotent, so concurrent trims agree), and reads order by `seq`
-and stop at `max_turns`, so a read never sees more than the bound even before a trim.
+per document, and concurrent read-modify-write transactions on one document abort and retry,
+so a burst of appends to one conversation would crawl, then fail once the client's retries
+ran out. An append here is a blind batch (the head merged, the new turn documents created)
+that never conflicts, so concurrent appends all land, in one round trip. The history is then
+trimmed to the newest `max_turns` (deletes are idempotent, so concurrent trims agree), and
+reads order by `seq` and stop at `max_turns`, so a read never sees more than the bound even
+before a trim.
 """
 
 from __future__ import annotations
