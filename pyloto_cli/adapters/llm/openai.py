@@ -7,8 +7,7 @@
 One client per process, a `DirectOpenAI` (the SDK's `AsyncOpenAI` that builds a call's request
 from the one it built for the last call like it) over a `DirectOpenAIClient` (the SDK's
 `DefaultAioHttpClient` whose requests go straight to its transport, past httpx2's auth, redirect
-and cookie steps), both in adapters/direct_http.py, on pyloto's HTTP/1.1 transport
-(adapters/http11.py; the SDK's aiohttp one with PYLOTO_HTTP_TRANSPORT=aiohttp), closed on exit.
+and cookie steps), both in adapters/direct_http.py, on the SDK's aiohttp transport, closed on exit.
 Calls go through the client's low-level `request()` (what its `post()` calls): the same
 retries, backoff and error types as `chat.completions.create()`, without its parameter
 transform. The request options are built once (`FinalRequestOptions` for the absolute URL) and
@@ -33,7 +32,6 @@ from openai import AsyncOpenAI
 from openai._models import FinalRequestOptions  # what `post()` builds; covered by the tests
 
 from pyloto_cli.adapters.direct_http import DirectOpenAI, DirectOpenAIClient
-from pyloto_cli.adapters.http11 import Http11Transport2
 from pyloto_cli.adapters.llm.offline import NON_TEXT_REPLY
 from pyloto_cli.domain import json_codec
 from pyloto_cli.domain.breaker import CircuitBreaker
@@ -52,7 +50,7 @@ from pyloto_cli.pipeline.stages import (
     load_prompts,
 )
 from pyloto_cli.ports import ResponderRequest
-from pyloto_cli.settings import HttpTransport, Settings
+from pyloto_cli.settings import Settings
 
 CIRCUIT_OPEN: Final = "circuit_open"
 # the SDK's own connection limit, every connection kept while idle (a call per stage in flight)
@@ -67,16 +65,11 @@ async def open_openai_client(settings: Settings) -> AsyncIterator[AsyncOpenAI]:
     """The process's OpenAI client on the aiohttp transport, closed on exit.
 
     `OPENAI_API_KEY` is required; `OPENAI_BASE_URL` points it elsewhere (a proxy, a fake).
-    Timeout and retries come from `PYLOTO_LLM_STAGE_TIMEOUT` / `PYLOTO_LLM_MAX_RETRIES`; the
-    transport from `PYLOTO_HTTP_TRANSPORT` (pyloto's HTTP/1.1 one, or the SDK's aiohttp one).
+    Timeout and retries come from `PYLOTO_LLM_STAGE_TIMEOUT` / `PYLOTO_LLM_MAX_RETRIES`.
     """
     if settings.openai_api_key is None:
         raise ValueError("OPENAI_API_KEY is required for the OpenAI responder")
-    http_client = (
-        DirectOpenAIClient(transport=Http11Transport2(limits=OPENAI_LIMITS))
-        if settings.http_transport is HttpTransport.PYLOTO
-        else DirectOpenAIClient()
-    )
+    http_client = DirectOpenAIClient()
     client = DirectOpenAI(
         api_key=settings.openai_api_key.get_secret_value(),
         base_url=settings.openai_base_url,
