@@ -4,13 +4,13 @@
 `HttpxAiohttpClient`: its requests, and those to a proxy named in the environment, go through
 `AiohttpTransport`, which spends less CPU per send than httpx's own transport, whose connection
 pool costs more per request the more connections it holds (benchmarks/graph_client_cpu.py).
-The pool is sized for the worker: every worker task may hold
-a connection for a send and one for a mark-as-read, so a send rarely waits for one, and all of
-them stay alive between sends. A send that still cannot get a connection in time raises
-TransientError (it was never sent): it is retried, never lost. Each send is an `httpx.Request`
-built from parts made once (the parsed URL per business number, the headers merged with the
-client's defaults, the client's timeouts) and sent with `client.send`, which skips parsing the
-URL and merging the headers again on every call as `client.post` does.
+The pool is sized for the worker: every worker task may hold a connection for a send and one
+for a mark-as-read, so a send rarely waits for one, and all of them stay alive between sends.
+A send that still cannot get a connection in time raises TransientError (it was never sent):
+it is retried, never lost. Each send is an `httpx.Request` built from parts made once (the
+parsed URL per business number, the headers merged with the client's defaults, the client's
+timeouts) and sent with `client.send`, which skips parsing the URL and merging the headers
+again on every call as `client.post` does.
 
 Outcomes are classified by Meta's `error.code` (domain/graph_errors.py). Whether a failed
 request can have reached Meta is read from the exception types (`_never_sent`): a failed or
@@ -63,8 +63,8 @@ _AIOHTTP_NEVER_SENT = (
     aiohttp.ClientConnectionResetError,  # the connection was found closed when writing
     aiohttp.InvalidURL,
 )
-# httpx's own types, for errors that come from another transport (httpx's, used for a proxy
-# named in the environment, or a test's mock)
+# httpx's own types, for an error that does not come from aiohttp (a client given another
+# transport, such as a test's mock)
 _HTTPX_NEVER_SENT = (
     httpx.ConnectError,
     httpx.ConnectTimeout,
@@ -111,7 +111,8 @@ def _never_sent(exc: httpx.TransportError) -> bool:
     """True when the request cannot have reached Meta (safe to retry, no duplicate)."""
     cause = exc.__cause__
     if isinstance(cause, aiohttp.ClientError):
-        # a failed write of the body comes wrapped in ClientOSError, chained to the reset
+        # aiohttp wraps a failed write of the body in ClientOSError, chained to the reset; a
+        # ClientOSError chained to an OSError of the socket is a reset that may come after it
         return isinstance(cause, _AIOHTTP_NEVER_SENT) or (
             isinstance(cause, aiohttp.ClientOSError)
             and isinstance(cause.__cause__, aiohttp.ClientConnectionResetError)
