@@ -42,13 +42,6 @@ class SqliteSync(StrEnum):
     FULL = "FULL"
 
 
-class HttpTransport(StrEnum):
-    """What carries the Graph API's and OpenAI's HTTP requests (adapters/http11.py)."""
-
-    PYLOTO = "pyloto"  # pyloto's HTTP/1.1 transport: the least CPU per request
-    AIOHTTP = "aiohttp"  # httpx-aiohttp's and openai's aiohttp transports
-
-
 def _env(name: str, *more: str) -> AliasChoices:
     return AliasChoices(name, *more)
 
@@ -151,10 +144,6 @@ class Settings(BaseSettings):
         0.0, ge=0, le=60, validation_alias=_env("PYLOTO_COALESCE_WINDOW_SECONDS")
     )
     coalesce_max: int = Field(10, ge=1, le=100, validation_alias=_env("PYLOTO_COALESCE_MAX"))
-
-    http_transport: HttpTransport = Field(
-        HttpTransport.PYLOTO, validation_alias=_env("PYLOTO_HTTP_TRANSPORT")
-    )
 
     # --- LLM stages (issue: LLM stages) --------------------------------------------------------
     prompts_dir: Path | None = Field(None, validation_alias=_env("PYLOTO_PROMPTS_DIR"))

@@ -7,12 +7,13 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 import respx
 
 from pyloto_cli.adapters.sender.dry_run import DryRunSender
-from pyloto_cli.adapters.sender.graph import GraphSender, open_graph_client
+from pyloto_cli.adapters.sender.graph import GraphSender
 from pyloto_cli.adapters.sender.limiter import Bucket, SendLimiter
 from pyloto_cli.domain import outbound as ob
 from pyloto_cli.domain.errors import (
@@ -24,7 +25,6 @@ from pyloto_cli.domain.errors import (
 from pyloto_cli.domain.reply import ListSection, ReplyOption
 from pyloto_cli.domain.webhook import Recipient
 from pyloto_cli.logs import RedactingFilter, event_fields
-from pyloto_cli.settings import Settings
 
 BASE = "https://graph.test"
 NUMBER = "106540352242922"
@@ -58,6 +58,12 @@ def graph_error(code: int, status: int = 400, message: str = "boom") -> httpx.Re
             }
         },
     )
+
+
+def chained(error: Exception, cause: Exception) -> Exception:
+    """`error` raised `from cause`, as httpx-aiohttp and aiohttp chain their errors."""
+    error.__cause__ = cause
+    return error
 
 
 def is_paused(sender: GraphSender) -> bool:
@@ -393,18 +399,6 @@ class TestDryRun:
         assert sender.bodies[0]["text"]["body"] == "hi"
 
 
-async def test_open_graph_client_sizes_pool_for_concurrency(
-    make_settings: Callable[..., Settings],
-) -> None:
-    """The shared client keeps a connection alive per worker task and closes on exit."""
-    async with open_graph_client(make_settings(concurrency=200)) as http:
-        transport = http._transport
-        limits = transport.limits  # type: ignore[attr-defined]
-        assert limits.max_connections >= 200
-        assert limits.max_keepalive_connections >= 200
-    assert http.is_closed
-
-
 class TestStaleConnection:
     async def test_unsent_request_is_retried_once_at_once(
         self, sender: GraphSender, graph: respx.MockRouter
@@ -413,6 +407,45 @@ class TestStaleConnection:
         route = graph.post(URL).mock(side_effect=[httpx.ConnectError("stale"), ok()])
         assert (await sender.send(NUMBER, ob.text_body(PEER, "hi"))).message_id == WAMID
         assert route.call_count == 2
+
+    @pytest.mark.parametrize(
+        ("cause", "never_sent"),
+        [
+            (aiohttp.ConnectionTimeoutError("pool"), True),
+            (aiohttp.ClientConnectionResetError("Cannot write to closing transport"), True),
+            (
+                chained(aiohttp.ClientOSError(None, "write"), aiohttp.ClientConnectionResetError()),
+                True,
+            ),
+            (aiohttp.ServerDisconnectedError(), False),
+            (
+                chained(aiohttp.ClientOSError(104, "reset"), ConnectionResetError(104, "reset")),
+                False,
+            ),
+        ],
+        ids=["pool-timeout", "header-write", "body-write", "hang-up", "reset-while-reading"],
+    )
+    async def test_aiohttp_errors_are_told_apart_by_type(
+        self, cause: Exception, never_sent: bool
+    ) -> None:
+        """httpx-aiohttp maps all of these to httpx.ConnectTimeout; the aiohttp error it chains
+        says whether the request can have gone out. Never sent: tried again at once."""
+        tries: list[httpx.Request] = []
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            tries.append(request)
+            if len(tries) == 1:
+                raise chained(httpx.ConnectTimeout("x"), cause)
+            return ok()
+
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+            sender = GraphSender(http, access_token=TOKEN, api_version="v25.0", base_url=BASE)
+            if never_sent:
+                assert (await sender.send(NUMBER, ob.text_body(PEER, "hi"))).message_id == WAMID
+            else:
+                with pytest.raises(AmbiguousSendError):
+                    await sender.send(NUMBER, ob.text_body(PEER, "hi"))
+        assert len(tries) == (2 if never_sent else 1)
 
     async def test_ambiguous_request_is_not_retried_here(
         self, sender: GraphSender, graph: respx.MockRouter

@@ -1,22 +1,25 @@
 """The production Sender: Graph API `/{phone_number_id}/messages` over one shared httpx client.
 
-`open_graph_client(settings)` opens the process's single `httpx.AsyncClient`, sized for the
-worker: every worker task may hold a connection for a send and one for a mark-as-read, so the
-pool never makes a send wait long, and all of them stay alive between sends. A send that
-still cannot get a connection in time raises TransientError (it was never sent): it is
-retried, never lost. The client runs on pyloto's HTTP/1.1 transport (adapters/http11.py), or
-with PYLOTO_HTTP_TRANSPORT=aiohttp on `httpx-aiohttp`'s; either costs about half the CPU per
-send of httpx's own (benchmarks/graph_client_cpu.py). Each send is an
-`httpx.Request` built from parts made once (the parsed URL per business number, the headers
-with the client's defaults) and sent with `client.send`: a third less CPU per send than
-`client.post`, which parses the URL and merges the headers again on every call. The client
-is a `DirectGraphClient` (adapters/direct_http.py): its sends go straight to the transport,
-past httpx's auth, redirect and cookie steps, which a Graph send does not use.
+`open_graph_client(settings)` opens the process's single `httpx.AsyncClient`, httpx-aiohttp's
+`HttpxAiohttpClient`: its requests, and those to a proxy named in the environment, go through
+`AiohttpTransport`, which spends less CPU per send than httpx's own transport, whose connection
+pool costs more per request the more connections it holds (benchmarks/graph_client_cpu.py).
+The pool is sized for the worker: every worker task may hold a connection for a send and one
+for a mark-as-read, so a send rarely waits for one, and all of them stay alive between sends.
+A send that still cannot get a connection in time raises TransientError (it was never sent):
+it is retried, never lost. Each send is an `httpx.Request` built from parts made once (the
+parsed URL per business number, the headers merged with the client's defaults, the client's
+timeouts) and sent with `client.send`, which skips parsing the URL and merging the headers
+again on every call as `client.post` does.
 
-Outcomes are classified by Meta's `error.code` (domain/graph_errors.py). A read timeout or a
-dropped connection after the body went out is ambiguous (Meta may have accepted it): it raises
-AmbiguousSendError, which the pipeline retries at most once. A rejected token pauses every
-send (SendPaused, fast, no request) until a probe send succeeds after the pause.
+Outcomes are classified by Meta's `error.code` (domain/graph_errors.py). Whether a failed
+request can have reached Meta is read from the exception types (`_never_sent`): a failed or
+timed-out connect, a wait for a pooled connection that timed out, or a connection found closed
+while the request was being written cannot have delivered it, so it is tried again at once. A
+read timeout or a connection dropped after the body went out is ambiguous (Meta may have
+accepted it): it raises AmbiguousSendError, which the pipeline retries at most once. A
+rejected token pauses every send (SendPaused, fast, no request) until a probe send succeeds
+after the pause.
 """
 
 from __future__ import annotations
@@ -28,14 +31,12 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 import aiohttp
 import httpx
-from httpx_aiohttp import AiohttpTransport
+from httpx_aiohttp import HttpxAiohttpClient
 
-from pyloto_cli.adapters.direct_http import DirectGraphClient
-from pyloto_cli.adapters.http11 import Http11Transport
 from pyloto_cli.adapters.sender.limiter import SendLimiter
 from pyloto_cli.domain import json_codec
 from pyloto_cli.domain.errors import (
@@ -49,14 +50,22 @@ from pyloto_cli.domain.outbound import mark_read_body
 from pyloto_cli.domain.task import JsonObject
 from pyloto_cli.logs import get_logger, log_event
 from pyloto_cli.ports import SendResult
-from pyloto_cli.settings import HttpTransport, Settings
+from pyloto_cli.settings import Settings
 
-ClientKind = Literal["http11", "aiohttp", "aiohttp-full-send", "httpx", "httpx-default"]
-
-_UNWRITTEN = "Can not write request body"  # aiohttp's ClientOSError for a failed write
 _MAX_URLS = 1024  # parsed URLs kept (least recently used out), one per business number
 _DIGITS = re.compile(r"\+?\d{8,}")
-_NEVER_SENT = (
+# httpx-aiohttp raises httpx errors chained to aiohttp's, and maps every aiohttp connection
+# error (a refused connect and a server that hung up after reading the request alike) to
+# httpx.ConnectTimeout, so for those the aiohttp error says whether the request went out.
+_AIOHTTP_NEVER_SENT = (
+    aiohttp.ClientConnectorError,  # refused, DNS, TLS handshake, proxy connect
+    aiohttp.ConnectionTimeoutError,  # connect or wait for a pooled connection timed out
+    aiohttp.ClientConnectionResetError,  # the connection was found closed when writing
+    aiohttp.InvalidURL,
+)
+# httpx's own types, for an error that does not come from aiohttp (a client given another
+# transport, such as a test's mock)
+_HTTPX_NEVER_SENT = (
     httpx.ConnectError,
     httpx.ConnectTimeout,
     httpx.PoolTimeout,
@@ -68,7 +77,10 @@ _NEVER_SENT = (
 
 
 def graph_timeout() -> httpx.Timeout:
-    """Connect 5 s, wait for a pooled connection 10 s, write 10 s, read (Meta's answer) 20 s."""
+    """Connect 5 s, wait for a pooled connection 10 s, write 10 s, read (Meta's answer) 20 s.
+
+    The aiohttp transport has no write timeout: a send's body is a few kilobytes, which the
+    socket takes at once, and the read timeout bounds the wait that follows."""
     return httpx.Timeout(connect=5.0, read=20.0, write=10.0, pool=10.0)
 
 
@@ -80,28 +92,14 @@ def graph_limits(concurrency: int) -> httpx.Limits:
 
 @asynccontextmanager
 async def open_graph_client(
-    settings: Settings, *, kind: ClientKind | None = None
+    settings: Settings, *, timeouts: httpx.Timeout | None = None
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """The process's one Graph client, closed on exit: a `DirectGraphClient` on the transport
-    `PYLOTO_HTTP_TRANSPORT` names. `kind` picks another, for the benchmark."""
-    if kind is None:
-        kind = "http11" if settings.http_transport is HttpTransport.PYLOTO else "aiohttp"
-    if kind == "http11":
-        limits = graph_limits(settings.concurrency)
-        client: httpx.AsyncClient = DirectGraphClient(
-            transport=Http11Transport(limits=limits), timeout=graph_timeout()
-        )
-    elif kind == "httpx-default":
-        client = httpx.AsyncClient(timeout=graph_timeout())
-    elif kind == "httpx":
-        client = httpx.AsyncClient(
-            timeout=graph_timeout(), limits=graph_limits(settings.concurrency)
-        )
-    else:
-        transport = AiohttpTransport(limits=graph_limits(settings.concurrency))
-        client_class = httpx.AsyncClient if kind == "aiohttp-full-send" else DirectGraphClient
-        client = client_class(transport=transport, timeout=graph_timeout())
-    async with client:
+    """The process's one Graph client, on the aiohttp transport, closed on exit.
+
+    `timeouts` replaces `graph_timeout()`, for tests that wait for a timeout to fire."""
+    limits = graph_limits(settings.concurrency)
+    timeout = timeouts or graph_timeout()
+    async with HttpxAiohttpClient(limits=limits, timeout=timeout) as client:
         yield client
 
 
@@ -112,12 +110,14 @@ def _mask(text: str) -> str:
 def _never_sent(exc: httpx.TransportError) -> bool:
     """True when the request cannot have reached Meta (safe to retry, no duplicate)."""
     cause = exc.__cause__
-    if isinstance(cause, aiohttp.ClientError):  # httpx-aiohttp maps every disconnect to Connect*
-        if isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
-            return True
-        # a pooled connection the server had closed: the request body could not be written
-        return isinstance(cause, aiohttp.ClientOSError) and str(cause).find(_UNWRITTEN) >= 0
-    return isinstance(exc, _NEVER_SENT)
+    if isinstance(cause, aiohttp.ClientError):
+        # aiohttp wraps a failed write of the body in ClientOSError, chained to the reset; a
+        # ClientOSError chained to an OSError of the socket is a reset that may come after it
+        return isinstance(cause, _AIOHTTP_NEVER_SENT) or (
+            isinstance(cause, aiohttp.ClientOSError)
+            and isinstance(cause.__cause__, aiohttp.ClientConnectionResetError)
+        )
+    return isinstance(exc, _HTTPX_NEVER_SENT)
 
 
 def _retry_after_header(response: httpx.Response) -> float | None:
@@ -148,6 +148,7 @@ class GraphSender:
         self._headers = httpx.Headers(client.headers)
         self._headers["Authorization"] = f"Bearer {access_token}"
         self._headers["Content-Type"] = "application/json"
+        self._extensions = {"timeout": client.timeout.as_dict()}
         self._url = functools.lru_cache(maxsize=_MAX_URLS)(self._messages_url)
         self.limiter = limiter
         self.auth_pause_s = auth_pause_s
@@ -270,7 +271,9 @@ class GraphSender:
         keep-alive connection, a refused connect): that retry cannot duplicate a message."""
         url = self._url(phone_number_id)
         content = json_codec.dumps(body)
-        request = httpx.Request("POST", url, content=content, headers=self._headers)
+        request = httpx.Request(
+            "POST", url, content=content, headers=self._headers, extensions=self._extensions
+        )
         try:
             return await self._client.send(request)
         except httpx.TransportError as exc:
