@@ -11,8 +11,7 @@ A `lazy` operation (the bookkeeping after a reply is sent: the session append, t
 the queue's ack) does not wake the thread: it goes into the next transaction, ahead of what woke
 it, or into one of its own after `lazy_wait_s` (50 ms) if nothing else comes. Its caller still
 hears back only once it is committed. At a steady flow each such write saves the thread a
-wake-up and a commit (about 10 % fewer WAL page writes at 100 webhooks a second; the CPU saved
-is within the benchmarks' noise), and an ack committed just before a lease frees the
+wake-up and a commit (and WAL pages), and an ack committed just before a lease frees the
 conversation's next task for it.
 
 The webhook's enqueue takes the same path as every other write: a burst of webhooks shares one
