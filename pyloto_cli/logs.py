@@ -6,8 +6,11 @@ Event names are stable (users grep for them): webhook_received, webhook_enqueued
 webhook_rejected, task_dequeued, task_processed, task_retried, task_dead_lettered,
 duplicate_skipped, llm_error, session_saved, message_sent, message_status, ...
 Per-task fields are bound with `bind()` (a contextvar) and added to every event in that task.
-Phone numbers are masked to their last four digits and secret-named fields are dropped by a
-filter, the last line of defence.
+A filter, the last line of defence, masks phone numbers to their last four digits, drops
+secret-named fields and logs message and task ids as `log_id(id)`, the first 12 hex digits of
+their SHA-256: Meta's wamids are base64 that decodes to the sender's number, so a whole wamid
+in a log line is a phone number in the clear. The hash is stable, so every line of one message
+still shares it (`pyloto queue dead-letter list` and `pyloto replay` print it next to the id).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import hashlib
 import json
 import logging
 import re
@@ -48,7 +52,16 @@ _PHONE_FIELDS: Final = frozenset(
 _SECRET_FIELDS: Final = frozenset(
     {"token", "access_token", "app_secret", "secret", "signature", "authorization", "api_key"}
 )
+# fields that carry a wamid or a task id (a wamid, `wamid:status` or an event hash)
+_MESSAGE_ID_FIELDS: Final = frozenset(
+    {"task_id", "wamid", "context_id", "callback_data", "biz_opaque_callback_data", "status_id"}
+)
 _LONG_DIGITS: Final = re.compile(r"\+?\d{8,}")
+# a wamid inside free text (an error message, a traceback): base64, dots and dashes
+_WAMID: Final = re.compile(r"wamid\.[A-Za-z0-9+/=_.\-]*[A-Za-z0-9+/=_\-]")
+# a status task id is `<wamid>:<status>`: the status stays readable, the wamid is hashed alone
+_STATUS_SUFFIX: Final = re.compile(r":[a-z_]{1,32}$")
+LOG_ID_CHARS: Final = 12
 
 
 def mask_phone(value: str | None) -> str | None:
@@ -61,7 +74,25 @@ def mask_phone(value: str | None) -> str | None:
     return f"***{value[-4:]}"
 
 
-def _mask_digits(text: str) -> str:
+@functools.lru_cache(maxsize=4096)  # one task logs its ids several times
+def log_id(value: str) -> str:
+    """How a message or task id appears in logs: the first 12 hex digits of its SHA-256.
+
+    `wamid.HBgL...` -> `3f9a0c1b2d4e`; a status task id keeps its status:
+    `wamid.HBgL...:delivered` -> `3f9a0c1b2d4e:delivered`, so it matches the sent message's
+    `sent_message_id`. By hand: `printf %s ID | sha256sum | cut -c1-12` (README, Logs).
+    """
+    suffix = _STATUS_SUFFIX.search(value)
+    head, tail = (value[: suffix.start()], suffix.group(0)) if suffix else (value, "")
+    digest = hashlib.sha256(head.encode("utf-8", "surrogatepass")).hexdigest()
+    return digest[:LOG_ID_CHARS] + tail
+
+
+def mask_digits(text: str) -> str:
+    """`text` with every run of 8+ digits (a phone number) cut to its last four, and every
+    wamid replaced by `wamid#<log_id>`."""
+    if "wamid." in text:
+        text = _WAMID.sub(lambda m: f"wamid#{log_id(m.group(0))}", text)
     if len(text) < 8:  # too short to hold a phone number
         return text
     return _LONG_DIGITS.sub(lambda m: f"***{m.group(0)[-4:]}", text)
@@ -95,33 +126,55 @@ def bind(**fields: Any) -> Iterator[None]:
         _context.reset(token)
 
 
-_DROP, _PHONE, _TEXT, _ID = range(4)
+_DROP, _PHONE, _TEXT, _ID, _MESSAGE_ID = range(5)
 
 
 @functools.cache
 def _field_kind(key: str) -> int:
-    """_DROP: secret-named; _PHONE: a phone number (masked); _TEXT: free text (digit runs
-    masked); _ID: a wamid, a task id (kept whole, so users can grep for it)."""
+    """_DROP: secret-named; _PHONE: a phone number (masked); _MESSAGE_ID: a wamid or task id
+    (hashed, `log_id`); _ID: another id (kept whole: a phone number id, a trace id); _TEXT:
+    free text (digit runs masked, wamids hashed)."""
     lowered = key.lower()
     if lowered in _SECRET_FIELDS or lowered.endswith(("_token", "_secret", "_key")):
         return _DROP
     if lowered in _PHONE_FIELDS:
         return _PHONE
+    if lowered in _MESSAGE_ID_FIELDS or lowered.endswith(("message_id", "wamid")):
+        return _MESSAGE_ID
     return _ID if lowered.endswith("_id") else _TEXT
+
+
+def _clean(kind: int, value: Any) -> Any:
+    """`value` of a field of `kind`, redacted (lists and nested objects too)."""
+    if isinstance(value, str):
+        if kind == _MESSAGE_ID:
+            return log_id(value)
+        if kind == _PHONE:
+            return mask_phone(value)
+        if kind == _ID:  # kept whole, unless it holds a wamid after all
+            return mask_digits(value) if "wamid." in value else value
+        return mask_digits(value)
+    if isinstance(value, list | tuple):
+        return [_clean(kind, item) for item in value]
+    if isinstance(value, dict):
+        return redact(value)
+    return value
+
+
+def redact(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """`fields` as logs show them: secret-named keys dropped, phone numbers masked, message and
+    task ids hashed, digit runs and wamids in free text masked; nested objects alike."""
+    clean: dict[str, Any] = {}
+    for key, value in fields.items():
+        kind = _field_kind(str(key))
+        if kind != _DROP:
+            clean[key] = _clean(kind, value)
+    return clean
 
 
 def event_fields(record: logging.LogRecord) -> dict[str, Any]:
     """The redacted fields of a record: bound context, then the event's own."""
-    merged: dict[str, Any] = {**_context.get(), **getattr(record, "fields", {})}
-    clean: dict[str, Any] = {}
-    for key, value in merged.items():
-        kind = _field_kind(key)
-        if kind == _DROP:
-            continue
-        if isinstance(value, str) and kind != _ID:
-            value = mask_phone(value) if kind == _PHONE else _mask_digits(value)
-        clean[key] = value
-    return clean
+    return redact({**_context.get(), **getattr(record, "fields", {})})
 
 
 class RedactingFilter(logging.Filter):
@@ -130,7 +183,7 @@ class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.pyloto_fields = event_fields(record)
         if record.args:
-            record.msg = _mask_digits(record.getMessage())
+            record.msg = mask_digits(record.getMessage())
             record.args = None
         return True
 
@@ -152,7 +205,7 @@ class JsonFormatter(logging.Formatter):
             **getattr(record, "pyloto_fields", {}),
         }
         if record.exc_info:
-            payload["exc"] = _mask_digits(self.formatException(record.exc_info))
+            payload["exc"] = mask_digits(self.formatException(record.exc_info))
         return self._encoder.encode(payload)
 
 
@@ -164,7 +217,7 @@ class ConsoleFormatter(logging.Formatter):
         fields = " ".join(f"{k}={v}" for k, v in getattr(record, "pyloto_fields", {}).items())
         line = f"{stamp} {record.levelname.lower():<7} {record.getMessage()} {fields}".rstrip()
         if record.exc_info:
-            line += "\n" + _mask_digits(self.formatException(record.exc_info))
+            line += "\n" + mask_digits(self.formatException(record.exc_info))
         return line
 
 

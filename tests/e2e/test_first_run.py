@@ -17,6 +17,7 @@ import pytest
 
 from pyloto_cli.domain.signature import sign, verify_signature
 from pyloto_cli.firstrun import SECRETS_FILE, ensure_local_secrets
+from pyloto_cli.logs import log_id
 from pyloto_cli.settings import Settings
 from tests.e2e.serve_process import free_port
 from tests.waiting import poll_until
@@ -107,7 +108,7 @@ def test_serve_with_no_settings_prints_a_working_curl_line(tmp_path: Path) -> No
         refused = httpx.post(f"{url}/webhooks/whatsapp", content=body)
         assert refused.status_code == 401
         wamid = json.loads(body)["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
-        processed_line = re.compile(r'"event": "task_processed".*' + re.escape(wamid))
+        processed_line = re.compile(r'"event": "task_processed".*' + re.escape(log_id(wamid)))
         poll_until(
             lambda: processed_line.search(log.read_text()),
             within=15.0,
@@ -119,7 +120,7 @@ def test_serve_with_no_settings_prints_a_working_curl_line(tmp_path: Path) -> No
         sent = [e for e in events if e["event"] == "message_sent"]
         assert sent, printed
         processed = [e for e in events if e["event"] == "task_processed"]
-        assert any(e.get("task_id") == wamid for e in processed), log.read_text()[-3000:]
+        assert any(e.get("task_id") == log_id(wamid) for e in processed), log.read_text()[-3000:]
         assert all("15550001234" not in json.dumps(e) for e in events)  # phones masked
     finally:
         proc.send_signal(signal.SIGTERM)

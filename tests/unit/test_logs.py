@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import json
 import logging
@@ -17,6 +19,7 @@ from pyloto_cli.logs import (
     bind,
     get_logger,
     log_event,
+    log_id,
     mask_phone,
 )
 
@@ -59,7 +62,7 @@ def test_event_carries_name_fields_and_bound_context(captured: io.StringIO) -> N
     log_event(log, "webhook_enqueued", enqueued=3)
     first, second = events(captured)
     assert first["event"] == "task_processed"
-    assert (first["task_id"], first["attempt"], first["outcome"]) == ("wamid.T1", 2, "done")
+    assert (first["task_id"], first["attempt"], first["outcome"]) == (log_id("wamid.T1"), 2, "done")
     assert second["event"] == "webhook_enqueued"
     assert "task_id" not in second
 
@@ -109,10 +112,64 @@ def test_console_format_is_one_readable_line() -> None:
     assert "\n" not in line
 
 
-def test_message_and_task_ids_are_kept_whole(captured: io.StringIO) -> None:
-    """A wamid with a long digit run is an id, not a phone: it stays greppable."""
-    wamid = "wamid.example.47e93c7ee0123456789"
-    log_event(get_logger("test"), "task_processed", task_id=wamid, message_id=wamid)
-    [event] = events(captured)
-    assert event["task_id"] == wamid
-    assert event["message_id"] == wamid
+WAMID = "wamid.HBgLMTU1NTAwMDEyMzQVAgASGBQzQTdCQ0Q3RjFGNjU4RUFFRDY3RQA="  # decodes to a number
+
+
+def test_a_wamid_decodes_to_the_senders_number() -> None:
+    """Why wamids are hashed: the base64 after `wamid.` holds the sender's phone number."""
+    assert b"15550001234" in base64.b64decode(WAMID.removeprefix("wamid."))
+
+
+def test_message_and_task_ids_are_logged_as_a_stable_short_hash(captured: io.StringIO) -> None:
+    """Every field that carries a wamid shows the first 12 hex of its SHA-256, the same on
+    every line, so an operator can still follow one message."""
+    expected = hashlib.sha256(WAMID.encode()).hexdigest()[:12]
+    log = get_logger("test")
+    with bind(task_id=WAMID):
+        log_event(log, "task_processed", message_id=WAMID, sent_message_id=WAMID)
+    log_event(log, "message_status", wamid=WAMID, context_id=WAMID, inbound_message_id=WAMID)
+    first, second = events(captured)
+    assert log_id(WAMID) == expected
+    assert {first[k] for k in ("task_id", "message_id", "sent_message_id")} == {expected}
+    assert {second[k] for k in ("wamid", "context_id", "inbound_message_id")} == {expected}
+    assert WAMID not in captured.getvalue()
+
+
+def test_a_status_task_id_keeps_its_status_and_matches_the_sent_message() -> None:
+    """`<wamid>:<status>` hashes the wamid alone: it greps like the `sent_message_id`."""
+    assert log_id(f"{WAMID}:delivered") == f"{log_id(WAMID)}:delivered"
+    event_id = "evt:" + "ab" * 32  # an event's content hash: hashed whole
+    assert len(log_id(event_id)) == 12
+
+
+def test_wamids_in_free_text_tracebacks_and_nested_fields_are_hashed(
+    captured: io.StringIO,
+) -> None:
+    """A wamid in an error message, a nested object or a traceback is hashed too; other ids
+    (a phone number id) stay whole."""
+    log = get_logger("test")
+    log_event(
+        log,
+        "task_retried",
+        reason=f"KeyError: {WAMID!r} not found.",
+        phone_number_id="200000000000001",
+        details={"message_id": WAMID, "to": "+15550001234"},
+        ids=[WAMID],
+    )
+    try:
+        raise LookupError(f"no session for {WAMID}")
+    except LookupError:
+        log.exception("task_failed")
+    retried, failed = events(captured)
+    text = captured.getvalue()
+    assert WAMID not in text
+    assert "15550001234" not in text
+    assert f"wamid#{log_id(WAMID)}" in str(retried["reason"])
+    assert retried["phone_number_id"] == "200000000000001"
+    assert retried["details"] == {"message_id": log_id(WAMID), "to": "***1234"}
+    assert f"wamid#{log_id(WAMID)}" in str(failed["exc"])
+
+
+def test_an_unencodable_id_is_still_logged() -> None:
+    """A lone surrogate in an id (hostile input) hashes instead of failing the log call."""
+    assert len(log_id("wamid.\ud800")) == 12
