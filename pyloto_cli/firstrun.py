@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from pyloto_cli.domain.signature import sign
+from pyloto_cli.private_files import private_dir, write_private
 from pyloto_cli.settings import Settings
 
 SECRETS_FILE = "local-secrets.json"
@@ -68,8 +69,7 @@ def example_webhook() -> dict[str, object]:
 
 def ensure_local_secrets(settings: Settings) -> LocalSetup:
     """Fill in a missing app secret / verify token from (or into) the data dir."""
-    data_dir = settings.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = private_dir(settings.data_dir)
     generated = False
     update: dict[str, SecretStr] = {}
     if settings.whatsapp_app_secret is None or settings.whatsapp_verify_token is None:
@@ -78,8 +78,7 @@ def ensure_local_secrets(settings: Settings) -> LocalSetup:
             stored = json.loads(path.read_text(encoding="utf-8"))
         else:
             stored = {"app_secret": secrets.token_hex(32), "verify_token": secrets.token_hex(16)}
-            path.write_text(json.dumps(stored), encoding="utf-8")
-            path.chmod(0o600)
+            write_private(path, json.dumps(stored).encode())
             generated = True
         if settings.whatsapp_app_secret is None:
             update["whatsapp_app_secret"] = SecretStr(stored["app_secret"])
@@ -88,7 +87,7 @@ def ensure_local_secrets(settings: Settings) -> LocalSetup:
     final = settings.model_copy(update=update) if update else settings
     example = data_dir / EXAMPLE_FILE
     body = json.dumps(example_webhook(), ensure_ascii=False, indent=1).encode()
-    example.write_bytes(body)
+    write_private(example, body)
     secret = final.whatsapp_app_secret
     key = secret.get_secret_value().encode() if secret is not None else b""
     return LocalSetup(final, generated, example, sign(key, body))

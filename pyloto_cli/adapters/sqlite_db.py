@@ -17,6 +17,9 @@ conversation's next task for it.
 The webhook's enqueue takes the same path as every other write: a burst of webhooks shares one
 commit, and the event loop never blocks on the file (nor on another process's write lock).
 
+The file is created 0600 in a 0700 dir before SQLite opens it (`pyloto_cli.private_files`):
+it holds message text, and SQLite gives its -wal and -shm files the database's own mode.
+
 WAL with `synchronous=NORMAL` survives a process crash (kill -9) but not a power loss; FULL
 survives both at a much higher commit cost. Automatic checkpoints are off (they would run inside
 a commit, under a request): a second thread with its own connection runs a passive checkpoint
@@ -47,6 +50,7 @@ from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
 from pyloto_cli.domain.errors import BackendUnavailable
+from pyloto_cli.private_files import private_dir, private_file
 
 T = TypeVar("T")
 Operation = Callable[[sqlite3.Connection], T]
@@ -159,7 +163,10 @@ class SqliteDatabase:
     async def __aenter__(self) -> Self:
         if self._closed:
             raise RuntimeError("SqliteDatabase cannot be reopened once closed")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:  # before SQLite creates it: the -wal and -shm files take the database's mode
+            private_file(private_dir(self.path.parent) / self.path.name)
+        except OSError as exc:
+            raise BackendUnavailable(f"sqlite: cannot open {self.path}: {exc}") from exc
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = loop.create_future()
         self._thread = threading.Thread(
