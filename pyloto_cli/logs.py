@@ -88,14 +88,29 @@ def log_id(value: str) -> str:
     return digest[:LOG_ID_CHARS] + tail
 
 
-def mask_digits(text: str) -> str:
-    """`text` with every run of 8+ digits (a phone number) cut to its last four, and every
-    wamid replaced by `wamid#<log_id>`."""
-    if "wamid." in text:
+def mask_digits(text: str, *, wamids: bool = True) -> str:
+    """`text` with every run of 8+ digits (a phone number) cut to its last four, and (unless
+    not `wamids`, for operator commands that show ids whole) every wamid as `wamid#<log_id>`."""
+    if wamids and "wamid." in text:
         text = _WAMID.sub(lambda m: f"wamid#{log_id(m.group(0))}", text)
     if len(text) < 8:  # too short to hold a phone number
         return text
     return _LONG_DIGITS.sub(lambda m: f"***{m.group(0)[-4:]}", text)
+
+
+def mask_phone_fields(value: Any) -> Any:
+    """A copy of a stored item (JSON) with every phone-named field masked, at any depth, and
+    everything else (ids included) as it was: what operator commands print."""
+    if isinstance(value, dict):
+        return {
+            key: mask_phone(item)
+            if isinstance(item, str) and _field_kind(str(key)) == _PHONE
+            else mask_phone_fields(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [mask_phone_fields(item) for item in value]
+    return value
 
 
 def get_logger(name: str = "") -> logging.Logger:

@@ -18,6 +18,7 @@ from rich.table import Table
 from pyloto_cli.bootstrap import open_roles
 from pyloto_cli.cli._boundary import EXIT_FAILURE, EXIT_OK, boundary, load_settings, print_json
 from pyloto_cli.domain.task import QueueStats
+from pyloto_cli.logs import log_id
 from pyloto_cli.tools import ToolUsageError
 from pyloto_cli.tools import queue_ops as ops
 
@@ -129,8 +130,22 @@ def failed_deliveries(limit: LimitOpt = 100, as_json: JsonOpt = False) -> None:
     Console().print(_table(f"failed deliveries ({len(rows)})", rows, columns))
 
 
+def _show_dead_list(console: Console, rows: list[dict[str, Any]]) -> None:
+    """Each dead letter as a few lines, its id alone on the first one and never wrapped (a
+    table would cut a 60-character wamid, and `show` and `requeue` need it whole)."""
+    console.print(f"[bold]dead letters ({len(rows)})[/]", highlight=False)
+    for row in rows:
+        console.print(escape(row["task_id"]), style="bold", soft_wrap=True, highlight=False)
+        facts = (
+            f"log id {log_id(row['task_id'])} · {row['kind']} · {row['conversation']}"
+            f" · attempts {row['attempts']} · dead {row['dead_at']}"
+        )
+        console.print(f"  {escape(facts)}", soft_wrap=True, highlight=False)
+        console.print(f"  error: {escape(str(row['error']))}", soft_wrap=True, highlight=False)
+
+
 def dead_list(limit: LimitOpt = 100, as_json: JsonOpt = False) -> None:
-    """Dead letters, oldest first."""
+    """Dead letters, oldest first: ids whole, with the hash their log lines carry."""
     with boundary(Console(stderr=True)):
         rows = [
             ops.dead_letter_json(d)
@@ -139,12 +154,11 @@ def dead_list(limit: LimitOpt = 100, as_json: JsonOpt = False) -> None:
     if as_json:
         print_json({"dead_letters": rows})
         return
-    columns = ["task_id", "kind", "conversation", "attempts", "error", "dead_at"]
-    Console().print(_table(f"dead letters ({len(rows)})", rows, columns))
+    _show_dead_list(Console(), rows)
 
 
 def dead_show(task_id: str, as_json: JsonOpt = False) -> None:
-    """One dead letter with its error and the item as received."""
+    """One dead letter with its error and the item as received (phone numbers masked)."""
     err = Console(stderr=True)
     with boundary(err):
         dead = asyncio.run(ops.show_dead(load_settings(), open_roles, task_id))
@@ -156,9 +170,10 @@ def dead_show(task_id: str, as_json: JsonOpt = False) -> None:
         print_json(data)
         return
     item = data.pop("item")
+    data["log_id"] = log_id(dead.task.task_id)
     console = Console()
     for key, value in data.items():
-        console.print(f"[bold]{key}[/]: {escape(str(value))}", highlight=False)
+        console.print(f"[bold]{key}[/]: {escape(str(value))}", highlight=False, soft_wrap=True)
     console.print(JSON.from_data(item))
 
 

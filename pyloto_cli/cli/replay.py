@@ -16,6 +16,7 @@ from rich.text import Text
 
 from pyloto_cli.bootstrap import open_roles
 from pyloto_cli.cli._boundary import EXIT_FAILURE, EXIT_OK, boundary, load_settings, print_json
+from pyloto_cli.logs import log_id, mask_phone_fields
 from pyloto_cli.tools.replay import REPLAY_SUFFIXES, ReplayReport, run_replay
 from pyloto_cli.tools.sources import expand
 
@@ -45,14 +46,19 @@ def _facts(item: dict[str, Any]) -> Table:
     grid.add_row("outcome", Text(outcome + reason, style=_OUTCOME_STYLE.get(outcome, "red")))
     timings = item.get("timings_ms") or {}
     grid.add_row("timings", "  ".join(f"{k} {v:.2f} ms" for k, v in timings.items()))
+    if item.get("task_id"):
+        grid.add_row("task", Text(item["task_id"], overflow="fold"))
+        grid.add_row("log id", log_id(item["task_id"]))  # what its log lines carry
     return grid
 
 
 def _show_item(console: Console, item: dict[str, Any]) -> None:
+    """One item as a panel: the task id whole, with the hash its log lines carry; the
+    recipient of each Graph body masked (`--json` and `--record` keep the exact body)."""
     parts: list[Any] = [_facts(item)]
     for sent in item.get("sent") or ():
         parts.append(Text(f"POST /{sent['phone_number_id']}/messages", style="bold cyan"))
-        parts.append(JSON.from_data(sent["body"]))
+        parts.append(JSON.from_data(mask_phone_fields(sent["body"])))
     title = f"{item['source']} · {item['kind']} {item.get('task_id', '')}".rstrip()
     console.print(Panel(Group(*parts), title=escape(title), title_align="left"))
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pyloto_cli.domain.task import DeadLetter, QueueStats
-from pyloto_cli.logs import get_logger, log_event, mask_phone
+from pyloto_cli.logs import get_logger, log_event, mask_digits, mask_phone, mask_phone_fields
 from pyloto_cli.ports import DeliveryStatus, QueueAdmin
 from pyloto_cli.settings import Settings
 from pyloto_cli.tools import RolesOpener, ToolRoles, ToolUsageError, admin_settings
@@ -148,21 +148,22 @@ async def run_drain(
 
 
 def dead_letter_json(dead: DeadLetter, *, full: bool = False) -> dict[str, Any]:
-    """A dead letter as JSON: its id, kind, masked conversation, error; the item when `full`."""
+    """A dead letter as JSON: its id (whole: `show` and `requeue` take it), kind, masked
+    conversation, error; the item when `full`, its phone numbers masked like the logs'."""
     number, _, peer = dead.task.conversation_key.partition(":")
     data: dict[str, Any] = {
         "task_id": dead.task.task_id,
         "kind": dead.task.kind.value,
         "conversation": f"{number}:{mask_phone(peer)}" if peer else number,
         "attempts": dead.attempts,
-        "error": dead.error,
+        "error": mask_digits(dead.error, wamids=False),
         "dead_at": iso_time(dead.dead_at),
     }
     if full:
         data["field"] = dead.task.field
         data["phone_number_id"] = dead.task.phone_number_id
         data["received_at"] = iso_time(dead.task.received_at)
-        data["item"] = dead.task.item
+        data["item"] = mask_phone_fields(dead.task.item)
     return data
 
 

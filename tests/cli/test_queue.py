@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from pyloto_cli.bootstrap import open_roles
 from pyloto_cli.cli import app
 from pyloto_cli.domain.webhook import split_webhook
+from pyloto_cli.logs import log_id
 from pyloto_cli.settings import Settings
 from tests.conftest import FIXTURES, load_fixture
 from tests.fakes.graph_server import FakeGraphServer
@@ -39,6 +40,22 @@ def bury(data_dir: Path, *fixtures: str, error: str = "PermanentError: test (cod
             while leased := await queue.lease(10, 30.0):
                 for lease in leased:
                     await queue.dead_letter(lease, error)
+
+    asyncio.run(go())
+
+
+def bury_payloads(data_dir: Path, *payloads: dict[str, Any]) -> None:
+    """Enqueue the payloads' tasks and dead-letter every one of them."""
+
+    async def go() -> None:
+        async with open_roles(Settings(_env_file=None, data_dir=data_dir)) as roles:
+            queue = (await roles.queue_parts()).queue
+            assert queue is not None
+            for payload in payloads:
+                await queue.enqueue(split_webhook(payload, time.time()))
+            while leased := await queue.lease(10, 30.0):
+                for lease in leased:
+                    await queue.dead_letter(lease, "PermanentError: test (code 131026)")
 
     asyncio.run(go())
 
@@ -100,6 +117,43 @@ class TestDeadLetters:
         shown = invoke_json(runner, "queue", "dead-letter", "show", two_dead[0])
         assert shown["item"]["text"]["body"] == "Hi, do you deliver on Sundays?"
         assert shown["kind"] == "message"
+
+    def test_list_shows_ids_whole_with_log_ids_and_numbers_masked(
+        self, runner: CliRunner, two_dead: list[str]
+    ) -> None:
+        """Human `list`: each id whole on a line of its own, the hash its log lines carry,
+        the conversation masked; the sender's number appears nowhere."""
+        result = runner.invoke(app, ["queue", "dead-letter", "list"])
+        assert result.exit_code == 0, result.output
+        lines = result.stdout.splitlines()
+        for task_id in two_dead:
+            assert task_id in lines
+            assert f"log id {log_id(task_id)}" in result.stdout
+        assert "200000000000001:***1234" in result.stdout
+        assert "15550001234" not in result.stdout
+
+    def test_a_long_wamid_is_never_cut_and_show_masks_the_item(
+        self, runner: CliRunner, cli_env: Path
+    ) -> None:
+        """A real-length wamid stays whole on an 80-column console; `show` (human and JSON)
+        masks every phone number of the stored item and keeps the ids whole."""
+        wamid = "wamid.HBgLMTU1NTAwMDEyMzQVAgASGBQzQTdCQ0Q3RjFGNjU4RUFFRDY3RQA="
+        payload = load_fixture("webhooks/text.json")
+        value = payload["entry"][0]["changes"][0]["value"]
+        value["messages"][0]["id"] = wamid
+        value["messages"][0]["context"] = {"from": "15550009876", "id": "wamid.CTX"}
+        bury_payloads(cli_env, payload)
+        listed = runner.invoke(app, ["queue", "dead-letter", "list"], terminal_width=80)
+        assert wamid in listed.stdout.splitlines()
+        shown = invoke_json(runner, "queue", "dead-letter", "show", wamid)
+        assert shown["task_id"] == wamid
+        assert shown["item"]["from"] == "***1234"
+        assert shown["item"]["context"] == {"from": "***9876", "id": "wamid.CTX"}
+        human = runner.invoke(app, ["queue", "dead-letter", "show", wamid], terminal_width=80)
+        assert f"task_id: {wamid}" in human.stdout.splitlines()
+        assert f"log_id: {log_id(wamid)}" in human.stdout
+        for number in ("15550001234", "15550009876"):
+            assert number not in listed.stdout + human.stdout + json.dumps(shown)
 
     def test_show_unknown_id_exits_1(self, runner: CliRunner, two_dead: list[str]) -> None:
         """An id that is not a dead letter is an error."""

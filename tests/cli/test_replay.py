@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from pyloto_cli.adapters.llm import offline
 from pyloto_cli.bootstrap import open_roles
 from pyloto_cli.cli import app
+from pyloto_cli.logs import log_id
 from pyloto_cli.settings import Settings
 from pyloto_cli.tools.replay import run_replay
 from pyloto_cli.tools.sources import Source
@@ -181,6 +182,26 @@ def test_human_output_shows_message_reply_and_graph_body(runner: CliRunner) -> N
     for expected in ("text from ***1234", "greeting", "POST /200000000000001/messages", "timings"):
         assert expected in result.stdout
     assert '"biz_opaque_callback_data": "wamid.PYLOTO_TEXT_0001"' in result.stdout
+
+
+def test_human_output_masks_the_recipient_and_json_keeps_its_shape(runner: CliRunner) -> None:
+    """People see the task id whole with its log id and every number masked (the Graph body's
+    `to` too); `--json` keeps its shape and the exact Graph body, `from` masked in both."""
+    text = str(FIXTURES / "webhooks" / "text.json")
+    human = runner.invoke(app, ["replay", text])
+    assert human.exit_code == 0, human.output
+    assert '"to": "***1234"' in human.stdout
+    assert "wamid.PYLOTO_TEXT_0001" in human.stdout
+    assert log_id("wamid.PYLOTO_TEXT_0001") in human.stdout
+    assert "15550001234" not in human.stdout
+    _, report = replay(runner, text)
+    [item] = report["items"]
+    assert {"source", "task_id", "kind", "message", "outcome", "reply", "sent"} <= set(item)
+    assert set(item["message"]) >= {"id", "type", "from", "text"}
+    assert item["message"]["from"] == "***1234"
+    [sent] = item["sent"]
+    assert set(sent) == {"phone_number_id", "type", "body", "message_id"}
+    assert sent["body"]["to"] == "+15550001234"  # the exact body, compared with goldens
 
 
 @pytest.mark.parametrize("path", WEBHOOKS, ids=[p.stem for p in WEBHOOKS])
