@@ -16,7 +16,7 @@ from rich.text import Text
 
 from pyloto_cli.bootstrap import open_roles
 from pyloto_cli.cli._boundary import EXIT_FAILURE, EXIT_OK, boundary, load_settings, print_json
-from pyloto_cli.logs import log_id, mask_phone_fields
+from pyloto_cli.logs import log_id
 from pyloto_cli.tools.replay import REPLAY_SUFFIXES, ReplayReport, run_replay
 from pyloto_cli.tools.sources import expand
 
@@ -53,12 +53,11 @@ def _facts(item: dict[str, Any]) -> Table:
 
 
 def _show_item(console: Console, item: dict[str, Any]) -> None:
-    """One item as a panel: the task id whole, with the hash its log lines carry; the
-    recipient of each Graph body masked (`--json` and `--record` keep the exact body)."""
+    """One item as a panel: the task id whole, with the hash its log lines carry."""
     parts: list[Any] = [_facts(item)]
     for sent in item.get("sent") or ():
         parts.append(Text(f"POST /{sent['phone_number_id']}/messages", style="bold cyan"))
-        parts.append(JSON.from_data(mask_phone_fields(sent["body"])))
+        parts.append(JSON.from_data(sent["body"]))
     title = f"{item['source']} · {item['kind']} {item.get('task_id', '')}".rstrip()
     console.print(Panel(Group(*parts), title=escape(title), title_align="left"))
 

@@ -19,12 +19,13 @@ Each task yields one transcript item (`pyloto_cli.tools.transcript`): `source`, 
 status, error_code} or `field`/`reason` (other events); then `outcome` (done, skipped, retry,
 dead; `rejected` for a request that is not a webhook body), `reason`, `event`, `reply` {text,
 message_type, overridden, fallbacks}, `sent` [{phone_number_id, type, body, message_id}] with
-the exact Graph bodies, and `timings_ms` (split, the LLM stages, respond, send, total).
+the Graph bodies as sent but for the recipient, masked like `from` (a transcript is printed,
+pasted and committed as a golden: it carries no phone number), and `timings_ms` (split, the LLM
+stages, respond, send, total). Ids stay whole.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -42,7 +43,7 @@ from pyloto_cli.domain.webhook import (
     split_webhook,
     status_update,
 )
-from pyloto_cli.logs import get_logger, log_event, mask_phone
+from pyloto_cli.logs import get_logger, log_event, mask_phone, mask_phone_fields
 from pyloto_cli.pipeline.process import Outcome, Pipeline, TaskResult
 from pyloto_cli.ports import Responder, ResponderRequest, Sender, SendResult
 from pyloto_cli.settings import QueueBackend, Settings, StoreBackend
@@ -169,7 +170,7 @@ class _RecordingSender:
             {
                 "phone_number_id": phone_number_id,
                 "type": body.get("type"),
-                "body": copy.deepcopy(body),
+                "body": mask_phone_fields(body),  # a copy, the recipient masked
                 "message_id": result.message_id,
             }
         )

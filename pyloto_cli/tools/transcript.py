@@ -1,10 +1,11 @@
 """Replay transcripts: JSON lines, one object per inbound item, and how two are compared.
 
 An item (see `pyloto_cli.tools.replay`) holds what the pipeline saw and did: the source file,
-the task, the parsed message, the detected event, the reply, the exact Graph bodies sent, the
-outcome and the stage timings. Two transcripts are compared after `normalize`: timings are
-dropped and generated ids (the sent wamids, `wamid.dryrun.<n>` offline) are replaced by a
-placeholder, so a golden transcript recorded yesterday matches a replay today.
+the task, the parsed message, the detected event, the reply, the Graph bodies sent (phone
+numbers masked), the outcome and the stage timings. Two transcripts are compared after
+`normalize`: timings are dropped and generated ids (the sent wamids, `wamid.dryrun.<n>`
+offline) are replaced by a placeholder, so a golden transcript recorded yesterday matches a
+replay today.
 """
 
 from __future__ import annotations

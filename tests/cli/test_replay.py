@@ -184,24 +184,29 @@ def test_human_output_shows_message_reply_and_graph_body(runner: CliRunner) -> N
     assert '"biz_opaque_callback_data": "wamid.PYLOTO_TEXT_0001"' in result.stdout
 
 
-def test_human_output_masks_the_recipient_and_json_keeps_its_shape(runner: CliRunner) -> None:
-    """People see the task id whole with its log id and every number masked (the Graph body's
-    `to` too); `--json` keeps its shape and the exact Graph body, `from` masked in both."""
+def test_transcripts_mask_every_number_and_keep_ids_and_the_json_shape(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    """Human output, `--json` and `--record` carry no phone number (`from` and the Graph body's
+    `to` masked) and keep the ids whole, the human one with its log id; the JSON shape stays."""
     text = str(FIXTURES / "webhooks" / "text.json")
     human = runner.invoke(app, ["replay", text])
     assert human.exit_code == 0, human.output
     assert '"to": "***1234"' in human.stdout
     assert "wamid.PYLOTO_TEXT_0001" in human.stdout
     assert log_id("wamid.PYLOTO_TEXT_0001") in human.stdout
-    assert "15550001234" not in human.stdout
-    _, report = replay(runner, text)
+    recorded = tmp_path / "t.jsonl"
+    _, report = replay(runner, text, "--record", str(recorded))
     [item] = report["items"]
     assert {"source", "task_id", "kind", "message", "outcome", "reply", "sent"} <= set(item)
-    assert set(item["message"]) >= {"id", "type", "from", "text"}
-    assert item["message"]["from"] == "***1234"
+    assert {"id", "type", "from", "text"} <= set(item["message"])
+    assert (item["task_id"], item["message"]["from"]) == ("wamid.PYLOTO_TEXT_0001", "***1234")
     [sent] = item["sent"]
     assert set(sent) == {"phone_number_id", "type", "body", "message_id"}
-    assert sent["body"]["to"] == "+15550001234"  # the exact body, compared with goldens
+    assert sent["body"]["to"] == "***1234"
+    assert sent["body"]["biz_opaque_callback_data"] == "wamid.PYLOTO_TEXT_0001"
+    for output in (human.stdout, json.dumps(report), recorded.read_text()):
+        assert "15550001234" not in output
 
 
 @pytest.mark.parametrize("path", WEBHOOKS, ids=[p.stem for p in WEBHOOKS])

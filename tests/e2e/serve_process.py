@@ -24,16 +24,24 @@ def free_port() -> int:
 
 
 class ServeProcess:
-    """`python -m pyloto_cli serve [args]` in `workdir` (no stray `.env` is read), JSON logs in
-    `workdir/serve.log`. `env` adds to the environment; `url` is known before it starts."""
+    """`python -m pyloto_cli serve [args]` in `workdir` (no stray `.env` is read, unless the
+    test writes one there), JSON logs in `workdir/serve.log`. `env` adds to the environment;
+    `url` is known before it starts; `umask` sets the process's umask."""
 
-    def __init__(self, workdir: Path, env: dict[str, str], args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        env: dict[str, str],
+        args: Sequence[str] = (),
+        umask: int = -1,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workdir = workdir
         self.log = workdir / "serve.log"
         self.args = tuple(args)
         self.env = {**os.environ, "PYLOTO_LOG_FORMAT": "json", **env, "PORT": str(self.port)}
+        self.umask = umask
         self.proc: subprocess.Popen[bytes] | None = None
 
     def spawn(self) -> subprocess.Popen[bytes]:
@@ -45,6 +53,7 @@ class ServeProcess:
                 cwd=self.workdir,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                umask=self.umask,
             )
 
     async def start(self, within_s: float = 30.0) -> None:
