@@ -62,6 +62,8 @@ _WAMID: Final = re.compile(r"wamid\.[A-Za-z0-9+/=_.\-]*[A-Za-z0-9+/=_\-]")
 # a status task id is `<wamid>:<status>`: the status stays readable, the wamid is hashed alone
 _STATUS_SUFFIX: Final = re.compile(r":[a-z_]{1,32}$")
 LOG_ID_CHARS: Final = 12
+# libraries that log a server's failures on loggers of their own (see `configure_logging`)
+SERVER_LOGGERS: Final = ("uvicorn", "asyncio")
 
 
 def mask_phone(value: str | None) -> str | None:
@@ -193,11 +195,12 @@ def event_fields(record: logging.LogRecord) -> dict[str, Any]:
 
 
 class RedactingFilter(logging.Filter):
-    """Attaches the redacted fields to each record (`record.pyloto_fields`)."""
+    """Attaches the redacted fields to each record (`record.pyloto_fields`); masks the message
+    of a record with arguments, or from another library's logger (a sentence, not an event)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.pyloto_fields = event_fields(record)
-        if record.args:
+        if record.args or not str(record.name).startswith(LOGGER_NAME):
             record.msg = mask_digits(record.getMessage())
             record.args = None
         return True
@@ -236,8 +239,13 @@ class ConsoleFormatter(logging.Formatter):
         return line
 
 
-def configure_logging(fmt: str = "console", level: str = "INFO") -> None:
-    """Configure the `pyloto` logger once, from the CLI."""
+def configure_logging(fmt: str = "console", level: str = "INFO", *, server: bool = False) -> None:
+    """Configure the `pyloto` logger once, from the CLI.
+
+    With `server` (`pyloto serve`, `pyloto worker`), the loggers through which uvicorn and
+    asyncio report a failure (a traceback, the repr of a task and its exception) write through
+    the same handler, so their lines are redacted too and in the same format.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactingFilter())
     handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
@@ -245,3 +253,8 @@ def configure_logging(fmt: str = "console", level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+    if server:
+        for name in SERVER_LOGGERS:
+            library = logging.getLogger(name)
+            library.handlers[:] = [handler]
+            library.propagate = False

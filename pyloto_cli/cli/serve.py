@@ -74,7 +74,7 @@ def serve(
     """Receive Meta's webhooks (and, by default, process them in the same process)."""
     with boundary(_console):
         settings = Settings()
-        configure_logging(settings.log_format, settings.log_level)
+        configure_logging(settings.log_format, settings.log_level, server=True)
         bind_host = host or settings.host
         bind_port = settings.port if port is None else port
         if settings.whatsapp_app_secret is None or settings.whatsapp_verify_token is None:
@@ -106,6 +106,7 @@ async def run_server(settings: Settings, host: str, port: int, children: int) ->
                 host=host,
                 port=port,
                 log_level="warning",
+                log_config=None,  # its warnings and errors go through pyloto's redacting handler
                 lifespan="off",
                 access_log=False,
                 timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
@@ -178,7 +179,7 @@ def worker() -> None:
     """Process the queue without serving HTTP (more workers on one queue)."""
     with boundary(_console):
         settings = Settings()
-        configure_logging(settings.log_format, settings.log_level)
+        configure_logging(settings.log_format, settings.log_level, server=True)
         loops.run(run_worker_process(settings))
 
 

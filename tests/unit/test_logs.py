@@ -7,16 +7,19 @@ import hashlib
 import io
 import json
 import logging
+import sys
 from collections.abc import Iterator
 
 import pytest
 
 from pyloto_cli.logs import (
     LOGGER_NAME,
+    SERVER_LOGGERS,
     ConsoleFormatter,
     JsonFormatter,
     RedactingFilter,
     bind,
+    configure_logging,
     get_logger,
     log_event,
     log_id,
@@ -173,3 +176,38 @@ def test_wamids_in_free_text_tracebacks_and_nested_fields_are_hashed(
 def test_an_unencodable_id_is_still_logged() -> None:
     """A lone surrogate in an id (hostile input) hashes instead of failing the log call."""
     assert len(log_id("wamid.\ud800")) == 12
+
+
+@pytest.fixture
+def server_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
+    """`configure_logging(server=True)` writing into a buffer; every logger it set restored."""
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    names = (LOGGER_NAME, *SERVER_LOGGERS)
+    saved = {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).propagate) for n in names}
+    level = logging.getLogger(LOGGER_NAME).level
+    try:
+        configure_logging("json", "INFO", server=True)
+        yield stream
+    finally:
+        for name, (handlers, propagate) in saved.items():
+            logging.getLogger(name).handlers[:] = handlers
+            logging.getLogger(name).propagate = propagate
+        logging.getLogger(LOGGER_NAME).setLevel(level)
+
+
+def test_uvicorn_and_asyncio_failures_are_redacted_too(server_logging: io.StringIO) -> None:
+    """A traceback uvicorn logs for the app, or asyncio's report of a failed task, goes
+    through the same redaction: no wamid, no phone number."""
+    try:
+        raise KeyError(f"{WAMID} from 15550001234")
+    except KeyError:
+        logging.getLogger("uvicorn.error").exception("Exception in ASGI application")
+    logging.getLogger("asyncio").error(f"Task exception was never retrieved: {WAMID!r}")
+    lines = [json.loads(line) for line in server_logging.getvalue().splitlines()]
+    assert [line["logger"] for line in lines] == ["uvicorn.error", "asyncio"]
+    text = server_logging.getvalue()
+    assert WAMID not in text
+    assert "15550001234" not in text
+    assert f"wamid#{log_id(WAMID)}" in str(lines[0]["exc"])
+    assert f"wamid#{log_id(WAMID)}" in str(lines[1]["event"])
