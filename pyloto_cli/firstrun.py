@@ -31,6 +31,8 @@ class LocalSetup:
     generated: bool
     example_path: Path
     example_signature: str
+    # the settings filled in from the local secrets file: the only ones `serve` may print
+    local: frozenset[str] = frozenset()
 
 
 def example_webhook() -> dict[str, object]:
@@ -90,4 +92,4 @@ def ensure_local_secrets(settings: Settings) -> LocalSetup:
     write_private(example, body)
     secret = final.whatsapp_app_secret
     key = secret.get_secret_value().encode() if secret is not None else b""
-    return LocalSetup(final, generated, example, sign(key, body))
+    return LocalSetup(final, generated, example, sign(key, body), frozenset(update))

@@ -35,18 +35,17 @@ _console = Console(stderr=True)
 
 def _print_first_run(setup: LocalSetup, host: str, port: int) -> None:
     settings = setup.settings
-    token = settings.whatsapp_verify_token
-    secret = settings.whatsapp_app_secret
-    shown_token = token.get_secret_value() if token is not None else ""
-    shown_secret = secret.get_secret_value() if secret is not None else ""
+    shown_secret = _local_value(setup, "whatsapp_app_secret", "WHATSAPP_APP_SECRET")
+    shown_token = _local_value(setup, "whatsapp_verify_token", "WHATSAPP_VERIFY_TOKEN")
     where = "generated" if setup.generated else "loaded"
     _console.print(f"[bold]pyloto[/] {where} a local app secret and verify token:")
     _console.print(f"  file:         {settings.data_dir / 'local-secrets.json'}")
     _console.print(f"  app secret:   {shown_secret}")
     _console.print(f"  verify token: {shown_token}")
-    _console.print(
-        "[yellow]Real Meta webhooks will be rejected until WHATSAPP_APP_SECRET is set.[/]"
-    )
+    if "whatsapp_app_secret" in setup.local:
+        _console.print(
+            "[yellow]Real Meta webhooks will be rejected until WHATSAPP_APP_SECRET is set.[/]"
+        )
     _console.print("Try it:")
     _console.print(
         f"  curl -sS -X POST http://{host}:{port}/webhooks/whatsapp "
@@ -56,6 +55,16 @@ def _print_first_run(setup: LocalSetup, host: str, port: int) -> None:
         soft_wrap=True,
         highlight=False,
     )
+
+
+def _local_value(setup: LocalSetup, name: str, variable: str) -> str:
+    """A value from the local secrets file, to print; one the user configured stays unprinted
+    (only the missing one was generated)."""
+    value = getattr(setup.settings, name)
+    if name not in setup.local or value is None:
+        return f"set by {variable} (not shown)"
+    secret: str = value.get_secret_value()
+    return secret
 
 
 def serve(

@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 from pyloto_cli.cli import app
 from pyloto_cli.domain.signature import sign
 from pyloto_cli.fakes.openai_server import FakeAnswer, FakeOpenAIServer
+from pyloto_cli.firstrun import SECRETS_FILE
 from pyloto_cli.logs import log_id
 from pyloto_cli.settings import Settings
 from tests.e2e.serve_process import ServeProcess
@@ -266,3 +267,19 @@ async def test_no_secret_phone_number_or_wamid_leaks(
         cli_env.update(creds.env())
     await asyncio.to_thread(run_cli, run, CliRunner(), cli_env)  # the commands run their loops
     check_private(run, creds)
+
+
+async def test_first_run_prints_only_what_it_generated(tmp_path: Path) -> None:
+    """With the app secret configured and no verify token, serve generates and prints the token
+    (a local value) but never the configured secret; the secrets file is 0600 in a 0700 dir."""
+    creds = Secrets()
+    env = {"PYLOTO_DATA_DIR": str(tmp_path / "data"), "WHATSAPP_APP_SECRET": creds.app_secret}
+    serve = ServeProcess(tmp_path, env, umask=0)
+    await serve.start()
+    serve.terminate()
+    printed = serve.log.read_text()
+    stored = json.loads((tmp_path / "data" / SECRETS_FILE).read_text())
+    assert f"verify token: {stored['verify_token']}" in printed
+    assert "app secret:   set by WHATSAPP_APP_SECRET (not shown)" in printed
+    assert creds.app_secret not in printed
+    assert stat.S_IMODE((tmp_path / "data" / SECRETS_FILE).stat().st_mode) == 0o600
