@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import secrets
 import signal
 import stat
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from pyloto_cli.cli import app
 from pyloto_cli.domain.signature import sign
 from pyloto_cli.fakes.openai_server import FakeAnswer, FakeOpenAIServer
 from pyloto_cli.firstrun import SECRETS_FILE
-from pyloto_cli.logs import log_id
+from pyloto_cli.logs import LOGGER_NAME, log_id
 from pyloto_cli.settings import Settings
 from tests.e2e.serve_process import ServeProcess
 from tests.fakes.graph_server import FakeGraphServer
@@ -217,7 +218,17 @@ def assert_private_data_dir(data_dir: Path) -> None:
     assert modes == dict.fromkeys(modes, 0o600), modes
 
 
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """The CLI commands configure the `pyloto` logger on the runner's streams: undo it after."""
+    logger = logging.getLogger(LOGGER_NAME)
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
+
+
 @pytest.mark.parametrize("source", ["environment", "dotenv"])
+@pytest.mark.usefixtures("restore_logging")
 async def test_no_secret_phone_number_or_wamid_leaks(
     source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
