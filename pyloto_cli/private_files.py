@@ -10,6 +10,9 @@ An existing dir with wider permissions is tightened when the user owns it, with 
 naming the old mode: the files inside are 0600 whatever the dir allows, so a wider dir only
 lets others list them, and with the write bit delete or replace the queue. A dir owned by
 someone else (a shared mount) is left alone with a warning; its files are still 0600.
+
+Files are opened without following a symbolic link (`O_NOFOLLOW`): a link planted in the data
+dir cannot make pyloto change the mode of, or overwrite, a file elsewhere; it is an error.
 """
 
 from __future__ import annotations

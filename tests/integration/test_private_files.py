@@ -108,3 +108,18 @@ def test_write_private_never_leaves_a_readable_file(umask: int, tmp_path: Path) 
     path.chmod(0o644)
     private_files.write_private(path, b"new")
     assert (mode(path), path.read_bytes()) == (0o600, b"new")
+
+
+def test_a_symlink_planted_in_the_data_dir_is_refused(tmp_path: Path) -> None:
+    """A link named like a data file never makes pyloto chmod or overwrite its target."""
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("keep me")
+    target.chmod(0o644)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o700)
+    (data_dir / EXAMPLE_FILE).symlink_to(target)
+    with pytest.raises(OSError, match="symbolic links"):
+        ensure_local_secrets(Settings(_env_file=None, data_dir=data_dir))
+    with pytest.raises(OSError, match="symbolic links"):
+        private_files.private_file(data_dir / EXAMPLE_FILE)
+    assert (mode(target), target.read_text()) == (0o644, "keep me")
