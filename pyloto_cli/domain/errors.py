@@ -9,6 +9,7 @@ PylotoError
 │   ├── SendPaused         the Graph token is rejected; sending waits for a probe to succeed
 │   └── AmbiguousSendError a send may have reached Meta (read timeout): retried at most once
 ├── PermanentError         Graph 4xx codes, unsupported payload -> dead-lettered now
+│   └── InvalidTask        a stored task that cannot be parsed or holds an unusable id/number
 ├── StaleLeaseError        an ack/nack/renew with a lease the queue no longer honours
 └── BackendUnavailable     a store or queue cannot be reached at start-up
 """
@@ -75,6 +76,11 @@ class PermanentError(PylotoError):
         super().__init__(reason)
         self.reason = reason
         self.code = code
+
+
+class InvalidTask(PermanentError):
+    """A task that no attempt can process: it does not parse, or an id in it cannot go into a
+    Graph request, or a number in it is out of range. Dead-lettered at once, never sent."""
 
 
 class StaleLeaseError(PylotoError):

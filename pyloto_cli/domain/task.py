@@ -64,6 +64,17 @@ class Task:
     value: JsonObject
     field: str = "messages"
 
+    def __post_init__(self) -> None:
+        # ids become SQL parameters, Redis keys and document names, which must be valid UTF-8:
+        # a lone surrogate in one is replaced here, as `json_codec` replaces it in the payload
+        for name in ("task_id", "conversation_key", "phone_number_id", "field"):
+            text = getattr(self, name)
+            if not isinstance(text, str):
+                raise TypeError(f"Task.{name} must be a string, got {type(text).__name__}")
+            cleaned = json_codec.clean_text(text)
+            if cleaned is not text:
+                object.__setattr__(self, name, cleaned)
+
     def to_json(self) -> bytes:
         """Serialize for storage."""
         return json_codec.dumps(
@@ -81,16 +92,28 @@ class Task:
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Task:
-        """Inverse of `to_json`."""
+        """Inverse of `to_json`; ValueError (or its subclass) for anything that is not one."""
         data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError(f"a task is a JSON object, not {type(data).__name__}")
+        try:
+            return cls._of(data)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a task: {type(exc).__name__}: {exc}") from exc
+
+    @classmethod
+    def _of(cls, data: JsonObject) -> Task:
+        item, value = data["item"], data["value"]
+        if not isinstance(item, dict) or not isinstance(value, dict):
+            raise TypeError("item and value must be objects")
         return cls(
             task_id=data["task_id"],
             kind=TaskKind(data["kind"]),
             conversation_key=data["conversation_key"],
             phone_number_id=data["phone_number_id"],
             received_at=float(data["received_at"]),
-            item=data["item"],
-            value=data["value"],
+            item=item,
+            value=value,
             field=data.get("field", "messages"),
         )
 
