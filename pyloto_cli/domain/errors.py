@@ -12,6 +12,7 @@ PylotoError
 │   └── InvalidTask        a stored task that cannot be parsed or holds an unusable id/number
 ├── StaleLeaseError        an ack/nack/renew with a lease the queue no longer honours
 └── BackendUnavailable     a store or queue cannot be reached at start-up
+    └── DataFileUnusable   a SQLite file is damaged, not a database, or locked by another program
 """
 
 from __future__ import annotations
@@ -89,6 +90,11 @@ class StaleLeaseError(PylotoError):
 
 class BackendUnavailable(PylotoError):
     """A queue or store could not be reached; the message names it and its address."""
+
+
+class DataFileUnusable(BackendUnavailable):
+    """A data file cannot be used as it is (damaged, not a database, locked by another
+    program): no retry fixes that, the operator must. The message names the file."""
 
 
 class WorkerFailed(PylotoError):

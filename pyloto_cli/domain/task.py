@@ -65,8 +65,9 @@ class Task:
     field: str = "messages"
 
     def __post_init__(self) -> None:
-        # ids become SQL parameters, Redis keys and document names, which must be valid UTF-8:
-        # a lone surrogate in one is replaced here, as `json_codec` replaces it in the payload
+        # Every backend writes a task as UTF-8 (SQL parameters, Redis keys, document names, the
+        # stored JSON; the memory queue hands the object itself on): a lone surrogate anywhere
+        # is replaced by U+FFFD here, so every backend stores and hands back the same task.
         for name in ("task_id", "conversation_key", "phone_number_id", "field"):
             text = getattr(self, name)
             if not isinstance(text, str):
@@ -74,6 +75,11 @@ class Task:
             cleaned = json_codec.clean_text(text)
             if cleaned is not text:
                 object.__setattr__(self, name, cleaned)
+        for name in ("item", "value"):
+            data = getattr(self, name)
+            cleaned_data = json_codec.clean(data)
+            if cleaned_data is not data:
+                object.__setattr__(self, name, cleaned_data)
 
     def to_json(self) -> bytes:
         """Serialize for storage."""

@@ -108,6 +108,37 @@ class QueueContract:
         [lease] = await queue.lease(1, LEASE_S)
         assert lease.task == task
 
+    async def test_unencodable_text_in_any_field_is_stored_beside_its_batch(
+        self, queue: ContractQueue
+    ) -> None:
+        """Lone surrogates (JSON "\\ud800" escapes) in the id, the conversation, a key and the
+        text: the task is stored with U+FFFD in their place, and so is the good task of the
+        same batch."""
+        item = {"id": "wamid.\ud800", "type": "text", "text": {"body": "a\ud800b"}, "\udc00": 1}
+        bad = Task(
+            task_id="wamid.\ud800",
+            kind=TaskKind.MESSAGE,
+            conversation_key="conv-\udfff",
+            phone_number_id="100000000000001",
+            received_at=START - 5,
+            item=item,
+            value={"messages": [item], "contacts": [{"profile": {"name": "Z\udbff"}}]},
+        )
+        result = await queue.enqueue([bad, make_task("wamid.good", "c2")])
+        assert result.enqueued == ("wamid.\ufffd", "wamid.good")
+        leased = {lease.task.task_id: lease.task for lease in await queue.lease(10, LEASE_S)}
+        stored = leased["wamid.\ufffd"]
+        assert stored == bad
+        assert stored.conversation_key == "conv-\ufffd"
+        assert stored.item == {
+            "id": "wamid.\ufffd",
+            "type": "text",
+            "text": {"body": "a\ufffdb"},
+            "\ufffd": 1,
+        }
+        assert stored.value["contacts"][0]["profile"]["name"] == "Z\ufffd"
+        assert leased["wamid.good"] == make_task("wamid.good", "c2")
+
     async def test_batch_enqueue_reports_duplicates(self, queue: ContractQueue) -> None:
         """Ids already live (or repeated in the batch) are duplicates and stored once."""
         await queue.enqueue([make_task("a", "c1"), make_task("b", "c2")])
