@@ -59,6 +59,7 @@ _BUSY_MAX_SLEEP_S = 0.001
 LAZY_WAIT_S = 0.05
 # SQLITE_CORRUPT, SQLITE_NOTADB: the file, not the moment, is wrong
 _DAMAGED = frozenset({11, 26})
+_DAMAGED_ADVICE = "is damaged or not a SQLite database; restore it from a backup or move it away"
 
 
 def _damaged(exc: sqlite3.Error) -> bool:
@@ -66,12 +67,21 @@ def _damaged(exc: sqlite3.Error) -> bool:
     return code is not None and code & 0xFF in _DAMAGED
 
 
+def _quick_check(conn: sqlite3.Connection) -> str | None:
+    """What SQLite's quick_check finds wrong with the file, None when nothing: a damaged page
+    is reported at start, not to the first webhook or lease that reads it (about 0.1 s for
+    100 MB)."""
+    rows = conn.execute("PRAGMA quick_check").fetchall()
+    found = [str(row[0]) for row in rows]
+    return None if found == ["ok"] else " ".join("; ".join(found).split())[:200]
+
+
 def unusable(path: Path, exc: sqlite3.Error) -> DataFileUnusable:
     """The one-line error for a file that cannot be opened or read, naming it."""
     if is_busy(exc) or "locked" in str(exc):
         why = "is locked by another program"
     elif _damaged(exc):
-        why = "is damaged or not a SQLite database; restore it from a backup or move it away"
+        why = _DAMAGED_ADVICE
     else:
         why = "cannot be opened"
     return DataFileUnusable(f"sqlite: {path} {why} ({exc})")
@@ -272,8 +282,14 @@ class SqliteDatabase:
     def _main(self, ready: asyncio.Future[None], loop: asyncio.AbstractEventLoop) -> None:
         try:
             conn = self._connect()
+            damage = _quick_check(conn)
         except sqlite3.Error as exc:
             loop.call_soon_threadsafe(_settle, ready, None, exc)
+            return
+        if damage is not None:
+            conn.close()
+            error = DataFileUnusable(f"sqlite: {self.path} {_DAMAGED_ADVICE} ({damage})")
+            loop.call_soon_threadsafe(_settle, ready, None, error)
             return
         checkpointer = threading.Thread(
             target=self._checkpoint_loop, daemon=True, name=f"sqlite-checkpoint:{self.path.name}"

@@ -41,7 +41,8 @@ def load_settings() -> Settings:
 
 
 def _fail(console: Console, message: str, code: int) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    # one line whatever the terminal's width: an error line is grepped and read in logs
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
