@@ -124,6 +124,31 @@ class Task:
         )
 
 
+UNREADABLE_FIELD = "unreadable"
+
+
+def read_stored(task_id: str, conversation_key: str, raw: bytes | str) -> tuple[Task, str | None]:
+    """The task a queue stored under `task_id`, and None; or, when the stored text is not a
+    task (written by something else, damaged), a stand-in EVENT task holding that text, and
+    why. A queue dead-letters the stand-in at once: no attempt could read it, and it must not
+    stop the lease of the tasks around it."""
+    try:
+        return Task.from_json(raw), None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeError are ones
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        stand_in = Task(
+            task_id=task_id,
+            kind=TaskKind.EVENT,
+            conversation_key=conversation_key,
+            phone_number_id="",
+            received_at=0.0,
+            item={"stored": text[:4096]},
+            value={},
+            field=UNREADABLE_FIELD,
+        )
+        return stand_in, f"InvalidTask: stored task cannot be read: {type(exc).__name__}: {exc}"
+
+
 @dataclass(frozen=True, slots=True)
 class Leased:
     """A task handed to one worker until `expires_at` (epoch seconds) unless renewed.
