@@ -49,7 +49,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
-from pyloto_cli.domain.errors import BackendUnavailable
+from pyloto_cli.domain.errors import BackendUnavailable, DataFileUnusable
 from pyloto_cli.private_files import private_dir, private_file
 
 T = TypeVar("T")
@@ -61,6 +61,34 @@ _TRUNCATE_WAIT_MS = 200
 _BUSY_FIRST_SLEEP_S = 0.00005
 _BUSY_MAX_SLEEP_S = 0.001
 LAZY_WAIT_S = 0.05
+# SQLITE_CORRUPT, SQLITE_NOTADB: the file, not the moment, is wrong
+_DAMAGED = frozenset({11, 26})
+_DAMAGED_ADVICE = "is damaged or not a SQLite database; restore it from a backup or move it away"
+
+
+def _damaged(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _DAMAGED
+
+
+def _quick_check(conn: sqlite3.Connection) -> str | None:
+    """What SQLite's quick_check finds wrong with the file, None when nothing: a damaged page
+    is reported at start, not to the first webhook or lease that reads it (about 0.1 s for
+    100 MB)."""
+    rows = conn.execute("PRAGMA quick_check").fetchall()
+    found = [str(row[0]) for row in rows]
+    return None if found == ["ok"] else " ".join("; ".join(found).split())[:200]
+
+
+def unusable(path: Path, exc: sqlite3.Error) -> DataFileUnusable:
+    """The one-line error for a file that cannot be opened or read, naming it."""
+    if is_busy(exc) or "locked" in str(exc):
+        why = "is locked by another program"
+    elif _damaged(exc):
+        why = _DAMAGED_ADVICE
+    else:
+        why = "cannot be opened"
+    return DataFileUnusable(f"sqlite: {path} {why} ({exc})")
 
 
 def is_busy(exc: BaseException) -> bool:
@@ -110,6 +138,10 @@ def _settle_all(outcomes: list[_Outcome]) -> None:
         _settle(job.future, result, error)
 
 
+def _rolled_back() -> sqlite3.OperationalError:
+    return sqlite3.OperationalError("the transaction was rolled back by SQLite")
+
+
 def _failed(batch: list[_Job[Any]], error: BaseException) -> list[_Outcome]:
     return [(job, None, error) for job in batch]
 
@@ -122,13 +154,26 @@ def _run_one(conn: sqlite3.Connection, job: _Job[Any]) -> _Outcome:
 
 
 def _run_isolated(conn: sqlite3.Connection, job: _Job[Any]) -> _Outcome:
-    """`job` inside its own SAVEPOINT: its failure undoes only its own writes."""
+    """`job` inside its own SAVEPOINT: its failure undoes only its own writes (unless SQLite
+    rolled back the whole transaction, as it does on SQLITE_FULL: the caller checks)."""
     conn.execute("SAVEPOINT op")
     outcome = _run_one(conn, job)
-    if outcome[2] is not None:
-        conn.execute("ROLLBACK TO op")
-    conn.execute("RELEASE op")
+    if conn.in_transaction:
+        if outcome[2] is not None:
+            conn.execute("ROLLBACK TO op")
+        conn.execute("RELEASE op")
     return outcome
+
+
+def _run_all_isolated(conn: sqlite3.Connection, batch: list[_Job[Any]]) -> list[_Outcome]:
+    """Each job in its SAVEPOINT; if SQLite undid the whole transaction (SQLITE_FULL does),
+    every job failed, those before it too: nothing of the batch is stored."""
+    outcomes: list[_Outcome] = []
+    for job in batch:
+        outcomes.append(_run_isolated(conn, job))
+        if not conn.in_transaction:
+            return _failed(batch, outcomes[-1][2] or _rolled_back())
+    return outcomes
 
 
 class SqliteDatabase:
@@ -179,7 +224,7 @@ class SqliteDatabase:
         try:
             await ready
         except sqlite3.Error as exc:
-            raise BackendUnavailable(f"sqlite: cannot open {self.path}: {exc}") from exc
+            raise unusable(self.path, exc) from exc
         return self
 
     async def __aexit__(
@@ -221,7 +266,12 @@ class SqliteDatabase:
             self._lazy.append(job)
         else:
             self._jobs.put(job)
-        return await future
+        try:
+            return await future
+        except sqlite3.DatabaseError as exc:
+            if _damaged(exc):  # a damaged page found by a read: one line naming the file
+                raise unusable(self.path, exc) from exc
+            raise
 
     # --- the writer thread ---------------------------------------------------------------------
 
@@ -239,8 +289,14 @@ class SqliteDatabase:
     def _main(self, ready: asyncio.Future[None], loop: asyncio.AbstractEventLoop) -> None:
         try:
             conn = self._connect()
+            damage = _quick_check(conn)
         except sqlite3.Error as exc:
             loop.call_soon_threadsafe(_settle, ready, None, exc)
+            return
+        if damage is not None:
+            conn.close()
+            error = DataFileUnusable(f"sqlite: {self.path} {_DAMAGED_ADVICE} ({damage})")
+            loop.call_soon_threadsafe(_settle, ready, None, error)
             return
         checkpointer = threading.Thread(
             target=self._checkpoint_loop, daemon=True, name=f"sqlite-checkpoint:{self.path.name}"
@@ -330,10 +386,14 @@ class SqliteDatabase:
         try:
             if len(batch) == 1:  # nothing to isolate it from: its failure rolls back
                 outcomes = [_run_one(conn, batch[0])]
-                conn.execute("ROLLBACK" if outcomes[0][2] is not None else "COMMIT")
+                if outcomes[0][2] is None:
+                    conn.execute("COMMIT")
+                elif conn.in_transaction:  # SQLite may have rolled back already (disk full)
+                    conn.execute("ROLLBACK")
             else:
-                outcomes = [_run_isolated(conn, job) for job in batch]
-                conn.execute("COMMIT")
+                outcomes = _run_all_isolated(conn, batch)
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
             self.commits += 1
         except sqlite3.Error as exc:  # the commit itself failed: nobody's write is durable
             with contextlib.suppress(sqlite3.Error):

@@ -1,7 +1,8 @@
 """What the operator commands share: settings, quiet logging, the error boundary, JSON output.
 
 The boundary is the CLI's one broad catch (STYLE.md): a usage problem prints one red line and
-exits 2, a pyloto or I/O failure prints one red line and exits 1.
+exits 2, as does a data file the operator must repair or free (damaged, locked); a pyloto or
+I/O failure prints one red line and exits 1.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.markup import escape
 
-from pyloto_cli.domain.errors import PylotoError
+from pyloto_cli.domain.errors import DataFileUnusable, PylotoError
 from pyloto_cli.logs import configure_logging
 from pyloto_cli.settings import Settings
 from pyloto_cli.tools import ToolUsageError
@@ -40,7 +41,8 @@ def load_settings() -> Settings:
 
 
 def _fail(console: Console, message: str, code: int) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    # one line whatever the terminal's width: an error line is grepped and read in logs
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -51,6 +53,8 @@ def boundary(console: Console) -> Iterator[None]:
         yield
     except (ToolUsageError, ValidationError) as exc:
         raise _fail(console, str(exc), EXIT_USAGE) from exc
+    except DataFileUnusable as exc:
+        raise _fail(console, f"{type(exc).__name__}: {exc}", EXIT_USAGE) from exc
     except SettingsError as exc:  # a setting that is not even JSON, e.g. a list field
         cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
         raise _fail(console, f"{exc}{cause}", EXIT_USAGE) from exc

@@ -9,8 +9,10 @@ PylotoError
 │   ├── SendPaused         the Graph token is rejected; sending waits for a probe to succeed
 │   └── AmbiguousSendError a send may have reached Meta (read timeout): retried at most once
 ├── PermanentError         Graph 4xx codes, unsupported payload -> dead-lettered now
+│   └── InvalidTask        a stored task that cannot be parsed or holds an unusable id/number
 ├── StaleLeaseError        an ack/nack/renew with a lease the queue no longer honours
 └── BackendUnavailable     a store or queue cannot be reached at start-up
+    └── DataFileUnusable   a SQLite file is damaged, not a database, or locked by another program
 """
 
 from __future__ import annotations
@@ -77,12 +79,22 @@ class PermanentError(PylotoError):
         self.code = code
 
 
+class InvalidTask(PermanentError):
+    """A task that no attempt can process: it does not parse, or an id in it cannot go into a
+    Graph request, or a number in it is out of range. Dead-lettered at once, never sent."""
+
+
 class StaleLeaseError(PylotoError):
     """The lease expired or was taken by another worker; the ack/nack is refused."""
 
 
 class BackendUnavailable(PylotoError):
     """A queue or store could not be reached; the message names it and its address."""
+
+
+class DataFileUnusable(BackendUnavailable):
+    """A data file cannot be used as it is (damaged, not a database, locked by another
+    program): no retry fixes that, the operator must. The message names the file."""
 
 
 class WorkerFailed(PylotoError):

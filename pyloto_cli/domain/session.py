@@ -6,6 +6,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from pyloto_cli.domain import json_codec
+
 
 class Role(StrEnum):
     """Who spoke."""
@@ -30,6 +32,15 @@ class Turn:
     event: str | None = None
     message_type: str | None = None
     reply_to: str | None = None
+
+    def __post_init__(self) -> None:
+        # every session store writes the text as UTF-8 (Firestore as a document field, not
+        # through `json_codec`): a lone surrogate is replaced here, once
+        for name in ("text", "message_id"):
+            text = getattr(self, name)
+            cleaned = json_codec.clean_text(text)
+            if cleaned is not text:
+                object.__setattr__(self, name, cleaned)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, without empty optional fields."""

@@ -64,6 +64,23 @@ class Task:
     value: JsonObject
     field: str = "messages"
 
+    def __post_init__(self) -> None:
+        # Every backend writes a task as UTF-8 (SQL parameters, Redis keys, document names, the
+        # stored JSON; the memory queue hands the object itself on): a lone surrogate anywhere
+        # is replaced by U+FFFD here, so every backend stores and hands back the same task.
+        for name in ("task_id", "conversation_key", "phone_number_id", "field"):
+            text = getattr(self, name)
+            if not isinstance(text, str):
+                raise TypeError(f"Task.{name} must be a string, got {type(text).__name__}")
+            cleaned = json_codec.clean_text(text)
+            if cleaned is not text:
+                object.__setattr__(self, name, cleaned)
+        for name in ("item", "value"):
+            data = getattr(self, name)
+            cleaned_data = json_codec.clean(data)
+            if cleaned_data is not data:
+                object.__setattr__(self, name, cleaned_data)
+
     def to_json(self) -> bytes:
         """Serialize for storage."""
         return json_codec.dumps(
@@ -81,18 +98,55 @@ class Task:
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Task:
-        """Inverse of `to_json`."""
+        """Inverse of `to_json`; ValueError (or its subclass) for anything that is not one."""
         data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError(f"a task is a JSON object, not {type(data).__name__}")
+        try:
+            return cls._of(data)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a task: {type(exc).__name__}: {exc}") from exc
+
+    @classmethod
+    def _of(cls, data: JsonObject) -> Task:
+        item, value = data["item"], data["value"]
+        if not isinstance(item, dict) or not isinstance(value, dict):
+            raise TypeError("item and value must be objects")
         return cls(
             task_id=data["task_id"],
             kind=TaskKind(data["kind"]),
             conversation_key=data["conversation_key"],
             phone_number_id=data["phone_number_id"],
             received_at=float(data["received_at"]),
-            item=data["item"],
-            value=data["value"],
+            item=item,
+            value=value,
             field=data.get("field", "messages"),
         )
+
+
+UNREADABLE_FIELD = "unreadable"
+
+
+def read_stored(task_id: str, conversation_key: str, raw: bytes | str) -> tuple[Task, str | None]:
+    """The task a queue stored under `task_id`, and None; or, when the stored text is not a
+    task (written by something else, damaged), a stand-in EVENT task holding that text, and
+    why. A queue dead-letters the stand-in at once: no attempt could read it, and it must not
+    stop the lease of the tasks around it."""
+    try:
+        return Task.from_json(raw), None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeError are ones
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        stand_in = Task(
+            task_id=task_id,
+            kind=TaskKind.EVENT,
+            conversation_key=conversation_key,
+            phone_number_id="",
+            received_at=0.0,
+            item={"stored": text[:4096]},
+            value={},
+            field=UNREADABLE_FIELD,
+        )
+        return stand_in, f"InvalidTask: stored task cannot be read: {type(exc).__name__}: {exc}"
 
 
 @dataclass(frozen=True, slots=True)

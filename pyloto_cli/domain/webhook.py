@@ -26,6 +26,12 @@ response_json; template button text (else payload); location name and address on
 reaction emoji (None when removed); order note; shared contacts' names comma-separated; system
 notice body; None for unsupported and unknown types.
 
+A task no attempt can process raises `InvalidTask` (a `PermanentError`: dead-lettered at once,
+its conversation moves on) from `inbound_message` / `status_update`: an item the model cannot
+be built from (an order price of 10^400 overflows a float), a message whose phone_number_id is
+given but not a Graph id (a missing one stops the reply before the LLM is asked) or whose
+wamid is not printable text (`domain/ids.py`), a status whose timestamp is out of range.
+
 Reply policy (`needs_reply`): text, interactive, template button and media with caption get a
 reply; media without caption, location, contacts, order, unsupported and unknown types get one
 too (the responder's short polite answer: the user did write to us and silence reads as a
@@ -38,6 +44,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from pyloto_cli.domain import ids
+from pyloto_cli.domain.errors import InvalidTask
 from pyloto_cli.domain.task import JsonObject, Task, TaskKind
 from pyloto_cli.domain.webhook_content import MessageType, objs_of
 from pyloto_cli.domain.webhook_model import Contact, ErrorDetail, Message, MessageStatus, Status
@@ -59,6 +67,10 @@ __all__ = [
 ]
 
 _NO_REPLY_TYPES: Final = frozenset({MessageType.REACTION, MessageType.SYSTEM})
+TIMESTAMP_MAX: Final = 253_402_300_799  # 9999-12-31T23:59:59Z; every store holds it
+# what building the model from a hostile item can raise (a float overflow, an int of 5,000
+# digits, a value of the wrong type): the item is unusable, not the attempt
+_PARSE_ERRORS: Final = (ValueError, TypeError, OverflowError, RecursionError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,14 +137,17 @@ def inbound_message(task: Task) -> InboundMessage:
     """The typed message a MESSAGE task carries; ValueError for other kinds."""
     if task.kind is not TaskKind.MESSAGE:
         raise ValueError(f"task {task.task_id} is a {task.kind.value} task, not a message")
-    message = Message.from_dict(task.item)
-    contact = _task_contact(task, message.from_, message.from_user_id)
+    try:
+        message = Message.from_dict(task.item)
+        contact = _task_contact(task, message.from_, message.from_user_id)
+    except _PARSE_ERRORS as exc:
+        raise InvalidTask(f"message cannot be parsed: {type(exc).__name__}: {exc}") from exc
     return InboundMessage(
-        id=message.id or task.task_id,
+        id=ids.message_id(message.id or task.task_id),
         type=message.type,
         raw_type=message.raw_type,
         timestamp=message.timestamp,
-        phone_number_id=task.phone_number_id,
+        phone_number_id=task.phone_number_id and ids.phone_number_id(task.phone_number_id),
         wa_id=message.from_ or (contact.wa_id if contact else None),
         user_id=message.from_user_id or (contact.user_id if contact else None),
         profile_name=contact.name if contact else None,
@@ -148,9 +163,14 @@ def status_update(task: Task) -> StatusUpdate:
     """The delivery receipt a STATUS task carries; ValueError for other kinds."""
     if task.kind is not TaskKind.STATUS:
         raise ValueError(f"task {task.task_id} is a {task.kind.value} task, not a status")
-    status = Status.from_dict(task.item)
+    try:
+        status = Status.from_dict(task.item)
+    except _PARSE_ERRORS as exc:
+        raise InvalidTask(f"status cannot be parsed: {type(exc).__name__}: {exc}") from exc
+    if not 0 <= status.timestamp <= TIMESTAMP_MAX:
+        raise InvalidTask(f"status timestamp {ids.shown(status.timestamp)} is out of range")
     return StatusUpdate(
-        id=status.id or task.task_id.rpartition(":")[0],
+        id=ids.message_id(status.id or task.task_id.rpartition(":")[0]),
         status=status.status,
         raw_status=status.raw_status,
         timestamp=status.timestamp,

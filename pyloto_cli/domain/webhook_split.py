@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Final
 
+from pyloto_cli.domain import json_codec
 from pyloto_cli.domain.errors import MalformedPayload
 from pyloto_cli.domain.task import JsonObject, Task, TaskKind
 from pyloto_cli.domain.webhook_content import MessageType, obj_of, objs_of, text_of
@@ -277,9 +278,12 @@ def split_webhook(payload: JsonObject, received_at: float) -> list[Task]:
 
     Raises MalformedPayload when the payload is not a webhook body (not an object, `entry` or
     `changes` not lists of objects, `value` not an object, item lists not lists of objects).
+    Text that is not valid Unicode (lone surrogates) is replaced by U+FFFD first
+    (`json_codec.clean`), so every task can be stored by every backend.
     """
     if not isinstance(payload, dict):
         raise MalformedPayload(f"payload must be a JSON object, got {type(payload).__name__}")
+    payload = json_codec.clean(payload)
     splitter = _Splitter(received_at)
     for i, entry in enumerate(_objects(payload, "entry", "payload", required=True)):
         changes = _objects(entry, "changes", f"entry[{i}]", required=True)

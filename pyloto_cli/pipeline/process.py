@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from pyloto_cli.domain import ids
 from pyloto_cli.domain.errors import (
     AmbiguousSendError,
     PermanentError,
@@ -242,6 +243,7 @@ class Pipeline:
         self, msgs: list[InboundMessage], last: InboundMessage, session: Session | None
     ) -> TaskResult:
         """One reply to `last` for the words of every message in `msgs` (often just `last`)."""
+        ids.phone_number_id(last.phone_number_id)  # no number to reply from: dead, not asked
         now = self._clock()
         if self.config.mark_read or self.config.typing_indicator:
             await self._mark_read(last)

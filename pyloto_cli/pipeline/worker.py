@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pyloto_cli.domain.errors import StaleLeaseError
+from pyloto_cli.domain.errors import InvalidTask, StaleLeaseError
 from pyloto_cli.domain.retry import RetryPolicy
 from pyloto_cli.domain.task import Leased, NackOutcome, TaskKind
 from pyloto_cli.domain.webhook import inbound_message, needs_reply
@@ -211,24 +211,37 @@ class Worker:
         return await self.pipeline.process_batch(tasks, lease.attempt, lease.previous_failure)
 
     def _coalescible(self, lease: Leased) -> bool:
-        """A first attempt of a message that needs a reply, with coalescing on."""
+        """A first attempt of a valid message that needs a reply, with coalescing on (an
+        invalid one goes alone to the pipeline, which dead-letters it)."""
         if self.coalesce_window_s <= 0 or self.coalesce_max < 2 or lease.attempt != 1:
             return False
-        return lease.task.kind is TaskKind.MESSAGE and needs_reply(inbound_message(lease.task))
+        return lease.task.kind is TaskKind.MESSAGE and _replyable(lease)
 
     async def _followers(self, lease: Leased) -> list[Leased]:
-        """Wait out the rest of the window, then lease the burst's later messages."""
+        """Wait out the rest of the window, then lease the burst's later messages; a follower
+        that no attempt can process is dead-lettered alone, and the burst goes on without it."""
         window = self.coalesce_window_s
         wait = min(window, lease.task.received_at + window - self._clock())
         if wait > 0:
             await asyncio.sleep(wait)
         try:
-            return await self.queue.lease_followers(
+            followers = await self.queue.lease_followers(
                 lease, window, self.coalesce_max - 1, self.lease_s
             )
         except StaleLeaseError:
             log_event(_log, "task_lease_lost", stage="coalesce")
             return []
+        valid: list[Leased] = []
+        for follower in followers:
+            try:
+                inbound_message(follower.task)
+            except InvalidTask as exc:
+                dead = TaskResult(Outcome.DEAD, reason=f"{type(exc).__name__}: {exc.reason}")
+                with bind(task_id=follower.task.task_id, attempt=follower.attempt):
+                    await self._settle(follower, dead, 0.0)
+                continue
+            valid.append(follower)
+        return valid
 
     async def _renew(self, holder: list[Leased]) -> None:
         lost: set[int] = set()
@@ -289,3 +302,10 @@ class Worker:
             await self.queue.dead_letter(lease, reason)
             return NackOutcome.DEAD
         return await self.queue.nack(lease, reason, decision.delay_s, decision.failure)
+
+
+def _replyable(lease: Leased) -> bool:
+    try:
+        return needs_reply(inbound_message(lease.task))
+    except InvalidTask:
+        return False

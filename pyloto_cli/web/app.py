@@ -76,7 +76,7 @@ async def receive_webhook(request: Request) -> Response:
         return Response(status_code=400)
     log_event(_log, "webhook_received", logging.DEBUG, items=len(tasks), bytes=len(body))
     try:
-        result = await intake.sink.enqueue(tasks)
+        result = await intake.store(tasks)
     except Exception as exc:  # storing failed: Meta must retry, so never 200
         _log.exception("webhook_store_failed", extra={"fields": {"error": type(exc).__name__}})
         return PlainTextResponse("temporarily unavailable", status_code=503)

@@ -6,11 +6,18 @@ the webhook stores into, who to wake once something was stored, and what `/ready
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
+from pyloto_cli.domain.task import EnqueueResult, Task
+from pyloto_cli.logs import get_logger, log_event
 from pyloto_cli.ports import QueueAdmin, SessionStore, TaskSink
+
+# what an item's own data can make an encoder raise; a store's failure is none of these
+_ITEM_ERRORS: Final = (ValueError, TypeError, OverflowError, RecursionError)
+_log = get_logger("web")
 
 
 @dataclass(slots=True)
@@ -22,6 +29,32 @@ class Intake:
     sessions: SessionStore
     # called after each enqueue: the in-process worker, the worker thread, worker processes
     wakers: list[Callable[[], None]] = field(default_factory=list)
+
+    async def store(self, tasks: Sequence[Task]) -> EnqueueResult:
+        """Store a webhook's tasks, each on its own merits.
+
+        They go in one call (one commit). If that call fails on an item's data rather than on
+        the store, each task is stored alone: the others are kept, and an item no backend can
+        hold is logged (`webhook_item_unstorable`) and left out, as a redelivery would fail
+        the same way. A failure of the store itself is raised: the webhook answers 503.
+        """
+        try:
+            return await self.sink.enqueue(tasks)
+        except _ITEM_ERRORS as exc:
+            if len(tasks) == 1:
+                _unstorable(tasks[0], exc)
+                return EnqueueResult()
+        enqueued: list[str] = []
+        duplicates: list[str] = []
+        for task in tasks:
+            try:
+                result = await self.sink.enqueue([task])
+            except _ITEM_ERRORS as exc:
+                _unstorable(task, exc)
+                continue
+            enqueued += result.enqueued
+            duplicates += result.duplicates
+        return EnqueueResult(tuple(enqueued), tuple(duplicates))
 
     def notify(self) -> None:
         """Tell every registered worker that work was enqueued (never blocks)."""
@@ -37,3 +70,14 @@ class Intake:
         await self.sessions.exists("__readyz__")
         checks["sessions"] = "ok"
         return checks
+
+
+def _unstorable(task: Task, exc: Exception) -> None:
+    log_event(
+        _log,
+        "webhook_item_unstorable",
+        logging.ERROR,
+        task_id=task.task_id,
+        kind=task.kind.value,
+        error=f"{type(exc).__name__}: {exc}",
+    )

@@ -104,6 +104,23 @@ class SessionStoreContract:
         assert await store.load(KEY) == session
         assert await store.exists(KEY) is True
 
+    async def test_unencodable_text_is_stored_with_replacement_characters(
+        self, store: SessionStore
+    ) -> None:
+        """Lone surrogates (a JSON "\\ud800" escape in a message) in a turn's text and id are
+        stored as U+FFFD by append and save alike, beside the turns around them."""
+        hostile = Turn(Role.USER, "a\ud800b\udfff", "wamid.\udc00", 1_700_000_000.0)
+        assert (hostile.text, hostile.message_id) == ("a\ufffdb\ufffd", "wamid.\ufffd")
+        await store.append(KEY, (user_turn("wamid.before"), hostile, user_turn("wamid.after")), 10)
+        assert ids(await store.load(KEY)) == ["wamid.before", "wamid.\ufffd", "wamid.after"]
+        loaded = await store.load(KEY)
+        assert loaded is not None
+        assert loaded.turns[1] == hostile
+        await store.save(Session(OTHER_KEY, (hostile,), 1.0))
+        other = await store.load(OTHER_KEY)
+        assert other is not None
+        assert other.turns == (hostile,)
+
     async def test_save_replaces_the_stored_session(self, store: SessionStore) -> None:
         """A second save overwrites turns and meta rather than merging them."""
         await store.save(Session(KEY, (user_turn("a"), user_turn("b")), 1.0, {"x": "1"}))

@@ -19,6 +19,7 @@ from tests.contract.queue_contract import (
     DurableQueueContract,
     FakeClock,
     MakeQueue,
+    Spoil,
     ids,
     make_task,
 )
@@ -41,6 +42,17 @@ class TestRedisStreamsQueue(DurableQueueContract):
             )
 
         return make
+
+    @pytest.fixture
+    def spoil(self, redis_url: str, redis_prefix: str) -> Spoil:
+        async def overwrite(queue: ContractQueue, task_id: str) -> None:
+            client = aioredis.Redis.from_url(redis_url)
+            try:
+                await client.hset(f"{redis_prefix}q:t:{task_id}", "payload", b"\xff{not a task")
+            finally:
+                await client.aclose()
+
+        return overwrite
 
 
 POLICY = RetryPolicy(base_s=10.0, cap_s=100.0, jitter=0.0, max_attempts=3)

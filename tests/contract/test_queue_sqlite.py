@@ -17,12 +17,23 @@ from tests.contract.queue_contract import (
     DurableQueueContract,
     FakeClock,
     MakeQueue,
+    Spoil,
     make_task,
 )
 
 
+async def spoil_row(queue: ContractQueue, task_id: str) -> None:
+    assert isinstance(queue, SqliteMessageQueue)
+    sql = "UPDATE queue_tasks SET payload = ? WHERE task_id = ?"
+    await queue.db.run(lambda conn: conn.execute(sql, (b"\xff{not a task", task_id)))
+
+
 class TestSqliteQueue(DurableQueueContract):
     """SQLite queue on a fresh file per test; each `make_queue()` opens that same file."""
+
+    @pytest.fixture
+    def spoil(self) -> Spoil:
+        return spoil_row
 
     @pytest.fixture
     def make_queue(self, policy: RetryPolicy, clock: FakeClock, tmp_path: Path) -> MakeQueue:
@@ -34,6 +45,10 @@ class TestSqliteQueue(DurableQueueContract):
 
 class TestSqliteQueueOnSharedDatabase(DurableQueueContract):
     """The queue on a `SqliteDatabase` it does not own (one file and writer for all stores)."""
+
+    @pytest.fixture
+    def spoil(self) -> Spoil:
+        return spoil_row
 
     @pytest.fixture
     async def database(self, tmp_path: Path) -> AsyncIterator[SqliteDatabase]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -160,6 +160,22 @@ async def test_enqueued_tasks_arrive_as_json_with_the_token_and_a_hashed_name(
         assert delivery.headers["x-cloudtasks-queuename"].endswith(sink.config.queue)
         assert delivery.headers["x-cloudtasks-taskretrycount"] == "0"
     assert receiver.deliveries.empty()
+
+
+async def test_a_task_with_lone_surrogates_arrives_as_utf8_with_replacement_characters(
+    sink: CloudTasksSink, receiver: Receiver
+) -> None:
+    """A JSON "\\ud800" escape in the text and the wamid: the body Cloud Tasks carries is UTF-8
+    and parses back to the task, U+FFFD in their place."""
+    lone = json.loads('"\\ud800"')
+    item = {"id": f"wamid.{lone}", "type": "text", "text": {"body": f"a{lone}b"}}
+    task = replace(make_task(9), task_id=f"wamid.{lone}", item=item)
+    assert (await sink.enqueue([task])).enqueued == ("wamid.\ufffd",)
+    delivery = await receiver.next()
+    delivery.body.decode("utf-8")  # strict
+    again = Task.from_json(delivery.body)
+    assert again == task
+    assert again.item["text"]["body"] == "a\ufffdb"
 
 
 async def test_a_5xx_answer_is_retried_with_a_growing_retry_count(

@@ -29,6 +29,7 @@ from pyloto_cli.settings import Settings
 from tests.fakes.graph_server import FakeGraphServer
 
 NUMBER = "106540352242922"
+WARM_UP_NUMBER = "106540352249999"  # another number: its own rate budget
 PEER = Recipient(to="+15550001234")
 
 
@@ -294,7 +295,7 @@ async def test_burst_of_500_none_lost_and_rate_held(
     assert sender.limiter is not None
     # open the 64 connections first (another number: its own rate budget), so that connection
     # set-up does not bunch the first sends together
-    await asyncio.gather(*(sender.mark_read("warm-up", f"wamid.{n}") for n in range(64)))
+    await asyncio.gather(*(sender.mark_read(WARM_UP_NUMBER, f"wamid.{n}") for n in range(64)))
     fake_graph.reset()
     fake_graph.delay_s = 0.02
     pending: asyncio.Queue[int] = asyncio.Queue()

@@ -68,3 +68,46 @@ def test_a_task_keeps_an_integer_beyond_64_bits_exactly() -> None:
     assert again == task
     assert again.item["huge"] == 2**70 + 1
     assert isinstance(again.item["huge"], int)
+
+
+# A lone surrogate is what json.loads makes of a JSON "\ud800" escape (or of CESU-8 bytes).
+LONE = json.loads('"a\\ud800b\\udfffc"')
+
+
+def test_a_lone_surrogate_is_written_as_the_replacement_character() -> None:
+    """orjson refuses it and the standard library writes it raw (no UTF-8 can hold it): both
+    paths write U+FFFD, so the bytes are valid UTF-8 and read back as U+FFFD."""
+    for value in ({"text": LONE}, {LONE: [LONE]}, {"text": LONE, "big": 2**70}):
+        written = json_codec.dumps(value)
+        assert "\ud800" not in (text := written.decode("utf-8"))
+        assert "a\ufffdb\ufffdc" in text
+
+
+def test_clean_replaces_lone_surrogates_in_keys_and_strings_and_else_returns_the_value() -> None:
+    payload = {"entry": [{"text": LONE, LONE: {"n": 2**70}}], "ok": "olá 😀"}
+    cleaned = json_codec.clean(payload)
+    assert cleaned == {
+        "entry": [{"text": "a\ufffdb\ufffdc", "a\ufffdb\ufffdc": {"n": 2**70}}],
+        "ok": "olá 😀",
+    }
+    valid = {"ok": "olá 😀", "n": 2**70}
+    assert json_codec.clean(valid) is valid  # nothing to replace: no copy
+
+
+def test_a_task_with_lone_surrogates_is_valid_utf8_json_for_every_backend() -> None:
+    """What a Cloud Tasks body, a SQLite row and a Redis field hold: UTF-8, read back whole."""
+    item = {"id": "wamid.X", "type": "text", "text": {"body": LONE}}
+    task = Task(
+        task_id=f"wamid.{LONE}",
+        kind=TaskKind.MESSAGE,
+        conversation_key=f"123:{LONE}",
+        phone_number_id="123",
+        received_at=1.0,
+        item=item,
+        value={"messages": [item]},
+    )
+    body = task.to_json()
+    body.decode("utf-8")  # strict: raises on anything that is not UTF-8
+    assert Task.from_json(body) == task
+    assert (task.task_id, task.conversation_key) == ("wamid.a\ufffdb\ufffdc", "123:a\ufffdb\ufffdc")
+    assert task.item["text"]["body"] == "a\ufffdb\ufffdc"

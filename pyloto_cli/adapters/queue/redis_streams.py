@@ -56,6 +56,7 @@ from pyloto_cli.domain.task import (
     NackOutcome,
     QueueStats,
     Task,
+    read_stored,
 )
 from pyloto_cli.logs import get_logger, log_event
 
@@ -75,7 +76,7 @@ def _num(value: float) -> str:
 def _dead_letter(fields: Mapping[bytes | str, bytes | str]) -> DeadLetter:
     f = {text(k): v for k, v in fields.items()}
     return DeadLetter(
-        task=Task.from_json(f["payload"]),
+        task=read_stored(text(f["id"]), text(f["conv"]), f["payload"])[0],
         error=text(f["err"]),
         attempts=int(f["att"]),
         dead_at=float(text(f["at"])),
@@ -187,11 +188,23 @@ class RedisStreamsQueue:
                     task_id=text(task_id),
                     attempt=int(attempt),
                 )
-            previous = FailureKind.parse(failure)
-            leases.append(
-                Leased(Task.from_json(payload), text(token), int(attempt), expires, previous)
-            )
+            task = await self._readable(task_id, payload, token)
+            if task is not None:
+                previous = FailureKind.parse(failure)
+                leases.append(Leased(task, text(token), int(attempt), expires, previous))
         return leases
+
+    async def _readable(self, task_id: Any, payload: Any, token: Any) -> Task | None:
+        """The leased task; None once one whose payload holds no task is dead-lettered (on
+        this, its first attempt): it must not stop the lease of the tasks around it."""
+        task, problem = read_stored(text(task_id), "", payload)
+        if problem is None:
+            return task
+        await self._run(lua.BURY, text(task_id), text(token), problem, _num(self._clock()))
+        log_event(
+            _log, "task_dead_lettered", logging.WARNING, task_id=text(task_id), reason=problem
+        )
+        return None
 
     async def renew(self, lease: Leased, lease_s: float) -> Leased:
         """Extend the lease from now; StaleLeaseError if the token is no longer current."""
@@ -247,10 +260,11 @@ class RedisStreamsQueue:
         if not isinstance(reply, list):
             self._check(reply, lease)  # 0: the head's lease is no longer held
         leases: list[Leased] = []
-        for _, payload, attempt, token, failure in reply[1]:
-            task = Task.from_json(payload)
-            previous = FailureKind.parse(failure)
-            leases.append(Leased(task, text(token), int(attempt), expires, previous))
+        for task_id, payload, attempt, token, failure in reply[1]:
+            task = await self._readable(task_id, payload, token)
+            if task is not None:
+                previous = FailureKind.parse(failure)
+                leases.append(Leased(task, text(token), int(attempt), expires, previous))
         return leases
 
     @staticmethod

@@ -26,7 +26,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -42,6 +42,7 @@ from pyloto_cli.domain.task import (
     NackOutcome,
     QueueStats,
     Task,
+    read_stored,
 )
 from pyloto_cli.logs import get_logger, log_event
 
@@ -85,13 +86,15 @@ INSERT OR IGNORE INTO queue_tasks
 SELECT ?1, ?2, NOT EXISTS (SELECT 1 FROM queue_tasks WHERE conversation_key = ?2), ?3, ?4, ?4, ?5
 """
 _LEASABLE = """
-SELECT seq, task_id, payload, attempts, lease_token, previous_failure FROM queue_tasks
+SELECT seq, task_id, conversation_key, payload, attempts, lease_token, previous_failure
+FROM queue_tasks
 WHERE head = 1 AND available_at <= :now AND (lease_expires IS NULL OR lease_expires <= :now)
 ORDER BY seq LIMIT :limit
 """
 _FOLLOWERS = """
-SELECT seq, payload, attempts, available_at, lease_expires, previous_failure FROM queue_tasks
-WHERE conversation_key = ? AND seq > ? ORDER BY seq LIMIT ?
+SELECT seq, task_id, conversation_key, payload, attempts, available_at, lease_expires,
+       previous_failure
+FROM queue_tasks WHERE conversation_key = ? AND seq > ? ORDER BY seq LIMIT ?
 """
 _PROMOTE = """
 UPDATE queue_tasks SET head = 1
@@ -136,18 +139,37 @@ def _enqueue(conn: sqlite3.Connection, tasks: Sequence[Task], now: float) -> Enq
     return EnqueueResult(enqueued=tuple(enqueued), duplicates=tuple(duplicates))
 
 
-def _lease(
-    conn: sqlite3.Connection, limit: int, lease_s: float, now: float
-) -> tuple[list[Leased], list[Leased]]:
-    """The new leases, and those of them taken over from an expired lease."""
-    rows = conn.execute(_LEASABLE, {"now": now, "limit": limit}).fetchall()
-    leased: list[Leased] = []
-    retaken: list[Leased] = []
-    for row in rows:
-        leased.append(_grant(conn, row, Task.from_json(row["payload"]), now + lease_s))
+@dataclass(slots=True)
+class _Leasing:
+    """What one lease transaction did: the new leases, those of them taken over from an
+    expired lease, and the stored tasks it dead-lettered because they cannot be read."""
+
+    leased: list[Leased] = field(default_factory=list)
+    retaken: list[Leased] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _readable(conn: sqlite3.Connection, row: sqlite3.Row, now: float, did: _Leasing) -> Task | None:
+    """The task of `row`; None once a row that holds no task is dead-lettered (attempt 1)."""
+    task, problem = read_stored(row["task_id"], row["conversation_key"], row["payload"])
+    if problem is None:
+        return task
+    _bury(conn, row, problem, now, attempts=row["attempts"] + 1)
+    did.unreadable.append((row["task_id"], problem))
+    return None
+
+
+def _lease(conn: sqlite3.Connection, limit: int, lease_s: float, now: float) -> _Leasing:
+    """Lease up to `limit` heads, dead-lettering any that holds no task."""
+    did = _Leasing()
+    for row in conn.execute(_LEASABLE, {"now": now, "limit": limit}).fetchall():
+        task = _readable(conn, row, now, did)
+        if task is None:
+            continue
+        did.leased.append(_grant(conn, row, task, now + lease_s))
         if row["lease_token"] is not None:
-            retaken.append(leased[-1])
-    return leased, retaken
+            did.retaken.append(did.leased[-1])
+    return did
 
 
 def _any_leasable(conn: sqlite3.Connection, now: float) -> bool:
@@ -168,7 +190,13 @@ def _grant(conn: sqlite3.Connection, row: sqlite3.Row, task: Task, expires: floa
 
 
 def _followers(
-    conn: sqlite3.Connection, lease: Leased, window_s: float, limit: int, lease_s: float, now: float
+    conn: sqlite3.Connection,
+    lease: Leased,
+    window_s: float,
+    limit: int,
+    lease_s: float,
+    now: float,
+    did: _Leasing,
 ) -> list[Leased]:
     """Lease the available tasks right behind `lease` in its conversation, within the window."""
     head = _owned(conn, lease)
@@ -176,7 +204,9 @@ def _followers(
     last = lease.task.received_at + window_s
     leased: list[Leased] = []
     for row in rows:
-        task = Task.from_json(row["payload"])
+        task = _readable(conn, row, now, did)
+        if task is None:
+            continue
         busy = row["lease_expires"] is not None and row["lease_expires"] > now
         if busy or row["available_at"] > now or task.received_at > last:
             break
@@ -199,12 +229,15 @@ def _remove(conn: sqlite3.Connection, row: sqlite3.Row) -> None:
     conn.execute(_PROMOTE, (row["conversation_key"],))
 
 
-def _bury(conn: sqlite3.Connection, row: sqlite3.Row, error: str, now: float) -> None:
+def _bury(
+    conn: sqlite3.Connection, row: sqlite3.Row, error: str, now: float, attempts: int | None = None
+) -> None:
     _remove(conn, row)
+    tries = row["attempts"] if attempts is None else attempts
     conn.execute(
         "INSERT INTO queue_dead (task_id, conversation_key, payload, error, attempts, dead_at)"
         " VALUES (?, ?, ?, ?, ?, ?)",
-        (row["task_id"], row["conversation_key"], row["payload"], error, row["attempts"], now),
+        (row["task_id"], row["conversation_key"], row["payload"], error, tries, now),
     )
 
 
@@ -230,6 +263,11 @@ def _stats(conn: sqlite3.Connection, now: float) -> tuple[int, int, int, float |
     leased, retrying, live, oldest = conn.execute(_STATS, {"now": now}).fetchone()
     (dead,) = conn.execute("SELECT COUNT(*) FROM queue_dead").fetchone()
     return int(leased), int(retrying), int(live), oldest, int(dead)
+
+
+def _log_unreadable(did: _Leasing) -> None:
+    for task_id, reason in did.unreadable:
+        log_event(_log, "task_dead_lettered", logging.WARNING, task_id=task_id, reason=reason)
 
 
 class SqliteMessageQueue:
@@ -303,9 +341,11 @@ class SqliteMessageQueue:
             lambda conn: _any_leasable(conn, now), readonly=True
         ):
             return []
-        leased, retaken = await self._run(lambda conn: _lease(conn, max_items, lease_s, now))
-        self._found_work = bool(leased)
-        for lease in retaken:  # a worker died or stalled past its lease
+        did = await self._run(lambda conn: _lease(conn, max_items, lease_s, now))
+        leased = did.leased
+        self._found_work = bool(leased or did.unreadable)
+        _log_unreadable(did)
+        for lease in did.retaken:  # a worker died or stalled past its lease
             log_event(
                 _log,
                 "queue_lease_expired",
@@ -384,8 +424,12 @@ class SqliteMessageQueue:
         self, lease: Leased, window_s: float, max_items: int, lease_s: float
     ) -> list[Leased]:
         """Lease the available tasks right behind `lease` in its conversation, within the window."""
-        limit, now = max(0, max_items), self._clock()
-        return await self._run(lambda conn: _followers(conn, lease, window_s, limit, lease_s, now))
+        limit, now, did = max(0, max_items), self._clock(), _Leasing()
+        followers = await self._run(
+            lambda conn: _followers(conn, lease, window_s, limit, lease_s, now, did)
+        )
+        _log_unreadable(did)
+        return followers
 
     # --- QueueAdmin --------------------------------------------------------------------------
 
@@ -408,12 +452,20 @@ class SqliteMessageQueue:
         """Dead letters, oldest first."""
 
         def op(conn: sqlite3.Connection) -> list[sqlite3.Row]:
-            sql = "SELECT payload, error, attempts, dead_at FROM queue_dead ORDER BY seq LIMIT ?"
+            sql = (
+                "SELECT task_id, conversation_key, payload, error, attempts, dead_at"
+                " FROM queue_dead ORDER BY seq LIMIT ?"
+            )
             return conn.execute(sql, (max(0, limit),)).fetchall()
 
         rows = await self._run(op)
         return [
-            DeadLetter(Task.from_json(r["payload"]), r["error"], r["attempts"], r["dead_at"])
+            DeadLetter(
+                read_stored(r["task_id"], r["conversation_key"], r["payload"])[0],
+                r["error"],
+                r["attempts"],
+                r["dead_at"],
+            )
             for r in rows
         ]
 

@@ -38,9 +38,10 @@ import httpx
 from httpx_aiohttp import HttpxAiohttpClient
 
 from pyloto_cli.adapters.sender.limiter import SendLimiter
-from pyloto_cli.domain import json_codec
+from pyloto_cli.domain import ids, json_codec
 from pyloto_cli.domain.errors import (
     AmbiguousSendError,
+    InvalidTask,
     PermanentError,
     SendPaused,
     TransientError,
@@ -227,6 +228,10 @@ class GraphSender:
     async def _call(
         self, phone_number_id: str, body: JsonObject, peer: str | None, kind: str
     ) -> tuple[JsonObject, float]:
+        # the id becomes a path segment: the domain checked it, this keeps the token on Meta's
+        # messages endpoint whatever a caller passes
+        if not ids.is_numeric_id(phone_number_id):
+            raise InvalidTask(f"phone_number_id {ids.shown(phone_number_id)} is not a Graph id")
         probe = self._admit()
         try:
             if self.limiter is not None:
