@@ -141,27 +141,6 @@ class QueueContract:
         assert stored.value["contacts"][0]["profile"]["name"] == "Z\ufffd"
         assert leased["wamid.good"] == make_task("wamid.good", "c2")
 
-    @pytest.fixture
-    def spoil(self) -> Spoil:
-        """How a backend's test overwrites a stored payload (none: it stores no text)."""
-        pytest.skip("this backend keeps task objects, not text that could be unreadable")
-
-    async def test_a_stored_task_that_cannot_be_read_is_dead_at_once(
-        self, queue: ContractQueue, spoil: Spoil
-    ) -> None:
-        """A payload that holds no task (written by another program, damaged): the lease
-        dead-letters it on its first attempt, saying why, and hands out the tasks around it;
-        its conversation's next task is leasable at once."""
-        await queue.enqueue([make_task("bad", "c1"), make_task("next", "c1")])
-        await queue.enqueue([make_task("other", "c2")])
-        await spoil(queue, "bad")
-        leased = ids(await queue.lease(10, LEASE_S)) + ids(await queue.lease(10, LEASE_S))
-        assert sorted(leased) == ["next", "other"]
-        [dead] = await queue.dead_letters()
-        assert (dead.task.task_id, dead.attempts) == ("bad", 1)
-        assert dead.error.startswith("InvalidTask: stored task cannot be read")
-        assert (await queue.stats()).dead == 1
-
     async def test_batch_enqueue_reports_duplicates(self, queue: ContractQueue) -> None:
         """Ids already live (or repeated in the batch) are duplicates and stored once."""
         await queue.enqueue([make_task("a", "c1"), make_task("b", "c2")])
@@ -650,6 +629,22 @@ class QueueContract:
 
 class DurableQueueContract(QueueContract):
     """What a durable queue adds: tasks, leases and dead letters survive close and reopen."""
+
+    async def test_a_stored_task_that_cannot_be_read_is_dead_at_once(
+        self, queue: ContractQueue, spoil: Spoil
+    ) -> None:
+        """A payload that holds no task (written by another program, damaged): the lease
+        dead-letters it on its first attempt, saying why, and hands out the tasks around it;
+        its conversation's next task is leasable at once."""
+        await queue.enqueue([make_task("bad", "c1"), make_task("next", "c1")])
+        await queue.enqueue([make_task("other", "c2")])
+        await spoil(queue, "bad")
+        leased = ids(await queue.lease(10, LEASE_S)) + ids(await queue.lease(10, LEASE_S))
+        assert sorted(leased) == ["next", "other"]
+        [dead] = await queue.dead_letters()
+        assert (dead.task.task_id, dead.attempts) == ("bad", 1)
+        assert dead.error.startswith("InvalidTask: stored task cannot be read")
+        assert (await queue.stats()).dead == 1
 
     async def test_tasks_and_dead_letters_survive_reopen(
         self, make_queue: MakeQueue, clock: FakeClock
