@@ -21,6 +21,7 @@ from pyloto_cli.firstrun import LocalSetup, ensure_local_secrets
 from pyloto_cli.logs import configure_logging
 from pyloto_cli.settings import Settings
 from pyloto_cli.web.app import create_app
+from pyloto_cli.web.header_deadline import header_deadline
 from pyloto_cli.web.intake import Intake
 from pyloto_cli.worker_thread import threadable, worker_thread
 from pyloto_cli.workers import (
@@ -103,6 +104,7 @@ async def run_server(settings: Settings, host: str, port: int, children: int) ->
             _freeze_startup_objects()
             config = uvicorn.Config(
                 create_app(settings, intake, push),
+                http=header_deadline(settings.header_timeout_seconds),
                 host=host,
                 port=port,
                 log_level="warning",
