@@ -55,7 +55,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
 
 
 def _ready(serve: ServeProcess) -> bool:
-    assert serve.proc is not None and serve.proc.poll() is None, serve.log_tail()
+    assert serve.proc is not None
+    assert serve.proc.poll() is None, serve.log_tail()
     try:
         return httpx.get(f"{serve.url}/readyz").status_code == 200
     except httpx.TransportError:
