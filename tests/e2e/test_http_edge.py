@@ -142,8 +142,9 @@ async def test_next_request_trickled_on_a_kept_alive_connection_is_cut_off(
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     await writer.drain()
-    first = await asyncio.wait_for(reader.read(4096), 10)
+    first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
     assert first.startswith(b"HTTP/1.1 200"), first
+    assert await asyncio.wait_for(reader.readexactly(2), 10) == b"ok"  # the whole answer
     head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-Pad: 1\r\n" * 20
     sent, answer = await trickle(reader, writer, head)
     writer.close()
