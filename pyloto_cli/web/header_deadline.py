@@ -3,38 +3,62 @@
 uvicorn bounds only the idle time between requests (`timeout_keep_alive`); a client that opens
 a connection and trickles its headers a byte at a time holds it, and one of the server's
 connection slots, for as long as it likes. The app cannot help: it is called once the headers
-are complete. So `serve` hands uvicorn this protocol (the public `http=` option takes a
-protocol class), which passes every byte and call through to uvicorn's own protocol and closes
-the connection when a request's headers have not all arrived `timeout_s` seconds after the
-connection opened or the server last answered on it. The body has its own deadline in the app
-(`web.body.read_body`, 408).
+are complete. So `serve` gives uvicorn, through its public options, this protocol as `http=`
+(every byte and call passed through to uvicorn's own protocol) and the app wrapped in
+`HeaderDeadline.wrap`, and a connection is closed when no request on it has reached the app
+`timeout_s` seconds after the connection opened or after the server last answered on it. The
+body has its own deadline in the app (`web.body.read_body`, 408).
 
-"All arrived" is the blank line that ends an HTTP/1.1 head (CRLF CRLF, after any empty lines a
-client may send first). The clock restarts when the server writes, since its answer ends one
-request; a client that pipelines a request behind another (none that pyloto serves does) has
-`timeout_s` for the first answer to be written before the connection is closed.
+"Reached the app" is exact, whatever bytes the client sends (a body left unread after an early
+answer, empty lines, a head split anywhere): uvicorn starts the app's task for a request from
+within the protocol's `data_received` (or, for a pipelined one, from the previous request's
+task), and the task inherits the context that is current there, in which the protocol has put
+the callback that stops its clock. An interim answer (`100 Continue`) does not restart it.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.config import Config
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 from uvicorn.server import ServerState
 
 from pyloto_cli.logs import get_logger, log_event
 
-_HEAD_END = b"\r\n\r\n"
 _log = get_logger("web")
+# the connection a request came in on, as the callback that stops its clock
+_request_arrived: ContextVar[Callable[[], None] | None] = ContextVar(
+    "pyloto_request_arrived", default=None
+)
 
 
-def header_deadline(timeout_s: float) -> type[asyncio.Protocol]:
-    """The protocol class to give uvicorn as `http=`: its own, with a `timeout_s` deadline on
-    every request's headers."""
-    return type("HeaderDeadline", (HeaderDeadlineProtocol,), {"timeout_s": timeout_s})
+@dataclass(frozen=True, slots=True)
+class HeaderDeadline:
+    """The two halves uvicorn is given: `protocol` as `http=`, and the app through `wrap`."""
+
+    timeout_s: float
+
+    @property
+    def protocol(self) -> type[asyncio.Protocol]:
+        """uvicorn's own protocol, with this deadline on every request's headers."""
+        return type("HeaderDeadline", (HeaderDeadlineProtocol,), {"timeout_s": self.timeout_s})
+
+    def wrap(self, app: ASGIApp) -> ASGIApp:
+        """`app`, stopping its connection's clock as each request reaches it."""
+
+        async def arrived(scope: Scope, receive: Receive, send: Send) -> None:
+            stop_clock = _request_arrived.get()
+            if stop_clock is not None:
+                stop_clock()
+            await app(scope, receive, send)
+
+        return arrived
 
 
 class HeaderDeadlineProtocol(asyncio.Protocol):
@@ -55,18 +79,19 @@ class HeaderDeadlineProtocol(asyncio.Protocol):
         self.loop = _loop or asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
-        self.started = False  # a byte of the awaited head, other than an empty line, arrived
-        self.tail = b""  # the end of what arrived of the awaited head, for a split CRLF CRLF
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast("asyncio.Transport", transport)  # a stream server's connection
-        self.await_head()
-        self.inner.connection_made(_AnswerWatch(self.transport, self.await_head))
+        self.await_request()
+        self.inner.connection_made(_AnswerWatch(self.transport, self.answered))
 
     def data_received(self, data: bytes) -> None:
-        if self.timer is not None:
-            self.watch(data)
-        self.inner.data_received(data)
+        # a request task uvicorn starts in here takes this connection's callback along
+        token = _request_arrived.set(self.stop_clock)
+        try:
+            self.inner.data_received(data)
+        finally:
+            _request_arrived.reset(token)
 
     def eof_received(self) -> bool | None:
         return self.inner.eof_received()
@@ -81,23 +106,15 @@ class HeaderDeadlineProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.inner.resume_writing()
 
-    def await_head(self) -> None:
-        """(Re)start the clock: a request's head is due within `timeout_s`."""
-        self.stop_clock()
-        self.started, self.tail = False, b""
-        self.timer = self.loop.call_later(self.timeout_s, self.expire)
+    def answered(self, data: bytes | bytearray | memoryview) -> None:
+        """The server wrote: unless an interim answer, the next request is awaited."""
+        if not bytes(data[:10]).startswith(b"HTTP/1.1 1"):
+            self.await_request()
 
-    def watch(self, data: bytes) -> None:
-        """Stop the clock once the awaited head is complete."""
-        chunk = data if self.started else data.lstrip(b"\r\n")
-        if not chunk:
-            return
-        self.started = True
-        window = self.tail + chunk
-        if _HEAD_END in window:
-            self.stop_clock()
-        else:
-            self.tail = window[-(len(_HEAD_END) - 1) :]
+    def await_request(self) -> None:
+        """(Re)start the clock: a request must reach the app within `timeout_s`."""
+        self.stop_clock()
+        self.timer = self.loop.call_later(self.timeout_s, self.expire)
 
     def stop_clock(self) -> None:
         if self.timer is not None:
@@ -115,17 +132,21 @@ class _AnswerWatch(asyncio.Transport):
     """The connection's transport as uvicorn's protocol sees it: every write (the server
     answering) is reported before it is passed on."""
 
-    def __init__(self, transport: asyncio.Transport, on_write: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        on_write: Callable[[bytes | bytearray | memoryview], None],
+    ) -> None:
         super().__init__()
         self.transport = transport
         self.on_write = on_write
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.on_write()
+        self.on_write(data)
         self.transport.write(data)
 
     def writelines(self, list_of_data: Any) -> None:
-        self.on_write()
+        self.on_write(b"")
         self.transport.writelines(list_of_data)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
