@@ -108,8 +108,12 @@ def _check_content_type(request: Request) -> None:
     declared = request.headers.get("content-type")
     if declared is None:
         return
-    media_type, _, params = declared.partition(";")
-    charset = params.strip().lower().removeprefix("charset=").strip('"') if params else "utf-8"
+    media_type, *params = declared.split(";")
+    charset = "utf-8"
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            charset = value.strip().strip('"').lower()
     if media_type.strip().lower() != "application/json" or charset not in ("utf-8", "utf8"):
         raise MalformedPayload("Content-Type must be application/json (UTF-8)")
 

@@ -406,7 +406,13 @@ class TestBodyRefusals:
         assert await queued(runtime) == 0
 
     @pytest.mark.parametrize(
-        "content_type", [None, "application/json", "Application/JSON; charset=UTF-8"]
+        "content_type",
+        [
+            None,
+            "application/json",
+            "Application/JSON; charset=UTF-8",
+            'application/json; foo=bar; charset="utf-8"',
+        ],
     )
     async def test_json_or_no_content_type_is_accepted(
         self, client: httpx.AsyncClient, runtime: Intake, content_type: str | None
