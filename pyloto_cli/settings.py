@@ -189,6 +189,14 @@ class Settings(BaseSettings):
     # --- Web ------------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", validation_alias=_env("PYLOTO_HOST"))
     port: int = Field(8000, ge=0, le=65535, validation_alias=_env("PORT", "PYLOTO_PORT"))
+    # a client must send a request's headers, and then its body, within these many seconds,
+    # or its connection is closed: a slow client cannot hold one open for ever
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, le=3600, validation_alias=_env("PYLOTO_HEADER_TIMEOUT_SECONDS")
+    )
+    body_timeout_seconds: float = Field(
+        10.0, gt=0, le=3600, validation_alias=_env("PYLOTO_BODY_TIMEOUT_SECONDS")
+    )
     log_format: str = Field("console", validation_alias=_env("PYLOTO_LOG_FORMAT"))
     log_level: str = Field("INFO", validation_alias=_env("PYLOTO_LOG_LEVEL"))
 

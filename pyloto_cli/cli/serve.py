@@ -21,6 +21,7 @@ from pyloto_cli.firstrun import LocalSetup, ensure_local_secrets
 from pyloto_cli.logs import configure_logging
 from pyloto_cli.settings import Settings
 from pyloto_cli.web.app import create_app
+from pyloto_cli.web.header_deadline import HeaderDeadline
 from pyloto_cli.web.intake import Intake
 from pyloto_cli.worker_thread import threadable, worker_thread
 from pyloto_cli.workers import (
@@ -110,8 +111,10 @@ async def run_server(settings: Settings, host: str, port: int, children: int) ->
         push = await roles.push()  # a push queue runs its tasks in this process
         async with _in_process_worker(settings, roles, intake, pushed=push is not None):
             _freeze_startup_objects()
+            deadline = HeaderDeadline(settings.header_timeout_seconds)
             config = uvicorn.Config(
-                create_app(settings, intake, push),
+                deadline.wrap(create_app(settings, intake, push)),
+                http=deadline.protocol,
                 host=host,
                 port=port,
                 log_level="warning",

@@ -4,7 +4,8 @@ PylotoError
 ├── WebhookRejected        bad signature, malformed JSON, oversized body -> 4xx, nothing enqueued
 │   ├── SignatureError
 │   ├── MalformedPayload
-│   └── PayloadTooLarge
+│   ├── PayloadTooLarge
+│   └── RequestTimeout     the body did not arrive in time -> 408, connection closed
 ├── TransientError         LLM timeout, Graph 429/5xx, backend down -> nack with backoff
 │   ├── SendPaused         the Graph token is rejected; sending waits for a probe to succeed
 │   └── AmbiguousSendError a send may have reached Meta (read timeout): retried at most once
@@ -44,6 +45,12 @@ class PayloadTooLarge(WebhookRejected):
     """The body is larger than Meta ever sends (3 MiB)."""
 
     status_code = 413
+
+
+class RequestTimeout(WebhookRejected):
+    """The body did not arrive within the body timeout (a slow or stalled client)."""
+
+    status_code = 408
 
 
 class TransientError(PylotoError):

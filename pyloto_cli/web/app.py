@@ -2,29 +2,31 @@
 
 The webhook does three things and nothing else: check the signature over the raw bytes, split
 the payload into tasks, and store them. The 200 goes out only after the store committed; if
-storing fails the answer is 503 so that Meta retries. Bodies above Meta's 3 MiB maximum are
-refused with 413 as soon as the count passes it, without reading the rest.
+storing fails the answer is 503 so that Meta retries. Whatever else a request holds is refused
+with a 4xx and nothing stored: a missing, repeated or malformed signature 401; a body not
+received within the body timeout 408, above Meta's 3 MiB maximum 413 (both as soon as it is
+known, without reading the rest, and the connection closed); a content type other than JSON,
+a body that is not UTF-8 JSON of a webhook's shape, or nested too deep, 400.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import time
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from pyloto_cli.domain.errors import MalformedPayload, WebhookRejected
+from pyloto_cli.domain.errors import MalformedPayload, SignatureError, WebhookRejected
 from pyloto_cli.domain.signature import verify_signature
 from pyloto_cli.domain.webhook import split_webhook
+from pyloto_cli.domain.webhook_json import parse_webhook_body
 from pyloto_cli.logs import get_logger, log_event
 from pyloto_cli.settings import Settings
-from pyloto_cli.web.body import read_body
+from pyloto_cli.web.body import CLOSE, read_body
 from pyloto_cli.web.intake import Intake
 from pyloto_cli.web.tasks import PushRole, process_pushed
 
@@ -59,19 +61,20 @@ async def verify_handshake(request: Request) -> Response:
 async def receive_webhook(request: Request) -> Response:
     """POST: signed body -> tasks -> durable store -> 200 (or 4xx/503, nothing half-done)."""
     intake = _intake(request)
+    settings = _settings(request)
     started = time.perf_counter()
     try:
-        body = await read_body(request)
-        secret = _settings(request).whatsapp_app_secret
+        body = await read_body(request, settings.body_timeout_seconds)
+        secret = settings.whatsapp_app_secret
         if secret is None:  # serve generates one; a runtime without one accepts nothing
             raise MalformedPayload("no app secret configured")
-        verify_signature(
-            secret.get_secret_value().encode(), body, request.headers.get("x-hub-signature-256")
-        )
-        tasks = split_webhook(_parse_json(body), time.time())
+        verify_signature(secret.get_secret_value().encode(), body, _signature_header(request))
+        _check_content_type(request)
+        tasks = split_webhook(parse_webhook_body(body), time.time())
     except WebhookRejected as exc:
         log_event(_log, "webhook_rejected", reason=str(exc), status=exc.status_code)
-        return PlainTextResponse(str(exc), status_code=exc.status_code)
+        headers = CLOSE if exc.status_code in (408, 413) else None
+        return PlainTextResponse(str(exc), status_code=exc.status_code, headers=headers)
     except ClientDisconnect:
         return Response(status_code=400)
     log_event(_log, "webhook_received", logging.DEBUG, items=len(tasks), bytes=len(body))
@@ -91,11 +94,28 @@ async def receive_webhook(request: Request) -> Response:
     return PlainTextResponse("OK")
 
 
-def _parse_json(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedPayload(f"body is not JSON: {exc}") from exc
+def _signature_header(request: Request) -> bytes | None:
+    """The one `X-Hub-Signature-256` value as sent (bytes); several are a refusal."""
+    values = [value for name, value in request.headers.raw if name == b"x-hub-signature-256"]
+    if len(values) > 1:
+        raise SignatureError("several X-Hub-Signature-256 headers")
+    return values[0] if values else None
+
+
+def _check_content_type(request: Request) -> None:
+    """Meta sends `application/json`; a body declared as anything else is not a webhook (a
+    request without the header is read as JSON, as curl and test clients send it)."""
+    declared = request.headers.get("content-type")
+    if declared is None:
+        return
+    media_type, *params = declared.split(";")
+    charset = "utf-8"
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            charset = value.strip().strip('"').lower()
+    if media_type.strip().lower() != "application/json" or charset not in ("utf-8", "utf8"):
+        raise MalformedPayload("Content-Type must be application/json (UTF-8)")
 
 
 async def healthz(request: Request) -> Response:

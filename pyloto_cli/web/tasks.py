@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from pyloto_cli.domain.errors import PayloadTooLarge
+from pyloto_cli.domain.errors import PayloadTooLarge, RequestTimeout
 from pyloto_cli.domain.retry import RetryPolicy
 from pyloto_cli.domain.task import (
     ATTEMPT_HEADER,
@@ -34,7 +34,7 @@ from pyloto_cli.logs import bind, get_logger, log_event
 from pyloto_cli.pipeline.process import Pipeline, TaskResult
 from pyloto_cli.pipeline.settlement import Action, settle
 from pyloto_cli.ports import DeadLetterStore, TaskRescheduler
-from pyloto_cli.web.body import read_body
+from pyloto_cli.web.body import CLOSE, read_body
 from pyloto_cli.web.tasks_auth import TaskAuthenticator, TaskAuthError
 
 RESCHEDULE_AFTER_S = 10.0  # longer waits than this are scheduled, not left to Cloud Tasks
@@ -70,7 +70,12 @@ async def process_pushed(request: Request) -> Response:
         log_event(_log, "task_rejected", reason=str(exc), status=exc.status_code)
         return PlainTextResponse("unauthorized", status_code=exc.status_code)
     try:
-        task = Task.from_json(await read_body(request))
+        task = Task.from_json(
+            await read_body(request, request.app.state.settings.body_timeout_seconds)
+        )
+    except RequestTimeout as exc:
+        log_event(_log, "task_rejected", reason=str(exc))
+        return PlainTextResponse("body timeout", status_code=exc.status_code, headers=CLOSE)
     except (ValueError, KeyError, TypeError, PayloadTooLarge) as exc:
         log_event(_log, "task_rejected", reason=f"bad task body: {type(exc).__name__}")
         return PlainTextResponse("bad task body", status_code=400)

@@ -68,3 +68,26 @@ def test_one_flipped_byte_fails() -> None:
     tampered = META_BODY.replace(b"wamid.U", b"wamid.V")
     with pytest.raises(SignatureError):
         verify_signature(SECRET, tampered, header)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"sha256=\xe9",
+        "sha256=\xe9",  # as a server that decodes headers as Latin-1 hands it over
+        "sha256=" + "é" * 64,
+        b"sha256=" + b"0" * 63,
+        b"sha256=" + b"0" * 65,
+        b"sha256=" + b"z" * 64,
+        b"sha256=" + b"0" * 32 + b" " + b"0" * 31,
+    ],
+)
+def test_malformed_header_is_a_signature_error(header: bytes | str) -> None:
+    """Anything but `sha256=` and 64 hex digits is refused the same way, never a TypeError."""
+    with pytest.raises(SignatureError):
+        verify_signature(SECRET, META_BODY, header)
+
+
+def test_header_as_bytes_is_accepted() -> None:
+    """The header as it came off the wire (bytes) checks like its text."""
+    verify_signature(SECRET, META_BODY, sign(SECRET, META_BODY).encode())

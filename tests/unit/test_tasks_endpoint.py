@@ -7,6 +7,7 @@ The pipeline's sender is scripted so a test decides whether a send succeeds or f
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import time
@@ -134,6 +135,7 @@ async def harness(make_settings: Callable[..., Settings]) -> AsyncIterator[Harne
         session_store_backend="memory",
         dedupe_backend="memory",
         max_attempts=MAX_ATTEMPTS,
+        body_timeout_seconds=0.3,  # every body here is sent whole, but the stalled one
     )
     async with open_roles(settings) as roles:
         sender, sink, dead = ScriptedSender(), FakeSink(), MemoryDeadLetterStore()
@@ -381,6 +383,25 @@ async def test_malformed_body_is_400(harness: Harness, body: bytes) -> None:
     assert response.status_code == 400
     assert harness.sender.calls == 0
     assert await harness.dead.list() == []
+
+
+async def test_stalled_body_is_408_and_nothing_runs(harness: Harness) -> None:
+    """Half a task, then nothing: 408 at the body deadline, the connection closed."""
+    body = message_task().to_json()
+    never = asyncio.Event()
+
+    async def stalled() -> AsyncIterator[bytes]:
+        yield body[:10]
+        await never.wait()  # the client stops sending
+        yield body[10:]
+
+    response = await asyncio.wait_for(
+        harness.http.post("/tasks/process", content=stalled(), headers={TOKEN_HEADER: TOKEN}),
+        timeout=10,
+    )
+    assert response.status_code == 408
+    assert response.headers["connection"] == "close"
+    assert harness.sender.calls == 0
 
 
 # --- attempt arithmetic -------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -205,6 +206,7 @@ class TestWebhookPost:
         body = b"x" * (MAX_BODY_BYTES + 1)
         response = await post_signed(client, body)
         assert response.status_code == 413
+        assert response.headers["connection"] == "close"  # the rest is not read
         assert await queued(runtime) == 0
 
     async def test_oversized_chunked_body_is_413_without_reading_it_all(
@@ -265,3 +267,200 @@ class TestHealth:
         assert response.status_code == 200
         assert response.json()["ready"] is True
         assert response.json()["queue"]["backend"] == "memory"
+
+
+def signed_headers(body: bytes) -> dict[str, str]:
+    return {"X-Hub-Signature-256": sign(SECRET.encode(), body)}
+
+
+class TestMalformedSignature:
+    """Any malformed `X-Hub-Signature-256` is a 401 with nothing stored, never a 500."""
+
+    BODY = meta_bytes(text_webhook(["wamid.S1"]))
+    DIGEST = sign(SECRET.encode(), BODY).removeprefix("sha256=")
+
+    @pytest.mark.parametrize(
+        "header",
+        [
+            pytest.param(b"sha256=\xe9", id="non-ascii-byte"),
+            pytest.param(b"sha256=" + b"\xe9" * 64, id="non-ascii-digest"),
+            pytest.param(("sha256=" + DIGEST[:-2]).encode() + b"\xc3\xa9", id="utf8-in-digest"),
+            pytest.param(("sha1=" + DIGEST).encode(), id="wrong-prefix"),
+            pytest.param(("SHA256=" + DIGEST).encode(), id="prefix-case"),
+            pytest.param(DIGEST.encode(), id="no-prefix"),
+            pytest.param(("sha256=" + DIGEST[:-1]).encode(), id="too-short"),
+            pytest.param(("sha256=" + DIGEST + "0").encode(), id="too-long"),
+            pytest.param(("sha256=" + DIGEST[:-1] + "g").encode(), id="not-hex"),
+            pytest.param(("sha256=" + DIGEST[:32] + " " + DIGEST[32:]).encode(), id="space"),
+            pytest.param(("sha256=" + DIGEST + ",sha256=" + DIGEST).encode(), id="two-in-one"),
+            pytest.param(b"sha256=", id="empty-digest"),
+            pytest.param(b"", id="empty"),
+        ],
+    )
+    async def test_malformed_header_is_401(
+        self, client: httpx.AsyncClient, runtime: Intake, header: bytes
+    ) -> None:
+        response = await client.post(
+            "/webhooks/whatsapp", content=self.BODY, headers=[(b"X-Hub-Signature-256", header)]
+        )
+        assert response.status_code == 401
+        assert await queued(runtime) == 0
+
+    async def test_the_right_signature_twice_is_401(
+        self, client: httpx.AsyncClient, runtime: Intake
+    ) -> None:
+        """Two headers, even both right: which one a proxy would pick is anyone's guess."""
+        value = sign(SECRET.encode(), self.BODY).encode()
+        response = await client.post(
+            "/webhooks/whatsapp",
+            content=self.BODY,
+            headers=[(b"X-Hub-Signature-256", value), (b"X-Hub-Signature-256", value)],
+        )
+        assert response.status_code == 401
+        assert await queued(runtime) == 0
+
+    async def test_padded_uppercase_digest_is_accepted(
+        self, client: httpx.AsyncClient, runtime: Intake
+    ) -> None:
+        """What Meta's header may look like after a proxy: spaces around it, hex in capitals."""
+        header = f"  sha256={self.DIGEST.upper()} ".encode()
+        response = await client.post(
+            "/webhooks/whatsapp", content=self.BODY, headers=[(b"X-Hub-Signature-256", header)]
+        )
+        assert response.status_code == 200
+        assert await queued(runtime) == 1
+
+
+def nested(depth: int) -> bytes:
+    """A webhook whose one non-message field holds arrays `depth` levels deep."""
+    inner = "[" * depth + "]" * depth
+    head = '{"object":"whatsapp_business_account","entry":[{"id":"1","changes":'
+    return f'{head}[{{"field":"account_update","value":{{"deep":{inner}}}}}]}}]}}'.encode()
+
+
+class TestBodyRefusals:
+    """A signed body that is not a webhook's JSON is a 400 with a reason; nothing stored."""
+
+    @pytest.mark.parametrize("depth", [65, 990, 3000, 100_000])
+    async def test_deep_nesting_is_400(
+        self, client: httpx.AsyncClient, runtime: Intake, depth: int
+    ) -> None:
+        body = nested(depth)
+        response = await client.post(
+            "/webhooks/whatsapp", content=body, headers=signed_headers(body)
+        )
+        assert response.status_code == 400
+        assert "nested deeper" in response.text
+        assert await queued(runtime) == 0
+
+    async def test_nesting_within_the_limit_is_stored(
+        self, client: httpx.AsyncClient, runtime: Intake
+    ) -> None:
+        """The limit is far above Meta's own nesting: 50 levels in a field are still taken."""
+        body = nested(50)
+        response = await client.post(
+            "/webhooks/whatsapp", content=body, headers=signed_headers(body)
+        )
+        assert response.status_code == 200
+        assert await queued(runtime) == 1
+
+    @pytest.mark.parametrize(
+        ("body", "reason"),
+        [
+            pytest.param(b'{"entry": [\xff]}', "UTF-8", id="invalid-utf8"),
+            pytest.param(b'{"entry": ["\xed\xa0\x80"]}', "UTF-8", id="encoded-surrogate"),
+            pytest.param(b"\xef\xbb\xbf{}", "JSON", id="bom"),
+            pytest.param(b'{"entry": [', "JSON", id="truncated"),
+            pytest.param(b"", "JSON", id="empty"),
+            pytest.param(b'{"entry": NaN}', "JSON", id="nan"),
+            pytest.param(b'{"entry": [-Infinity]}', "JSON", id="infinity"),
+            pytest.param(b'{"entry": [%s]}' % (b"9" * 5000), "JSON", id="5000-digit-int"),
+            pytest.param(b'"entry"', "object", id="string"),
+            pytest.param(b"null", "object", id="null"),
+            pytest.param(b'{"entry": {}}', "list", id="entry-object"),
+            pytest.param(b'{"entry": [{"changes": 7}]}', "list", id="changes-number"),
+        ],
+    )
+    async def test_not_a_webhook_is_400(
+        self, client: httpx.AsyncClient, runtime: Intake, body: bytes, reason: str
+    ) -> None:
+        response = await client.post(
+            "/webhooks/whatsapp", content=body, headers=signed_headers(body)
+        )
+        assert response.status_code == 400
+        assert reason in response.text
+        assert await queued(runtime) == 0
+
+    @pytest.mark.parametrize(
+        "content_type",
+        ["text/plain", "application/x-www-form-urlencoded", "application/json; charset=latin-1"],
+    )
+    async def test_content_type_other_than_json_is_400(
+        self, client: httpx.AsyncClient, runtime: Intake, content_type: str
+    ) -> None:
+        body = meta_bytes(text_webhook(["wamid.T1"]))
+        headers = {**signed_headers(body), "Content-Type": content_type}
+        response = await client.post("/webhooks/whatsapp", content=body, headers=headers)
+        assert response.status_code == 400
+        assert "Content-Type" in response.text
+        assert await queued(runtime) == 0
+
+    @pytest.mark.parametrize(
+        "content_type",
+        [
+            None,
+            "application/json",
+            "Application/JSON; charset=UTF-8",
+            'application/json; foo=bar; charset="utf-8"',
+        ],
+    )
+    async def test_json_or_no_content_type_is_accepted(
+        self, client: httpx.AsyncClient, runtime: Intake, content_type: str | None
+    ) -> None:
+        body = meta_bytes(text_webhook(["wamid.T2"]))
+        headers = signed_headers(body)
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        response = await client.post("/webhooks/whatsapp", content=body, headers=headers)
+        assert response.status_code == 200
+        assert await queued(runtime) == 1
+
+    async def test_unsigned_body_of_wrong_type_is_401_first(
+        self, client: httpx.AsyncClient, runtime: Intake
+    ) -> None:
+        """Without a valid signature the sender learns nothing about the body's checks."""
+        response = await client.post(
+            "/webhooks/whatsapp", content=b"\xff", headers={"Content-Type": "text/plain"}
+        )
+        assert response.status_code == 401
+
+
+class TestBodyDeadline:
+    async def test_stalled_body_is_408_and_closes(
+        self, make_settings: Callable[..., Settings], runtime: Intake
+    ) -> None:
+        """Half a body, then nothing: 408 once the body deadline passes, `Connection: close`,
+        nothing stored."""
+        settings = make_settings(
+            queue_backend="memory",
+            session_store_backend="memory",
+            dedupe_backend="memory",
+            body_timeout_seconds=0.2,
+        )
+        body = meta_bytes(text_webhook(["wamid.SLOW"]))
+        never = asyncio.Event()
+
+        async def stalled() -> AsyncIterator[bytes]:
+            yield body[:10]
+            await never.wait()  # the client stops sending; the server must not wait for ever
+            yield body[10:]
+
+        transport = httpx.ASGITransport(app=create_app(settings, runtime))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as slow:
+            response = await asyncio.wait_for(
+                slow.post("/webhooks/whatsapp", content=stalled(), headers=signed_headers(body)),
+                timeout=10,
+            )
+        assert response.status_code == 408
+        assert response.headers["connection"] == "close"
+        assert await queued(runtime) == 0
