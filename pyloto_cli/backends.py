@@ -104,7 +104,10 @@ class Shared:
         if self._firestore is None:
             from pyloto_cli.adapters.firestore_db import FirestoreDatabase
 
-            db = FirestoreDatabase(self.settings.google_cloud_project)
+            db = FirestoreDatabase(
+                self.settings.google_cloud_project,
+                address=self.settings.firestore_emulator_host,
+            )
             self._firestore = (await self.stack.enter_async_context(db)).client
         return self._firestore
 

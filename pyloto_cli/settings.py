@@ -101,6 +101,10 @@ class Settings(BaseSettings):
         "pyloto:", min_length=1, pattern=r"^[^\s{}]+$", validation_alias=_env("PYLOTO_REDIS_PREFIX")
     )
     google_cloud_project: str | None = Field(None, validation_alias=_env("GOOGLE_CLOUD_PROJECT"))
+    # read by the Firestore client library itself; pyloto names it in its errors
+    firestore_emulator_host: str | None = Field(
+        None, validation_alias=_env("FIRESTORE_EMULATOR_HOST")
+    )
     cloudtasks_project: str | None = Field(None, validation_alias=_env("CLOUDTASKS_PROJECT"))
     cloudtasks_location: str = Field("us-central1", validation_alias=_env("CLOUDTASKS_LOCATION"))
     cloudtasks_queue_name: str = Field(

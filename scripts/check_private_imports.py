@@ -9,7 +9,9 @@ and reports, one line each (`path:line: reason`), exiting 1 when there is any fi
   `__version__` and enum's sunder hooks such as `_missing_` are public, and the project's own
   packages may use their own private names);
 - a class that subclasses a class imported from another package and defines a `_`-prefixed
-  (non-dunder) method: a replacement of, or an addition beside, the library's internals.
+  (non-dunder) method: a replacement of, or an addition beside, the library's internals;
+- `getattr`, `setattr` or `hasattr` of a private attribute by its name, on anything but
+  `self` or `cls`: reaching into another object's internals by a string.
 
 Usage: `python scripts/check_private_imports.py [PATH ...]` (default: pyloto_cli/ benchmarks/).
 """
@@ -98,6 +100,26 @@ def _subclass_findings(tree: ast.Module, external: set[str]) -> Iterator[tuple[i
                 )
 
 
+_REFLECTION = frozenset({"getattr", "setattr", "hasattr"})
+
+
+def _reflection_findings(tree: ast.Module) -> Iterator[tuple[int, str]]:
+    for node in ast.walk(tree):
+        if not (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in _REFLECTION
+            and len(node.args) >= 2
+        ):
+            continue
+        target, name = node.args[0], node.args[1]
+        own = isinstance(target, ast.Name) and target.id in ("self", "cls")
+        if own or not isinstance(name, ast.Constant) or not isinstance(name.value, str):
+            continue
+        if is_private(name.value):
+            yield node.lineno, f"{node.func.id} reaches the private attribute {name.value}"
+
+
 def check_source(source: str, path: str) -> list[str]:
     """Every finding in one module's source, as `path:line: reason`."""
     tree = ast.parse(source, filename=path)
@@ -108,6 +130,7 @@ def check_source(source: str, path: str) -> list[str]:
         for reason in _import_findings(node)
     ]
     found.extend(_subclass_findings(tree, _external_names(tree)))
+    found.extend(_reflection_findings(tree))
     return [f"{path}:{line}: {reason}" for line, reason in sorted(found)]
 
 

@@ -12,6 +12,7 @@ grpc.aio channels belong to the event loop they first ran on, so a client is bui
 from __future__ import annotations
 
 import hashlib
+import os
 from types import TracebackType
 from typing import Self
 
@@ -22,7 +23,7 @@ from google.cloud import firestore
 from pyloto_cli.domain.errors import BackendUnavailable
 
 _PING_TIMEOUT_S = 5.0
-_DEFAULT_HOST = "firestore.googleapis.com"
+DEFAULT_ADDRESS = "firestore.googleapis.com"
 
 
 def doc_id(key: str) -> str:
@@ -30,34 +31,38 @@ def doc_id(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def firestore_address(client: firestore.AsyncClient) -> str:
-    """Where the client talks to (the emulator's host:port, or Google's endpoint)."""
-    return str(getattr(client, "_target", None) or _DEFAULT_HOST)
+def library_address() -> str:
+    """Where the client library points a new client: it reads FIRESTORE_EMULATOR_HOST itself
+    when the client is built, so an adapter that opens its own client names the same place."""
+    return os.environ.get("FIRESTORE_EMULATOR_HOST") or DEFAULT_ADDRESS
 
 
 async def close_client(client: firestore.AsyncClient) -> None:
-    """Close the client's HTTP session and its grpc.aio channel (`close()` alone leaves it)."""
+    """Close the client (its public `close()`; the library keeps its gRPC channel to itself)."""
     client.close()  # type: ignore[no-untyped-call]
-    api = getattr(client, "_firestore_api_internal", None)
-    if api is not None:
-        await api.transport.close()
 
 
-async def ping(client: firestore.AsyncClient, collection: str) -> None:
-    """One cheap read; raises BackendUnavailable naming the address when it fails."""
+async def ping(
+    client: firestore.AsyncClient, collection: str, *, address: str = DEFAULT_ADDRESS
+) -> None:
+    """One cheap read; raises BackendUnavailable naming `address` when it fails."""
     try:
         await (
             client.collection(collection).document("_ping").get(retry=None, timeout=_PING_TIMEOUT_S)
         )
     except gexc.GoogleAPICallError as exc:
         raise BackendUnavailable(
-            f"Firestore at {firestore_address(client)} (project {client.project}) cannot be "
+            f"Firestore at {address} (project {client.project}) cannot be "
             f"reached: {exc.message or exc}"
         ) from exc
 
 
 async def open_client(
-    project: str | None, collection: str, *, database: str | None = None
+    project: str | None,
+    collection: str,
+    *,
+    database: str | None = None,
+    address: str | None = None,
 ) -> firestore.AsyncClient:
     """A new client, checked with one read of `collection`; one BackendUnavailable if not."""
     try:
@@ -67,7 +72,7 @@ async def open_client(
             f"Firestore needs GOOGLE_CLOUD_PROJECT (or Application Default Credentials): {exc}"
         ) from exc
     try:
-        await ping(client, collection)
+        await ping(client, collection, address=address or library_address())
     except BaseException:
         await close_client(client)
         raise
@@ -77,9 +82,13 @@ async def open_client(
 class FirestoreDatabase:
     """An async context manager owning one `AsyncClient` for `project` (checked on enter)."""
 
-    def __init__(self, project: str | None, *, database: str | None = None) -> None:
+    def __init__(
+        self, project: str | None, *, database: str | None = None, address: str | None = None
+    ) -> None:
         self.project = project
         self.database = database
+        # where the client library was pointed (FIRESTORE_EMULATOR_HOST), for error messages
+        self.address = address
         self._client: firestore.AsyncClient | None = None
         self._closed = False
 
@@ -93,7 +102,9 @@ class FirestoreDatabase:
     async def __aenter__(self) -> Self:
         if self._closed:
             raise RuntimeError("FirestoreDatabase cannot be reopened once closed")
-        self._client = await open_client(self.project, "pyloto_ping", database=self.database)
+        self._client = await open_client(
+            self.project, "pyloto_ping", database=self.database, address=self.address
+        )
         return self
 
     async def __aexit__(

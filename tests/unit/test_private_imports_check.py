@@ -140,6 +140,31 @@ def test_legitimate_code_passes(run: Callable[[str], tuple[int, list[str]]]) -> 
 
     class OwnChild(Own):
         def _another(self):
-            return None
+            return getattr(self, "_private_helper", None) or hasattr(cls, "_x")
     """
+    assert run(source) == (0, [])
+
+
+@pytest.mark.parametrize(
+    ("source", "attribute"),
+    [
+        ('address = getattr(client, "_target", None)\n', "_target"),
+        ('api = getattr(client, "_firestore_api_internal")\n', "_firestore_api_internal"),
+        ('setattr(response, "_content", body)\n', "_content"),
+        ('if hasattr(client.transport, "_pool"):\n    pass\n', "_pool"),
+    ],
+)
+def test_reaching_a_private_attribute_by_name_is_reported(
+    run: Callable[[str], tuple[int, list[str]]], source: str, attribute: str
+) -> None:
+    code, findings = run(source)
+    assert code == 1
+    [finding] = findings
+    assert finding.endswith(f"reaches the private attribute {attribute}")
+
+
+def test_a_public_or_dunder_attribute_by_name_passes(
+    run: Callable[[str], tuple[int, list[str]]],
+) -> None:
+    source = 'name = getattr(obj, "__name__", None) or getattr(obj, "name", None)\n'
     assert run(source) == (0, [])
