@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from typing import NamedTuple
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -191,8 +192,13 @@ class Settings(BaseSettings):
     )
 
     # --- Web ------------------------------------------------------------------------------------
-    host: str = Field("127.0.0.1", validation_alias=_env("PYLOTO_HOST"))
-    port: int = Field(8000, ge=0, le=65535, validation_alias=_env("PORT", "PYLOTO_PORT"))
+    # unset: 127.0.0.1, or every interface when PORT is set (see listen_address)
+    host: str | None = Field(None, validation_alias=_env("PYLOTO_HOST"))
+    port: int = Field(8000, ge=0, le=65535, validation_alias=_env("PYLOTO_PORT"))
+    # set by Cloud Run (and other platforms): the port to listen on, on every interface
+    platform_port: int | None = Field(None, ge=1, le=65535, validation_alias=_env("PORT"))
+    # set by Cloud Run to the service's name: an instance and its disk may go away at any time
+    k_service: str | None = Field(None, validation_alias=_env("K_SERVICE"))
     # a client must send a request's headers, and then its body, within these many seconds,
     # or its connection is closed: a slow client cannot hold one open for ever
     header_timeout_seconds: float = Field(
@@ -213,3 +219,49 @@ class Settings(BaseSettings):
     def cloudtasks_project_id(self) -> str | None:
         """`CLOUDTASKS_PROJECT`, falling back to `GOOGLE_CLOUD_PROJECT`."""
         return self.cloudtasks_project or self.google_cloud_project
+
+
+LOOPBACK = "127.0.0.1"
+EVERY_INTERFACE = "0.0.0.0"  # noqa: S104 - only when PORT (a platform's contract) asks for it
+
+
+class ListenAddress(NamedTuple):
+    """Where `pyloto serve` binds, and whether PORT chose every interface."""
+
+    host: str
+    port: int
+    from_platform: bool
+
+
+def listen_address(settings: Settings, host: str | None, port: int | None) -> ListenAddress:
+    """The bind address: `--host`/`--port` first, then the settings.
+
+    A platform that sets PORT (Cloud Run) routes to the container from outside, so PORT alone
+    means every interface; PYLOTO_PORT or `--port` alone keep the safe loopback default.
+    """
+    chosen_port = port if port is not None else settings.platform_port or settings.port
+    chosen_host = host or settings.host
+    if chosen_host is not None:
+        return ListenAddress(chosen_host, chosen_port, from_platform=False)
+    if settings.platform_port is not None:
+        return ListenAddress(EVERY_INTERFACE, chosen_port, from_platform=True)
+    return ListenAddress(LOOPBACK, chosen_port, from_platform=False)
+
+
+# Queues whose tasks live on the instance's own disk or memory.
+_INSTANCE_QUEUES = (QueueBackend.SQLITE, QueueBackend.MEMORY)
+
+
+def cloud_run_problems(settings: Settings) -> list[str]:
+    """What would lose messages on Cloud Run (K_SERVICE set), one plain line each; empty
+    elsewhere. Shared by `serve`, which refuses to start, and `doctor`."""
+    if settings.k_service is None:
+        return []
+    problems: list[str] = []
+    if settings.queue_backend in _INSTANCE_QUEUES:
+        problems.append(
+            f"QUEUE_BACKEND={settings.queue_backend.value} keeps tasks on the instance, and a "
+            "Cloud Run instance (K_SERVICE is set) can go away with them: "
+            "set QUEUE_BACKEND=cloud_tasks or redis"
+        )
+    return problems

@@ -32,7 +32,7 @@ HERMETIC_PREFIXES = (
     "PUBSUB_",
 )
 # Settings read these names too, without a prefix of their own.
-HERMETIC_NAMES = ("QUEUE_BACKEND", "SESSION_STORE_BACKEND", "DEDUPE_BACKEND", "PORT")
+HERMETIC_NAMES = ("QUEUE_BACKEND", "SESSION_STORE_BACKEND", "DEDUPE_BACKEND", "PORT", "K_SERVICE")
 
 
 def make_hermetic(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,7 +19,8 @@ from pyloto_cli.bootstrap import Roles, open_roles, run_worker
 from pyloto_cli.cli._boundary import boundary
 from pyloto_cli.firstrun import LocalSetup, ensure_local_secrets
 from pyloto_cli.logs import configure_logging
-from pyloto_cli.settings import Settings
+from pyloto_cli.settings import LOOPBACK, Settings, cloud_run_problems, listen_address
+from pyloto_cli.tools import ToolUsageError
 from pyloto_cli.web.app import create_app
 from pyloto_cli.web.header_deadline import HeaderDeadline
 from pyloto_cli.web.intake import Intake
@@ -69,8 +70,16 @@ def _local_value(setup: LocalSetup, name: str, variable: str) -> str:
 
 
 def serve(
-    host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default: $PORT or 8000).")] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            help="Interface to bind (default: $PYLOTO_HOST; 0.0.0.0 when $PORT is set; "
+            "else 127.0.0.1)."
+        ),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port (default: $PORT, then $PYLOTO_PORT, then 8000).")
+    ] = None,
     worker: Annotated[bool, typer.Option(help="Run the worker in this process.")] = True,
     workers: Annotated[
         int | None,
@@ -85,12 +94,21 @@ def serve(
     with boundary(_console):
         settings = Settings()
         configure_logging(settings.log_format, settings.log_level, server=True)
-        bind_host = host or settings.host
-        bind_port = settings.port if port is None else port
+        problems = cloud_run_problems(settings)
+        if problems:  # before anything is written or bound
+            raise ToolUsageError("; ".join(problems))
+        bind_host, bind_port, from_platform = listen_address(settings, host, port)
+        if from_platform:
+            _console.print(
+                f"PORT is set: listening on {bind_host}:{bind_port} (every interface), "
+                "as Cloud Run expects; set PYLOTO_HOST to choose another",
+                highlight=False,
+                soft_wrap=True,
+            )
         if settings.whatsapp_app_secret is None or settings.whatsapp_verify_token is None:
             setup = ensure_local_secrets(settings)
             settings = setup.settings
-            _print_first_run(setup, bind_host, bind_port)
+            _print_first_run(setup, LOOPBACK if from_platform else bind_host, bind_port)
         children = settings.workers if workers is None else workers
         in_process = worker and settings.worker_enabled and children == 0
         settings = settings.model_copy(update={"worker_enabled": in_process})

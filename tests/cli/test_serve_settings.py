@@ -3,6 +3,8 @@ nothing started (no traceback)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -50,3 +52,18 @@ def test_a_removed_setting_left_in_the_environment_does_not_stop_start_up(
     monkeypatch.setenv(name, value)
     settings = Settings(_env_file=None)
     assert not hasattr(settings, name.removeprefix("PYLOTO_").lower())
+
+
+@pytest.mark.parametrize("queue", ["sqlite", "memory"])
+def test_serve_on_cloud_run_refuses_a_queue_on_the_instance(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, queue: str
+) -> None:
+    """One red line naming the setting, exit 2, and nothing written (no local secrets)."""
+    monkeypatch.setenv("K_SERVICE", "pyloto")
+    monkeypatch.setenv("QUEUE_BACKEND", queue)
+    result = runner.invoke(app, ["serve"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert f"QUEUE_BACKEND={queue}" in result.stderr
+    assert not (tmp_path / "data").exists()

@@ -40,7 +40,7 @@ class ServeProcess:
         self.workdir = workdir
         self.log = workdir / "serve.log"
         self.args = tuple(args)
-        self.env = {**os.environ, "PYLOTO_LOG_FORMAT": "json", **env, "PORT": str(self.port)}
+        self.env = {**os.environ, "PYLOTO_LOG_FORMAT": "json", **env, "PYLOTO_PORT": str(self.port)}
         self.umask = umask
         self.proc: subprocess.Popen[bytes] | None = None
 

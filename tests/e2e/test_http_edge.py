@@ -36,7 +36,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     }
     serve.env = {
         **clean,
-        "PORT": str(serve.port),
+        "PYLOTO_PORT": str(serve.port),
         "PYLOTO_LOG_FORMAT": "json",
         "PYLOTO_DATA_DIR": str(workdir / "data"),
         "WHATSAPP_APP_SECRET": SECRET,

@@ -190,7 +190,7 @@ class Cluster:
             "PYLOTO_LEASE_SECONDS": str(self.lease_s),
             "PYLOTO_RETRY_BASE_SECONDS": "0.1",
             "PYLOTO_LOG_FORMAT": "json",
-            "PORT": str(self.web_port),
+            "PYLOTO_PORT": str(self.web_port),
         }
 
     def logs(self) -> str:
