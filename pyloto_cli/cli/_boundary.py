@@ -18,7 +18,7 @@ from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.markup import escape
 
-from pyloto_cli.domain.errors import DataFileUnusable, PylotoError
+from pyloto_cli.domain.errors import DataDirUnusable, DataFileUnusable, PylotoError
 from pyloto_cli.logs import configure_logging
 from pyloto_cli.settings import Settings
 from pyloto_cli.tools import ToolUsageError
@@ -26,6 +26,8 @@ from pyloto_cli.tools import ToolUsageError
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+# the top-level module a backend needs -> the extra that installs it (pyproject.toml)
+_EXTRAS = {"redis": "redis", "google": "gcp", "grpc": "gcp", "proto": "gcp"}
 
 
 def load_settings() -> Settings:
@@ -46,12 +48,44 @@ def _fail(console: Console, message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _settings_problem(exc: ValidationError) -> str:
+    """A validation error on one line per field: `PORT: Input should be ... (got '99999')`."""
+    parts = []
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(part) for part in error["loc"]) or exc.title
+        message = error["msg"].removeprefix("Value error, ")
+        secret = any(word in where.upper() for word in ("SECRET", "TOKEN", "KEY"))
+        got = "" if secret else f" (got {error['input']!r})"
+        parts.append(f"{where}: {message}{got}")
+    return "; ".join(parts)
+
+
+def _missing_extra(exc: ModuleNotFoundError) -> str | None:
+    """`pip install 'pyloto[redis]'` when a backend's optional SDK is not installed."""
+    extra = _EXTRAS.get((exc.name or "").partition(".")[0])
+    if extra is None:
+        return None
+    return (
+        f"the chosen backend needs the {extra!r} extra ({exc.name} is not installed): "
+        f"pip install 'pyloto[{extra}]'"
+    )
+
+
 @contextlib.contextmanager
 def boundary(console: Console) -> Iterator[None]:
     """Turn expected failures into one red line on `console` and an exit code."""
     try:
         yield
-    except (ToolUsageError, ValidationError) as exc:
+    except ToolUsageError as exc:
+        raise _fail(console, str(exc), EXIT_USAGE) from exc
+    except ValidationError as exc:
+        raise _fail(console, _settings_problem(exc), EXIT_USAGE) from exc
+    except ModuleNotFoundError as exc:
+        message = _missing_extra(exc)
+        if message is None:
+            raise
+        raise _fail(console, message, EXIT_USAGE) from exc
+    except DataDirUnusable as exc:
         raise _fail(console, str(exc), EXIT_USAGE) from exc
     except DataFileUnusable as exc:
         raise _fail(console, f"{type(exc).__name__}: {exc}", EXIT_USAGE) from exc

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -20,6 +22,7 @@ from pyloto_cli.cli._boundary import boundary
 from pyloto_cli.firstrun import LocalSetup, ensure_local_secrets
 from pyloto_cli.logs import configure_logging
 from pyloto_cli.settings import Settings
+from pyloto_cli.tools import ToolUsageError
 from pyloto_cli.web.app import create_app
 from pyloto_cli.web.header_deadline import HeaderDeadline
 from pyloto_cli.web.intake import Intake
@@ -68,9 +71,33 @@ def _local_value(setup: LocalSetup, name: str, variable: str) -> str:
     return secret
 
 
+def _refuse_a_port_in_use(host: str, port: int) -> None:
+    """Fail before the first-run files are written: a second `serve` on a taken port must not
+    rewrite the example that the first one's curl line points at. Bound as uvicorn binds
+    (SO_REUSEADDR), so a port left in TIME_WAIT by a server just stopped is not refused."""
+    if port == 0:
+        return
+    with contextlib.suppress(OSError):  # an unresolvable host is uvicorn's error to report
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise ToolUsageError(
+                        f"port {port} is in use; choose another with --port"
+                    ) from exc
+                raise
+
+
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default: $PORT or 8000).")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Port (default: $PORT or 8000).")
+    ] = None,
     worker: Annotated[bool, typer.Option(help="Run the worker in this process.")] = True,
     workers: Annotated[
         int | None,
@@ -87,6 +114,7 @@ def serve(
         configure_logging(settings.log_format, settings.log_level, server=True)
         bind_host = host or settings.host
         bind_port = settings.port if port is None else port
+        _refuse_a_port_in_use(bind_host, bind_port)
         if settings.whatsapp_app_secret is None or settings.whatsapp_verify_token is None:
             setup = ensure_local_secrets(settings)
             settings = setup.settings
