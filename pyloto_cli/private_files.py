@@ -24,7 +24,6 @@ import stat
 from pathlib import Path
 from typing import Final
 
-from pyloto_cli.domain.errors import DataDirUnusable
 from pyloto_cli.logs import get_logger, log_event
 
 DIR_MODE: Final = 0o700
@@ -37,11 +36,8 @@ _log = get_logger("files")
 def private_dir(path: Path) -> Path:
     """Create `path` (and its parents) with the dir itself 0700, or tighten it if it is ours."""
     if not path.is_dir():
-        try:
-            path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
-            os.chmod(path, DIR_MODE)  # mkdir's mode goes through the umask
-        except OSError as exc:  # the operator's to fix: say which setting, not a bare errno
-            raise data_dir_unusable(path, "cannot create this directory", exc) from exc
+        path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        os.chmod(path, DIR_MODE)  # mkdir's mode goes through the umask
         return path
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077 == 0:
@@ -60,15 +56,6 @@ def private_dir(path: Path) -> Path:
         now=f"{mode & ~0o077:o}",
     )
     return path
-
-
-def data_dir_unusable(data_dir: Path, what: str, exc: OSError) -> DataDirUnusable:
-    """The error for a data dir the operator must fix, naming the setting and what to do."""
-    reason = exc.strerror or type(exc).__name__
-    return DataDirUnusable(
-        f"PYLOTO_DATA_DIR={data_dir}: {what} ({reason}); point PYLOTO_DATA_DIR at a "
-        "directory you can write, or fix this one"
-    )
 
 
 def private_file(path: Path) -> Path:

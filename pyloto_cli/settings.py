@@ -212,21 +212,21 @@ class Settings(BaseSettings):
     # ignored silently (format): each is refused with the variable named, before anything runs.
     @field_validator("log_level", mode="before")
     @classmethod
-    def _known_level(cls, value: object) -> object:
+    def known_level(cls, value: object) -> object:
         if isinstance(value, str) and value.upper() not in LOG_LEVELS:
             raise ValueError(f"unknown log level {value!r}; use one of {', '.join(LOG_LEVELS)}")
         return value.upper() if isinstance(value, str) else value
 
     @field_validator("log_format", mode="before")
     @classmethod
-    def _known_format(cls, value: object) -> object:
+    def known_format(cls, value: object) -> object:
         if isinstance(value, str) and value.lower() not in LOG_FORMATS:
             raise ValueError(f"unknown log format {value!r}; use one of {', '.join(LOG_FORMATS)}")
         return value.lower() if isinstance(value, str) else value
 
     @field_validator("redis_url")
     @classmethod
-    def _redis_url(cls, value: str | None) -> str | None:
+    def redis_url_scheme(cls, value: str | None) -> str | None:
         if value is None:
             return value
         try:

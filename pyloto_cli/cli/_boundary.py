@@ -20,7 +20,8 @@ from rich.markup import escape
 
 from pyloto_cli.domain.errors import DataDirUnusable, DataFileUnusable, PylotoError
 from pyloto_cli.logs import configure_logging
-from pyloto_cli.settings import Settings
+from pyloto_cli.private_files import private_dir
+from pyloto_cli.settings import QueueBackend, Settings
 from pyloto_cli.tools import ToolUsageError
 
 EXIT_OK = 0
@@ -39,6 +40,35 @@ def load_settings() -> Settings:
     settings = Settings()
     level = "DEBUG" if settings.log_level.upper() == "DEBUG" else "WARNING"
     configure_logging(settings.log_format, level)
+    return settings
+
+
+def queue_settings() -> Settings:
+    """`load_settings` for a command that reads or fills the queue: it says on stderr which
+    data dir it uses, and warns when the queue there is new, since a command run from another
+    directory would otherwise show (or fill) an empty queue of its own without a word."""
+    settings = load_settings()
+    if settings.queue_backend is QueueBackend.MEMORY:
+        raise ToolUsageError(
+            "QUEUE_BACKEND=memory keeps tasks inside one `pyloto serve` process: this command "
+            "would see none and lose what it adds; use QUEUE_BACKEND=sqlite or redis"
+        )
+    if settings.queue_backend is QueueBackend.SQLITE:
+        err = Console(stderr=True)
+        try:  # a dir that cannot be made fails here, before the note
+            private_dir(settings.data_dir)
+        except OSError as exc:
+            raise DataDirUnusable.because(settings.data_dir, "cannot create it", exc) from exc
+        where = escape(str(settings.data_dir.resolve()))
+        if (settings.data_dir / "queue.db").exists():
+            err.print(f"data dir: {where}", highlight=False, soft_wrap=True)
+        else:
+            err.print(
+                f"[yellow]warning:[/] no queue in {where} yet: starting an empty one (run from "
+                "the directory `pyloto serve` runs in, or set PYLOTO_DATA_DIR)",
+                highlight=False,
+                soft_wrap=True,
+            )
     return settings
 
 

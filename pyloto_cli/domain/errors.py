@@ -109,6 +109,15 @@ class DataDirUnusable(BackendUnavailable):
     """The data dir cannot be created or written (a file in its place, no permission): the
     operator must point PYLOTO_DATA_DIR elsewhere or fix the path. The message says which."""
 
+    @classmethod
+    def because(cls, data_dir: object, what: str, exc: OSError) -> DataDirUnusable:
+        """The error naming the setting and what to do, not a bare errno."""
+        reason = exc.strerror or type(exc).__name__
+        return cls(
+            f"PYLOTO_DATA_DIR={data_dir}: {what} ({reason}); point PYLOTO_DATA_DIR at a "
+            "directory you can write, or fix this one"
+        )
+
 
 class WorkerFailed(PylotoError):
     """A worker that `serve` runs could not start; the message says why."""
