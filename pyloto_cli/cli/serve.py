@@ -138,6 +138,8 @@ async def run_server(settings: Settings, host: str, port: int, children: int) ->
         intake = await roles.intake()
         push = await roles.push()  # a push queue runs its tasks in this process
         async with _in_process_worker(settings, roles, intake, pushed=push is not None):
+            if push is None and not settings.worker_enabled:  # else the processing role said it
+                roles.announce("intake")
             _freeze_startup_objects()
             deadline = HeaderDeadline(settings.header_timeout_seconds)
             config = uvicorn.Config(
