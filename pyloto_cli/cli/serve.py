@@ -50,6 +50,11 @@ def _print_first_run(setup: LocalSetup, host: str, port: int) -> None:
         _console.print(
             "[yellow]Real Meta webhooks will be rejected until WHATSAPP_APP_SECRET is set.[/]"
         )
+    if "whatsapp_verify_token" in setup.local:
+        _console.print(
+            "[yellow]WHATSAPP_VERIFY_TOKEN is not set: give Meta the verify token above, "
+            "or set it.[/]"
+        )
     _console.print("Try it:")
     _console.print(
         f"  curl -sS -X POST http://{host}:{port}/webhooks/whatsapp "

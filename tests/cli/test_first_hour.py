@@ -72,6 +72,7 @@ _WITHOUT_EXTRAS = (
         ),
         ({"QUEUE_BACKEND": "cloud_tasks"}, ["queue", "stats"], "gcp"),
         ({"SESSION_STORE_BACKEND": "firestore"}, ["worker"], "gcp"),
+        ({"DEDUPE_BACKEND": "redis", "REDIS_URL": "redis://127.0.0.1:1/0"}, ["worker"], "redis"),
     ],
 )
 def test_a_backend_without_its_extra_says_what_to_install(
