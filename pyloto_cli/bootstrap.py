@@ -85,7 +85,6 @@ class Roles:
             parts = await self.queue_parts()
             stores = await self.stores()
             self._intake = Intake(parts.sink, parts.admin, stores.sessions)
-            self._opened("intake")
         return self._intake
 
     async def sink(self) -> TaskSink:
@@ -139,7 +138,7 @@ class Roles:
                 coalesce_window_s=settings.coalesce_window_seconds,
                 coalesce_max=settings.coalesce_max,
             )
-            self._opened("processing")
+            self.announce("processing")
         return self._worker
 
     async def push(self) -> PushRole | None:
@@ -153,10 +152,13 @@ class Roles:
                 dead_letters=push.dead_letters,
                 policy=retry_policy(self.settings),
             )
-            self._opened("push")
+            self.announce("push")
         return self._push
 
-    def _opened(self, role: str) -> None:
+    def announce(self, role: str) -> None:
+        """Log `runtime_opened` for `role`: once per process, by the role that processes
+        (worker, push), or by `serve` for an intake that hands its tasks to other processes;
+        the intake alone does not log, or a `serve` would say it twice."""
         settings, pipeline = self.settings, self._pipeline
         log_event(
             _log,

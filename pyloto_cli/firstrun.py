@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from pyloto_cli.domain.errors import DataDirUnusable
 from pyloto_cli.domain.signature import sign
 from pyloto_cli.private_files import private_dir, write_private
 from pyloto_cli.settings import Settings
@@ -71,7 +72,18 @@ def example_webhook() -> dict[str, object]:
 
 def ensure_local_secrets(settings: Settings) -> LocalSetup:
     """Fill in a missing app secret / verify token from (or into) the data dir."""
-    data_dir = private_dir(settings.data_dir)
+    try:
+        data_dir = private_dir(settings.data_dir)
+    except OSError as exc:
+        raise DataDirUnusable.because(settings.data_dir, "cannot create it", exc) from exc
+    try:
+        return _fill_in(settings, data_dir)
+    except PermissionError as exc:
+        what = "cannot write the local secrets"
+        raise DataDirUnusable.because(data_dir, what, exc) from exc
+
+
+def _fill_in(settings: Settings, data_dir: Path) -> LocalSetup:
     generated = False
     update: dict[str, SecretStr] = {}
     if settings.whatsapp_app_secret is None or settings.whatsapp_verify_token is None:

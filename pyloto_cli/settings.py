@@ -11,11 +11,15 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 from typing import NamedTuple
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_GRAPH_API_VERSION = "v25.0"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("console", "json")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 class QueueBackend(StrEnum):
@@ -209,6 +213,38 @@ class Settings(BaseSettings):
     )
     log_format: str = Field("console", validation_alias=_env("PYLOTO_LOG_FORMAT"))
     log_level: str = Field("INFO", validation_alias=_env("PYLOTO_LOG_LEVEL"))
+
+    # A typo here would otherwise surface as a traceback at start-up (level, Redis URL) or be
+    # ignored silently (format): each is refused with the variable named, before anything runs.
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def known_level(cls, value: object) -> object:
+        if isinstance(value, str) and value.upper() not in LOG_LEVELS:
+            raise ValueError(f"unknown log level {value!r}; use one of {', '.join(LOG_LEVELS)}")
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def known_format(cls, value: object) -> object:
+        if isinstance(value, str) and value.lower() not in LOG_FORMATS:
+            raise ValueError(f"unknown log format {value!r}; use one of {', '.join(LOG_FORMATS)}")
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def redis_url_scheme(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+        except ValueError as exc:
+            raise ValueError(f"not a Redis URL ({exc}); expected redis://host:6379/0") from exc
+        if parts.scheme not in REDIS_SCHEMES:
+            raise ValueError(
+                "not a Redis URL; expected redis://host:6379/0 (or rediss://, unix://)"
+            )
+        return value
 
     @property
     def llm_active(self) -> bool:

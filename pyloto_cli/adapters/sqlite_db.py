@@ -49,7 +49,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
-from pyloto_cli.domain.errors import BackendUnavailable, DataFileUnusable
+from pyloto_cli.domain.errors import BackendUnavailable, DataDirUnusable, DataFileUnusable
 from pyloto_cli.private_files import private_dir, private_file
 
 T = TypeVar("T")
@@ -208,8 +208,15 @@ class SqliteDatabase:
     async def __aenter__(self) -> Self:
         if self._closed:
             raise RuntimeError("SqliteDatabase cannot be reopened once closed")
+        try:
+            directory = private_dir(self.path.parent)
+        except OSError as exc:
+            raise DataDirUnusable.because(self.path.parent, "cannot create it", exc) from exc
         try:  # before SQLite creates it: the -wal and -shm files take the database's mode
-            private_file(private_dir(self.path.parent) / self.path.name)
+            private_file(directory / self.path.name)
+        except PermissionError as exc:
+            what = f"cannot write {self.path.name}"
+            raise DataDirUnusable.because(self.path.parent, what, exc) from exc
         except OSError as exc:
             raise BackendUnavailable(f"sqlite: cannot open {self.path}: {exc}") from exc
         loop = asyncio.get_running_loop()

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.progress import Progress
 
 from pyloto_cli.bootstrap import open_roles
-from pyloto_cli.cli._boundary import EXIT_FAILURE, EXIT_OK, boundary, load_settings, print_json
+from pyloto_cli.cli._boundary import EXIT_FAILURE, EXIT_OK, boundary, print_json, queue_settings
 from pyloto_cli.tools.enqueue import ENQUEUE_SUFFIXES, EnqueueReport, FileOutcome, run_enqueue
 from pyloto_cli.tools.sources import expand
 
@@ -52,7 +52,7 @@ def enqueue(
     """Put captured webhook bodies on the configured queue, as the webhook would."""
     err = Console(stderr=True)
     with boundary(err):
-        settings = load_settings()
+        settings = queue_settings()
         sources = expand(targets, ENQUEUE_SUFFIXES, typer.get_binary_stream("stdin"))
         has_dir = not as_json and any(Path(t).is_dir() for t in targets)
         with _progress(err, len(sources), enabled=has_dir) as on_file:

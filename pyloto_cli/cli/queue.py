@@ -16,7 +16,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from pyloto_cli.bootstrap import open_roles
-from pyloto_cli.cli._boundary import EXIT_FAILURE, EXIT_OK, boundary, load_settings, print_json
+from pyloto_cli.cli._boundary import EXIT_FAILURE, EXIT_OK, boundary, print_json, queue_settings
 from pyloto_cli.domain.task import QueueStats
 from pyloto_cli.logs import log_id
 from pyloto_cli.tools import ToolUsageError
@@ -73,7 +73,7 @@ def stats(
     times = count if watch else 1
     view = _stats_view(Console(), live=watch, as_json=as_json)
     with boundary(Console(stderr=True)), contextlib.suppress(KeyboardInterrupt), view as show:
-        settings = load_settings()
+        settings = queue_settings()
         asyncio.run(ops.watch_stats(settings, open_roles, show, interval_s=interval, count=times))
 
 
@@ -108,7 +108,7 @@ def drain(as_json: JsonOpt = False) -> None:
     """Process until nothing is left to lease (burst mode); exit 1 if a task was dead-lettered."""
     err = Console(stderr=True)
     with boundary(err), _drain_progress(err, enabled=not as_json) as on_progress:
-        report = asyncio.run(ops.run_drain(load_settings(), open_roles, on_progress))
+        report = asyncio.run(ops.run_drain(queue_settings(), open_roles, on_progress))
     if as_json:
         print_json(report.to_json())
     else:
@@ -121,7 +121,7 @@ def failed_deliveries(limit: LimitOpt = 100, as_json: JsonOpt = False) -> None:
     with boundary(Console(stderr=True)):
         rows = [
             ops.delivery_json(s)
-            for s in asyncio.run(ops.failed_deliveries(load_settings(), open_roles, limit))
+            for s in asyncio.run(ops.failed_deliveries(queue_settings(), open_roles, limit))
         ]
     if as_json:
         print_json({"failed": rows})
@@ -149,7 +149,7 @@ def dead_list(limit: LimitOpt = 100, as_json: JsonOpt = False) -> None:
     with boundary(Console(stderr=True)):
         rows = [
             ops.dead_letter_json(d)
-            for d in asyncio.run(ops.list_dead(load_settings(), open_roles, limit))
+            for d in asyncio.run(ops.list_dead(queue_settings(), open_roles, limit))
         ]
     if as_json:
         print_json({"dead_letters": rows})
@@ -161,7 +161,7 @@ def dead_show(task_id: str, as_json: JsonOpt = False) -> None:
     """One dead letter with its error and the item as received (phone numbers masked)."""
     err = Console(stderr=True)
     with boundary(err):
-        dead = asyncio.run(ops.show_dead(load_settings(), open_roles, task_id))
+        dead = asyncio.run(ops.show_dead(queue_settings(), open_roles, task_id))
     if dead is None:
         err.print(f"[bold red]error:[/] no dead letter {escape(task_id)}", highlight=False)
         raise typer.Exit(EXIT_FAILURE)
@@ -188,7 +188,7 @@ def dead_requeue(
         if bool(task_ids) == all_:
             raise ToolUsageError("give dead letter IDs or --all (not both)")
         report = asyncio.run(
-            ops.requeue_dead(load_settings(), open_roles, None if all_ else task_ids)
+            ops.requeue_dead(queue_settings(), open_roles, None if all_ else task_ids)
         )
     if as_json:
         print_json({"requeued": report.requeued, "missing": list(report.missing)})
@@ -205,7 +205,7 @@ def dead_purge(
 ) -> None:
     """Delete every dead letter (asks first unless --yes)."""
     with boundary(Console(stderr=True)):
-        settings = load_settings()
+        settings = queue_settings()
         if not yes:
             typer.confirm("Delete every dead letter?", abort=True)
         purged = asyncio.run(ops.purge_dead(settings, open_roles))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -48,6 +50,11 @@ def _print_first_run(setup: LocalSetup, host: str, port: int) -> None:
         _console.print(
             "[yellow]Real Meta webhooks will be rejected until WHATSAPP_APP_SECRET is set.[/]"
         )
+    if "whatsapp_verify_token" in setup.local:
+        _console.print(
+            "[yellow]WHATSAPP_VERIFY_TOKEN is not set: give Meta the verify token above, "
+            "or set it.[/]"
+        )
     _console.print("Try it:")
     _console.print(
         f"  curl -sS -X POST http://{host}:{port}/webhooks/whatsapp "
@@ -69,6 +76,28 @@ def _local_value(setup: LocalSetup, name: str, variable: str) -> str:
     return secret
 
 
+def _refuse_a_port_in_use(host: str, port: int) -> None:
+    """Fail before the first-run files are written: a second `serve` on a taken port must not
+    rewrite the example that the first one's curl line points at. Bound as uvicorn binds
+    (SO_REUSEADDR), so a port left in TIME_WAIT by a server just stopped is not refused."""
+    if port == 0:
+        return
+    with contextlib.suppress(OSError):  # an unresolvable host is uvicorn's error to report
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise ToolUsageError(
+                        f"port {port} is in use; choose another with --port"
+                    ) from exc
+                raise
+
+
 def serve(
     host: Annotated[
         str | None,
@@ -78,7 +107,10 @@ def serve(
         ),
     ] = None,
     port: Annotated[
-        int | None, typer.Option(help="Port (default: $PORT, then $PYLOTO_PORT, then 8000).")
+        int | None,
+        typer.Option(
+            min=1, max=65535, help="Port (default: $PORT, then $PYLOTO_PORT, then 8000)."
+        ),
     ] = None,
     worker: Annotated[bool, typer.Option(help="Run the worker in this process.")] = True,
     workers: Annotated[
@@ -98,6 +130,7 @@ def serve(
         if problems:  # before anything is written or bound
             raise ToolUsageError("; ".join(problems))
         bind_host, bind_port, from_platform = listen_address(settings, host, port)
+        _refuse_a_port_in_use(bind_host, bind_port)
         if from_platform:
             _console.print(
                 f"PORT is set: listening on {bind_host}:{bind_port} (every interface), "
@@ -128,6 +161,8 @@ async def run_server(settings: Settings, host: str, port: int, children: int) ->
         intake = await roles.intake()
         push = await roles.push()  # a push queue runs its tasks in this process
         async with _in_process_worker(settings, roles, intake, pushed=push is not None):
+            if push is None and not settings.worker_enabled:  # else the processing role said it
+                roles.announce("intake")
             _freeze_startup_objects()
             deadline = HeaderDeadline(settings.header_timeout_seconds)
             config = uvicorn.Config(

@@ -13,7 +13,8 @@ PylotoError
 │   └── InvalidTask        a stored task that cannot be parsed or holds an unusable id/number
 ├── StaleLeaseError        an ack/nack/renew with a lease the queue no longer honours
 └── BackendUnavailable     a store or queue cannot be reached at start-up
-    └── DataFileUnusable   a SQLite file is damaged, not a database, or locked by another program
+    ├── DataFileUnusable   a SQLite file is damaged, not a database, or locked by another program
+    └── DataDirUnusable    the data dir cannot be created or written
 """
 
 from __future__ import annotations
@@ -102,6 +103,20 @@ class BackendUnavailable(PylotoError):
 class DataFileUnusable(BackendUnavailable):
     """A data file cannot be used as it is (damaged, not a database, locked by another
     program): no retry fixes that, the operator must. The message names the file."""
+
+
+class DataDirUnusable(BackendUnavailable):
+    """The data dir cannot be created or written (a file in its place, no permission): the
+    operator must point PYLOTO_DATA_DIR elsewhere or fix the path. The message says which."""
+
+    @classmethod
+    def because(cls, data_dir: object, what: str, exc: OSError) -> DataDirUnusable:
+        """The error naming the setting and what to do, not a bare errno."""
+        reason = exc.strerror or type(exc).__name__
+        return cls(
+            f"PYLOTO_DATA_DIR={data_dir}: {what} ({reason}); point PYLOTO_DATA_DIR at a "
+            "directory you can write, or fix this one"
+        )
 
 
 class WorkerFailed(PylotoError):

@@ -273,16 +273,24 @@ def _change_of(entry: JsonObject, raw: JsonObject, where: str) -> _Change:
     )
 
 
+WHATSAPP_OBJECT: Final = "whatsapp_business_account"
+
+
 def split_webhook(payload: JsonObject, received_at: float) -> list[Task]:
     """Every item of every entry and change as a task (messages, statuses, other fields).
 
-    Raises MalformedPayload when the payload is not a webhook body (not an object, `entry` or
+    Raises MalformedPayload when the payload is not a webhook body (not an object, an `object`
+    other than WhatsApp's, `entry` or
     `changes` not lists of objects, `value` not an object, item lists not lists of objects).
     Text that is not valid Unicode (lone surrogates) is replaced by U+FFFD first
     (`json_codec.clean`), so every task can be stored by every backend.
     """
     if not isinstance(payload, dict):
         raise MalformedPayload(f"payload must be a JSON object, got {type(payload).__name__}")
+    kind = payload.get("object", WHATSAPP_OBJECT)
+    if kind != WHATSAPP_OBJECT:  # Meta sends WhatsApp's webhooks with this object only
+        shown = kind[:40] if isinstance(kind, str) else type(kind).__name__
+        raise MalformedPayload(f"payload.object must be {WHATSAPP_OBJECT!r}, got {shown!r}")
     payload = json_codec.clean(payload)
     splitter = _Splitter(received_at)
     for i, entry in enumerate(_objects(payload, "entry", "payload", required=True)):

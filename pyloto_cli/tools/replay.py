@@ -50,7 +50,12 @@ from pyloto_cli.settings import QueueBackend, Settings, StoreBackend
 from pyloto_cli.tools import RolesOpener, StoreSet, ToolUsageError
 from pyloto_cli.tools.enqueue import parse_body
 from pyloto_cli.tools.sources import Source
-from pyloto_cli.tools.transcript import diff_transcripts, read_transcript, write_transcript
+from pyloto_cli.tools.transcript import (
+    check_writable,
+    diff_transcripts,
+    read_transcript,
+    write_transcript,
+)
 
 _log = get_logger("tools.replay")
 
@@ -317,6 +322,8 @@ async def run_replay(
 ) -> ReplayReport:
     """Replay `sources` in order on one offline runtime; record and/or compare the transcript."""
     expected = _expected(expect)
+    if record is not None:  # before the replay, not after it: a long run is not thrown away
+        check_writable(record)
     report = ReplayReport()
     async with open_roles(replay_settings(settings, live_llm=live_llm)) as roles:
         replayer = Replayer(await roles.pipeline(), await roles.stores())

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from pyloto_cli.tools import ToolUsageError
+
 JsonObject = dict[str, Any]
 
 VOLATILE: Final = frozenset({"timings_ms"})
@@ -26,6 +28,20 @@ GENERATED: Final = "<generated>"
 def dumps_item(item: JsonObject) -> str:
     """One transcript line: compact JSON, keys sorted, non-ASCII kept."""
     return json.dumps(item, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def check_writable(path: Path) -> None:
+    """Refuse a transcript path that cannot be written, leaving no file behind."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        existed = path.exists()
+        with path.open("a", encoding="utf-8"):
+            pass
+        if not existed:
+            path.unlink()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ToolUsageError(f"--record {path}: cannot write there ({reason})") from exc
 
 
 def write_transcript(path: Path, items: Iterable[JsonObject]) -> int:

@@ -48,13 +48,15 @@ async def verify_handshake(request: Request) -> Response:
     params = request.query_params
     expected = _settings(request).whatsapp_verify_token
     token = params.get("hub.verify_token", "")
-    if (
-        params.get("hub.mode") == "subscribe"
-        and expected is not None
-        and hmac.compare_digest(token.encode(), expected.get_secret_value().encode())
-    ):
+    if params.get("hub.mode") != "subscribe":
+        reason = "verify mode is not subscribe"
+    elif expected is None:
+        reason = "no verify token configured"
+    elif not hmac.compare_digest(token.encode(), expected.get_secret_value().encode()):
+        reason = "verify token mismatch"
+    else:
         return PlainTextResponse(params.get("hub.challenge", ""))
-    log_event(_log, "webhook_rejected", reason="verify token mismatch", method="GET")
+    log_event(_log, "webhook_rejected", reason=reason, method="GET")
     return PlainTextResponse("forbidden", status_code=403)
 
 

@@ -132,6 +132,9 @@ def test_serve_with_no_settings_prints_a_working_curl_line(tmp_path: Path) -> No
     # uvicorn re-raises the SIGTERM it handled once shutdown is complete
     assert proc.returncode in (0, -signal.SIGTERM), log.read_text()[-2000:]
     assert '"event": "runtime_closed"' in log.read_text()
+    # one process, one line: the worker thread's role says it, the web role does not repeat it
+    opened = [e for e in events if e["event"] == "runtime_opened"]
+    assert [e["role"] for e in opened] == ["processing"], opened
 
 
 def test_unreachable_backend_is_one_clear_error_and_exit_1(tmp_path: Path) -> None:

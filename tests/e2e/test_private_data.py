@@ -292,5 +292,7 @@ async def test_first_run_prints_only_what_it_generated(tmp_path: Path) -> None:
     stored = json.loads((tmp_path / "data" / SECRETS_FILE).read_text())
     assert f"verify token: {stored['verify_token']}" in printed
     assert "app secret:   set by WHATSAPP_APP_SECRET (not shown)" in printed
+    assert "WHATSAPP_VERIFY_TOKEN is not set" in printed  # the missing one is named
+    assert "until WHATSAPP_APP_SECRET is set" not in printed
     assert creds.app_secret not in printed
     assert stat.S_IMODE((tmp_path / "data" / SECRETS_FILE).stat().st_mode) == 0o600

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from pyloto_cli.bootstrap import open_roles
 from pyloto_cli.domain.signature import sign
 from pyloto_cli.domain.task import EnqueueResult, Task
+from pyloto_cli.logs import event_fields
 from pyloto_cli.settings import Settings
 from pyloto_cli.web.app import create_app
 from pyloto_cli.web.body import MAX_BODY_BYTES
@@ -126,13 +128,31 @@ class TestHandshake:
         assert response.status_code == 403
         assert "42" not in response.text
 
-    async def test_wrong_mode_is_forbidden(self, client: httpx.AsyncClient):
-        """Only hub.mode=subscribe is a handshake."""
-        response = await client.get(
-            "/webhooks/whatsapp",
-            params={"hub.mode": "unsubscribe", "hub.verify_token": "test-verify-token"},
-        )
+    @pytest.mark.parametrize(
+        ("mode", "token", "reason"),
+        [
+            ("unsubscribe", "test-verify-token", "verify mode is not subscribe"),
+            (None, "test-verify-token", "verify mode is not subscribe"),
+            ("subscribe", "nope", "verify token mismatch"),
+        ],
+    )
+    async def test_a_refused_handshake_is_logged_with_its_reason(
+        self,
+        client: httpx.AsyncClient,
+        caplog: pytest.LogCaptureFixture,
+        mode: str | None,
+        token: str,
+        reason: str,
+    ) -> None:
+        """Only hub.mode=subscribe is a handshake; the log says which check failed."""
+        caplog.set_level(logging.INFO, logger="pyloto")
+        params = {"hub.verify_token": token, "hub.challenge": "42"}
+        if mode is not None:
+            params["hub.mode"] = mode
+        response = await client.get("/webhooks/whatsapp", params=params)
         assert response.status_code == 403
+        rejected = [event_fields(r) for r in caplog.records if r.getMessage() == "webhook_rejected"]
+        assert [r["reason"] for r in rejected] == [reason]
 
 
 class TestWebhookPost:
@@ -379,6 +399,13 @@ class TestBodyRefusals:
             pytest.param(b"null", "object", id="null"),
             pytest.param(b'{"entry": {}}', "list", id="entry-object"),
             pytest.param(b'{"entry": [{"changes": 7}]}', "list", id="changes-number"),
+            # Meta sends WhatsApp's webhooks as this object only; a Page's is not one of them
+            pytest.param(
+                b'{"object": "page", "entry": [{"id": "1", "changes": []}]}',
+                "whatsapp_business_account",
+                id="object-page",
+            ),
+            pytest.param(b'{"object": 7, "entry": []}', "whatsapp_business_account", id="object-7"),
         ],
     )
     async def test_not_a_webhook_is_400(
