@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import httpx
-import openai
 import typer
 from pydantic import ValidationError
 from rich.console import Console
@@ -17,6 +16,9 @@ from rich.markup import escape
 from pyloto_cli.cli._boundary import EXIT_FAILURE, EXIT_OK, boundary, load_settings, print_json
 from pyloto_cli.settings import Settings
 from pyloto_cli.tools.doctor import CheckResult, Openers, invalid_settings, run_doctor
+
+if TYPE_CHECKING:
+    import openai
 
 
 @asynccontextmanager

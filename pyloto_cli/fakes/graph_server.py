@@ -258,6 +258,8 @@ class FakeGraphServer:
         """A phone number node, as `pyloto doctor` reads it: 190 for another token, 100 for a
         number the token cannot see."""
         number = request.path_params["phone_number_id"]
+        if self._state.delay_s:
+            await asyncio.sleep(self._state.delay_s)
         token = self._state.token
         if token is not None and request.headers.get("authorization") != f"Bearer {token}":
             return JSONResponse(error_body(190), status_code=401)

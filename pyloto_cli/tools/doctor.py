@@ -19,21 +19,23 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import urlsplit
 
 import httpx
-import openai
 from pydantic import ValidationError
 
 from pyloto_cli.settings import QueueBackend, Settings
+
+if TYPE_CHECKING:
+    import openai
 
 CHECK_TIMEOUT_S = 5.0
 
 HttpOpener: TypeAlias = Callable[
     [Settings, httpx.Timeout], AbstractAsyncContextManager[httpx.AsyncClient]
 ]
-OpenAIOpener: TypeAlias = Callable[[Settings], AbstractAsyncContextManager[openai.AsyncOpenAI]]
+OpenAIOpener: TypeAlias = Callable[[Settings], AbstractAsyncContextManager["openai.AsyncOpenAI"]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +288,8 @@ async def check_graph(settings: Settings, openers: Openers) -> str:
 
 async def check_openai(settings: Settings, openers: Openers) -> str:
     """The key is accepted (one models call)."""
+    import openai  # the SDK is large: imported when the check runs, not with the CLI
+
     where = settings.openai_base_url or "api.openai.com"
     quick = settings.model_copy(update={"llm_stage_timeout": CHECK_TIMEOUT_S, "llm_max_retries": 0})
     try:

@@ -27,8 +27,10 @@ from pyloto_cli.cli.doctor import open_openai
 from pyloto_cli.fakes.graph_server import FakeGraphServer
 from pyloto_cli.fakes.openai_server import FakeOpenAIServer
 from pyloto_cli.settings import Settings
+from pyloto_cli.tools import doctor as doctor_module
 from pyloto_cli.tools.doctor import CheckResult, Openers, run_doctor
 from pyloto_cli.web.app import create_app
+from tests.servers import CloudTasksQueueRef
 
 GRAPH_TOKEN = "graph-token-SECRET-1"
 OPENAI_KEY = "sk-openai-SECRET-2"
@@ -167,6 +169,18 @@ async def test_a_broken_configuration_fails_with_one_line_naming_the_setting(
     assert setting in line
 
 
+async def test_a_graph_that_does_not_answer_in_time_fails(
+    runner: CliRunner, fakes: Fakes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A silent network fails the check within the doctor's deadline; it never passes."""
+    monkeypatch.setattr(doctor_module, "CHECK_TIMEOUT_S", 0.2)
+    fakes.graph.delay_s = 1.0
+    code, report = await doctor(runner)
+    assert code == 1
+    [line] = failures(report)
+    assert line.startswith("graph: GRAPH_API_URL")
+
+
 async def test_a_data_dir_that_cannot_be_written_fails(
     runner: CliRunner, fakes: Fakes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -217,6 +231,45 @@ async def test_a_reachable_firestore_passes(
     code, report = await doctor(runner)
     assert code == 0, failures(report)
     assert "firestore" in [c["name"] for c in report["checks"]]
+
+
+@pytest.mark.cloud_tasks
+async def test_a_missing_cloud_tasks_queue_fails_and_is_not_created(
+    runner: CliRunner,
+    fakes: Fakes,
+    monkeypatch: pytest.MonkeyPatch,
+    cloud_tasks_queue: CloudTasksQueueRef,
+) -> None:
+    for name, value in {
+        "QUEUE_BACKEND": "cloud_tasks",
+        "CLOUD_TASKS_EMULATOR_HOST": cloud_tasks_queue.host,
+        "CLOUDTASKS_PROJECT": cloud_tasks_queue.project,
+        "CLOUDTASKS_LOCATION": cloud_tasks_queue.location,
+        "CLOUDTASKS_QUEUE_NAME": cloud_tasks_queue.queue,
+        "CLOUDTASKS_HANDLER_URL": "https://pyloto.example/tasks/process",
+        "PYLOTO_TASKS_TOKEN": "a-long-enough-shared-token",
+    }.items():
+        monkeypatch.setenv(name, value)
+    code, report = await doctor(runner)
+    assert code == 1
+    [line] = failures(report)
+    assert line.startswith("cloud tasks: CLOUDTASKS_QUEUE_NAME")
+    assert cloud_tasks_queue.name in line  # the emulator answers UNKNOWN, Google NOT_FOUND
+
+    # the check did not create it: once created, the same configuration passes
+    import grpc
+    from google.cloud import tasks_v2
+    from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
+
+    channel = grpc.insecure_channel(cloud_tasks_queue.host)
+    client = tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
+    try:
+        queue = tasks_v2.Queue(name=cloud_tasks_queue.name)
+        client.create_queue(parent=cloud_tasks_queue.parent, queue=queue, timeout=5.0)
+    finally:
+        channel.close()
+    code, report = await doctor(runner)
+    assert code == 0, failures(report)
 
 
 # --- the verify handshake (the real webhook app, served in-process through httpx) ---------------
