@@ -78,9 +78,18 @@ class Check:
 # --- settings ---------------------------------------------------------------------------------
 
 
+def _chosen_by(settings: Settings, backend: str) -> list[str]:
+    """The settings that choose `backend`, e.g. `QUEUE_BACKEND=redis`."""
+    chosen = {
+        "QUEUE_BACKEND": settings.queue_backend,
+        "SESSION_STORE_BACKEND": settings.session_store_backend,
+        "DEDUPE_BACKEND": settings.dedupe_backend,
+    }
+    return [f"{name}={value.value}" for name, value in chosen.items() if value.value == backend]
+
+
 def _uses(settings: Settings, backend: str) -> bool:
-    chosen = (settings.queue_backend, settings.session_store_backend, settings.dedupe_backend)
-    return any(b.value == backend for b in chosen)
+    return bool(_chosen_by(settings, backend))
 
 
 def settings_problems(settings: Settings) -> list[str]:
@@ -102,7 +111,8 @@ def settings_problems(settings: Settings) -> list[str]:
     if settings.queue_backend is QueueBackend.CLOUD_TASKS:
         problems.extend(_cloud_tasks_problems(settings))
     if _uses(settings, "firestore") and not settings.google_cloud_project:
-        problems.append("GOOGLE_CLOUD_PROJECT is not set (the Firestore backend needs it)")
+        chosen = ", ".join(_chosen_by(settings, "firestore"))
+        problems.append(f"GOOGLE_CLOUD_PROJECT is not set ({chosen} needs it)")
     if settings.queue_backend is QueueBackend.MEMORY:
         problems.append("QUEUE_BACKEND=memory loses every task on a restart: choose another")
     return problems
@@ -110,7 +120,7 @@ def settings_problems(settings: Settings) -> list[str]:
 
 def _redis_problems(settings: Settings) -> list[str]:
     if not settings.redis_url:
-        return ["REDIS_URL is not set (a backend is redis)"]
+        return [f"REDIS_URL is not set ({', '.join(_chosen_by(settings, 'redis'))} needs it)"]
     if urlsplit(settings.redis_url).scheme not in {"redis", "rediss", "unix"}:
         return ["REDIS_URL must start with redis://, rediss:// or unix://"]
     return []
@@ -294,7 +304,7 @@ async def check_openai(settings: Settings, openers: Openers) -> str:
     quick = settings.model_copy(update={"llm_stage_timeout": CHECK_TIMEOUT_S, "llm_max_retries": 0})
     try:
         async with openers.openai(quick) as client:
-            page = await client.models.list()
+            await client.models.list()
     except openai.AuthenticationError as exc:
         # the SDK's message repeats part of the key: print the status only
         raise Problem(f"OPENAI_API_KEY is rejected by {where} (HTTP {exc.status_code})") from exc
@@ -302,7 +312,7 @@ async def check_openai(settings: Settings, openers: Openers) -> str:
         raise Problem(f"OPENAI_BASE_URL {where} answered HTTP {exc.status_code}") from exc
     except openai.APIConnectionError as exc:
         raise Problem(f"OPENAI_BASE_URL {where} cannot be reached ({type(exc).__name__})") from exc
-    return f"OPENAI_API_KEY accepted by {where} ({len(page.data)} models)"
+    return f"OPENAI_API_KEY accepted by {where}"
 
 
 async def check_webhook(settings: Settings, openers: Openers, url: str) -> str:
