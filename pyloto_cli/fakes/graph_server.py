@@ -17,6 +17,8 @@ Faults: any Graph error code (`KNOWN_ERRORS` gives a realistic message and HTTP 
 bare HTTP status (`{"http_status": 502}`), or a slow answer (`{"delay_s": 2}`: past the client's
 read timeout, the ambiguous case).
 When `token` is set, a request with another Bearer token gets error 190.
+`GET /{version}/{phone_number_id}` answers a phone number node (what `pyloto doctor` reads);
+after `own_numbers(...)`, any other id gets error 100.
 """
 
 from __future__ import annotations
