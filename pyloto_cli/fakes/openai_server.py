@@ -24,8 +24,8 @@ uniform delay in [-J, +J] to each answer; `--error-rate R` answers that fraction
 requests with HTTP `--error-status` (500 by default), drawn from a generator seeded by `--seed`.
 
 `GET /v1/models` lists one model (what `pyloto doctor` calls); with `api_key=` set, any other
-Bearer key gets 401. `GET /_fake/health` answers 200 when ready; `GET /_fake/requests` lists the recorded requests
-(route, seconds since start of arrival and finish, status).
+Bearer key gets 401. `GET /_fake/health` answers 200 when ready; `GET /_fake/requests` lists
+the recorded requests (route, seconds since start of arrival and finish, status).
 """
 
 from __future__ import annotations
