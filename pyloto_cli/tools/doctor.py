@@ -92,10 +92,10 @@ def _uses(settings: Settings, backend: str) -> bool:
     return bool(_chosen_by(settings, backend))
 
 
-def settings_problems(settings: Settings) -> list[str]:
-    """Every setting that is missing or inconsistent, as `NAME: why`."""
-    problems = [
-        f"{name} is not set"
+def settings_problems(settings: Settings) -> dict[str, str]:
+    """Every setting that is missing or inconsistent: its name, and why."""
+    problems = {
+        name: f"{name} is not set"
         for name, value in (
             ("WHATSAPP_APP_SECRET", settings.whatsapp_app_secret),
             ("WHATSAPP_VERIFY_TOKEN", settings.whatsapp_verify_token),
@@ -103,37 +103,42 @@ def settings_problems(settings: Settings) -> list[str]:
             ("WHATSAPP_PHONE_NUMBER_ID", settings.whatsapp_phone_number_id),
         )
         if not value
-    ]
+    }
     if settings.openai_enabled and settings.openai_api_key is None:
-        problems.append("OPENAI_API_KEY is not set (or set OPENAI_ENABLED=false)")
+        problems["OPENAI_API_KEY"] = "OPENAI_API_KEY is not set (or set OPENAI_ENABLED=false)"
     if _uses(settings, "redis"):
-        problems.extend(_redis_problems(settings))
+        problems.update(_redis_problems(settings))
     if settings.queue_backend is QueueBackend.CLOUD_TASKS:
-        problems.extend(_cloud_tasks_problems(settings))
+        problems.update(_cloud_tasks_problems(settings))
     if _uses(settings, "firestore") and not settings.google_cloud_project:
         chosen = ", ".join(_chosen_by(settings, "firestore"))
-        problems.append(f"GOOGLE_CLOUD_PROJECT is not set ({chosen} needs it)")
+        problems["GOOGLE_CLOUD_PROJECT"] = f"GOOGLE_CLOUD_PROJECT is not set ({chosen} needs it)"
     if settings.queue_backend is QueueBackend.MEMORY:
-        problems.append("QUEUE_BACKEND=memory loses every task on a restart: choose another")
+        problems["QUEUE_BACKEND"] = (
+            "QUEUE_BACKEND=memory loses every task on a restart: choose another"
+        )
     return problems
 
 
-def _redis_problems(settings: Settings) -> list[str]:
+def _redis_problems(settings: Settings) -> dict[str, str]:
     if not settings.redis_url:
-        return [f"REDIS_URL is not set ({', '.join(_chosen_by(settings, 'redis'))} needs it)"]
+        chosen = ", ".join(_chosen_by(settings, "redis"))
+        return {"REDIS_URL": f"REDIS_URL is not set ({chosen} needs it)"}
     if urlsplit(settings.redis_url).scheme not in {"redis", "rediss", "unix"}:
-        return ["REDIS_URL must start with redis://, rediss:// or unix://"]
-    return []
+        return {"REDIS_URL": "REDIS_URL must start with redis://, rediss:// or unix://"}
+    return {}
 
 
-def _cloud_tasks_problems(settings: Settings) -> list[str]:
-    problems = []
+def _cloud_tasks_problems(settings: Settings) -> dict[str, str]:
+    problems = {}
     if not settings.cloudtasks_handler_url:
-        problems.append("CLOUDTASKS_HANDLER_URL is not set (QUEUE_BACKEND=cloud_tasks needs it)")
+        problems["CLOUDTASKS_HANDLER_URL"] = (
+            "CLOUDTASKS_HANDLER_URL is not set (QUEUE_BACKEND=cloud_tasks needs it)"
+        )
     if not settings.cloudtasks_project_id:
-        problems.append("CLOUDTASKS_PROJECT (or GOOGLE_CLOUD_PROJECT) is not set")
+        problems["CLOUDTASKS_PROJECT"] = "CLOUDTASKS_PROJECT (or GOOGLE_CLOUD_PROJECT) is not set"
     if not settings.tasks_token and not settings.cloudtasks_service_account:
-        problems.append(
+        problems["CLOUDTASKS_SERVICE_ACCOUNT"] = (
             "CLOUDTASKS_SERVICE_ACCOUNT or PYLOTO_TASKS_TOKEN is not set "
             "(/tasks/process must be authenticated)"
         )
@@ -144,7 +149,7 @@ async def check_settings(settings: Settings) -> str:
     """Required settings are present and agree with the chosen backends."""
     problems = settings_problems(settings)
     if problems:
-        raise Problem("; ".join(problems))
+        raise Problem("; ".join(problems.values()))
     backends = (
         f"queue {settings.queue_backend.value}, sessions {settings.session_store_backend.value}, "
         f"dedupe {settings.dedupe_backend.value}"
@@ -351,11 +356,11 @@ def plan(settings: Settings, openers: Openers, webhook_url: str | None = None) -
         Check("settings", "the settings named", lambda: check_settings(settings)),
         Check("extras", "the extras", lambda: check_extras(settings)),
     ]
-    problems = " ".join(settings_problems(settings))
+    blocked = set(settings_problems(settings))
     extras_ok = all(all(_installed(m) for m in _EXTRA_MODULES[e]) for e in needed_extras(settings))
 
     def unblocked(*names: str) -> bool:
-        return not any(name in problems for name in names)
+        return blocked.isdisjoint(names)
 
     if _uses(settings, "sqlite"):
         checks.append(Check("data dir", "PYLOTO_DATA_DIR", lambda: check_data_dir(settings)))

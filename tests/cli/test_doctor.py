@@ -128,6 +128,9 @@ async def test_the_text_report_is_one_line_per_check_without_secrets(
         ({"WHATSAPP_APP_SECRET": None}, "WHATSAPP_APP_SECRET"),
         ({"QUEUE_BACKEND": "redis"}, "REDIS_URL"),
         ({"QUEUE_BACKEND": "bogus"}, "QUEUE_BACKEND"),
+        ({"QUEUE_BACKEND": "memory"}, "QUEUE_BACKEND"),
+        ({"SESSION_STORE_BACKEND": "firestore"}, "GOOGLE_CLOUD_PROJECT"),
+        ({"QUEUE_BACKEND": "redis", "REDIS_URL": "localhost:6379"}, "REDIS_URL"),
         (
             {
                 "QUEUE_BACKEND": "cloud_tasks",
