@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     whatsapp_access_token: SecretStr | None = Field(
         None, validation_alias=_env("WHATSAPP_ACCESS_TOKEN")
     )
+    # pyloto's own number (Meta's phone number id): `pyloto doctor` checks the token reaches it
+    whatsapp_phone_number_id: str | None = Field(
+        None, validation_alias=_env("WHATSAPP_PHONE_NUMBER_ID")
+    )
     graph_api_url: str = Field("https://graph.facebook.com", validation_alias=_env("GRAPH_API_URL"))
     graph_api_version: str = Field(
         DEFAULT_GRAPH_API_VERSION, validation_alias=_env("GRAPH_API_VERSION")

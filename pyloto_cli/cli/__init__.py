@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from importlib.metadata import version as package_version
+from typing import Annotated
+
 import typer
 
-from pyloto_cli.cli import bench, enqueue, queue, replay, serve
+from pyloto_cli.cli import bench, doctor, enqueue, queue, replay, serve
 
 app = typer.Typer(
     name="pyloto",
@@ -17,6 +20,28 @@ bench.register(app)
 enqueue.register(app)
 queue.register(app)
 replay.register(app)
+doctor.register(app)
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(f"pyloto {package_version('pyloto')}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print pyloto's version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Run and operate the back end of a WhatsApp Cloud API assistant."""
 
 
 def main() -> None:

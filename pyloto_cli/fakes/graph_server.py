@@ -17,6 +17,8 @@ Faults: any Graph error code (`KNOWN_ERRORS` gives a realistic message and HTTP 
 bare HTTP status (`{"http_status": 502}`), or a slow answer (`{"delay_s": 2}`: past the client's
 read timeout, the ambiguous case).
 When `token` is set, a request with another Bearer token gets error 190.
+`GET /{version}/{phone_number_id}` answers a phone number node (what `pyloto doctor` reads);
+after `own_numbers(...)`, any other id gets error 100.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class _State:
     faults: list[Fault] = field(default_factory=list)
     delay_s: float = 0.0
     token: str | None = None
+    phone_numbers: frozenset[str] | None = None  # None: any id is one of ours
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
 
@@ -145,6 +148,10 @@ class FakeGraphServer:
     def require_token(self, token: str | None) -> None:
         """Answer 190 to any other Bearer token (None: accept any)."""
         self._state.token = token
+
+    def own_numbers(self, *phone_number_ids: str) -> None:
+        """`GET /{id}` finds only these phone number ids (none given: any id)."""
+        self._state.phone_numbers = frozenset(phone_number_ids) if phone_number_ids else None
 
     def fail(self, code: int | None = None, *, times: int | None = 1, **options: Any) -> Fault:
         """Inject a fault for the next `times` matching requests (see `Fault`)."""
@@ -223,6 +230,7 @@ class FakeGraphServer:
                 Route("/_fake/config", self._configure, methods=["POST"]),
                 Route("/_fake/reset", self._reset, methods=["POST"]),
                 Route("/{version}/{phone_number_id}/messages", self._messages, methods=["POST"]),
+                Route("/{version}/{phone_number_id}", self._phone_number, methods=["GET"]),
             ],
         )
 
@@ -247,6 +255,22 @@ class FakeGraphServer:
             )
         )
         return JSONResponse(payload, status_code=status)
+
+    async def _phone_number(self, request: Request) -> Response:
+        """A phone number node, as `pyloto doctor` reads it: 190 for another token, 100 for a
+        number the token cannot see."""
+        number = request.path_params["phone_number_id"]
+        if self._state.delay_s:
+            await asyncio.sleep(self._state.delay_s)
+        token = self._state.token
+        if token is not None and request.headers.get("authorization") != f"Bearer {token}":
+            return JSONResponse(error_body(190), status_code=401)
+        known = self._state.phone_numbers
+        if known is not None and number not in known:
+            message = f"Unsupported get request. Object with ID '{number}' does not exist"
+            return JSONResponse(error_body(100, message), status_code=400)
+        node = {"id": number, "display_phone_number": "+1 555 000 0000", "verified_name": "Fake"}
+        return JSONResponse({**node, "quality_rating": "GREEN"})
 
     async def _answer(self, request: Request, body: Any) -> tuple[int, Any]:
         state = self._state

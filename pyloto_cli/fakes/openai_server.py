@@ -23,8 +23,9 @@ From a shell (for benchmarks), serving until interrupted:
 uniform delay in [-J, +J] to each answer; `--error-rate R` answers that fraction of unscripted
 requests with HTTP `--error-status` (500 by default), drawn from a generator seeded by `--seed`.
 
-`GET /_fake/health` answers 200 when ready; `GET /_fake/requests` lists the recorded requests
-(route, seconds since start of arrival and finish, status).
+`GET /v1/models` lists one model (what `pyloto doctor` calls); with `api_key=` set, any other
+Bearer key gets 401. `GET /_fake/health` answers 200 when ready; `GET /_fake/requests` lists
+the recorded requests (route, seconds since start of arrival and finish, status).
 """
 
 from __future__ import annotations
@@ -123,8 +124,11 @@ class FakeOpenAIServer:
         error_rate: float = 0.0,
         error_status: int = 500,
         seed: int | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.host = host
+        # when set, `GET /v1/models` answers 401 to any other Bearer key (as `pyloto doctor` sees)
+        self.api_key = api_key
         self.port = port
         self.latency_ms = latency_ms
         self.jitter_ms = jitter_ms
@@ -166,6 +170,8 @@ class FakeOpenAIServer:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._complete)
         app.router.add_post("/chat/completions", self._complete)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/models", self._models)
         app.router.add_get("/_fake/health", self._health)
         app.router.add_get("/_fake/requests", self._list_requests)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
@@ -237,6 +243,15 @@ class FakeOpenAIServer:
         return web.Response(
             text=text, status=answer.status, headers=headers, content_type="application/json"
         )
+
+    async def _models(self, request: web.Request) -> web.Response:
+        if self.api_key is not None and request.headers.get("authorization") != (
+            f"Bearer {self.api_key}"
+        ):
+            error = {"message": "Incorrect API key provided", "type": "invalid_request_error"}
+            return web.json_response({"error": {**error, "code": "invalid_api_key"}}, status=401)
+        model = {"id": "gpt-4o-mini", "object": "model", "created": 0, "owned_by": "fake"}
+        return web.json_response({"object": "list", "data": [model]})
 
     async def _health(self, _request: web.Request) -> web.Response:
         return web.json_response({"ok": True})

@@ -114,6 +114,42 @@ class CloudTasksConfig:
         )
 
 
+def open_client(config: CloudTasksConfig) -> Any:
+    """A `CloudTasksAsyncClient` for `config` (the emulator's when set); close its transport."""
+    host = config.emulator_host
+    if host:
+        channel = grpc.aio.insecure_channel(host)
+        transport = CloudTasksGrpcAsyncIOTransport(channel=channel)
+        return tasks_v2.CloudTasksAsyncClient(transport=transport)
+    try:
+        return tasks_v2.CloudTasksAsyncClient()
+    except DefaultCredentialsError as exc:
+        raise BackendUnavailable(
+            f"Cloud Tasks at {config.address} needs Application Default Credentials: {exc}"
+        ) from exc
+
+
+async def probe_queue(config: CloudTasksConfig, *, timeout_s: float = _CALL_TIMEOUT_S) -> None:
+    """One GetQueue; BackendUnavailable when the queue is missing or cannot be reached.
+
+    Unlike the sink, it never creates the queue, not even on the emulator: a check must not
+    repair what it checks."""
+    client = open_client(config)
+    try:
+        await client.get_queue(name=config.queue_path, retry=None, timeout=timeout_s)
+    except gexc.NotFound as exc:
+        raise BackendUnavailable(
+            f"queue {config.queue_path} does not exist at {config.address}; create it with: "
+            f"gcloud tasks queues create {config.queue} --location={config.location}"
+        ) from exc
+    except gexc.GoogleAPICallError as exc:
+        raise BackendUnavailable(
+            f"queue {config.queue_path} at {config.address} cannot be reached: {exc.message or exc}"
+        ) from exc
+    finally:
+        await client.transport.close()
+
+
 class CloudTasksSink:
     """Creates Cloud Tasks HTTP tasks; an async context manager owning the gRPC client.
 
@@ -247,17 +283,7 @@ class CloudTasksSink:
     # --- helpers --------------------------------------------------------------------------------
 
     def _open_client(self) -> Any:
-        host = self.config.emulator_host
-        if host:
-            channel = grpc.aio.insecure_channel(host)
-            transport = CloudTasksGrpcAsyncIOTransport(channel=channel)
-            return tasks_v2.CloudTasksAsyncClient(transport=transport)
-        try:
-            return tasks_v2.CloudTasksAsyncClient()
-        except DefaultCredentialsError as exc:
-            raise BackendUnavailable(
-                f"Cloud Tasks at {self.config.address} needs Application Default Credentials: {exc}"
-            ) from exc
+        return open_client(self.config)
 
     def _open(self) -> Any:
         if self._client is None:
