@@ -108,9 +108,7 @@ def serve(
     ] = None,
     port: Annotated[
         int | None,
-        typer.Option(
-            min=1, max=65535, help="Port (default: $PORT, then $PYLOTO_PORT, then 8000)."
-        ),
+        typer.Option(min=1, max=65535, help="Port (default: $PORT, then $PYLOTO_PORT, then 8000)."),
     ] = None,
     worker: Annotated[bool, typer.Option(help="Run the worker in this process.")] = True,
     workers: Annotated[

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import ValidationError
 
-from pyloto_cli.settings import QueueBackend, Settings
+from pyloto_cli.settings import QueueBackend, Settings, cloud_run_problems
 
 if TYPE_CHECKING:
     import openai
@@ -117,6 +117,8 @@ def settings_problems(settings: Settings) -> dict[str, str]:
         problems["QUEUE_BACKEND"] = (
             "QUEUE_BACKEND=memory loses every task on a restart: choose another"
         )
+    for problem in cloud_run_problems(settings):  # the same refusal `serve` makes
+        problems["QUEUE_BACKEND"] = problem
     return problems
 
 

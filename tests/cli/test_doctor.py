@@ -129,6 +129,7 @@ async def test_the_text_report_is_one_line_per_check_without_secrets(
         ({"QUEUE_BACKEND": "redis"}, "REDIS_URL"),
         ({"QUEUE_BACKEND": "bogus"}, "QUEUE_BACKEND"),
         ({"QUEUE_BACKEND": "memory"}, "QUEUE_BACKEND"),
+        ({"K_SERVICE": "pyloto"}, "QUEUE_BACKEND"),  # Cloud Run with the SQLite queue
         ({"SESSION_STORE_BACKEND": "firestore"}, "GOOGLE_CLOUD_PROJECT"),
         ({"QUEUE_BACKEND": "redis", "REDIS_URL": "localhost:6379"}, "REDIS_URL"),
         (
