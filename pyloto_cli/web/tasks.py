@@ -14,6 +14,7 @@ before the queue's own `max_attempts`, or a task would vanish with no dead lette
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -95,6 +96,7 @@ async def _settle(
     """Apply the shared decision (`settlement.settle`) the way Cloud Tasks understands it."""
     decision = settle(result, attempt, push.policy)
     reason, delay = decision.reason or "", decision.delay_s
+    push.pipeline.metrics.task_processed(result.outcome.value, duration_ms / 1000)
     if decision.action is Action.ACK:
         log_event(_log, "task_processed", outcome=result.outcome.value, duration_ms=duration_ms)
         return PlainTextResponse("ok")
@@ -105,8 +107,12 @@ async def _settle(
         return PlainTextResponse("deferred")
     if decision.action is Action.DEAD_LETTER:
         await push.dead_letters.record(DeadLetter(task, reason, attempt, time.time()))
-        log_event(_log, "task_dead_lettered", reason=reason, duration_ms=duration_ms)
+        push.pipeline.metrics.task_dead_lettered()
+        log_event(
+            _log, "task_dead_lettered", logging.WARNING, reason=reason, duration_ms=duration_ms
+        )
         return PlainTextResponse("dead-lettered")
+    push.pipeline.metrics.task_retried()
     # a retry: Cloud Tasks' own retry carries nothing, so one that must know how this attempt
     # failed, or must wait longer than Cloud Tasks would, is created again by pyloto
     if delay > RESCHEDULE_AFTER_S or decision.failure is not None:

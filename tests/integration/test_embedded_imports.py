@@ -20,7 +20,7 @@ async def main():
         await roles.worker()
 
 asyncio.run(main())
-loaded = sorted(m for m in sys.modules if m.split(".")[0] in {"google", "redis", "grpc"})
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in {"google", "redis", "grpc", "prometheus_client"})
 print(loaded)
 sys.exit(1 if loaded else 0)
 """
