@@ -224,7 +224,7 @@ class TestLogs:
         [
             ({"type": "text", "text": {"body": "Hi Ana!"}}, "Hi Ana!"),
             (
-                {"type": "interactive", "interactive": {"type": "button", "body": {"text": "Pick"}}},
+                {"type": "interactive", "interactive": {"body": {"text": "Pick"}}},
                 "Pick",
             ),
             ({"type": "text", "text": {"body": "x" * 500}}, "x" * (LOGGED_TEXT_MAX - 1) + "…"),

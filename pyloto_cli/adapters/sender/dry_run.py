@@ -19,7 +19,6 @@ from pyloto_cli.domain.task import JsonObject
 from pyloto_cli.logs import get_logger, log_event
 from pyloto_cli.ports import SendResult
 
-
 # the reply's words in `message_sent`: enough to see what was answered, not a whole essay
 LOGGED_TEXT_MAX = 200
 
