@@ -45,6 +45,7 @@ async def test_web_process_scrape_adds_the_worker_process(tmp_path: Path) -> Non
                 )
         finally:
             serve.terminate()
+    assert samples is not None
     assert len(answered(graph)) == 3
     assert value(samples, "pyloto_webhooks_received_total") == 3  # the web process
     assert value(samples, "pyloto_tasks_enqueued_total") == 3
