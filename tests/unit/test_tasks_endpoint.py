@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -28,6 +29,7 @@ from pyloto_cli.domain.task import (
     Task,
 )
 from pyloto_cli.domain.webhook_split import split_webhook
+from pyloto_cli.logs import event_fields
 from pyloto_cli.pipeline.process import Pipeline
 from pyloto_cli.ports import SendResult
 from pyloto_cli.settings import Settings
@@ -336,11 +338,17 @@ async def test_exhausted_attempts_win_over_a_reschedule(harness: Harness) -> Non
     assert dead.attempts == MAX_ATTEMPTS
 
 
-async def test_permanent_failure_dead_letters_with_200(harness: Harness) -> None:
+async def test_permanent_failure_dead_letters_with_200(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pyloto")
     harness.sender.errors.append(PermanentError("Message undeliverable", code=131026))
     task = message_task()
     response = await push(harness, task)
     assert response.status_code == 200
+    (logged,) = [r for r in caplog.records if r.getMessage() == "task_dead_lettered"]
+    assert logged.levelno == logging.WARNING
+    assert "131026" in event_fields(logged)["reason"]
     dead = await harness.dead.get(task.task_id)
     assert dead is not None
     assert dead.attempts == 1
