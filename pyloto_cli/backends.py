@@ -413,6 +413,7 @@ def open_metrics(settings: Settings, *, shared: bool, fresh: bool) -> Metrics:
         directory = (settings.data_dir / METRICS_DIR).resolve()
         if fresh:
             shutil.rmtree(directory, ignore_errors=True)
+        private_dir(settings.data_dir)  # first: its own mode, not the umask's
         private_dir(directory)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
     from pyloto_cli.adapters.metrics import PrometheusMetrics
