@@ -270,13 +270,14 @@ class Worker:
             self.stats.outcomes.append(result)
         try:
             await self._apply(lease, result, duration_ms)
+            # counted once settled: a scrape that sees it done sees the queue without it
+            self.metrics.task_processed(result.outcome.value, duration_ms / 1000)
         except StaleLeaseError:
             self.stats.lease_lost += 1
             log_event(_log, "task_lease_lost", stage="settle", outcome=result.outcome.value)
 
     async def _apply(self, lease: Leased, result: TaskResult, duration_ms: float) -> None:
         decision = settle(result, lease.attempt, self.policy)
-        self.metrics.task_processed(result.outcome.value, duration_ms / 1000)
         if decision.action is Action.ACK:
             await self.queue.ack(lease)
             if result.outcome is Outcome.DONE:

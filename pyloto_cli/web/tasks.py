@@ -87,7 +87,9 @@ async def process_pushed(request: Request) -> Response:
         previous = FailureKind.parse(request.headers.get(PREVIOUS_FAILURE_HEADER.lower()))
         result = await push.pipeline.process(task, attempt, previous)
         duration_ms = round((time.perf_counter() - started) * 1000, 2)
-        return await _settle(push, task, attempt, result, duration_ms)
+        response = await _settle(push, task, attempt, result, duration_ms)
+        push.pipeline.metrics.task_processed(result.outcome.value, duration_ms / 1000)
+        return response
 
 
 async def _settle(
@@ -96,7 +98,6 @@ async def _settle(
     """Apply the shared decision (`settlement.settle`) the way Cloud Tasks understands it."""
     decision = settle(result, attempt, push.policy)
     reason, delay = decision.reason or "", decision.delay_s
-    push.pipeline.metrics.task_processed(result.outcome.value, duration_ms / 1000)
     if decision.action is Action.ACK:
         log_event(_log, "task_processed", outcome=result.outcome.value, duration_ms=duration_ms)
         return PlainTextResponse("ok")

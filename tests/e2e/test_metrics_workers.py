@@ -51,3 +51,5 @@ async def test_web_process_scrape_adds_the_worker_process(tmp_path: Path) -> Non
     assert value(samples, "pyloto_tasks_enqueued_total") == 3
     assert value(samples, "pyloto_graph_sends_total", outcome="sent", code="") == 3  # the child
     assert value(samples, "pyloto_task_processing_seconds_count") == 3
+    assert ("pyloto_queue_depth", frozenset()) in samples  # read from the queue at the scrape
+    assert value(samples, "pyloto_queue_depth") == 0
