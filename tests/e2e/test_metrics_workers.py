@@ -10,7 +10,7 @@ import pytest
 from tests.e2e.serve_process import ServeProcess
 from tests.e2e.test_kill9 import answered, post, serve_env, webhook_body
 from tests.fakes.graph_server import FakeGraphServer
-from tests.unit.test_metrics import Samples, scrape_text, value
+from tests.scraping import Samples, scrape_text, value
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e

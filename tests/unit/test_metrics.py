@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from pyloto_cli.adapters.metrics import NAMES, PrometheusMetrics
 from pyloto_cli.adapters.sender.dry_run import LOGGED_TEXT_MAX, DryRunSender
@@ -25,10 +24,10 @@ from pyloto_cli.pipeline.responder import LLMResponder
 from pyloto_cli.pipeline.worker import Worker
 from pyloto_cli.settings import Settings
 from pyloto_cli.web.app import create_app
+from tests.scraping import Samples, scrape_text, value
 from tests.unit.pipeline_support import RecordingSender, message, webhook
 
 SECRET = "test-app-secret"
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 class DownModel:
@@ -36,18 +35,6 @@ class DownModel:
 
     async def complete(self, request: ChatRequest) -> str:
         raise LLMCallError("http_500")
-
-
-def scrape_text(text: str) -> Samples:
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 def moved(before: Samples, after: Samples, name: str) -> bool:

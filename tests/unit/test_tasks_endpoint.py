@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from pyloto_cli.adapters.deadletters.memory import MemoryDeadLetterStore
+from pyloto_cli.adapters.metrics import PrometheusMetrics
 from pyloto_cli.adapters.queue.cloud_tasks import TOKEN_HEADER
 from pyloto_cli.bootstrap import Stores, open_roles, pipeline_config, retry_policy
 from pyloto_cli.domain.errors import AmbiguousSendError, PermanentError, SendPaused, TransientError
@@ -37,6 +38,7 @@ from pyloto_cli.web.app import create_app
 from pyloto_cli.web.intake import Intake
 from pyloto_cli.web.tasks import RESCHEDULE_AFTER_S, PushRole, pushed_attempt
 from pyloto_cli.web.tasks_auth import TaskAuthenticator
+from tests.scraping import scrape_text, value
 
 TOKEN = "t" * 32
 MAX_ATTEMPTS = 5
@@ -138,8 +140,10 @@ async def harness(make_settings: Callable[..., Settings]) -> AsyncIterator[Harne
         dedupe_backend="memory",
         max_attempts=MAX_ATTEMPTS,
         body_timeout_seconds=0.3,  # every body here is sent whole, but the stalled one
+        metrics=True,
     )
-    async with open_roles(settings) as roles:
+    metrics = PrometheusMetrics()
+    async with open_roles(settings, metrics=metrics) as roles:
         sender, sink, dead = ScriptedSender(), FakeSink(), MemoryDeadLetterStore()
         stores, intake = await roles.stores(), await roles.intake()
         pipeline = Pipeline(
@@ -149,6 +153,7 @@ async def harness(make_settings: Callable[..., Settings]) -> AsyncIterator[Harne
             sender=sender,
             statuses=stores.statuses,
             config=pipeline_config(settings, exclusive_queue=False),
+            metrics=metrics,
         )
         role = PushRole(
             pipeline=pipeline,
@@ -157,7 +162,7 @@ async def harness(make_settings: Callable[..., Settings]) -> AsyncIterator[Harne
             dead_letters=dead,
             policy=retry_policy(settings),
         )
-        transport = httpx.ASGITransport(app=create_app(settings, intake, role))
+        transport = httpx.ASGITransport(app=create_app(settings, intake, role, metrics))
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
             yield Harness(settings, intake, stores, http, sender, sink, dead)
 
@@ -439,3 +444,22 @@ async def test_attempt_headers_reach_the_dead_letter(harness: Harness) -> None:
     dead = await harness.dead.get(task.task_id)
     assert dead is not None
     assert dead.attempts == 4
+
+
+async def test_pushed_attempts_are_counted_in_metrics(harness: Harness) -> None:
+    """/tasks/process counts what the pull worker counts: each attempt by outcome, retries,
+    dead letters and the Graph sends' outcomes."""
+    harness.sender.errors.append(TransientError("throttled", code=130429))
+    harness.sender.errors.append(PermanentError("Message undeliverable", code=131026))
+    assert (await push(harness, message_task())).status_code == 503
+    assert (
+        await push(harness, message_task(), **{"X-CloudTasks-TaskRetryCount": "1"})
+    ).status_code == 200
+    samples = scrape_text((await harness.http.get("/metrics")).text)
+    assert value(samples, "pyloto_tasks_processed_total", outcome="retry") == 1
+    assert value(samples, "pyloto_tasks_processed_total", outcome="dead") == 1
+    assert value(samples, "pyloto_tasks_retried_total") == 1
+    assert value(samples, "pyloto_tasks_dead_lettered_total") == 1
+    assert value(samples, "pyloto_task_processing_seconds_count") == 2
+    assert value(samples, "pyloto_graph_sends_total", outcome="transient", code="130429") == 1
+    assert value(samples, "pyloto_graph_sends_total", outcome="permanent", code="131026") == 1
