@@ -31,6 +31,7 @@ from pyloto_cli.ports import NO_METRICS, ChatModel, Metrics, ResponderRequest
 from pyloto_cli.settings import Settings
 
 CIRCUIT_OPEN: Final = "circuit_open"
+DEADLINE: Final = "deadline"  # what `StageGraph` reports for a stage the deadline cut short
 _logger = get_logger("llm")
 
 
@@ -91,7 +92,10 @@ class LLMResponder:
         return build_reply(result, self._settings)
 
     def _record(self, outcome: StageOutcome) -> None:
-        self._metrics.llm_stage(outcome.stage, outcome.ms / 1000, outcome.reason)
+        if outcome.reason == DEADLINE:  # cut short, not timed: its time would read 0
+            self._metrics.llm_error(outcome.stage, DEADLINE)
+        else:
+            self._metrics.llm_stage(outcome.stage, outcome.ms / 1000, outcome.reason)
         was_open = self.breaker.state is BreakerState.OPEN
         if outcome.service_failure:
             self.breaker.record_failure()

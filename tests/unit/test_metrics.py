@@ -3,6 +3,7 @@ named in the README moves when its event happens (scraped through the ASGI app).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -18,10 +19,12 @@ from pyloto_cli.bootstrap import open_roles, retry_policy
 from pyloto_cli.domain.errors import PermanentError, TransientError
 from pyloto_cli.domain.llm import ChatRequest, LLMCallError
 from pyloto_cli.domain.signature import sign
+from pyloto_cli.domain.webhook import inbound_message, split_webhook
 from pyloto_cli.logs import event_fields
 from pyloto_cli.pipeline.process import Pipeline
 from pyloto_cli.pipeline.responder import LLMResponder
 from pyloto_cli.pipeline.worker import Worker
+from pyloto_cli.ports import ResponderRequest
 from pyloto_cli.settings import Settings
 from pyloto_cli.web.app import create_app
 from tests.scraping import Samples, scrape_text, value
@@ -227,3 +230,26 @@ class TestLogs:
             await sender.send("900000000000002", {"to": "15550001234", **body})
         (sent,) = [r for r in caplog.records if r.getMessage() == "message_sent"]
         assert event_fields(sent).get("text") == shown
+
+
+class HungModel:
+    """A chat model that never answers (the graph's deadline cuts it short)."""
+
+    async def complete(self, request: ChatRequest) -> str:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_a_stage_cut_by_the_deadline_is_an_error_not_a_zero_latency(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(llm_stage_timeout=5.0, llm_deadline=0.05)
+    metrics = PrometheusMetrics()
+    (task,) = split_webhook(webhook([message("wamid.D", "hello")]), 1767225600.0)
+    request = ResponderRequest(inbound_message(task), None, 1)
+    reply = await LLMResponder(HungModel(), settings, metrics=metrics).respond(request)
+    assert reply.text == settings.safe_reply
+    samples = scrape_text(metrics.render()[0].decode())
+    for stage in ("event", "response"):
+        assert value(samples, "pyloto_llm_errors_total", stage=stage, reason="deadline") == 1
+        assert value(samples, "pyloto_llm_stage_seconds_count", stage=stage) == 0
