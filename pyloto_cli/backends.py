@@ -9,6 +9,8 @@ embedded defaults need neither redis nor the Google clients installed.
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +20,11 @@ from pyloto_cli.adapters.sqlite_db import SqliteDatabase
 from pyloto_cli.domain.errors import BackendUnavailable
 from pyloto_cli.domain.retry import RetryPolicy
 from pyloto_cli.ports import (
+    NO_METRICS,
     DeadLetterStore,
     Deduper,
     MessageQueue,
+    Metrics,
     QueueAdmin,
     Responder,
     Sender,
@@ -29,6 +33,7 @@ from pyloto_cli.ports import (
     TaskRescheduler,
     TaskSink,
 )
+from pyloto_cli.private_files import private_dir
 from pyloto_cli.settings import QueueBackend, Settings, StoreBackend
 
 if TYPE_CHECKING:
@@ -350,10 +355,12 @@ async def open_dead_letters(shared: Shared) -> DeadLetterStore:
     return await DEAD_LETTERS[shared.settings.session_store_backend](shared)
 
 
-async def open_responder(settings: Settings, stack: Stack) -> Responder:
+async def open_responder(
+    settings: Settings, stack: Stack, metrics: Metrics = NO_METRICS
+) -> Responder:
     """The three LLM stages with an OpenAI key, else the offline stand-in; behind the reply
     cache when PYLOTO_REPLY_CACHE is on."""
-    responder = await _open_llm_responder(settings, stack)
+    responder = await _open_llm_responder(settings, stack, metrics)
     if not settings.reply_cache:
         return responder
     from pyloto_cli.adapters.llm.cache import CachingResponder
@@ -362,13 +369,14 @@ async def open_responder(settings: Settings, stack: Stack) -> Responder:
     return await stack.enter_async_context(cached)
 
 
-async def _open_llm_responder(settings: Settings, stack: Stack) -> Responder:
+async def _open_llm_responder(settings: Settings, stack: Stack, metrics: Metrics) -> Responder:
     if settings.llm_active:
         from pyloto_cli.adapters.llm.openai import OpenAIChatModel, open_openai_client
         from pyloto_cli.pipeline.responder import LLMResponder
 
         client = await stack.enter_async_context(open_openai_client(settings))
-        return await stack.enter_async_context(LLMResponder(OpenAIChatModel(client), settings))
+        responder = LLMResponder(OpenAIChatModel(client), settings, metrics=metrics)
+        return await stack.enter_async_context(responder)
     from pyloto_cli.adapters.llm.offline import OfflineResponder
 
     return await stack.enter_async_context(OfflineResponder.from_settings(settings))
@@ -384,3 +392,30 @@ async def open_sender(settings: Settings, stack: Stack) -> Sender:
     from pyloto_cli.adapters.sender.dry_run import DryRunSender
 
     return await stack.enter_async_context(DryRunSender())
+
+
+METRICS_DIR = "metrics"
+
+
+def open_metrics(settings: Settings, *, shared: bool, fresh: bool) -> Metrics:
+    """This process's metrics: none unless PYLOTO_METRICS is on.
+
+    `shared` (`serve --workers N` and its children): prometheus-client's multiprocess mode in
+    `<data dir>/metrics`, so the web process's `/metrics` adds up every process's counters.
+    The library reads `PROMETHEUS_MULTIPROC_DIR` when it is first imported, so it is set here,
+    before that import; `fresh` (the web process, before its children start) empties the
+    directory first, so that no earlier run's counts are added in.
+    """
+    if not settings.metrics:
+        return NO_METRICS
+    directory: Path | None = None
+    if shared:
+        directory = (settings.data_dir / METRICS_DIR).resolve()
+        if fresh:
+            shutil.rmtree(directory, ignore_errors=True)
+        private_dir(settings.data_dir)  # first: its own mode, not the umask's
+        private_dir(directory)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    from pyloto_cli.adapters.metrics import PrometheusMetrics
+
+    return PrometheusMetrics(directory)

@@ -28,7 +28,15 @@ from pyloto_cli.domain.retry import RetryPolicy
 from pyloto_cli.logs import get_logger, log_event
 from pyloto_cli.pipeline.process import Pipeline, PipelineConfig
 from pyloto_cli.pipeline.worker import Worker
-from pyloto_cli.ports import Deduper, QueueAdmin, SessionStore, StatusStore, TaskSink
+from pyloto_cli.ports import (
+    NO_METRICS,
+    Deduper,
+    Metrics,
+    QueueAdmin,
+    SessionStore,
+    StatusStore,
+    TaskSink,
+)
 from pyloto_cli.settings import Settings
 from pyloto_cli.web.intake import Intake
 from pyloto_cli.web.tasks import PushRole
@@ -48,8 +56,11 @@ class Stores:
 class Roles:
     """One process's opened backends; each role is built on first use and then reused."""
 
-    def __init__(self, settings: Settings, shared: backends.Shared) -> None:
+    def __init__(
+        self, settings: Settings, shared: backends.Shared, metrics: Metrics = NO_METRICS
+    ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self._shared = shared
         self._queue: backends.QueueParts | None = None
         self._stores: Stores | None = None
@@ -105,7 +116,7 @@ class Roles:
             parts = await self.queue_parts()
             stores = await self.stores()
             settings, stack = self.settings, self._shared.stack
-            responder = await backends.open_responder(settings, stack)
+            responder = await backends.open_responder(settings, stack, self.metrics)
             sender = await backends.open_sender(settings, stack)
             self._pipeline = Pipeline(
                 sessions=stores.sessions,
@@ -114,6 +125,7 @@ class Roles:
                 sender=sender,
                 statuses=stores.statuses,
                 config=pipeline_config(settings, exclusive_queue=parts.queue is not None),
+                metrics=self.metrics,
             )
         return self._pipeline
 
@@ -137,6 +149,7 @@ class Roles:
                 grace_s=settings.shutdown_grace_seconds,
                 coalesce_window_s=settings.coalesce_window_seconds,
                 coalesce_max=settings.coalesce_max,
+                metrics=self.metrics,
             )
             self.announce("processing")
         return self._worker
@@ -174,16 +187,20 @@ class Roles:
 
 @contextlib.asynccontextmanager
 async def open_roles(
-    settings: Settings, *, sqlite: backends.SqliteFiles | None = None
+    settings: Settings,
+    *,
+    sqlite: backends.SqliteFiles | None = None,
+    metrics: Metrics = NO_METRICS,
 ) -> AsyncIterator[Roles]:
     """A `Roles` over `settings`; everything it opened is closed on exit, in reverse order.
 
     `sqlite`: another loop's open SQLite files, to share (see `backends.SqliteFiles`).
+    `metrics`: the process's one `Metrics` (`backends.open_metrics`), given to every role.
     """
     async with contextlib.AsyncExitStack() as stack:
         shared = backends.Shared(settings, stack, sqlite or backends.SqliteFiles())
         stack.callback(log_event, _log, "runtime_closed")  # runs last: everything is closed
-        yield Roles(settings, shared)
+        yield Roles(settings, shared, metrics)
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:

@@ -311,3 +311,115 @@ class DeadLetterStore(Protocol):
     async def purge(self) -> int:
         """Delete every dead letter; returns the count."""
         ...
+
+
+# --- Metrics ----------------------------------------------------------------------------------
+
+
+class Metrics(Protocol):
+    """What the web role and the pipeline count and time (Prometheus, or nothing).
+
+    Called on every message: an adapter must keep each call to a few microseconds. Label
+    values are from small fixed sets (outcomes, stages, exception names, Graph codes), never
+    ids or text.
+    """
+
+    def webhook_received(self) -> None:
+        """A signed, well-formed webhook was read."""
+        ...
+
+    def webhook_rejected(self, reason: str) -> None:
+        """A webhook or verify request was refused; `reason` names the kind of refusal."""
+        ...
+
+    def tasks_enqueued(self, count: int) -> None:
+        """`count` new tasks were stored."""
+        ...
+
+    def duplicates_skipped(self, where: str, count: int = 1) -> None:
+        """Duplicates left alone: `enqueue` (already queued), `dedupe` or `session` (answered)."""
+        ...
+
+    def task_processed(self, outcome: str, seconds: float) -> None:
+        """An attempt ended with `outcome` (done, skipped, retry, defer, dead) after `seconds`."""
+        ...
+
+    def task_retried(self) -> None:
+        """An attempt's task was put back for another attempt."""
+        ...
+
+    def task_dead_lettered(self) -> None:
+        """A task was dead-lettered."""
+        ...
+
+    def llm_stage(self, stage: str, seconds: float, reason: str | None) -> None:
+        """An LLM stage ended after `seconds`; `reason` is its failure's reason, if it failed."""
+        ...
+
+    def llm_error(self, stage: str, reason: str) -> None:
+        """The LLM was not asked at all (`reason`: the circuit breaker is open)."""
+        ...
+
+    def breaker_open(self, is_open: bool) -> None:
+        """The LLM circuit breaker's state after a change."""
+        ...
+
+    def graph_send(self, outcome: str, code: int | None = None) -> None:
+        """A Graph API send ended with `outcome` (sent, transient, ambiguous, paused,
+        permanent) and Meta's error code, if any."""
+        ...
+
+    def queue_stats(self, stats: QueueStats) -> None:
+        """The queue's depth and oldest task's age, read just before a scrape."""
+        ...
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition of every metric (all processes' when shared) and its content type."""
+        ...
+
+
+class NoMetrics:
+    """`Metrics` that records nothing: what every role uses unless metrics are on."""
+
+    def webhook_received(self) -> None:
+        """Nothing."""
+
+    def webhook_rejected(self, reason: str) -> None:
+        """Nothing."""
+
+    def tasks_enqueued(self, count: int) -> None:
+        """Nothing."""
+
+    def duplicates_skipped(self, where: str, count: int = 1) -> None:
+        """Nothing."""
+
+    def task_processed(self, outcome: str, seconds: float) -> None:
+        """Nothing."""
+
+    def task_retried(self) -> None:
+        """Nothing."""
+
+    def task_dead_lettered(self) -> None:
+        """Nothing."""
+
+    def llm_stage(self, stage: str, seconds: float, reason: str | None) -> None:
+        """Nothing."""
+
+    def llm_error(self, stage: str, reason: str) -> None:
+        """Nothing."""
+
+    def breaker_open(self, is_open: bool) -> None:
+        """Nothing."""
+
+    def graph_send(self, outcome: str, code: int | None = None) -> None:
+        """Nothing."""
+
+    def queue_stats(self, stats: QueueStats) -> None:
+        """Nothing."""
+
+    def render(self) -> tuple[bytes, str]:
+        """No metrics."""
+        return b"", "text/plain; version=0.0.4; charset=utf-8"
+
+
+NO_METRICS: Metrics = NoMetrics()

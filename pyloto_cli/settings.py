@@ -217,6 +217,10 @@ class Settings(BaseSettings):
     )
     log_format: str = Field("console", validation_alias=_env("PYLOTO_LOG_FORMAT"))
     log_level: str = Field("INFO", validation_alias=_env("PYLOTO_LOG_LEVEL"))
+    # GET /metrics (Prometheus) on the webhook's port; off: 404
+    metrics: bool = Field(False, validation_alias=_env("PYLOTO_METRICS"))
+    # when set, /metrics answers only `Authorization: Bearer <token>`
+    admin_token: SecretStr | None = Field(None, validation_alias=_env("PYLOTO_ADMIN_TOKEN"))
 
     # A typo here would otherwise surface as a traceback at start-up (level, Redis URL) or be
     # ignored silently (format): each is refused with the variable named, before anything runs.

@@ -28,6 +28,7 @@ from pyloto_cli.bootstrap import open_roles
 from pyloto_cli.domain.errors import WorkerFailed
 from pyloto_cli.logs import get_logger, log_event
 from pyloto_cli.pipeline.worker import Worker
+from pyloto_cli.ports import NO_METRICS, Metrics
 from pyloto_cli.settings import QueueBackend, Settings
 from pyloto_cli.web.intake import Intake
 
@@ -53,10 +54,11 @@ def _thread_main(
     sqlite: SqliteFiles,
     started: concurrent.futures.Future[_Running],
     on_failure: Callable[[], None],
+    metrics: Metrics,
 ) -> None:
     async def main() -> None:
         stop = asyncio.Event()
-        async with open_roles(settings, sqlite=sqlite) as roles:
+        async with open_roles(settings, sqlite=sqlite, metrics=metrics) as roles:
             worker = await roles.worker()
             if not started.set_running_or_notify_cancel():
                 return  # serve stopped waiting (it is shutting down): close and end
@@ -75,7 +77,11 @@ def _thread_main(
 
 @contextlib.asynccontextmanager
 async def worker_thread(
-    settings: Settings, sqlite: SqliteFiles, intake: Intake, on_failure: Callable[[], None]
+    settings: Settings,
+    sqlite: SqliteFiles,
+    intake: Intake,
+    on_failure: Callable[[], None],
+    metrics: Metrics = NO_METRICS,
 ) -> AsyncIterator[None]:
     """Run a worker on its own thread for the block; raises if its roles cannot open.
 
@@ -86,7 +92,7 @@ async def worker_thread(
     started: concurrent.futures.Future[_Running] = concurrent.futures.Future()
     thread = threading.Thread(
         target=_thread_main,
-        args=(settings, sqlite, started, on_failure),
+        args=(settings, sqlite, started, on_failure, metrics),
         name="pyloto-worker",
         daemon=True,
     )

@@ -17,10 +17,12 @@ import uvicorn
 from rich.console import Console
 
 from pyloto_cli import loops
+from pyloto_cli.backends import open_metrics
 from pyloto_cli.bootstrap import Roles, open_roles, run_worker
 from pyloto_cli.cli._boundary import boundary
 from pyloto_cli.firstrun import LocalSetup, ensure_local_secrets
 from pyloto_cli.logs import configure_logging
+from pyloto_cli.ports import NO_METRICS, Metrics
 from pyloto_cli.settings import LOOPBACK, Settings, cloud_run_problems, listen_address
 from pyloto_cli.tools import ToolUsageError
 from pyloto_cli.web.app import create_app
@@ -148,14 +150,19 @@ def serve(
         # process, so the worker processes are stopped and the exit is clean.
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, _after_shutdown)
-        loops.run(run_server(settings, bind_host, bind_port, children if worker else 0))
+        children = children if worker else 0
+        # before anything imports prometheus_client: its multiprocess mode is chosen then
+        metrics = open_metrics(settings, shared=children > 0, fresh=True)
+        loops.run(run_server(settings, bind_host, bind_port, children, metrics))
 
 
-async def run_server(settings: Settings, host: str, port: int, children: int) -> None:
+async def run_server(
+    settings: Settings, host: str, port: int, children: int, metrics: Metrics = NO_METRICS
+) -> None:
     """Open the roles this process plays first (a backend that cannot be reached is one clear
     error, before anything listens), then serve on them until a signal, with the worker(s)
     beside."""
-    async with open_roles(settings) as roles:
+    async with open_roles(settings, metrics=metrics) as roles:
         intake = await roles.intake()
         push = await roles.push()  # a push queue runs its tasks in this process
         async with _in_process_worker(settings, roles, intake, pushed=push is not None):
@@ -164,7 +171,7 @@ async def run_server(settings: Settings, host: str, port: int, children: int) ->
             _freeze_startup_objects()
             deadline = HeaderDeadline(settings.header_timeout_seconds)
             config = uvicorn.Config(
-                deadline.wrap(create_app(settings, intake, push)),
+                deadline.wrap(create_app(settings, intake, push, metrics)),
                 http=deadline.protocol,
                 host=host,
                 port=port,
@@ -190,7 +197,9 @@ async def _in_process_worker(
         yield
         return
     if threadable(settings):
-        async with worker_thread(settings, roles.sqlite, intake, on_failure=_stop_serving):
+        async with worker_thread(
+            settings, roles.sqlite, intake, on_failure=_stop_serving, metrics=roles.metrics
+        ):
             yield
         return
     worker = await roles.worker()
@@ -217,7 +226,7 @@ def _after_shutdown(signum: int, frame: object) -> None:
     """Swallow the signal uvicorn re-raises after its graceful shutdown."""
 
 
-async def run_worker_process(settings: Settings) -> None:
+async def run_worker_process(settings: Settings, metrics: Metrics = NO_METRICS) -> None:
     """Open the processing role and run its worker until SIGINT/SIGTERM."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -225,7 +234,7 @@ async def run_worker_process(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     watcher = asyncio.create_task(stop_when_orphaned(stop, settings.parent_pid))
     try:
-        async with open_roles(settings) as roles:
+        async with open_roles(settings, metrics=metrics) as roles:
             worker = await roles.worker()
             _freeze_startup_objects()
             stop_listening = listen_for_wakes(loop, settings.wake_fd, worker.notify)
@@ -243,7 +252,10 @@ def worker() -> None:
     with boundary(_console):
         settings = Settings()
         configure_logging(settings.log_format, settings.log_level, server=True)
-        loops.run(run_worker_process(settings))
+        # a child of `serve --workers N` adds to its parent's /metrics; a lone worker has none
+        under_serve = settings.parent_pid is not None
+        metrics = open_metrics(settings, shared=True, fresh=False) if under_serve else NO_METRICS
+        loops.run(run_worker_process(settings, metrics))
 
 
 def register(app: typer.Typer) -> None:

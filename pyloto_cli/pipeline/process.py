@@ -45,9 +45,11 @@ from pyloto_cli.domain.task import FailureKind, Task, TaskKind
 from pyloto_cli.domain.webhook import InboundMessage, inbound_message, needs_reply, status_update
 from pyloto_cli.logs import get_logger, log_event, mask_phone
 from pyloto_cli.ports import (
+    NO_METRICS,
     ClaimResult,
     Deduper,
     DeliveryStatus,
+    Metrics,
     Responder,
     ResponderRequest,
     Sender,
@@ -109,8 +111,10 @@ class Pipeline:
         statuses: StatusStore,
         config: PipelineConfig | None = None,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self.sessions = sessions
+        self.metrics = metrics
         self.deduper = deduper
         self.responder = responder
         self.sender = sender
@@ -209,6 +213,7 @@ class Pipeline:
             claim = await self.deduper.claim(msg.id, self.config.claim_ttl_s)
             if claim is ClaimResult.DONE:
                 log_event(_log, "duplicate_skipped", message_id=msg.id)
+                self.metrics.duplicates_skipped("dedupe")
                 continue
             if claim is ClaimResult.IN_PROGRESS and not self.config.exclusive_queue:
                 return TaskResult(  # another instance is on it: wait, spending no attempt
@@ -229,6 +234,7 @@ class Pipeline:
             if session is not None and _already_answered(session, msg.id):
                 await self.deduper.mark_done(msg.id, self.config.dedupe_ttl_s)
                 log_event(_log, "duplicate_skipped", message_id=msg.id, reason="session")
+                self.metrics.duplicates_skipped("session")
             else:
                 fresh.append(msg)
         replying = [m for m in fresh if needs_reply(m)]
@@ -254,7 +260,12 @@ class Pipeline:
         for stage in reply.errors:
             log_event(_log, "reply_fallback", stage=stage, message_id=last.id)
         body = build_reply_body(reply, last.recipient, callback_data=last.id)
-        sent = await self.sender.send(last.phone_number_id, body)
+        try:
+            sent = await self.sender.send(last.phone_number_id, body)
+        except (TransientError, PermanentError) as exc:
+            self.metrics.graph_send(_send_outcome(exc), exc.code)
+            raise
+        self.metrics.graph_send("sent")
         user_turns = tuple(
             Turn(
                 Role.USER,
@@ -355,6 +366,15 @@ def _failed(exc: TransientError | PermanentError, previous: FailureKind | None) 
     if isinstance(exc, TransientError):
         return TaskResult(Outcome.RETRY, reason=_reason(exc), delay_s=exc.retry_after)
     return TaskResult(Outcome.DEAD, reason=_reason(exc))
+
+
+def _send_outcome(exc: TransientError | PermanentError) -> str:
+    """The `pyloto_graph_sends_total` outcome of a failed send."""
+    if isinstance(exc, SendPaused):
+        return "paused"
+    if isinstance(exc, AmbiguousSendError):
+        return "ambiguous"
+    return "transient" if isinstance(exc, TransientError) else "permanent"
 
 
 def _turn_number(session: Session | None) -> int:

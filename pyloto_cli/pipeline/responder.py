@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Final, Self
 
-from pyloto_cli.domain.breaker import CircuitBreaker
+from pyloto_cli.domain.breaker import BreakerState, CircuitBreaker
 from pyloto_cli.domain.reply import NON_TEXT_REPLY, Reply
 from pyloto_cli.logs import get_logger, log_event
 from pyloto_cli.pipeline.llm_output import Prompts, load_prompts
@@ -27,10 +27,11 @@ from pyloto_cli.pipeline.stages import (
     build_reply,
     default_stages,
 )
-from pyloto_cli.ports import ChatModel, ResponderRequest
+from pyloto_cli.ports import NO_METRICS, ChatModel, Metrics, ResponderRequest
 from pyloto_cli.settings import Settings
 
 CIRCUIT_OPEN: Final = "circuit_open"
+DEADLINE: Final = "deadline"  # what `StageGraph` reports for a stage the deadline cut short
 _logger = get_logger("llm")
 
 
@@ -50,7 +51,9 @@ class LLMResponder:
         stages: Sequence[Stage[Any]] | None = None,
         prompts: Prompts | None = None,
         breaker: CircuitBreaker | None = None,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
+        self._metrics = metrics
         self._model = model
         self._settings = settings
         self._graph = StageGraph(stages if stages is not None else default_stages())
@@ -77,6 +80,7 @@ class LLMResponder:
             return Reply(text=NON_TEXT_REPLY, event="other")
         if not self.breaker.allow():
             log_event(_logger, "llm_error", logging.WARNING, stage="all", reason=CIRCUIT_OPEN)
+            self._metrics.llm_error("all", CIRCUIT_OPEN)
             return Reply(text=self._settings.safe_reply, errors=(CIRCUIT_OPEN,))
         ctx = StageContext(request, self._settings, self._prompts, self._model)
         result = await self._graph.run(
@@ -88,7 +92,14 @@ class LLMResponder:
         return build_reply(result, self._settings)
 
     def _record(self, outcome: StageOutcome) -> None:
+        if outcome.reason == DEADLINE:  # cut short, not timed: its time would read 0
+            self._metrics.llm_error(outcome.stage, DEADLINE)
+        else:
+            self._metrics.llm_stage(outcome.stage, outcome.ms / 1000, outcome.reason)
+        was_open = self.breaker.state is BreakerState.OPEN
         if outcome.service_failure:
             self.breaker.record_failure()
         else:
             self.breaker.record_success()
+        if (self.breaker.state is BreakerState.OPEN) is not was_open:
+            self._metrics.breaker_open(not was_open)

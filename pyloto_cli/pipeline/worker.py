@@ -29,7 +29,7 @@ from pyloto_cli.domain.webhook import inbound_message, needs_reply
 from pyloto_cli.logs import bind, get_logger, log_event
 from pyloto_cli.pipeline.process import Outcome, Pipeline, TaskResult
 from pyloto_cli.pipeline.settlement import Action, Settlement, settle
-from pyloto_cli.ports import MessageQueue
+from pyloto_cli.ports import NO_METRICS, MessageQueue, Metrics
 
 _log = get_logger("worker")
 MAX_LEASE_BACKOFF_S = 5.0
@@ -74,8 +74,10 @@ class Worker:
         coalesce_window_s: float = 0.0,
         coalesce_max: int = 10,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self.queue = queue
+        self.metrics = metrics
         self.pipeline = pipeline
         self.policy = policy
         self.concurrency = concurrency
@@ -268,6 +270,8 @@ class Worker:
             self.stats.outcomes.append(result)
         try:
             await self._apply(lease, result, duration_ms)
+            # counted once settled: a scrape that sees it done sees the queue without it
+            self.metrics.task_processed(result.outcome.value, duration_ms / 1000)
         except StaleLeaseError:
             self.stats.lease_lost += 1
             log_event(_log, "task_lease_lost", stage="settle", outcome=result.outcome.value)
@@ -291,9 +295,13 @@ class Worker:
         outcome = await self._retry_or_bury(lease, decision)
         if outcome is NackOutcome.DEAD:
             self.stats.dead += 1
-            log_event(_log, "task_dead_lettered", reason=reason, duration_ms=duration_ms)
+            self.metrics.task_dead_lettered()
+            log_event(
+                _log, "task_dead_lettered", logging.WARNING, reason=reason, duration_ms=duration_ms
+            )
         else:
             self.stats.retried += 1
+            self.metrics.task_retried()
             log_event(_log, "task_retried", reason=reason, delay_s=round(decision.delay_s, 3))
 
     async def _retry_or_bury(self, lease: Leased, decision: Settlement) -> NackOutcome:

@@ -25,6 +25,7 @@ from pyloto_cli.domain.signature import verify_signature
 from pyloto_cli.domain.webhook import split_webhook
 from pyloto_cli.domain.webhook_json import parse_webhook_body
 from pyloto_cli.logs import get_logger, log_event
+from pyloto_cli.ports import NO_METRICS, Metrics
 from pyloto_cli.settings import Settings
 from pyloto_cli.web.body import CLOSE, read_body
 from pyloto_cli.web.intake import Intake
@@ -36,6 +37,11 @@ _log = get_logger("web")
 def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
+
+
+def _metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
 
 
 def _intake(request: Request) -> Intake:
@@ -57,6 +63,7 @@ async def verify_handshake(request: Request) -> Response:
     else:
         return PlainTextResponse(params.get("hub.challenge", ""))
     log_event(_log, "webhook_rejected", reason=reason, method="GET")
+    _metrics(request).webhook_rejected("verify_token")
     return PlainTextResponse("forbidden", status_code=403)
 
 
@@ -75,17 +82,22 @@ async def receive_webhook(request: Request) -> Response:
         tasks = split_webhook(parse_webhook_body(body), time.time())
     except WebhookRejected as exc:
         log_event(_log, "webhook_rejected", reason=str(exc), status=exc.status_code)
+        _metrics(request).webhook_rejected(type(exc).__name__)
         headers = CLOSE if exc.status_code in (408, 413) else None
         return PlainTextResponse(str(exc), status_code=exc.status_code, headers=headers)
     except ClientDisconnect:
         return Response(status_code=400)
     log_event(_log, "webhook_received", logging.DEBUG, items=len(tasks), bytes=len(body))
+    metrics = _metrics(request)
+    metrics.webhook_received()
     try:
         result = await intake.store(tasks)
     except Exception as exc:  # storing failed: Meta must retry, so never 200
         _log.exception("webhook_store_failed", extra={"fields": {"error": type(exc).__name__}})
         return PlainTextResponse("temporarily unavailable", status_code=503)
     intake.notify()
+    metrics.tasks_enqueued(len(result.enqueued))
+    metrics.duplicates_skipped("enqueue", len(result.duplicates))
     log_event(
         _log,
         "webhook_enqueued",
@@ -134,9 +146,36 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"ready": True, **checks})
 
 
-def create_app(settings: Settings, intake: Intake, push: PushRole | None = None) -> Starlette:
+async def metrics_endpoint(request: Request) -> Response:
+    """Prometheus exposition; with an admin token set, only for `Authorization: Bearer` it."""
+    token = _settings(request).admin_token
+    if token is not None and token.get_secret_value():
+        sent = request.headers.get("authorization", "").encode()
+        expected = b"Bearer " + token.get_secret_value().encode()
+        if not hmac.compare_digest(sent, expected):
+            return PlainTextResponse(
+                "unauthorized", status_code=401, headers={"WWW-Authenticate": "Bearer"}
+            )
+    metrics = _metrics(request)
+    admin = _intake(request).admin
+    if admin is not None:  # the queue's own view, read now: other processes change it too
+        try:
+            metrics.queue_stats(await admin.stats())
+        except Exception as exc:  # the other metrics still answer; the gauges keep their value
+            log_event(_log, "metrics_queue_stats_failed", error=type(exc).__name__)
+    body, content_type = metrics.render()
+    return Response(body, headers={"Content-Type": content_type})
+
+
+def create_app(
+    settings: Settings,
+    intake: Intake,
+    push: PushRole | None = None,
+    metrics: Metrics = NO_METRICS,
+) -> Starlette:
     """The ASGI app over roles the caller opened (and closes): `intake` takes webhooks in;
-    `push`, for a push queue (Cloud Tasks), runs what `/tasks/process` is given."""
+    `push`, for a push queue (Cloud Tasks), runs what `/tasks/process` is given. `GET
+    /metrics` exists only when `settings.metrics` is on (else 404)."""
     routes = [
         Route("/webhooks/whatsapp", verify_handshake, methods=["GET"]),
         Route("/webhooks/whatsapp", receive_webhook, methods=["POST"]),
@@ -144,7 +183,10 @@ def create_app(settings: Settings, intake: Intake, push: PushRole | None = None)
         Route("/readyz", readyz, methods=["GET"]),
         Route("/tasks/process", process_pushed, methods=["POST"]),
     ]
+    if settings.metrics:
+        routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
     app = Starlette(routes=routes)
+    app.state.metrics = metrics
     app.state.settings = settings
     app.state.intake = intake
     app.state.push = push

@@ -14,6 +14,7 @@ before the queue's own `max_attempts`, or a task would vanish with no dead lette
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -86,7 +87,9 @@ async def process_pushed(request: Request) -> Response:
         previous = FailureKind.parse(request.headers.get(PREVIOUS_FAILURE_HEADER.lower()))
         result = await push.pipeline.process(task, attempt, previous)
         duration_ms = round((time.perf_counter() - started) * 1000, 2)
-        return await _settle(push, task, attempt, result, duration_ms)
+        response = await _settle(push, task, attempt, result, duration_ms)
+        push.pipeline.metrics.task_processed(result.outcome.value, duration_ms / 1000)
+        return response
 
 
 async def _settle(
@@ -105,8 +108,12 @@ async def _settle(
         return PlainTextResponse("deferred")
     if decision.action is Action.DEAD_LETTER:
         await push.dead_letters.record(DeadLetter(task, reason, attempt, time.time()))
-        log_event(_log, "task_dead_lettered", reason=reason, duration_ms=duration_ms)
+        push.pipeline.metrics.task_dead_lettered()
+        log_event(
+            _log, "task_dead_lettered", logging.WARNING, reason=reason, duration_ms=duration_ms
+        )
         return PlainTextResponse("dead-lettered")
+    push.pipeline.metrics.task_retried()
     # a retry: Cloud Tasks' own retry carries nothing, so one that must know how this attempt
     # failed, or must wait longer than Cloud Tasks would, is created again by pyloto
     if delay > RESCHEDULE_AFTER_S or decision.failure is not None:

@@ -20,14 +20,16 @@ async def main():
         await roles.worker()
 
 asyncio.run(main())
-loaded = sorted(m for m in sys.modules if m.split(".")[0] in {"google", "redis", "grpc"})
+optional = {"google", "redis", "grpc", "prometheus_client"}
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in optional)
 print(loaded)
 sys.exit(1 if loaded else 0)
 """
 
 
 def test_default_runtime_imports_no_cloud_client(tmp_path: Path) -> None:
-    """Opening the default roles and app loads neither redis nor google-* nor grpc."""
+    """Opening the default roles and app loads neither redis nor google-* nor grpc, nor
+    prometheus_client while metrics are off."""
     result = subprocess.run(
         [sys.executable, "-c", CHECK, str(tmp_path)], capture_output=True, text=True, timeout=60
     )

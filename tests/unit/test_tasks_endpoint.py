@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -17,6 +18,7 @@ import httpx
 import pytest
 
 from pyloto_cli.adapters.deadletters.memory import MemoryDeadLetterStore
+from pyloto_cli.adapters.metrics import PrometheusMetrics
 from pyloto_cli.adapters.queue.cloud_tasks import TOKEN_HEADER
 from pyloto_cli.bootstrap import Stores, open_roles, pipeline_config, retry_policy
 from pyloto_cli.domain.errors import AmbiguousSendError, PermanentError, SendPaused, TransientError
@@ -28,6 +30,7 @@ from pyloto_cli.domain.task import (
     Task,
 )
 from pyloto_cli.domain.webhook_split import split_webhook
+from pyloto_cli.logs import event_fields
 from pyloto_cli.pipeline.process import Pipeline
 from pyloto_cli.ports import SendResult
 from pyloto_cli.settings import Settings
@@ -35,6 +38,7 @@ from pyloto_cli.web.app import create_app
 from pyloto_cli.web.intake import Intake
 from pyloto_cli.web.tasks import RESCHEDULE_AFTER_S, PushRole, pushed_attempt
 from pyloto_cli.web.tasks_auth import TaskAuthenticator
+from tests.scraping import scrape_text, value
 
 TOKEN = "t" * 32
 MAX_ATTEMPTS = 5
@@ -136,8 +140,10 @@ async def harness(make_settings: Callable[..., Settings]) -> AsyncIterator[Harne
         dedupe_backend="memory",
         max_attempts=MAX_ATTEMPTS,
         body_timeout_seconds=0.3,  # every body here is sent whole, but the stalled one
+        metrics=True,
     )
-    async with open_roles(settings) as roles:
+    metrics = PrometheusMetrics()
+    async with open_roles(settings, metrics=metrics) as roles:
         sender, sink, dead = ScriptedSender(), FakeSink(), MemoryDeadLetterStore()
         stores, intake = await roles.stores(), await roles.intake()
         pipeline = Pipeline(
@@ -147,6 +153,7 @@ async def harness(make_settings: Callable[..., Settings]) -> AsyncIterator[Harne
             sender=sender,
             statuses=stores.statuses,
             config=pipeline_config(settings, exclusive_queue=False),
+            metrics=metrics,
         )
         role = PushRole(
             pipeline=pipeline,
@@ -155,7 +162,7 @@ async def harness(make_settings: Callable[..., Settings]) -> AsyncIterator[Harne
             dead_letters=dead,
             policy=retry_policy(settings),
         )
-        transport = httpx.ASGITransport(app=create_app(settings, intake, role))
+        transport = httpx.ASGITransport(app=create_app(settings, intake, role, metrics))
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
             yield Harness(settings, intake, stores, http, sender, sink, dead)
 
@@ -336,11 +343,17 @@ async def test_exhausted_attempts_win_over_a_reschedule(harness: Harness) -> Non
     assert dead.attempts == MAX_ATTEMPTS
 
 
-async def test_permanent_failure_dead_letters_with_200(harness: Harness) -> None:
+async def test_permanent_failure_dead_letters_with_200(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pyloto")
     harness.sender.errors.append(PermanentError("Message undeliverable", code=131026))
     task = message_task()
     response = await push(harness, task)
     assert response.status_code == 200
+    (logged,) = [r for r in caplog.records if r.getMessage() == "task_dead_lettered"]
+    assert logged.levelno == logging.WARNING
+    assert "131026" in event_fields(logged)["reason"]
     dead = await harness.dead.get(task.task_id)
     assert dead is not None
     assert dead.attempts == 1
@@ -431,3 +444,22 @@ async def test_attempt_headers_reach_the_dead_letter(harness: Harness) -> None:
     dead = await harness.dead.get(task.task_id)
     assert dead is not None
     assert dead.attempts == 4
+
+
+async def test_pushed_attempts_are_counted_in_metrics(harness: Harness) -> None:
+    """/tasks/process counts what the pull worker counts: each attempt by outcome, retries,
+    dead letters and the Graph sends' outcomes."""
+    harness.sender.errors.append(TransientError("throttled", code=130429))
+    harness.sender.errors.append(PermanentError("Message undeliverable", code=131026))
+    assert (await push(harness, message_task())).status_code == 503
+    assert (
+        await push(harness, message_task(), **{"X-CloudTasks-TaskRetryCount": "1"})
+    ).status_code == 200
+    samples = scrape_text((await harness.http.get("/metrics")).text)
+    assert value(samples, "pyloto_tasks_processed_total", outcome="retry") == 1
+    assert value(samples, "pyloto_tasks_processed_total", outcome="dead") == 1
+    assert value(samples, "pyloto_tasks_retried_total") == 1
+    assert value(samples, "pyloto_tasks_dead_lettered_total") == 1
+    assert value(samples, "pyloto_task_processing_seconds_count") == 2
+    assert value(samples, "pyloto_graph_sends_total", outcome="transient", code="130429") == 1
+    assert value(samples, "pyloto_graph_sends_total", outcome="permanent", code="131026") == 1

@@ -19,6 +19,24 @@ from pyloto_cli.domain.task import JsonObject
 from pyloto_cli.logs import get_logger, log_event
 from pyloto_cli.ports import SendResult
 
+# the reply's words in `message_sent`: enough to see what was answered, not a whole essay
+LOGGED_TEXT_MAX = 200
+
+
+def reply_text(body: JsonObject) -> str | None:
+    """The words of a Graph message body (a text's body, an interactive message's body text),
+    cut to `LOGGED_TEXT_MAX` characters; None for a body without any."""
+    kind = body.get("type")
+    part = body.get(kind) if isinstance(kind, str) else None
+    text = part.get("body") if isinstance(part, dict) else None
+    if isinstance(text, dict):  # interactive: {"body": {"text": ...}}
+        text = text.get("text")
+    if not isinstance(text, str):
+        return None
+    if len(text) <= LOGGED_TEXT_MAX:
+        return text
+    return text[: LOGGED_TEXT_MAX - 1] + "…"
+
 
 @dataclass(frozen=True, slots=True)
 class DryRunRecord:
@@ -65,6 +83,7 @@ class DryRunSender:
             phone_number_id=phone_number_id,
             to=str(peer) if peer else None,
             type=body.get("type"),
+            text=reply_text(body),
             sent_message_id=message_id,
             dry_run=True,
         )
