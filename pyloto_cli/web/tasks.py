@@ -14,6 +14,7 @@ before the queue's own `max_attempts`, or a task would vanish with no dead lette
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Mapping
@@ -30,6 +31,7 @@ from pyloto_cli.domain.task import (
     DeadLetter,
     FailureKind,
     Task,
+    read_stored,
 )
 from pyloto_cli.logs import bind, get_logger, log_event
 from pyloto_cli.pipeline.process import Pipeline, TaskResult
@@ -71,16 +73,17 @@ async def process_pushed(request: Request) -> Response:
         log_event(_log, "task_rejected", reason=str(exc), status=exc.status_code)
         return PlainTextResponse("unauthorized", status_code=exc.status_code)
     try:
-        task = Task.from_json(
-            await read_body(request, request.app.state.settings.body_timeout_seconds)
-        )
+        body = await read_body(request, request.app.state.settings.body_timeout_seconds)
     except RequestTimeout as exc:
         log_event(_log, "task_rejected", reason=str(exc))
         return PlainTextResponse("body timeout", status_code=exc.status_code, headers=CLOSE)
-    except (ValueError, KeyError, TypeError, PayloadTooLarge) as exc:
+    except PayloadTooLarge as exc:
         log_event(_log, "task_rejected", reason=f"bad task body: {type(exc).__name__}")
         return PlainTextResponse("bad task body", status_code=400)
     attempt = pushed_attempt(request.headers)
+    task, unreadable = read_stored(_pushed_name(request.headers, body), "", body)
+    if unreadable is not None:
+        return await _dead_on_arrival(push, task, unreadable, attempt)
     with bind(task_id=task.task_id, attempt=attempt):
         log_event(_log, "task_dequeued", kind=task.kind.value, queue="cloud_tasks")
         started = time.perf_counter()
@@ -90,6 +93,22 @@ async def process_pushed(request: Request) -> Response:
         response = await _settle(push, task, attempt, result, duration_ms)
         push.pipeline.metrics.task_processed(result.outcome.value, duration_ms / 1000)
         return response
+
+
+def _pushed_name(headers: Mapping[str, str], body: bytes) -> str:
+    """The id a task body that cannot be read is dead-lettered under: Cloud Tasks' name for
+    the task, else a hash of the body (the same body, the same letter)."""
+    name = headers.get("x-cloudtasks-taskname")
+    return name or f"unreadable-{hashlib.sha256(body).hexdigest()[:16]}"
+
+
+async def _dead_on_arrival(push: PushRole, task: Task, reason: str, attempt: int) -> Response:
+    """An authenticated body that is not a task can never be processed: it is kept as a dead
+    letter and answered 200, so Cloud Tasks does not retry it until its own limit."""
+    await push.dead_letters.record(DeadLetter(task, reason, attempt, time.time()))
+    push.pipeline.metrics.task_dead_lettered()
+    log_event(_log, "task_dead_lettered", logging.WARNING, task_id=task.task_id, reason=reason)
+    return PlainTextResponse("dead-lettered")
 
 
 async def _settle(

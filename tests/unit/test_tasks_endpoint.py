@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -389,12 +390,38 @@ async def test_each_deferral_gets_a_task_name_of_its_own(harness: Harness) -> No
     [b"{not json", b"[]", json.dumps({"task_id": "x"}).encode(), b""],
     ids=["not-json", "not-an-object", "missing-fields", "empty"],
 )
-async def test_malformed_body_is_400(harness: Harness, body: bytes) -> None:
-    response = await harness.http.post(
-        "/tasks/process", content=body, headers={TOKEN_HEADER: TOKEN}
-    )
-    assert response.status_code == 400
+async def test_a_body_that_is_not_a_task_is_dead_lettered_once_and_answered_200(
+    harness: Harness, body: bytes
+) -> None:
+    """No attempt could read it: Cloud Tasks must not retry it, and it is kept, not dropped."""
+    headers = {TOKEN_HEADER: TOKEN, "X-CloudTasks-TaskName": "task-7"}
+    response = await harness.http.post("/tasks/process", content=body, headers=headers)
+    assert response.status_code == 200
     assert harness.sender.calls == 0
+    [letter] = await harness.dead.list()
+    assert letter.task.task_id == "task-7"
+    assert letter.error.startswith("InvalidTask: stored task cannot be read")
+
+
+async def test_an_unreadable_body_without_a_task_name_is_kept_under_its_hash(
+    harness: Harness,
+) -> None:
+    for _ in range(2):  # the same body twice: kept under one id
+        response = await harness.http.post(
+            "/tasks/process", content=b"{not json", headers={TOKEN_HEADER: TOKEN}
+        )
+        assert response.status_code == 200
+    letters = await harness.dead.list()
+    assert {letter.task.task_id for letter in letters} == {
+        f"unreadable-{hashlib.sha256(b'{not json').hexdigest()[:16]}"
+    }
+
+
+async def test_an_unauthenticated_body_that_is_not_a_task_is_refused_and_not_kept(
+    harness: Harness,
+) -> None:
+    response = await harness.http.post("/tasks/process", content=b"{not json")
+    assert response.status_code in (401, 403)
     assert await harness.dead.list() == []
 
 
