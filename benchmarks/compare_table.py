@@ -104,15 +104,20 @@ def comparison_table(reports: Mapping[str, BenchReport]) -> Table:
         values = {n: get(reports[n]) for n in names}
         ratios = [ratio(values[name], values[base]) for name, base in pairs]
         table.add_row(label, *(_num(values[n]) for n in names), *ratios)
-    counts = [reports[n].counts for n in names]
-    blanks = [""] * len(pairs)
+    add_count_rows(table, [reports[n] for n in names], len(pairs))
+    return table
+
+
+def add_count_rows(table: Table, reports: Sequence[BenchReport], ratio_columns: int) -> None:
+    """The acked / sent and answered / lost / doubled rows, blank under the ratio columns."""
+    counts = [report.counts for report in reports]
+    blanks = [""] * ratio_columns
     table.add_row("acked / sent", *(f"{c.acked} / {c.sent}" for c in counts), *blanks)
     table.add_row(
         "answered/lost/doubled",
         *(f"{c.answered} / {c.lost} / {c.duplicated}" for c in counts),
         *blanks,
     )
-    return table
 
 
 def summary_lines(reports: Mapping[str, BenchReport]) -> list[str]:

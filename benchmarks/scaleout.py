@@ -25,7 +25,7 @@ from dataclasses import replace
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.compare_table import ratio
+from benchmarks.compare_table import add_count_rows, ratio
 from benchmarks.systems import PYLOTO_DEFAULTS
 from pyloto_cli.bench import BenchConfig, BenchReport, run_bench
 from pyloto_cli.logs import configure_logging
@@ -65,14 +65,7 @@ def table(reports: Mapping[int, BenchReport]) -> Table:
         values = [get(reports[r]) for r in runs]
         shown = ["-" if v is None else f"{v:,.1f}" for v in values]
         out.add_row(name, *shown, *(ratio(v, values[0]) for v in values[1:]))
-    blanks = [""] * (len(runs) - 1)
-    counts = [reports[r].counts for r in runs]
-    out.add_row("acked / sent", *(f"{c.acked} / {c.sent}" for c in counts), *blanks)
-    out.add_row(
-        "answered/lost/doubled",
-        *(f"{c.answered} / {c.lost} / {c.duplicated}" for c in counts),
-        *blanks,
-    )
+    add_count_rows(out, [reports[r] for r in runs], len(runs) - 1)
     return out
 
 

@@ -71,6 +71,7 @@ async def receive_webhook(request: Request) -> Response:
     """POST: signed body -> tasks -> durable store -> 200 (or 4xx/503, nothing half-done)."""
     intake = _intake(request)
     settings = _settings(request)
+    metrics = _metrics(request)
     started = time.perf_counter()
     try:
         body = await read_body(request, settings.body_timeout_seconds)
@@ -82,13 +83,12 @@ async def receive_webhook(request: Request) -> Response:
         tasks = split_webhook(parse_webhook_body(body), time.time())
     except WebhookRejected as exc:
         log_event(_log, "webhook_rejected", reason=str(exc), status=exc.status_code)
-        _metrics(request).webhook_rejected(type(exc).__name__)
+        metrics.webhook_rejected(type(exc).__name__)
         headers = CLOSE if exc.status_code in (408, 413) else None
         return PlainTextResponse(str(exc), status_code=exc.status_code, headers=headers)
     except ClientDisconnect:
         return Response(status_code=400)
     log_event(_log, "webhook_received", logging.DEBUG, items=len(tasks), bytes=len(body))
-    metrics = _metrics(request)
     metrics.webhook_received()
     try:
         result = await intake.store(tasks)

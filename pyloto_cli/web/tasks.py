@@ -105,9 +105,16 @@ def _pushed_name(headers: Mapping[str, str], body: bytes) -> str:
 async def _dead_on_arrival(push: PushRole, task: Task, reason: str, attempt: int) -> Response:
     """An authenticated body that is not a task can never be processed: it is kept as a dead
     letter and answered 200, so Cloud Tasks does not retry it until its own limit."""
+    return await _dead_letter(push, task, reason, attempt, task_id=task.task_id)
+
+
+async def _dead_letter(
+    push: PushRole, task: Task, reason: str, attempt: int, **fields: object
+) -> Response:
+    """Keep the letter, count it, warn; 200, so Cloud Tasks lets the task go."""
     await push.dead_letters.record(DeadLetter(task, reason, attempt, time.time()))
     push.pipeline.metrics.task_dead_lettered()
-    log_event(_log, "task_dead_lettered", logging.WARNING, task_id=task.task_id, reason=reason)
+    log_event(_log, "task_dead_lettered", logging.WARNING, reason=reason, **fields)
     return PlainTextResponse("dead-lettered")
 
 
@@ -126,12 +133,7 @@ async def _settle(
         log_event(_log, "task_deferred", reason=reason, delay_s=delay)
         return PlainTextResponse("deferred")
     if decision.action is Action.DEAD_LETTER:
-        await push.dead_letters.record(DeadLetter(task, reason, attempt, time.time()))
-        push.pipeline.metrics.task_dead_lettered()
-        log_event(
-            _log, "task_dead_lettered", logging.WARNING, reason=reason, duration_ms=duration_ms
-        )
-        return PlainTextResponse("dead-lettered")
+        return await _dead_letter(push, task, reason, attempt, duration_ms=duration_ms)
     push.pipeline.metrics.task_retried()
     # a retry: Cloud Tasks' own retry carries nothing, so one that must know how this attempt
     # failed, or must wait longer than Cloud Tasks would, is created again by pyloto
