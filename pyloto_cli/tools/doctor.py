@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
-from urllib.parse import urlsplit
 
 import httpx
 from pydantic import ValidationError
@@ -126,8 +125,6 @@ def _redis_problems(settings: Settings) -> dict[str, str]:
     if not settings.redis_url:
         chosen = ", ".join(_chosen_by(settings, "redis"))
         return {"REDIS_URL": f"REDIS_URL is not set ({chosen} needs it)"}
-    if urlsplit(settings.redis_url).scheme not in {"redis", "rediss", "unix"}:
-        return {"REDIS_URL": "REDIS_URL must start with redis://, rediss:// or unix://"}
     return {}
 
 
