@@ -6,7 +6,7 @@ Each adapter is an async context manager that opens on enter and closes on exit.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -191,6 +191,28 @@ class Deduper(Protocol):
 
     async def release(self, key: str) -> None:
         """Drop a claim that did not finish (so a retry can claim it at once)."""
+        ...
+
+
+class TaskMemos(Protocol):
+    """What one message's earlier attempts already paid for, kept until it is done.
+
+    Keyed by the inbound wamid the reply answers: a computed reply, the wamids of the reply
+    parts Meta accepted, a voice note's transcript. A retry reads them instead of calling the
+    LLM, the transcriber or Graph again. Fields merge; each record expires `ttl_s` after its
+    last write (a message is never retried for longer than Meta redelivers it).
+    """
+
+    async def get(self, key: str) -> dict[str, str]:
+        """The fields stored for `key` (empty when there are none)."""
+        ...
+
+    async def put(self, key: str, fields: Mapping[str, str], ttl_s: float) -> None:
+        """Merge `fields` into `key`'s record, durably before returning."""
+        ...
+
+    async def forget(self, key: str) -> None:
+        """Drop `key`'s record (its task is done)."""
         ...
 
 

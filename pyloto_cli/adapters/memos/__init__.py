@@ -1,0 +1,1 @@
+"""Task memos: what a message's earlier attempts already paid for (see `ports.TaskMemos`)."""
