@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Protocol
 
 from pyloto_cli.domain.llm import ChatRequest
@@ -264,6 +265,12 @@ class Sender(Protocol):
 
     async def mark_read(self, phone_number_id: str, message_id: str, typing: bool = False) -> None:
         """Mark an inbound message read, optionally showing the typing indicator."""
+        ...
+
+    async def upload_media(self, phone_number_id: str, path: Path, mime_type: str) -> str:
+        """Upload the file at `path` to `/{phone_number_id}/media` as `mime_type`; returns the
+        media id a message then sends (`domain/outbound.py` `media_body`). The caller checked
+        the file against `domain/outbound_media.py` first; errors as for `send`."""
         ...
 
 

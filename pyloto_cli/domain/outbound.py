@@ -18,7 +18,9 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
+from pyloto_cli.domain import ids
 from pyloto_cli.domain.errors import PermanentError
+from pyloto_cli.domain.outbound_media import MediaFile, MediaKind
 from pyloto_cli.domain.reply import ListSection, Reply, ReplyKind, ReplyOption
 from pyloto_cli.domain.webhook import Recipient
 
@@ -331,6 +333,36 @@ def template_body(
     if components:
         content["components"] = [dict(c) for c in components]
     return _envelope(recipient, "template", content, None, callback_data)
+
+
+def template_body_parameters(parameters: Sequence[str]) -> list[JsonObject]:
+    """The components of a template whose body has positional text parameters ({{1}}, {{2}}...)."""
+    if not parameters:
+        return []
+    values = [{"type": "text", "text": value} for value in parameters]
+    return [{"type": "body", "parameters": values}]
+
+
+def media_body(
+    recipient: Recipient,
+    media: MediaFile,
+    media_id: str,
+    *,
+    reply_to: str | None = None,
+    callback_data: str | None = None,
+) -> JsonObject:
+    """An image, document, audio or video message of uploaded media `media_id`.
+
+    `media` was checked by `outbound_media.check_media`: its caption fits, and a document
+    carries its filename (WhatsApp shows it, and names the file the user saves)."""
+    if not ids.is_numeric_id(media_id):
+        raise PermanentError(f"media id {ids.shown(media_id)} is not a Graph id")
+    content: JsonObject = {"id": media_id}
+    if media.caption:
+        content["caption"] = media.caption
+    if media.kind is MediaKind.DOCUMENT:
+        content["filename"] = media.filename
+    return _envelope(recipient, media.kind.value, content, reply_to, callback_data)
 
 
 def mark_read_body(message_id: str, *, typing: bool = False) -> JsonObject:

@@ -19,6 +19,10 @@ read timeout, the ambiguous case).
 When `token` is set, a request with another Bearer token gets error 190.
 `GET /{version}/{phone_number_id}` answers a phone number node (what `pyloto doctor` reads);
 after `own_numbers(...)`, any other id gets error 100.
+`POST /{version}/{phone_number_id}/media` takes a multipart upload (`file`, `type`,
+`messaging_product=whatsapp`) and answers a numeric media id; `uploads` keeps each one with its
+exact bytes (`GET /_fake/uploads` lists them without the bytes). The token check, the delay and
+the injected faults apply to uploads as to sends.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import json
 import time
@@ -35,6 +40,7 @@ from typing import Any, Self
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -68,6 +74,28 @@ class RecordedRequest:
     code: int | None  # the Graph error code sent back, if any
 
 
+@dataclass(frozen=True, slots=True)
+class RecordedUpload:
+    """One media upload as the fake received it, with the file's exact bytes."""
+
+    at: float
+    phone_number_id: str
+    authorization: str | None
+    messaging_product: str | None
+    type: str | None  # the form's `type` field
+    filename: str | None
+    content_type: str | None  # the file part's own Content-Type
+    data: bytes
+    answered: int
+    code: int | None
+    media_id: str | None
+
+    def summary(self) -> dict[str, Any]:
+        """The upload without its bytes: size and sha256 instead."""
+        fields = {k: v for k, v in asdict(self).items() if k != "data"}
+        return {**fields, "size": len(self.data), "sha256": hashlib.sha256(self.data).hexdigest()}
+
+
 @dataclass(slots=True)
 class Fault:
     """An injected failure for the next `times` matching requests (None: every one)."""
@@ -92,6 +120,10 @@ class _State:
     token: str | None = None
     phone_numbers: frozenset[str] | None = None  # None: any id is one of ours
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    uploads: list[RecordedUpload] = field(default_factory=list)
+    media_ids: itertools.count[int] = field(
+        default_factory=lambda: itertools.count(1_000_000_000_000_001)
+    )
 
 
 def error_body(code: int, message: str | None = None) -> dict[str, Any]:
@@ -106,6 +138,10 @@ def error_body(code: int, message: str | None = None) -> dict[str, Any]:
             "fbtrace_id": f"AFakeTrace{code}",
         }
     }
+
+
+def _text_field(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _error_code(payload: Any) -> int | None:
@@ -158,6 +194,11 @@ class FakeGraphServer:
         fault = Fault(code=code, times=times, **options)
         self._state.faults.append(fault)
         return fault
+
+    @property
+    def uploads(self) -> list[RecordedUpload]:
+        """Every media upload received so far, in arrival order."""
+        return self._state.uploads
 
     def reset(self) -> None:
         """Forget requests, faults, delay and token."""
@@ -229,6 +270,8 @@ class FakeGraphServer:
                 Route("/_fake/faults", self._add_fault, methods=["POST"]),
                 Route("/_fake/config", self._configure, methods=["POST"]),
                 Route("/_fake/reset", self._reset, methods=["POST"]),
+                Route("/_fake/uploads", self._list_uploads, methods=["GET"]),
+                Route("/{version}/{phone_number_id}/media", self._upload, methods=["POST"]),
                 Route("/{version}/{phone_number_id}/messages", self._messages, methods=["POST"]),
                 Route("/{version}/{phone_number_id}", self._phone_number, methods=["GET"]),
             ],
@@ -313,6 +356,57 @@ class FakeGraphServer:
             "contacts": [contact],
             "messages": [{"id": f"wamid.fake.{n:08d}"}],
         }
+
+    async def _upload(self, request: Request) -> Response:
+        """`POST /{phone_number_id}/media`: Meta's multipart upload, answered `{"id": ...}`."""
+        arrived = time.monotonic()
+        form = await request.form()
+        file = form.get("file")
+        upload = file if isinstance(file, UploadFile) else None
+        data = await upload.read() if upload is not None else b""
+        fields = {name: form.get(name) for name in ("messaging_product", "type")}
+        status, payload = await self._upload_answer(request, fields, upload)
+        self._state.uploads.append(
+            RecordedUpload(
+                at=arrived,
+                phone_number_id=request.path_params["phone_number_id"],
+                authorization=request.headers.get("authorization"),
+                messaging_product=_text_field(fields["messaging_product"]),
+                type=_text_field(fields["type"]),
+                filename=upload.filename if upload is not None else None,
+                content_type=upload.content_type if upload is not None else None,
+                data=data,
+                answered=status,
+                code=_error_code(payload),
+                media_id=payload.get("id") if status == 200 else None,
+            )
+        )
+        await form.close()
+        return JSONResponse(payload, status_code=status)
+
+    async def _upload_answer(
+        self, request: Request, fields: dict[str, Any], upload: UploadFile | None
+    ) -> tuple[int, Any]:
+        state = self._state
+        fault = self._take_fault({"upload": True})
+        delay = state.delay_s + (fault.delay_s if fault else 0.0)
+        if delay:
+            await asyncio.sleep(delay)
+        token = state.token
+        if token is not None and request.headers.get("authorization") != f"Bearer {token}":
+            return 401, error_body(190)
+        if fault is not None and fault.code is not None:
+            status = fault.http_status or KNOWN_ERRORS.get(fault.code, (400, ""))[0]
+            return status, error_body(fault.code)
+        if fault is not None and fault.http_status is not None:
+            return fault.http_status, {"detail": "fake failure (no Graph error object)"}
+        if fields["messaging_product"] != "whatsapp" or not fields["type"] or upload is None:
+            message = "(#100) file, type and messaging_product=whatsapp are required"
+            return 400, error_body(100, message)
+        return 200, {"id": str(next(state.media_ids))}
+
+    async def _list_uploads(self, request: Request) -> Response:
+        return JSONResponse([u.summary() for u in self._state.uploads])
 
     async def _list_requests(self, request: Request) -> Response:
         return JSONResponse([asdict(r) for r in self._state.requests])

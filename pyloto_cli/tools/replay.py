@@ -184,6 +184,9 @@ class _RecordingSender:
     async def mark_read(self, phone_number_id: str, message_id: str, typing: bool = False) -> None:
         await self._inner.mark_read(phone_number_id, message_id, typing)
 
+    async def upload_media(self, phone_number_id: str, path: Path, mime_type: str) -> str:
+        return await self._inner.upload_media(phone_number_id, path, mime_type)
+
 
 # --- one task -------------------------------------------------------------------------------
 

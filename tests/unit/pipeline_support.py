@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pyloto_cli.adapters.dedupe.memory import MemoryDeduper
@@ -31,6 +32,9 @@ class RecordingSender:
 
     async def mark_read(self, phone_number_id: str, message_id: str, typing: bool = False) -> None:
         return None
+
+    async def upload_media(self, phone_number_id: str, path: Path, mime_type: str) -> str:
+        raise AssertionError("this test uploads no media")
 
     def callbacks(self) -> list[str]:
         """The inbound wamid each reply answered, in send order."""

@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -84,6 +85,9 @@ class ScriptedSender:
 
     async def mark_read(self, phone_number_id: str, message_id: str, typing: bool = False) -> None:
         return None
+
+    async def upload_media(self, phone_number_id: str, path: Path, mime_type: str) -> str:
+        raise AssertionError("this test uploads no media")
 
 
 @dataclasses.dataclass

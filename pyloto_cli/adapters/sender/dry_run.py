@@ -2,15 +2,19 @@
 
 The default sender (no Graph token needed), the unit tests' fake, and the source of `replay`:
 `records` keeps the last `keep` bodies in order (a long-running `serve` on the defaults must
-not grow without bound); wamids are `wamid.dryrun.<n>`, counted from 1.
+not grow without bound); wamids are `wamid.dryrun.<n>`, counted from 1. An upload reads
+nothing: it records the file's name, type and size in `uploads` and answers a numeric media id
+(`DRY_RUN_MEDIA_ID_BASE + n`), so the message that follows passes the same id checks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 
@@ -21,6 +25,7 @@ from pyloto_cli.ports import SendResult
 
 # the reply's words in `message_sent`: enough to see what was answered, not a whole essay
 LOGGED_TEXT_MAX = 200
+DRY_RUN_MEDIA_ID_BASE = 900_000_000_000_000
 
 
 def reply_text(body: JsonObject) -> str | None:
@@ -47,12 +52,25 @@ class DryRunRecord:
     message_id: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class DryRunUpload:
+    """One file the dry-run sender would have uploaded."""
+
+    phone_number_id: str
+    filename: str
+    mime_type: str
+    size: int
+    media_id: str
+
+
 class DryRunSender:
     """A `Sender` that records instead of sending; deterministic wamids."""
 
     def __init__(self, logger: logging.Logger | None = None, *, keep: int = 1000) -> None:
         self.records: deque[DryRunRecord] = deque(maxlen=keep)
+        self.uploads: deque[DryRunUpload] = deque(maxlen=keep)
         self._count = 0
+        self._uploaded = 0
         self._log = logger or get_logger("sender.dry_run")
 
     async def __aenter__(self) -> Self:
@@ -100,3 +118,21 @@ class DryRunSender:
         body = mark_read_body(message_id, typing=typing)
         self.records.append(DryRunRecord(phone_number_id, body, None))
         log_event(self._log, "message_marked_read", logging.DEBUG, typing=typing, dry_run=True)
+
+    async def upload_media(self, phone_number_id: str, path: Path, mime_type: str) -> str:
+        """Record the upload (the file is not read) and answer the next fake media id."""
+        # a missing file fails here as it would for real
+        size = (await asyncio.to_thread(path.stat)).st_size
+        self._uploaded += 1
+        media_id = str(DRY_RUN_MEDIA_ID_BASE + self._uploaded)
+        self.uploads.append(DryRunUpload(phone_number_id, path.name, mime_type, size, media_id))
+        log_event(
+            self._log,
+            "media_uploaded",
+            phone_number_id=phone_number_id,
+            type=mime_type,
+            bytes=size,
+            media_id=media_id,
+            dry_run=True,
+        )
+        return media_id

@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -149,6 +151,7 @@ class GraphSender:
         self._headers = httpx.Headers(client.headers)
         self._headers["Authorization"] = f"Bearer {access_token}"
         self._headers["Content-Type"] = "application/json"
+        self._upload_headers = {"Authorization": f"Bearer {access_token}"}  # multipart sets its own
         self._extensions = {"timeout": client.timeout.as_dict()}
         self._url = functools.lru_cache(maxsize=_MAX_URLS)(self._messages_url)
         self.limiter = limiter
@@ -223,23 +226,77 @@ class GraphSender:
             self._log, "message_marked_read", logging.DEBUG, type=kind, duration_ms=duration_ms
         )
 
+    async def upload_media(self, phone_number_id: str, path: Path, mime_type: str) -> str:
+        """POST the file to `/{phone_number_id}/media` (multipart, streamed from disk); returns
+        the media id. Not paced by the limiter: an upload is not a message."""
+        with path.open("rb") as file:
+            size = os.fstat(file.fileno()).st_size
+
+            def build() -> httpx.Request:
+                file.seek(0)  # a retry after a connect failure sends the file from its start
+                return self._client.build_request(
+                    "POST",
+                    f"{self._base}/{phone_number_id}/media",
+                    headers=self._upload_headers,
+                    data={"messaging_product": "whatsapp", "type": mime_type},
+                    files={"file": (path.name, file, mime_type)},
+                )
+
+            data, duration_ms = await self._call(
+                phone_number_id, build, None, "upload", paced=False
+            )
+        media_id = data.get("id")
+        if not ids.is_numeric_id(media_id):
+            log_event(self._log, "send_unexpected_answer", logging.WARNING, keys=sorted(data))
+            raise PermanentError(f"graph answered the upload without a media id: {sorted(data)}")
+        log_event(
+            self._log,
+            "media_uploaded",
+            phone_number_id=phone_number_id,
+            type=mime_type,
+            bytes=size,
+            media_id=media_id,
+            duration_ms=duration_ms,
+        )
+        return media_id
+
     # --- one request ---------------------------------------------------------------------------
 
     async def _call(
-        self, phone_number_id: str, body: JsonObject, peer: str | None, kind: str
+        self,
+        phone_number_id: str,
+        body: JsonObject | Callable[[], httpx.Request],
+        peer: str | None,
+        kind: str,
+        *,
+        paced: bool = True,
     ) -> tuple[JsonObject, float]:
+        """One Graph call: a JSON `body` to the messages endpoint, or the request `body` builds
+        (called again for the retry of a request that cannot have reached Meta)."""
         # the id becomes a path segment: the domain checked it, this keeps the token on Meta's
         # messages endpoint whatever a caller passes
         if not ids.is_numeric_id(phone_number_id):
             raise InvalidTask(f"phone_number_id {ids.shown(phone_number_id)} is not a Graph id")
+        build = body if callable(body) else self._json_request(phone_number_id, body)
         probe = self._admit()
         try:
-            if self.limiter is not None:
+            if paced and self.limiter is not None:
                 await self.limiter.acquire(phone_number_id, peer)
-            return await self._post(phone_number_id, body, peer, kind)
+            return await self._post(phone_number_id, build, peer, kind)
         finally:
             if probe:
                 self._probing = False
+
+    def _json_request(self, phone_number_id: str, body: JsonObject) -> Callable[[], httpx.Request]:
+        """The messages endpoint's request, built once: a retry sends the same object again."""
+        request = httpx.Request(
+            "POST",
+            self._url(phone_number_id),
+            content=json_codec.dumps(body),
+            headers=self._headers,
+            extensions=self._extensions,
+        )
+        return lambda: request
 
     def _admit(self) -> bool:
         """Fail fast while paused; once the pause is over, let one call through as the probe."""
@@ -253,10 +310,14 @@ class GraphSender:
         return True
 
     async def _post(
-        self, phone_number_id: str, body: JsonObject, peer: str | None, kind: str
+        self,
+        phone_number_id: str,
+        build: Callable[[], httpx.Request],
+        peer: str | None,
+        kind: str,
     ) -> tuple[JsonObject, float]:
         started = time.perf_counter()
-        response = await self._request(body, phone_number_id, peer, kind)
+        response = await self._request(build, phone_number_id, peer, kind)
         duration_ms = round((time.perf_counter() - started) * 1000, 1)
         try:
             data: Any = json_codec.loads(response.content)
@@ -270,22 +331,21 @@ class GraphSender:
         raise self._failure(response, data, phone_number_id, peer, kind)
 
     async def _request(
-        self, body: JsonObject, phone_number_id: str, peer: str | None, kind: str
+        self,
+        build: Callable[[], httpx.Request],
+        phone_number_id: str,
+        peer: str | None,
+        kind: str,
     ) -> httpx.Response:
         """POST once; again at once if the first try cannot have reached Meta (a stale
         keep-alive connection, a refused connect): that retry cannot duplicate a message."""
-        url = self._url(phone_number_id)
-        content = json_codec.dumps(body)
-        request = httpx.Request(
-            "POST", url, content=content, headers=self._headers, extensions=self._extensions
-        )
         try:
-            return await self._client.send(request)
+            return await self._client.send(build())
         except httpx.TransportError as exc:
             if not _never_sent(exc):
                 raise self._transport_failure(exc, phone_number_id, peer, kind) from exc
         try:
-            return await self._client.send(request)
+            return await self._client.send(build())
         except httpx.TransportError as exc:
             raise self._transport_failure(exc, phone_number_id, peer, kind) from exc
 
