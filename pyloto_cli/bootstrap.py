@@ -33,6 +33,7 @@ from pyloto_cli.ports import (
     Deduper,
     Metrics,
     QueueAdmin,
+    Sender,
     SessionStore,
     StatusStore,
     TaskSink,
@@ -65,6 +66,7 @@ class Roles:
         self._queue: backends.QueueParts | None = None
         self._stores: Stores | None = None
         self._pipeline: Pipeline | None = None
+        self._sender: Sender | None = None
         self._intake: Intake | None = None
         self._worker: Worker | None = None
         self._push: PushRole | None = None
@@ -117,7 +119,7 @@ class Roles:
             stores = await self.stores()
             settings, stack = self.settings, self._shared.stack
             responder = await backends.open_responder(settings, stack, self.metrics)
-            sender = await backends.open_sender(settings, stack)
+            sender = await self.sender()
             self._pipeline = Pipeline(
                 sessions=stores.sessions,
                 deduper=stores.deduper,
@@ -128,6 +130,13 @@ class Roles:
                 metrics=self.metrics,
             )
         return self._pipeline
+
+    async def sender(self) -> Sender:
+        """The Graph sender with its limiter (dry-run without a token), opened once: the
+        pipeline's, and `pyloto send`'s without a responder."""
+        if self._sender is None:
+            self._sender = await backends.open_sender(self.settings, self._shared.stack)
+        return self._sender
 
     async def worker(self) -> Worker:
         """The processing role of a pull queue; raises for a push queue (nothing to pull)."""

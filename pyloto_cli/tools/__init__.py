@@ -17,7 +17,7 @@ from pyloto_cli.settings import Settings
 if TYPE_CHECKING:
     from pyloto_cli.pipeline.process import Pipeline
     from pyloto_cli.pipeline.worker import Worker
-    from pyloto_cli.ports import Deduper, QueueAdmin, SessionStore, StatusStore, TaskSink
+    from pyloto_cli.ports import Deduper, QueueAdmin, Sender, SessionStore, StatusStore, TaskSink
 
 
 class StoreSet(Protocol):
@@ -48,6 +48,8 @@ class ToolRoles(Protocol):
     async def worker(self) -> Worker: ...
 
     async def pipeline(self) -> Pipeline: ...
+
+    async def sender(self) -> Sender: ...
 
     async def stores(self) -> StoreSet: ...
 
