@@ -13,6 +13,7 @@ from rich.markup import escape
 from pyloto_cli.bootstrap import open_roles
 from pyloto_cli.cli._boundary import EXIT_OK, boundary, load_settings, print_json
 from pyloto_cli.domain.outbound_media import MediaKind
+from pyloto_cli.logs import configure_logging
 from pyloto_cli.tools import ToolUsageError
 from pyloto_cli.tools.send import SendOutcome, SendRequest, run_send
 
@@ -91,6 +92,10 @@ def send(
     err = Console(stderr=True)
     with boundary(err):
         settings = load_settings()
+        if settings.log_level.upper() != "DEBUG":
+            # the outcome, or the reason nothing was sent, is the command's one line: the
+            # sender's own warnings (`send_failed`) would say it twice
+            configure_logging(settings.log_format, "CRITICAL")
         request = SendRequest(
             to=to,
             from_id=from_id,
