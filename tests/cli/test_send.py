@@ -59,7 +59,7 @@ async def conversation(
 
 async def send(runner: CliRunner, *args: str) -> Result:
     """`pyloto send ...` in a thread (the fake serves on this loop)."""
-    return await asyncio.to_thread(runner.invoke, app, ["send", *args])
+    return await asyncio.to_thread(lambda: runner.invoke(app, ["send", *args]))
 
 
 def one_error_line(result: Result) -> str:
