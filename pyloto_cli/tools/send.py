@@ -12,7 +12,8 @@ Before anything goes out, in this order:
    window fail at Meta with 131047 anyway. No stored conversation counts as a closed window;
 3. a media file is uploaded (`POST /{phone_number_id}/media`), then the message sent.
 
-A Graph error becomes `SendRefused` with Meta's code and reason in words (exit 1).
+A Graph error becomes `SendRefused` with Meta's code and reason in words (exit 1); a send
+whose answer was lost says the message may have gone out, since retrying could send it twice.
 """
 
 from __future__ import annotations
@@ -20,13 +21,19 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
 from pyloto_cli.domain import ids
 from pyloto_cli.domain.conversation import ConversationState, Mode
-from pyloto_cli.domain.errors import PermanentError, PylotoError, TransientError
+from pyloto_cli.domain.errors import (
+    AmbiguousSendError,
+    PermanentError,
+    PylotoError,
+    SendPaused,
+    TransientError,
+)
 from pyloto_cli.domain.outbound import (
     TEXT_MAX,
     media_body,
@@ -36,7 +43,7 @@ from pyloto_cli.domain.outbound import (
     wa_len,
 )
 from pyloto_cli.domain.outbound_media import MediaFile, MediaKind, MediaRejected, check_media
-from pyloto_cli.domain.session import Session
+from pyloto_cli.domain.session import Role, Session
 from pyloto_cli.domain.task import JsonObject
 from pyloto_cli.domain.webhook import Recipient
 from pyloto_cli.logs import get_logger, log_event, mask_phone
@@ -223,7 +230,7 @@ def check_conversation(
     session: Session | None, content: _Content, now: float, where: str = "the session store"
 ) -> None:
     """Refuse an opted-out user, and a free-form message outside the 24-hour window."""
-    state = ConversationState.from_meta(session.meta) if session is not None else None
+    state = _state(session)
     if state is not None and state.mode is Mode.OPTED_OUT:
         raise SendRefused("the user opted out of messages from this number: nothing was sent")
     if not content.free_form:
@@ -238,6 +245,19 @@ def check_conversation(
         raise SendRefused(
             f"the 24-hour window is closed (the user {since}): only --template can be sent"
         )
+
+
+def _state(session: Session | None) -> ConversationState | None:
+    """The conversation's state; a session that has no `last_inbound_at` in its meta yet (kept
+    before the pipeline recorded it) dates the window from its newest user turn."""
+    if session is None:
+        return None
+    state = ConversationState.from_meta(session.meta)
+    if state.last_inbound_at is None:
+        wrote = [turn.at for turn in session.turns if turn.role is Role.USER]
+        if wrote:
+            state = replace(state, last_inbound_at=max(wrote))
+    return state
 
 
 def _sessions_place(settings: Settings) -> str:
@@ -271,26 +291,41 @@ async def _deliver(
     media_id: str | None = None
     body: JsonObject
     if content.media is not None and content.path is not None:
-        media_id = await sender.upload_media(
-            target.phone_number_id, content.path, content.media.mime_type
-        )
+        try:
+            media_id = await sender.upload_media(
+                target.phone_number_id, content.path, content.media.mime_type
+            )
+        except (TransientError, PermanentError) as exc:
+            raise describe_failure(exc, uploading=True) from exc
         body = media_body(recipient, content.media, media_id)
     elif content.template is not None:
         name, language, params = content.template
         body = template_body(recipient, name, language, template_body_parameters(params))
     else:
         body = text_body(recipient, content.text or "")
-    result = await sender.send(target.phone_number_id, body)
+    try:
+        result = await sender.send(target.phone_number_id, body)
+    except (TransientError, PermanentError) as exc:
+        raise describe_failure(exc, uploading=False) from exc
     return result.message_id, media_id
 
 
-def _refusal(exc: TransientError | PermanentError) -> SendRefused:
-    """A Graph or limiter error as one line: Meta's code and reason in words."""
+def describe_failure(exc: TransientError | PermanentError, *, uploading: bool) -> SendRefused:
+    """A Graph or limiter error as one line: what became of the message, Meta's code and
+    reason in words, and when to try again."""
     words = str(exc).replace("_", " ")
-    wait = getattr(exc, "retry_after", None)
-    later = f"; try again in {wait:.0f} s" if isinstance(exc, TransientError) and wait else ""
-    kind = "not sent, try again later" if isinstance(exc, TransientError) else "not sent"
-    return SendRefused(f"{kind}: {words}{later}")
+    step = "the upload failed, nothing was sent" if uploading else "not sent"
+    if isinstance(exc, SendPaused):
+        return SendRefused(f"{step}: WHATSAPP_ACCESS_TOKEN is rejected by Graph ({words})")
+    if isinstance(exc, AmbiguousSendError) and not uploading:
+        return SendRefused(
+            f"Graph did not answer after the message went out ({words}): it may have been "
+            "sent; check with the user before sending it again"
+        )
+    if isinstance(exc, TransientError):
+        wait = f" in {exc.retry_after:.0f} s" if exc.retry_after else " later"
+        return SendRefused(f"{step} ({words}): try again{wait}")
+    return SendRefused(f"{step}: {words}")
 
 
 async def run_send(
@@ -307,12 +342,7 @@ async def run_send(
         session = await sessions.load(target.conversation_key)
         check_conversation(session, content, clock(), _sessions_place(settings))
         sender = await roles.sender()
-        try:
-            message_id, media_id = await _deliver(
-                sender, target, _recipient(target, session), content
-            )
-        except (TransientError, PermanentError) as exc:
-            raise _refusal(exc) from exc
+        message_id, media_id = await _deliver(sender, target, _recipient(target, session), content)
     dry_run = settings.whatsapp_access_token is None
     log_event(
         _log,

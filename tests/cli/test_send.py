@@ -42,12 +42,18 @@ async def graph(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeGraphServe
 
 
 async def conversation(
-    data_dir: Path, user: str = USER, *, hours_ago: float = 1.0, **state: Any
+    data_dir: Path,
+    user: str = USER,
+    *,
+    hours_ago: float = 1.0,
+    clock_in_meta: bool = True,
+    **state: Any,
 ) -> None:
     """Store a conversation whose user last wrote `hours_ago` hours ago, as the pipeline
-    would (keyed `{number}:{user}`, the state in the session's meta)."""
+    would (keyed `{number}:{user}`, the state in the session's meta; without
+    `clock_in_meta`, only the user's turn dates it)."""
     wrote = time.time() - hours_ago * 3600
-    meta = ConversationState(last_inbound_at=wrote, **state).to_meta()
+    meta = ConversationState(last_inbound_at=wrote if clock_in_meta else None, **state).to_meta()
     meta["wa_id"] = USER
     settings = Settings(_env_file=None, data_dir=data_dir)
     async with open_roles(settings) as roles:
@@ -237,6 +243,16 @@ async def test_outside_the_window_only_a_template_goes(
     assert [m.body["type"] for m in graph.messages()] == ["template"]
 
 
+@pytest.mark.parametrize(("hours_ago", "code"), [(23.5, 0), (24.5, 1)])
+async def test_without_the_clock_in_meta_the_newest_user_turn_dates_the_window(
+    runner: CliRunner, graph: FakeGraphServer, cli_env: Path, hours_ago: float, code: int
+) -> None:
+    await conversation(cli_env, hours_ago=hours_ago, clock_in_meta=False)
+    result = await send(runner, "--to", USER, "--text", "hi")
+    assert result.exit_code == code, result.output
+    assert len(graph.messages()) == 1 - code
+
+
 async def test_no_stored_conversation_allows_only_a_template(
     runner: CliRunner, graph: FakeGraphServer
 ) -> None:
@@ -352,3 +368,15 @@ async def test_without_from_or_the_setting_it_says_which_to_give(runner: CliRunn
     result = await send(runner, "--to", USER, "--text", "hi")
     assert result.exit_code == 2, result.output
     assert "pass --from or set WHATSAPP_PHONE_NUMBER_ID" in one_error_line(result)
+
+
+async def test_a_rejected_token_names_the_setting_and_never_prints_it(
+    runner: CliRunner, graph: FakeGraphServer, cli_env: Path
+) -> None:
+    await conversation(cli_env)
+    graph.require_token("the-rotated-token")
+    result = await send(runner, "--to", USER, "--text", "hi")
+    assert result.exit_code == 1, result.output
+    assert "WHATSAPP_ACCESS_TOKEN is rejected by Graph" in one_error_line(result)
+    no_full_number(result)
+    assert graph.messages() == []
