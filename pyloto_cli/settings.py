@@ -72,7 +72,8 @@ class Settings(BaseSettings):
     whatsapp_access_token: SecretStr | None = Field(
         None, validation_alias=_env("WHATSAPP_ACCESS_TOKEN")
     )
-    # pyloto's own number (Meta's phone number id): `pyloto doctor` checks the token reaches it
+    # pyloto's own number (Meta's phone number id): `pyloto send` sends from it by default,
+    # `pyloto doctor` checks the token reaches it
     whatsapp_phone_number_id: str | None = Field(
         None, validation_alias=_env("WHATSAPP_PHONE_NUMBER_ID")
     )

@@ -1,5 +1,9 @@
 """The production Sender: Graph API `/{phone_number_id}/messages` over one shared httpx client.
 
+Media goes in two calls: `upload_media` posts the file to `/{phone_number_id}/media`
+(multipart, streamed from disk, not paced: it is not a message), then `send` posts the message
+naming the media id; both share the token pause and the error table below.
+
 `open_graph_client(settings)` opens the process's single `httpx.AsyncClient`, httpx-aiohttp's
 `HttpxAiohttpClient`: its requests, and those to a proxy named in the environment, go through
 `AiohttpTransport`, which spends less CPU per send than httpx's own transport, whose connection
