@@ -5,11 +5,20 @@ from pyloto_cli.fakes.graph_server import (
     FakeGraphServer,
     Fault,
     RecordedRequest,
+    RecordedUpload,
     error_body,
     main,
 )
 
-__all__ = ["KNOWN_ERRORS", "FakeGraphServer", "Fault", "RecordedRequest", "error_body", "main"]
+__all__ = [
+    "KNOWN_ERRORS",
+    "FakeGraphServer",
+    "Fault",
+    "RecordedRequest",
+    "RecordedUpload",
+    "error_body",
+    "main",
+]
 
 if __name__ == "__main__":  # `python -m tests.fakes.graph_server` (benchmarks/) still works
     main()
