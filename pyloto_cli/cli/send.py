@@ -38,10 +38,10 @@ def _media(
 
 
 def _show(console: Console, outcome: SendOutcome) -> None:
-    dry = " (dry run: no WHATSAPP_ACCESS_TOKEN, nothing was sent)" if outcome.dry_run else ""
+    verb = "dry run (no WHATSAPP_ACCESS_TOKEN): would send" if outcome.dry_run else "sent"
     console.print(
-        f"sent {outcome.type} to {escape(outcome.to)} from {outcome.phone_number_id}: "
-        f"{escape(outcome.message_id)}{dry}",
+        f"{verb} {outcome.type} to {escape(outcome.to)} from {outcome.phone_number_id}: "
+        f"{escape(outcome.message_id)}",
         highlight=False,
         soft_wrap=True,
     )

@@ -206,7 +206,10 @@ async def test_without_a_token_it_is_a_dry_run(
     assert out["media_id"].isdigit()
     text = await send(runner, "--to", USER, "--text", "hi")
     assert text.exit_code == 0, text.output
-    assert "dry run" in text.stdout
+    assert text.stdout.strip() == (
+        f"dry run (no WHATSAPP_ACCESS_TOKEN): would send text to ***1234 from {NUMBER}: "
+        "wamid.dryrun.1"
+    )
 
 
 # --- refused ---------------------------------------------------------------------------------
