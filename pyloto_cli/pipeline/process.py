@@ -6,6 +6,9 @@ The order of the side effects is the at-least-once contract:
 2. load the session (at the same time as the claim: one round trip instead of two, one
    transaction on SQLite); if it already records a reply sent for this wamid (a crash between
    the session save and the done marker), only mark it done: the reply did leave;
+2b. apply the conversation's mode rules (`pipeline/conversation.py`): an opt-out / opt-in
+   keyword's confirmation replaces the responder; a conversation a person handles (or that
+   opted out) gets its messages stored and marked done, nothing sent;
 3. ask the responder, build the body, send it from the number that received the message;
 4. append the user's turn and the reply (with the sent wamid) to the session, and mark the
    wamid done, at once: either record alone keeps a redelivery from being answered again.

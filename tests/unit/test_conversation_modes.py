@@ -21,7 +21,7 @@ from pyloto_cli.adapters.sessions.memory import MemorySessionStore
 from pyloto_cli.adapters.statuses.memory import MemoryStatusStore
 from pyloto_cli.domain.conversation import ConversationState, Mode, conversation_id
 from pyloto_cli.domain.reply import Reply
-from pyloto_cli.domain.session import Role, Session
+from pyloto_cli.domain.session import Role, Session, Turn
 from pyloto_cli.domain.task import JsonObject, Task
 from pyloto_cli.domain.webhook import split_webhook
 from pyloto_cli.pipeline.conversation import (
@@ -461,3 +461,29 @@ def test_tasks_of_echoes_are_ordered_with_the_users_messages() -> None:
     echo_task: Task = split_webhook(echo_payload(echo("wamid.E1")), T0)[0]
     assert echo_task.conversation_key == msg_task.conversation_key == KEY
     assert echo_task.task_id == "echo:wamid.E1"
+
+
+def test_an_echo_to_a_plus_number_joins_the_same_conversation() -> None:
+    (task,) = split_webhook(echo_payload(echo("wamid.E1", to=f"+{USER}")), T0)
+    assert task.conversation_key == KEY
+
+
+async def test_echoes_that_are_not_a_list_stay_one_event_and_change_nothing(rig: Rig) -> None:
+    payload = echo_payload(echo("wamid.E1"))
+    payload["entry"][0]["changes"][0]["value"]["message_echoes"] = {"id": "wamid.E1"}
+    (task,) = split_webhook(payload, T0)
+    assert task.conversation_key.startswith("event:evt:")
+    assert task.value["_pyloto_reason"] == "message_echoes_not_a_list_of_objects"
+    (result,) = await rig.run(payload)
+    assert result.outcome is Outcome.DONE
+    assert await rig.sessions.load(KEY) is None
+
+
+def test_turns_stored_before_the_author_field_still_load() -> None:
+    """`author` is optional: old stored turns load, and a turn without it is stored as before."""
+    old = {"role": "assistant", "text": "hi", "message_id": "wamid.X", "at": 1.0}
+    turn = Turn.from_dict(old)
+    assert turn.author is None
+    assert turn.to_dict() == old
+    staff = Turn.from_dict({**old, "author": STAFF})
+    assert staff.to_dict() == {**old, "author": STAFF}
