@@ -177,7 +177,8 @@ class Verdict:
 
     answer: bool  # run the LLM stages and reply
     confirmation: str | None = None  # send this instead (a keyword was acted on)
-    event: str | None = None  # recorded on the user's turn with the confirmation
+    event: str = "unknown"  # recorded on the user's turn with the confirmation
+    keyword_message: InboundMessage | None = None  # what the confirmation answers
 
 
 def on_inbound(
@@ -194,10 +195,10 @@ def on_inbound(
         word = _keyword(msg)
         if word in rules.optout_keywords and tracker.state.mode is not Mode.OPTED_OUT:
             tracker.change(Mode.OPTED_OUT, Reason.USER_OPT_OUT, now)
-            verdict = Verdict(False, rules.optout_reply, "opt_out")
+            verdict = Verdict(False, rules.optout_reply, "opt_out", msg)
         elif word in rules.optin_keywords and tracker.state.mode is Mode.OPTED_OUT:
             tracker.change(Mode.ASSISTANT, Reason.USER_OPT_IN, now)
-            verdict = Verdict(False, rules.optin_reply, "opt_in")
+            verdict = Verdict(False, rules.optin_reply, "opt_in", msg)
     if verdict is not None:
         return verdict
     if handoff_expired(tracker.state, rules, now):
@@ -220,8 +221,8 @@ def handoff_expired(state: ConversationState, rules: ConversationRules, now: flo
 
 
 def _keyword(msg: InboundMessage) -> str | None:
-    if msg.type is not MessageType.TEXT or not msg.text:
-        return None
+    if msg.type is not MessageType.TEXT or not msg.text or not (msg.wa_id or msg.user_id):
+        return None  # a keyword is a text from someone a confirmation can reach
     return normalize_keyword(msg.text)
 
 

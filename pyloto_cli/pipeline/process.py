@@ -252,9 +252,9 @@ class Pipeline:
         tracker = modes.ConversationTracker.of(msgs[-1].conversation_key, session)
         verdict = modes.on_inbound(tracker, self.config.conversation, fresh, self._clock())
         replying = [m for m in fresh if needs_reply(m)]
-        if verdict.confirmation is not None:  # a keyword: its confirmation, not the LLM's reply
-            confirm = Reply(text=verdict.confirmation, event=verdict.event or "unknown")
-            return await self._reply_once(fresh, fresh[-1], session, tracker, confirm)
+        if verdict.keyword_message is not None:  # its confirmation, not the LLM's reply
+            confirm = Reply(text=verdict.confirmation or "", event=verdict.event)
+            return await self._reply_once(fresh, verdict.keyword_message, session, tracker, confirm)
         if not replying or not verdict.answer:  # reactions; or a person handles it: stored only
             for msg in fresh:
                 turn = Turn(Role.USER, msg.text or "", msg.id, self._clock(), None, msg.raw_type)

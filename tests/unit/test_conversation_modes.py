@@ -487,3 +487,19 @@ def test_turns_stored_before_the_author_field_still_load() -> None:
     assert turn.to_dict() == old
     staff = Turn.from_dict({**old, "author": STAFF})
     assert staff.to_dict() == {**old, "author": STAFF}
+
+
+async def test_in_a_burst_the_confirmation_answers_the_keyword(rig: Rig) -> None:
+    """A burst of a question then STOP: no LLM reply, one confirmation answering STOP, every
+    message stored."""
+    payload = webhook([message("wamid.B1", "a question"), message("wamid.B2", "stop")])
+    tasks = split_webhook(payload, T0)
+    result = await rig.pipeline.process_batch(tasks)
+    assert result.outcome is Outcome.DONE
+    assert rig.responder.calls == 0
+    [(_, body)] = rig.sender.sent
+    assert body["biz_opaque_callback_data"] == "wamid.B2"
+    turns = (await rig.session()).turns
+    assert [t.message_id for t in turns[:2]] == ["wamid.B1", "wamid.B2"]
+    assert turns[1].event == "opt_out"
+    assert (await rig.state()).mode is Mode.OPTED_OUT
