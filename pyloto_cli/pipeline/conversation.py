@@ -298,7 +298,8 @@ async def _record_echo(
             # Session stores append atomically but do not edit a turn: the rewrite is a save.
             # The queue hands this conversation's tasks out one at a time, so nothing else
             # writes the session meanwhile (the same assumption as the pipeline's load).
-            edited = replace(turns[target], text=echo.text, message_type=echo.raw_type)
+            kind = "revoke" if echo.raw_type == "revoke" else turns[target].message_type
+            edited = replace(turns[target], text=echo.text, message_type=kind)
             new_turns = (*turns[:target], edited, *turns[target + 1 :])
             meta = {**session.meta, **tracker.meta()}
             await sessions.save(replace(session, turns=new_turns, meta=meta, updated_at=now))

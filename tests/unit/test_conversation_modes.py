@@ -343,7 +343,9 @@ async def test_edit_and_revoke_echoes_update_the_staff_turn(rig: Rig) -> None:
     }
     await rig.run(echo_payload(echo("wamid.E2", type="edit", edit=edit, text=None)))
     turns = (await rig.session()).turns
-    assert [t.text for t in turns if t.author == STAFF] == ["ships Monday"]
+    assert [(t.text, t.message_type) for t in turns if t.author == STAFF] == [
+        ("ships Monday", "text")
+    ]
     assert len(turns) == 3  # user, reply, staff: the edit added no turn
     revoke = {"original_message_id": "wamid.E1"}
     await rig.run(echo_payload(echo("wamid.E3", type="revoke", revoke=revoke, text=None)))
