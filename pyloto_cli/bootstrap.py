@@ -26,6 +26,7 @@ from pyloto_cli import backends
 from pyloto_cli.domain.errors import BackendUnavailable
 from pyloto_cli.domain.retry import RetryPolicy
 from pyloto_cli.logs import get_logger, log_event
+from pyloto_cli.pipeline.conversation import ConversationRules, keyword_set
 from pyloto_cli.pipeline.process import Pipeline, PipelineConfig
 from pyloto_cli.pipeline.worker import Worker
 from pyloto_cli.ports import (
@@ -231,6 +232,13 @@ def pipeline_config(settings: Settings, *, exclusive_queue: bool = True) -> Pipe
         claim_ttl_s=max(settings.lease_seconds * 2, 60.0),
         mark_read=settings.mark_read,
         typing_indicator=settings.typing_indicator,
+        conversation=ConversationRules(
+            optout_keywords=keyword_set(settings.optout_keywords),
+            optin_keywords=keyword_set(settings.optin_keywords),
+            optout_reply=settings.optout_reply,
+            optin_reply=settings.optin_reply,
+            handoff_timeout_s=settings.handoff_timeout_seconds,
+        ),
     )
 
 

@@ -168,17 +168,31 @@ class Settings(BaseSettings):
         "Sorry, I can't answer right now. We'll get back to you shortly.",
         validation_alias=_env("PYLOTO_SAFE_REPLY"),
     )
-    # Comma-separated LLM#1 events whose configured message replaces the generated reply.
-    override_events: str = Field(
-        "human_handoff,opt_out", validation_alias=_env("PYLOTO_OVERRIDE_EVENTS")
-    )
+    # Comma-separated LLM#1 events whose configured message replaces the generated reply. The
+    # LLM's opt_out is only recorded: opting out is the user's exact keyword, never a guess.
+    override_events: str = Field("human_handoff", validation_alias=_env("PYLOTO_OVERRIDE_EVENTS"))
     handoff_reply: str = Field(
         "Thanks! A person from our team will reply here soon.",
         validation_alias=_env("PYLOTO_HANDOFF_REPLY"),
     )
     optout_reply: str = Field(
-        "You won't receive more messages from us. Send any message to start again.",
+        "You won't receive more messages from us. Reply START to receive them again.",
         validation_alias=_env("PYLOTO_OPTOUT_REPLY"),
+    )
+    # Conversation modes: exact keywords (case- and accent-insensitive) opt a user out and back
+    # in; a handed-off conversation with no staff activity for the timeout returns to the bot.
+    optout_keywords: str = Field(
+        "STOP,PARAR,SAIR,UNSUBSCRIBE", validation_alias=_env("PYLOTO_OPTOUT_KEYWORDS")
+    )
+    optin_keywords: str = Field(
+        "START,VOLTAR,RESUME", validation_alias=_env("PYLOTO_OPTIN_KEYWORDS")
+    )
+    optin_reply: str = Field(
+        "Welcome back! You'll receive our messages again. How can we help?",
+        validation_alias=_env("PYLOTO_OPTIN_REPLY"),
+    )
+    handoff_timeout_seconds: float = Field(
+        43200.0, gt=0, validation_alias=_env("PYLOTO_HANDOFF_TIMEOUT_SECONDS")
     )
     llm_breaker_failures: int = Field(5, ge=1, validation_alias=_env("PYLOTO_LLM_BREAKER_FAILURES"))
     llm_breaker_cooldown: float = Field(

@@ -22,7 +22,8 @@ class Turn:
 
     A user turn carries the inbound wamid and, once detected, the event; an assistant turn
     carries the sent wamid (empty if nothing was sent), the reply's message type and the wamid
-    it answers in `reply_to`.
+    it answers in `reply_to`. `author` is "staff" on an assistant turn a person wrote (an
+    echo of a message sent from the WhatsApp Business app), None when pyloto wrote it.
     """
 
     role: Role
@@ -32,6 +33,7 @@ class Turn:
     event: str | None = None
     message_type: str | None = None
     reply_to: str | None = None
+    author: str | None = None
 
     def __post_init__(self) -> None:
         # every session store writes the text as UTF-8 (Firestore as a document field, not
@@ -50,7 +52,7 @@ class Turn:
             "message_id": self.message_id,
             "at": self.at,
         }
-        for name in ("event", "message_type", "reply_to"):
+        for name in ("event", "message_type", "reply_to", "author"):
             value = getattr(self, name)
             if value is not None:
                 data[name] = value
@@ -67,6 +69,7 @@ class Turn:
             event=data.get("event"),
             message_type=data.get("message_type"),
             reply_to=data.get("reply_to"),
+            author=data.get("author"),
         )
 
 

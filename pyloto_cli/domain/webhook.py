@@ -15,6 +15,14 @@ Tasks, in payload order, one per item of every entry x change (never only index 
   the canonical JSON (sorted keys, compact, UTF-8) of `{"entry_id", "time", "field",
   "phone_number_id", "item"}`, so that a redelivery hashes alike but the same template event on
   another day or for another number does not; conversation_key = `event:{task_id}`.
+- EVENT per `smb_message_echoes` item (a staff message sent from the WhatsApp Business app):
+  task_id = `echo:{wamid}`; conversation_key = the user's conversation, as their messages are
+  keyed: `{phone_number_id}:{to_user_id}` when the echo (or the contact of its `to`) has a
+  BSUID, else `{phone_number_id}:{to}` without `+`; so it is ordered with their messages.
+- EVENT per `user_preferences` item (a marketing stop / resume): task_id = the `evt:` hash
+  below; conversation_key = the user's conversation (`user_id`, else `wa_id`).
+  An echo without `id` or recipient, a preference without a user, and an item list that is not
+  a list of objects are kept as ordinary EVENT tasks with a reason.
 `item` is the dict as received; `value` is the change's value trimmed to the item: same keys, but
 `messages`/`statuses` hold only this item and `contacts` only its contact (or nothing). Task
 ids repeated within one POST give one task (the first). Unknown message types, statuses and

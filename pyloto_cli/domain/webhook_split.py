@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -22,6 +23,9 @@ from pyloto_cli.domain.webhook_model import MessageStatus
 from pyloto_cli.logs import get_logger, log_event
 
 MESSAGES_FIELD: Final = "messages"
+ECHOES_FIELD: Final = "smb_message_echoes"
+PREFERENCES_FIELD: Final = "user_preferences"
+ECHO_PREFIX: Final = "echo:"  # an echo's task id: its wamid, apart from inbound wamids
 REASON_KEY: Final = "_pyloto_reason"  # where an EVENT task says why it is not a message
 _ITEM_LISTS: Final = ("messages", "statuses", "errors", "contacts")
 _KNOWN_FIELDS: Final = frozenset(
@@ -162,7 +166,11 @@ class _Splitter:
 
     def change(self, change: _Change) -> None:
         """Split one change: its items in payload order, or the whole value as one event."""
-        if change.field != MESSAGES_FIELD:
+        if change.field == ECHOES_FIELD:
+            self._per_user(change, "message_echoes", self.echo)
+        elif change.field == PREFERENCES_FIELD:
+            self._per_user(change, "user_preferences", self.preference)
+        elif change.field != MESSAGES_FIELD:
             if change.field not in _KNOWN_FIELDS:
                 self._unknown("field", change.field, "")
             self.event(change, change.value, None)
@@ -225,6 +233,48 @@ class _Splitter:
         key = f"{change.phone_number_id or change.entry_id}:{sender}"
         value = _trim(change.value, "messages", item, contact)
         self._add(change, wamid, TaskKind.MESSAGE, key, item, value)
+
+    def _per_user(
+        self, change: _Change, key: str, split: Callable[[_Change, JsonObject], None]
+    ) -> None:
+        """Items that belong to a user's conversation (echoes, preferences), one task each; a
+        value whose item list is missing or not a list of objects stays one event, with why."""
+        items = change.value.get(key)
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            self.event(change, change.value, None, reason=f"{key}_not_a_list_of_objects")
+            return
+        for item in items:
+            split(change, item)
+
+    def _user_key(self, change: _Change, phone: str | None, bsuid: str | None) -> str | None:
+        """The conversation key of the user an item names, as a message from them is keyed."""
+        phone = (phone.lstrip("+") or None) if phone else None
+        contact = change.contact(phone, bsuid)
+        if contact is not None and phone is not None:
+            bsuid = bsuid or text_of(contact, "user_id")
+        user = bsuid or phone
+        return None if user is None else f"{change.phone_number_id or change.entry_id}:{user}"
+
+    def echo(self, change: _Change, item: JsonObject) -> None:
+        """A staff message sent from the Business app: keyed to the user's conversation, so it
+        is ordered with their messages."""
+        wamid = text_of(item, "id")
+        key = self._user_key(change, text_of(item, "to"), text_of(item, "to_user_id"))
+        if wamid is None or key is None:
+            reason = "echo_without_id" if wamid is None else "echo_without_recipient"
+            self.event(change, item, "message_echoes", reason=reason)
+            return
+        value = _trim(change.value, "message_echoes", item, None)
+        self._add(change, ECHO_PREFIX + wamid, TaskKind.EVENT, key, item, value)
+
+    def preference(self, change: _Change, item: JsonObject) -> None:
+        """A user's marketing preference: keyed to the user's conversation."""
+        key = self._user_key(change, text_of(item, "wa_id"), text_of(item, "user_id"))
+        if key is None:
+            self.event(change, item, "user_preferences", reason="preference_without_user")
+            return
+        value = _trim(change.value, "user_preferences", item, None)
+        self._add(change, _event_id(change, item), TaskKind.EVENT, key, item, value)
 
     def status(self, change: _Change, item: JsonObject) -> None:
         """A STATUS task, serialized per wamid."""

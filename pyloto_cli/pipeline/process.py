@@ -6,6 +6,9 @@ The order of the side effects is the at-least-once contract:
 2. load the session (at the same time as the claim: one round trip instead of two, one
    transaction on SQLite); if it already records a reply sent for this wamid (a crash between
    the session save and the done marker), only mark it done: the reply did leave;
+2b. apply the conversation's mode rules (`pipeline/conversation.py`): an opt-out / opt-in
+   keyword's confirmation replaces the responder; a conversation a person handles (or that
+   opted out) gets its messages stored and marked done, nothing sent;
 3. ask the responder, build the body, send it from the number that received the message;
 4. append the user's turn and the reply (with the sent wamid) to the session, and mark the
    wamid done, at once: either record alone keeps a redelivery from being answered again.
@@ -28,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from pyloto_cli.domain import ids
@@ -44,6 +47,7 @@ from pyloto_cli.domain.session import Role, Session, Turn
 from pyloto_cli.domain.task import FailureKind, Task, TaskKind
 from pyloto_cli.domain.webhook import InboundMessage, inbound_message, needs_reply, status_update
 from pyloto_cli.logs import get_logger, log_event, mask_phone
+from pyloto_cli.pipeline import conversation as modes
 from pyloto_cli.ports import (
     NO_METRICS,
     ClaimResult,
@@ -96,6 +100,8 @@ class PipelineConfig:
     # re-leases it only after the holder stopped renewing: its lease, not the dedupe claim, says
     # who owns the task. A claim left by a killed worker must not block the retry then.
     exclusive_queue: bool = True
+    # who answers: keywords, confirmations, the handoff timeout (pipeline/conversation.py)
+    conversation: modes.ConversationRules = field(default_factory=modes.ConversationRules)
 
 
 class Pipeline:
@@ -135,6 +141,10 @@ class Pipeline:
                 return await self._message(task)
             if task.kind is TaskKind.STATUS:
                 return await self._status(task)
+            if modes.is_conversation_event(task):
+                sessions, turns = self.sessions, self.config.history_turns
+                await modes.apply_conversation_event(task, sessions, turns, self._clock())
+                return TaskResult(Outcome.DONE)
             log_event(_log, "webhook_event", field=task.field, task_id=task.task_id)
             return TaskResult(Outcome.DONE)
         except (TransientError, PermanentError) as exc:
@@ -237,26 +247,40 @@ class Pipeline:
                 self.metrics.duplicates_skipped("session")
             else:
                 fresh.append(msg)
+        if not fresh:
+            return TaskResult(Outcome.SKIPPED)
+        tracker = modes.ConversationTracker.of(msgs[-1].conversation_key, session)
+        verdict = modes.on_inbound(tracker, self.config.conversation, fresh, self._clock())
         replying = [m for m in fresh if needs_reply(m)]
-        if not replying:  # e.g. reactions: recorded in the session, not answered
+        if verdict.keyword_message is not None:  # its confirmation, not the LLM's reply
+            confirm = Reply(text=verdict.confirmation or "", event=verdict.event)
+            return await self._reply_once(fresh, verdict.keyword_message, session, tracker, confirm)
+        if not replying or not verdict.answer:  # reactions; or a person handles it: stored only
             for msg in fresh:
                 turn = Turn(Role.USER, msg.text or "", msg.id, self._clock(), None, msg.raw_type)
-                await self._save(msg, (turn,), done=(msg,))
-            return TaskResult(Outcome.DONE if fresh else Outcome.SKIPPED)
-        return await self._reply_once(fresh, replying[-1], session)
+                await self._save(msg, (turn,), done=(msg,), extra=tracker.meta())
+            tracker.log_changes()
+            return TaskResult(Outcome.DONE)
+        return await self._reply_once(fresh, replying[-1], session, tracker)
 
     async def _reply_once(
-        self, msgs: list[InboundMessage], last: InboundMessage, session: Session | None
+        self,
+        msgs: list[InboundMessage],
+        last: InboundMessage,
+        session: Session | None,
+        tracker: modes.ConversationTracker,
+        fixed: Reply | None = None,
     ) -> TaskResult:
-        """One reply to `last` for the words of every message in `msgs` (often just `last`)."""
+        """One reply to `last` for the words of every message in `msgs` (often just `last`);
+        `fixed` is sent as it is, without the read receipt or the LLM (a confirmation)."""
         ids.phone_number_id(last.phone_number_id)  # no number to reply from: dead, not asked
         now = self._clock()
-        if self.config.mark_read or self.config.typing_indicator:
+        if fixed is None and (self.config.mark_read or self.config.typing_indicator):
             await self._mark_read(last)
         joined = "\n".join(m.text for m in msgs if m.text and needs_reply(m)) or None
         turn_number = _turn_number(session)
         request = ResponderRequest(replace(last, text=joined), session, turn_number)
-        reply = await self.responder.respond(request)
+        reply = fixed if fixed is not None else await self.responder.respond(request)
         for stage in reply.errors:
             log_event(_log, "reply_fallback", stage=stage, message_id=last.id)
         body = build_reply_body(reply, last.recipient, callback_data=last.id)
@@ -285,7 +309,11 @@ class Pipeline:
             message_type=reply.kind.value,
             reply_to=last.id,
         )
-        await self._save(last, (*user_turns, bot_turn), done=msgs, turn_number=turn_number)
+        modes.after_reply(tracker, reply.event, self._clock())
+        await self._save(
+            last, (*user_turns, bot_turn), done=msgs, turn_number=turn_number, extra=tracker.meta()
+        )
+        tracker.log_changes()
         if len(msgs) > 1:
             log_event(_log, "burst_answered", message_id=last.id, messages=len(msgs))
         return TaskResult(Outcome.DONE, sent_id=sent.message_id, reply=reply)
@@ -297,6 +325,7 @@ class Pipeline:
         *,
         done: Sequence[InboundMessage],
         turn_number: int | None = None,
+        extra: dict[str, str] | None = None,
     ) -> None:
         """Append `turns` to `msg`'s session and mark every wamid of `done` handled, at once.
 
@@ -313,6 +342,7 @@ class Pipeline:
             meta["user_id"] = msg.user_id
         if turn_number is not None:
             meta["user_turns"] = str(turn_number)
+        meta.update(extra or {})  # the conversation's state, changed with the turns
         ttl = self.config.dedupe_ttl_s
         appended, *marked = await asyncio.gather(
             self.sessions.append(msg.conversation_key, turns, self.config.history_turns, meta),

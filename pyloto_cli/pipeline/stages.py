@@ -8,7 +8,8 @@ as its inputs are ready (one asyncio task each, in a TaskGroup). The default gra
 
 LLM#1 and LLM#2 start together, LLM#3 starts when LLM#2's text is ready: two calls on the
 critical path. A stage may stop the graph early (`stop_when`): an event in the override set
-(human_handoff, opt_out) cancels what is still running and its configured message is the reply.
+(PYLOTO_OVERRIDE_EVENTS, human_handoff by default) cancels what is still running and its
+configured message is the reply.
 To reorder or replace stages, pass another tuple of `Stage`s (same output names) to the
 responder; the runner does not change.
 

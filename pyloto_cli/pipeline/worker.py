@@ -234,7 +234,10 @@ class Worker:
             log_event(_log, "task_lease_lost", stage="coalesce")
             return []
         valid: list[Leased] = []
-        for follower in followers:
+        for index, follower in enumerate(followers):
+            if follower.task.kind is not TaskKind.MESSAGE:  # an echo: the burst ends before it
+                await self._hand_back(followers[index:])
+                break
             try:
                 inbound_message(follower.task)
             except InvalidTask as exc:
@@ -244,6 +247,15 @@ class Worker:
                 continue
             valid.append(follower)
         return valid
+
+    async def _hand_back(self, leases: list[Leased]) -> None:
+        """Return followers unprocessed, in place and without spending an attempt, so the
+        conversation's order holds: they are leased again once the burst is settled."""
+        for lease in leases:
+            try:
+                await self.queue.defer(lease, 0.0, "not part of the burst")
+            except StaleLeaseError:
+                log_event(_log, "task_lease_lost", stage="coalesce", task_id=lease.task.task_id)
 
     async def _renew(self, holder: list[Leased]) -> None:
         lost: set[int] = set()

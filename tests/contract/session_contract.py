@@ -28,10 +28,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import replace
 
 import pytest
 
+from pyloto_cli.domain.conversation import ConversationState, Mode
 from pyloto_cli.domain.session import Role, Session, Turn
+from pyloto_cli.pipeline.conversation import STAFF, ConversationTracker, mode_history
 from pyloto_cli.ports import SessionStore
 
 OpenStore = Callable[[], AbstractAsyncContextManager[SessionStore]]
@@ -216,6 +219,75 @@ class SessionStoreContract:
             *(store.append(KEY, [user_turn(f"m{i}")], max_turns=5) for i in range(12))
         )
         assert len(ids(await store.load(KEY))) == 5
+
+    async def test_a_staff_turn_round_trips_by_append_and_save(self, store: SessionStore) -> None:
+        """The author of a turn a person wrote (a Business app echo) is kept by every path."""
+        staff = Turn(
+            Role.ASSISTANT, "Carla here", "wamid.ECHO1", 1.5, message_type="text", author=STAFF
+        )
+        appended = await store.append(KEY, [user_turn("a"), staff], 10)
+        assert appended.turns[-1] == staff
+        assert (await store.load(KEY)) == appended
+        await store.save(Session(OTHER_KEY, (staff,), 2.0))
+        other = await store.load(OTHER_KEY)
+        assert other is not None
+        assert other.turns == (staff,)
+
+    async def test_conversation_state_changes_in_the_append_that_records_the_turns(
+        self, store: SessionStore
+    ) -> None:
+        """Mode, its reason and time, the mode history, marketing opt-out and last inbound time
+        are written by the same append as the turns: what it returns holds both, and they load
+        back as they were written."""
+        await store.append(KEY, [user_turn("in1"), bot_turn("out1", "in1")], 10, {"wa_id": "1"})
+        tracker = ConversationTracker.of(KEY, await store.load(KEY))
+        tracker.inbound(1_700_000_100)
+        tracker.staff_active(1_700_000_105.5)
+        tracker.change(Mode.HUMAN, "staff_echo", 1_700_000_105.5)
+        tracker.state = replace(tracker.state, marketing_opt_out=True)
+        appended = await store.append(KEY, [user_turn("in2")], 10, tracker.meta())
+        assert ids(appended) == ["in1", "out1", "in2"]
+        assert ConversationState.from_meta(appended.meta) == tracker.state
+        loaded = await store.load(KEY)
+        assert loaded == appended
+        assert loaded is not None
+        assert loaded.meta["wa_id"] == "1"
+        state = ConversationState.from_meta(loaded.meta)
+        assert (state.mode, state.mode_reason, state.mode_changed_at) == (
+            Mode.HUMAN,
+            "staff_echo",
+            1_700_000_105.5,
+        )
+        assert (state.last_inbound_at, state.staff_active_at) == (1_700_000_100.0, 1_700_000_105.5)
+        assert state.marketing_opt_out is True
+        assert mode_history(loaded.meta) == [
+            {"at": 1_700_000_105.5, "from": "assistant", "to": "human", "reason": "staff_echo"}
+        ]
+
+    async def test_a_later_append_changes_only_the_fields_it_writes(
+        self, store: SessionStore
+    ) -> None:
+        """A task that only saw a new message writes its last inbound time; the mode another
+        writer set meanwhile, and the history, stay as they were; a mode back to default and a
+        marketing resume are written too, not dropped as empty."""
+        first = ConversationTracker.of(KEY, None)
+        first.change(Mode.OPTED_OUT, "user_opt_out", 10.0)
+        first.state = replace(first.state, marketing_opt_out=True)
+        await store.append(KEY, [user_turn("a")], 10, first.meta())
+        stale = ConversationTracker.of(KEY, None)  # loaded before the change above
+        stale.inbound(1_700_000_200)
+        after = await store.append(KEY, [user_turn("b")], 10, stale.meta())
+        state = ConversationState.from_meta(after.meta)
+        assert (state.mode, state.marketing_opt_out) == (Mode.OPTED_OUT, True)
+        assert state.last_inbound_at == 1_700_000_200.0
+        back = ConversationTracker.of(KEY, after)
+        back.change(Mode.ASSISTANT, "user_opt_in", 20.0)
+        back.state = replace(back.state, marketing_opt_out=False)
+        loaded = await store.append(KEY, [], 10, back.meta())
+        state = ConversationState.from_meta(loaded.meta)
+        assert (state.mode, state.marketing_opt_out) == (Mode.ASSISTANT, False)
+        assert [e["to"] for e in mode_history(loaded.meta)] == ["opted_out", "assistant"]
+        assert ids(await store.load(KEY)) == ["a", "b"]
 
 
 class SessionDurabilityContract:

@@ -307,3 +307,33 @@ async def test_a_burst_deferred_by_another_workers_claim_leaves_that_claim(
     assert harness.sender.callbacks() == []
     assert await harness.deduper.claim("wamid.C2", 60) is ClaimResult.IN_PROGRESS
     assert await harness.deduper.claim("wamid.C1", 60) is ClaimResult.CLAIMED  # ours released
+
+
+async def test_a_burst_ends_before_a_staff_echo_and_keeps_the_order(harness: Harness) -> None:
+    """An echo behind a message is not coalesced into its burst: the message is answered, the
+    echo hands the conversation to a person, and the message after it gets no reply."""
+    await harness.deliver(message("wamid.C0", "first"), 0.0)
+    value = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550000000", "phone_number_id": PNID},
+        "message_echoes": [
+            {"from": "15550000000", "to": USER, "id": "wamid.E0", "timestamp": "1767225600"}
+            | {"type": "text", "text": {"body": "Carla here"}}
+        ],
+    }
+    echo = {"field": "smb_message_echoes", "value": value}
+    body = {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [echo]}]}
+    await harness.queue.enqueue(split_webhook(body, harness.t0 + 0.5))
+    await harness.deliver(message("wamid.C1", "second"), 1.0)
+    stats = await harness.worker().drain()
+    assert harness.sender.callbacks() == ["wamid.C0"]
+    session = await harness.session()
+    assert [t.message_id for t in session.turns] == [
+        "wamid.C0",
+        "wamid.out.1",
+        "wamid.E0",
+        "wamid.C1",
+    ]
+    assert session.meta["mode"] == "human"
+    assert (stats.retried, stats.dead) == (0, 0)
+    assert (await harness.queue.stats()).depth == 0

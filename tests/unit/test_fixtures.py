@@ -54,6 +54,8 @@ class Ev:
 
     field: str
     reason: str | None = None
+    key: str | None = None  # a user's conversation (echoes, preferences); else its own
+    echo: bool = False  # task id `echo:{wamid}` instead of a content hash
 
 
 Expected = Msg | St | Ev
@@ -123,7 +125,14 @@ CASES: dict[str, list[Expected]] = {
     "errors_value_level.json": [Ev("messages")],
     "template_status_update.json": [Ev("message_template_status_update")],
     "account_update.json": [Ev("account_update")],
-    "user_preferences.json": [Ev("user_preferences")],
+    "user_preferences.json": [Ev("user_preferences", key=f"{PNID}:{ANA}")],
+    "user_preferences_resume.json": [Ev("user_preferences", key=f"{PNID}:{ANA_BSUID}")],
+    "echo_text.json": [Ev("smb_message_echoes", key=f"{PNID}:{ANA}", echo=True)],
+    "echo_image.json": [Ev("smb_message_echoes", key=f"{PNID}:{ANA}", echo=True)],
+    "echo_revoke.json": [Ev("smb_message_echoes", key=f"{PNID}:{ANA}", echo=True)],
+    "echo_edit.json": [Ev("smb_message_echoes", key=f"{PNID}:{ANA}", echo=True)],
+    "echo_bsuid.json": [Ev("smb_message_echoes", key=f"{PNID}:{BIA_BSUID}", echo=True)],
+    "echo_without_recipient.json": [Ev("smb_message_echoes", reason="echo_without_recipient")],
     "phone_number_quality_update.json": [Ev("phone_number_quality_update")],
     "unknown_field.json": [Ev("quantum_entanglement_update")],
     "batch_multi.json": [
@@ -169,8 +178,8 @@ def _check(task: Task, expected: Expected) -> None:
     else:
         assert task.kind is TaskKind.EVENT
         assert task.field == expected.field
-        assert task.task_id.startswith("evt:")
-        assert task.conversation_key == f"event:{task.task_id}"
+        assert task.task_id.startswith("echo:wamid." if expected.echo else "evt:")
+        assert task.conversation_key == (expected.key or f"event:{task.task_id}")
         assert event_reason(task) == expected.reason
 
 

@@ -312,7 +312,11 @@ class TestDefaultStages:
     @pytest.mark.parametrize("event", ["human_handoff", "opt_out"])
     async def test_override_event_replaces_reply(self, make_settings, event: str) -> None:
         """An overriding event's configured message replaces LLM#2's reply."""
-        settings = make_settings(handoff_reply="A person will answer.", optout_reply="Bye.")
+        settings = make_settings(
+            handoff_reply="A person will answer.",
+            optout_reply="Bye.",
+            override_events="human_handoff,opt_out",
+        )
         chat = RecordingChat(
             {
                 "event": json.dumps({"event": event}),
@@ -323,6 +327,19 @@ class TestDefaultStages:
         reply = await run_default(settings, chat)
         expected = "A person will answer." if event == "human_handoff" else "Bye."
         assert (reply.text, reply.event, reply.overridden) == (expected, event, True)
+
+    async def test_the_llms_opt_out_alone_is_recorded_not_acted_on(self, make_settings) -> None:
+        """By default only human_handoff overrides: an opt_out guess keeps the generated reply
+        (opting out is the user's exact keyword, handled before the LLM)."""
+        chat = RecordingChat(
+            {
+                "event": json.dumps({"event": "opt_out"}),
+                "response": "generated",
+                "message_type": TEXT_SHAPE_JSON,
+            }
+        )
+        reply = await run_default(make_settings(), chat)
+        assert (reply.text, reply.event, reply.overridden) == ("generated", "opt_out", False)
 
     async def test_override_set_is_configurable(self, make_settings) -> None:
         """An event outside PYLOTO_OVERRIDE_EVENTS does not override."""
