@@ -217,6 +217,37 @@ class SessionStoreContract:
         )
         assert len(ids(await store.load(KEY))) == 5
 
+    async def test_list_of_an_empty_store_is_empty(self, store: SessionStore) -> None:
+        """No session stored, none listed."""
+        assert list(await store.list()) == []
+
+    async def test_list_gives_every_session_with_its_meta_newest_first(
+        self, store: SessionStore
+    ) -> None:
+        """Each stored conversation once, with its meta and no turns, most recently updated
+        first; `limit` keeps the newest."""
+        await store.save(Session(KEY, (user_turn("a"),), 10.0, {"mode": "human", "wa_id": "1"}))
+        await store.save(Session(OTHER_KEY, (user_turn("b"), user_turn("c")), 30.0, {"n": "2"}))
+        third = "106540352242922:15550009999"
+        await store.save(Session(third, (), 20.0, {}))
+        heads = list(await store.list())
+        assert [(h.key, h.updated_at, dict(h.meta)) for h in heads] == [
+            (OTHER_KEY, 30.0, {"n": "2"}),
+            (third, 20.0, {}),
+            (KEY, 10.0, {"mode": "human", "wa_id": "1"}),
+        ]
+        assert [h.key for h in await store.list(limit=2)] == [OTHER_KEY, third]
+        await store.delete(third)
+        assert [h.key for h in await store.list()] == [OTHER_KEY, KEY]
+
+    async def test_list_shows_meta_merged_by_append(self, store: SessionStore) -> None:
+        """A mode changed by an append with no turns is what the listing shows."""
+        await store.append(KEY, [user_turn("a")], 10, meta={"mode": "assistant"})
+        await store.append(KEY, [], 10, meta={"mode": "human", "mode_reason": "operator"})
+        (head,) = await store.list()
+        assert (head.key, head.meta["mode"], head.meta["mode_reason"]) == (KEY, "human", "operator")
+        assert ids(await store.load(KEY)) == ["a"]
+
 
 class SessionDurabilityContract:
     """Sessions outlive the adapter: for backends that persist (needs the `open_store` fixture)."""

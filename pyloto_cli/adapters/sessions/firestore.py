@@ -26,6 +26,7 @@ from google.cloud import firestore
 from pyloto_cli.adapters.attached import Attached
 from pyloto_cli.adapters.firestore_db import FirestoreAttachment, doc_id
 from pyloto_cli.domain.session import Session, Turn
+from pyloto_cli.ports import SessionHead
 
 _TURNS = "turns"
 _BATCH_LIMIT = 500  # Firestore's writes per commit
@@ -106,6 +107,24 @@ class FirestoreSessionStore(Attached):
     async def exists(self, key: str) -> bool:
         """True if a session is stored under `key`."""
         return bool((await self._head(key).get()).exists)
+
+    async def list(self, limit: int = 10_000) -> Sequence[SessionHead]:
+        """Up to `limit` sessions without turns, most recently updated first: one query on
+        the head documents (their turn subcollections are never read)."""
+        query = (
+            self._db.collection(self.collection)
+            .select(["key", "updated_at", "meta"])
+            .order_by("updated_at", direction=firestore.Query.DESCENDING)
+            .limit(limit)
+        )
+        heads = []
+        async for snap in query.stream():
+            data: dict[str, Any] = snap.to_dict() or {}
+            meta = {str(k): str(v) for k, v in (data.get("meta") or {}).items()}
+            heads.append(
+                SessionHead(str(data.get("key", "")), float(data.get("updated_at", 0.0)), meta)
+            )
+        return heads
 
     # --- helpers --------------------------------------------------------------------------------
 
