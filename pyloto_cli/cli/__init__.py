@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pyloto_cli.cli import bench, doctor, enqueue, queue, replay, serve
+from pyloto_cli.cli import bench, conversations, doctor, enqueue, queue, replay, serve
 
 app = typer.Typer(
     name="pyloto",
@@ -21,6 +21,7 @@ enqueue.register(app)
 queue.register(app)
 replay.register(app)
 doctor.register(app)
+conversations.register(app)
 
 
 def _print_version(wanted: bool) -> None:

@@ -108,24 +108,6 @@ class FirestoreSessionStore(Attached):
         """True if a session is stored under `key`."""
         return bool((await self._head(key).get()).exists)
 
-    async def list(self, limit: int = 10_000) -> Sequence[SessionHead]:
-        """Up to `limit` sessions without turns, most recently updated first: one query on
-        the head documents (their turn subcollections are never read)."""
-        query = (
-            self._db.collection(self.collection)
-            .select(["key", "updated_at", "meta"])
-            .order_by("updated_at", direction=firestore.Query.DESCENDING)
-            .limit(limit)
-        )
-        heads = []
-        async for snap in query.stream():
-            data: dict[str, Any] = snap.to_dict() or {}
-            meta = {str(k): str(v) for k, v in (data.get("meta") or {}).items()}
-            heads.append(
-                SessionHead(str(data.get("key", "")), float(data.get("updated_at", 0.0)), meta)
-            )
-        return heads
-
     # --- helpers --------------------------------------------------------------------------------
 
     @property
@@ -177,6 +159,24 @@ class FirestoreSessionStore(Attached):
                 else:
                     batch.set(ref, data)
             await batch.commit()
+
+    async def list(self, limit: int = 10_000) -> Sequence[SessionHead]:
+        """Up to `limit` sessions without turns, most recently updated first: one query on
+        the head documents (their turn subcollections are never read)."""
+        query = (
+            self._db.collection(self.collection)
+            .select(["key", "updated_at", "meta"])
+            .order_by("updated_at", direction=firestore.Query.DESCENDING)
+            .limit(limit)
+        )
+        heads = []
+        async for snap in query.stream():
+            data: dict[str, Any] = snap.to_dict() or {}
+            meta = {str(k): str(v) for k, v in (data.get("meta") or {}).items()}
+            heads.append(
+                SessionHead(str(data.get("key", "")), float(data.get("updated_at", 0.0)), meta)
+            )
+        return heads
 
 
 def _turn_doc(seq: str, turn: Turn) -> dict[str, Any]:

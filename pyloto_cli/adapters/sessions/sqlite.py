@@ -47,9 +47,7 @@ def _heads(conn: sqlite3.Connection, limit: int) -> list[SessionHead]:
         "SELECT key, data, updated_at FROM sessions ORDER BY updated_at DESC, key LIMIT ?",
         (limit,),
     ).fetchall()
-    return [
-        SessionHead(row["key"], float(row["updated_at"]), _meta(row["data"])) for row in rows
-    ]
+    return [SessionHead(row["key"], float(row["updated_at"]), _meta(row["data"])) for row in rows]
 
 
 def _meta(data: str) -> dict[str, str]:
