@@ -29,6 +29,7 @@ from pyloto_cli.domain.retry import RetryPolicy
 from pyloto_cli.logs import get_logger, log_event
 from pyloto_cli.pipeline.conversations import ConversationDesk
 from pyloto_cli.pipeline.process import Pipeline, PipelineConfig
+from pyloto_cli.pipeline.window import ReengageTemplate, WindowRules
 from pyloto_cli.pipeline.worker import Worker
 from pyloto_cli.ports import (
     NO_METRICS,
@@ -229,7 +230,16 @@ def pipeline_config(settings: Settings, *, exclusive_queue: bool = True) -> Pipe
         claim_ttl_s=max(settings.lease_seconds * 2, 60.0),
         mark_read=settings.mark_read,
         typing_indicator=settings.typing_indicator,
+        window=window_rules(settings),
     )
+
+
+def window_rules(settings: Settings) -> WindowRules:
+    """The stale limit and the re-engagement template (when both its name and language are
+    set; one alone is refused by the settings)."""
+    name, language = settings.reengage_template, settings.reengage_template_lang
+    template = ReengageTemplate(name, language) if name and language else None
+    return WindowRules(stale_after_s=settings.stale_after_seconds, template=template)
 
 
 @contextlib.asynccontextmanager

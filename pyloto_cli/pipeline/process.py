@@ -26,12 +26,18 @@ retried one message at a time after a crash before step 4 is not answered twice.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from pyloto_cli.domain import ids
+from pyloto_cli.domain.conversation import (
+    LAST_INBOUND_AT_KEY,
+    REENGAGED_WINDOW_KEY,
+    ConversationState,
+)
 from pyloto_cli.domain.errors import (
     AmbiguousSendError,
     PermanentError,
@@ -41,9 +47,10 @@ from pyloto_cli.domain.errors import (
 from pyloto_cli.domain.outbound import build_reply_body
 from pyloto_cli.domain.reply import Reply
 from pyloto_cli.domain.session import Role, Session, Turn
-from pyloto_cli.domain.task import FailureKind, Task, TaskKind
+from pyloto_cli.domain.task import FailureKind, JsonObject, Task, TaskKind
 from pyloto_cli.domain.webhook import InboundMessage, inbound_message, needs_reply, status_update
 from pyloto_cli.logs import get_logger, log_event, mask_phone
+from pyloto_cli.pipeline import window
 from pyloto_cli.ports import (
     NO_METRICS,
     ClaimResult,
@@ -68,6 +75,7 @@ class Outcome(StrEnum):
     RETRY = "retry"
     DEFER = "defer"  # sending is paused (token rejected): wait without spending an attempt
     DEAD = "dead"
+    REPLY_EXPIRED = "reply_expired"  # the 24-hour window closed before the reply could go
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +104,10 @@ class PipelineConfig:
     # re-leases it only after the holder stopped renewing: its lease, not the dedupe claim, says
     # who owns the task. A claim left by a killed worker must not block the retry then.
     exclusive_queue: bool = True
+    # The stale limit and the 24-hour window's checks before every send (pipeline/window.py):
+    # every runtime built from settings has them; None leaves them out, for tests of the
+    # other rules on recorded timestamps.
+    window: window.WindowRules | None = None
 
 
 class Pipeline:
@@ -238,10 +250,14 @@ class Pipeline:
             else:
                 fresh.append(msg)
         replying = [m for m in fresh if needs_reply(m)]
+        stale = self._stale(replying)
+        replying = [m for m in replying if m not in stale]
         if not replying:  # e.g. reactions: recorded in the session, not answered
             for msg in fresh:
                 turn = Turn(Role.USER, msg.text or "", msg.id, self._clock(), None, msg.raw_type)
                 await self._save(msg, (turn,), done=(msg,))
+            if stale:
+                return TaskResult(Outcome.SKIPPED, reason=window.MESSAGE_STALE)
             return TaskResult(Outcome.DONE if fresh else Outcome.SKIPPED)
         return await self._reply_once(fresh, replying[-1], session)
 
@@ -261,10 +277,13 @@ class Pipeline:
             log_event(_log, "reply_fallback", stage=stage, message_id=last.id)
         body = build_reply_body(reply, last.recipient, callback_data=last.id)
         try:
-            sent = await self.sender.send(last.phone_number_id, body)
+            gated = await self._send(last, body)
         except (TransientError, PermanentError) as exc:
             self.metrics.graph_send(_send_outcome(exc), exc.code)
             raise
+        if gated.sent is None or gated.decision.verdict is window.Verdict.TEMPLATE:
+            return await self._not_replied(msgs, last, reply, gated, turn_number)
+        sent = gated.sent
         self.metrics.graph_send("sent")
         user_turns = tuple(
             Turn(
@@ -290,6 +309,64 @@ class Pipeline:
             log_event(_log, "burst_answered", message_id=last.id, messages=len(msgs))
         return TaskResult(Outcome.DONE, sent_id=sent.message_id, reply=reply)
 
+    def _stale(self, msgs: list[InboundMessage]) -> list[InboundMessage]:
+        """The messages too old to answer (logged `message_stale`); none without window rules."""
+        rules = self.config.window
+        if rules is None:
+            return []
+        now = self._clock()
+        stale = window.stale_messages(msgs, now, rules.stale_after_s)
+        for msg in stale:
+            age = round(now - msg.timestamp)
+            log_event(_log, "message_stale", message_id=msg.id, age_s=age)
+        return stale
+
+    async def _send(self, msg: InboundMessage, body: JsonObject) -> window.Gated:
+        """Send `body` through the checks just before a send (mode, window), when configured."""
+        rules = self.config.window
+        if rules is None:
+            sent = await self.sender.send(msg.phone_number_id, body)
+            return window.Gated(sent, window.Decision(window.Verdict.SEND, "unchecked"), _NO_STATE)
+        return await window.gated_send(self.sessions, self.sender, rules, msg, body, self._clock())
+
+    async def _not_replied(
+        self,
+        msgs: list[InboundMessage],
+        last: InboundMessage,
+        reply: Reply,
+        gated: window.Gated,
+        turn_number: int,
+    ) -> TaskResult:
+        """The reply did not go: the conversation left the assistant (skipped), the window had
+        closed (the template went instead, or `reply_expired`). The user's turns are kept."""
+        now, decision = self._clock(), gated.decision
+        turns = tuple(Turn(Role.USER, m.text or "", m.id, now, None, m.raw_type) for m in msgs)
+        if gated.sent is not None:  # the re-engagement template went, once for this window
+            template = self.config.window.template if self.config.window else None
+            bot = Turn(
+                Role.ASSISTANT,
+                f"[template {template.name if template else ''}]",
+                gated.sent.message_id,
+                now,
+                message_type="template",
+                reply_to=last.id,
+            )
+            self.metrics.graph_send("sent")
+            window_at = gated.state.last_inbound_at
+            meta = {} if window_at is None else {REENGAGED_WINDOW_KEY: repr(window_at)}
+            await self._save(last, (*turns, bot), done=msgs, turn_number=turn_number, meta=meta)
+            log_event(_log, "reengage_template_sent", message_id=last.id)
+            return TaskResult(
+                Outcome.DONE, reason=decision.reason, sent_id=gated.sent.message_id, reply=reply
+            )
+        await self._save(last, turns, done=msgs, turn_number=turn_number)
+        if decision.verdict is window.Verdict.HOLD:
+            log_event(_log, "reply_held", message_id=last.id, reason=decision.reason)
+            return TaskResult(Outcome.SKIPPED, reason=decision.reason, reply=reply)
+        await self.statuses.record(window.expired_status(last, now))
+        log_event(_log, window.REPLY_EXPIRED, logging.WARNING, message_id=last.id)
+        return TaskResult(Outcome.REPLY_EXPIRED, reason=decision.reason, reply=reply)
+
     async def _save(
         self,
         msg: InboundMessage,
@@ -297,6 +374,7 @@ class Pipeline:
         *,
         done: Sequence[InboundMessage],
         turn_number: int | None = None,
+        meta: dict[str, str] | None = None,
     ) -> None:
         """Append `turns` to `msg`'s session and mark every wamid of `done` handled, at once.
 
@@ -306,7 +384,9 @@ class Pipeline:
         the exchange's history, not a second reply. Any failure is raised (a retry) after
         both have been tried.
         """
-        meta = {"phone_number_id": msg.phone_number_id}
+        meta = {**(meta or {}), "phone_number_id": msg.phone_number_id}
+        if msg.timestamp > 0:  # the user's last message: the 24-hour window runs from it
+            meta[LAST_INBOUND_AT_KEY] = repr(float(msg.timestamp))
         if msg.wa_id:
             meta["wa_id"] = msg.wa_id
         if msg.user_id:
@@ -338,6 +418,9 @@ class Pipeline:
             )
         except (TransientError, PermanentError) as exc:  # a receipt is never worth a retry
             log_event(_log, "mark_read_failed", message_id=msg.id, reason=_reason(exc))
+
+
+_NO_STATE = ConversationState()
 
 
 def _already_answered(session: Session, message_id: str) -> bool:
