@@ -79,6 +79,7 @@ class TestStats:
             "leased",
             "retrying",
             "dead_lettered",
+            "reply_expired",
             "oldest_age_s",
         }
         assert (stats["backend"], stats["depth"], stats["ready"]) == ("sqlite", 1, 1)

@@ -222,7 +222,6 @@ async def test_a_window_that_closed_while_the_task_ran_expires_the_reply() -> No
     session = await r.sessions.load(KEY)
     assert session is not None
     assert [t.message_id for t in session.turns] == ["wamid.W"]
-    assert await r.deduper.claim("wamid.W", 60) is not None
     assert (await r.run()).outcome is Outcome.SKIPPED  # done: a redelivery is not retried
 
 
