@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -22,7 +23,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 IdArg = Annotated[
     str, typer.Argument(metavar="ID", help="The conversation's id, or the user's wa_id or BSUID.")
 ]
-_COLUMNS = ("id", "user", "mode", "last inbound", "window closes", "updated")
+_COLUMNS = ("id", "number", "user", "mode", "last inbound", "window closes")
+_PIPED_WIDTH = 120  # a table piped or logged is not cut at 80 columns
 
 
 def store_settings() -> Settings:
@@ -43,16 +45,22 @@ def store_settings() -> Settings:
     return settings
 
 
+def _minute(epoch: float | None) -> str:
+    """A time to the minute, UTC (the table's columns stay narrow; `--json` has seconds)."""
+    if epoch is None:
+        return "-"
+    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%d %H:%M")
+
+
 def _row(conversation: Conversation) -> list[str]:
     data = conversation.to_json()
-    user = data["wa_id"] or data["bsuid"] or data["user"] or "?"
     return [
         data["id"],
-        f"{user} on {data['phone_number_id']}",
+        data["phone_number_id"],
+        data["wa_id"] or data["bsuid"] or data["user"] or "?",
         data["mode"],
-        iso_time(data["last_inbound_at"]) or "-",
-        iso_time(data["window_closes_at"]) or "-",
-        iso_time(data["updated_at"]) or "-",
+        _minute(data["last_inbound_at"]),
+        _minute(data["window_closes_at"]),
     ]
 
 
@@ -69,12 +77,15 @@ def list_(
     if as_json:
         print_json({"conversations": conversations_json(found)})
         return
-    table = Table(title=f"conversations ({len(found)})", title_justify="left")
+    table = Table(title=f"conversations ({len(found)}), times UTC", title_justify="left")
     for column in _COLUMNS:
-        table.add_column(column, no_wrap=column == "id")
+        table.add_column(column, no_wrap=True)
     for conversation in found:
         table.add_row(*(escape(cell) for cell in _row(conversation)))
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=_PIPED_WIDTH)
+    console.print(table)
 
 
 def show(ident: IdArg, as_json: JsonOpt = False) -> None:
