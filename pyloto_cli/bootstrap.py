@@ -230,7 +230,7 @@ def pipeline_config(settings: Settings, *, exclusive_queue: bool = True) -> Pipe
         claim_ttl_s=max(settings.lease_seconds * 2, 60.0),
         mark_read=settings.mark_read,
         typing_indicator=settings.typing_indicator,
-        window=window_rules(settings),
+        window_rules=window_rules(settings),
     )
 
 

@@ -107,7 +107,7 @@ class PipelineConfig:
     # The stale limit and the 24-hour window's checks before every send (pipeline/window.py):
     # every runtime built from settings has them; None leaves them out, for tests of the
     # other rules on recorded timestamps.
-    window: window.WindowRules | None = None
+    window_rules: window.WindowRules | None = None
 
 
 class Pipeline:
@@ -311,7 +311,7 @@ class Pipeline:
 
     def _stale(self, msgs: list[InboundMessage]) -> list[InboundMessage]:
         """The messages too old to answer (logged `message_stale`); none without window rules."""
-        rules = self.config.window
+        rules = self.config.window_rules
         if rules is None:
             return []
         now = self._clock()
@@ -323,7 +323,7 @@ class Pipeline:
 
     async def _send(self, msg: InboundMessage, body: JsonObject) -> window.Gated:
         """Send `body` through the checks just before a send (mode, window), when configured."""
-        rules = self.config.window
+        rules = self.config.window_rules
         if rules is None:
             sent = await self.sender.send(msg.phone_number_id, body)
             return window.Gated(sent, window.Decision(window.Verdict.SEND, "unchecked"), _NO_STATE)
@@ -342,7 +342,7 @@ class Pipeline:
         now, decision = self._clock(), gated.decision
         turns = tuple(Turn(Role.USER, m.text or "", m.id, now, None, m.raw_type) for m in msgs)
         if gated.sent is not None:  # the re-engagement template went, once for this window
-            template = self.config.window.template if self.config.window else None
+            template = self.config.window_rules.template if self.config.window_rules else None
             bot = Turn(
                 Role.ASSISTANT,
                 f"[template {template.name if template else ''}]",

@@ -165,7 +165,7 @@ def rig(now: float, *, template: ReengageTemplate | None = None, stale_s: float 
         responder=responder,
         sender=sender,
         statuses=statuses,
-        config=PipelineConfig(window=WindowRules(stale_s, template)),
+        config=PipelineConfig(window_rules=WindowRules(stale_s, template)),
         clock=clock,
     )
     return Rig(clock, sessions, deduper, statuses, sender, responder, pipeline)
