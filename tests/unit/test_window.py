@@ -5,15 +5,18 @@ conversation taken over while the LLM ran, Graph's 131047)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from pyloto_cli.adapters.dedupe.memory import MemoryDeduper
 from pyloto_cli.adapters.llm.offline import OfflineResponder
 from pyloto_cli.adapters.sessions.memory import MemorySessionStore
 from pyloto_cli.adapters.statuses.memory import MemoryStatusStore
+from pyloto_cli.bootstrap import window_rules
 from pyloto_cli.domain.conversation import ConversationState, Mode
 from pyloto_cli.domain.errors import PermanentError
 from pyloto_cli.domain.reply import Reply
@@ -32,6 +35,7 @@ from pyloto_cli.pipeline.window import (
     with_inbound,
 )
 from pyloto_cli.ports import ResponderRequest
+from pyloto_cli.settings import Settings
 from tests.unit.pipeline_support import PNID, RecordingSender, message, webhook
 
 DAY = 86_400.0
@@ -291,3 +295,23 @@ async def test_other_permanent_errors_still_dead_letter() -> None:
     r.sender.fail_with = lambda n: PermanentError("undeliverable", code=131026)
     assert (await r.run()).outcome is Outcome.DEAD
     assert r.sender.sent == []
+
+
+# --- settings ---------------------------------------------------------------------------------
+
+
+def test_the_settings_give_the_rules_and_refuse_what_cannot_work(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """The default limit is a day; more than a day is refused (no free-form reply could go
+    anyway); a template needs its language and the reverse."""
+    assert window_rules(make_settings()) == WindowRules(DAY, None)
+    configured = make_settings(
+        stale_after_seconds=600, reengage_template="hello_again", reengage_template_lang="pt_BR"
+    )
+    assert window_rules(configured) == WindowRules(600.0, TEMPLATE)
+    with pytest.raises(ValidationError, match="less than or equal to 86400"):
+        make_settings(stale_after_seconds=DAY + 1)
+    for alone in ({"reengage_template": "hello_again"}, {"reengage_template_lang": "pt_BR"}):
+        with pytest.raises(ValidationError, match="go together"):
+            make_settings(**alone)
