@@ -169,6 +169,11 @@ class SessionStore(Protocol):
         """True if a session is stored under `key`."""
         ...
 
+    async def head(self, key: str) -> SessionHead | None:
+        """The session's key, last update and meta without its turns (None if there is none):
+        the conversation's state, read just before a send, cheaper than `load`."""
+        ...
+
     async def list(self, limit: int = 10_000) -> Sequence[SessionHead]:
         """Up to `limit` stored sessions without their turns, most recently updated first:
         what an operator browses (a scan of the whole store, not a hot-path call)."""

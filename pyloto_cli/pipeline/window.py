@@ -137,8 +137,8 @@ async def gated_send(
     """Read the conversation again, check it (`check_before_send`), and send `body`, the
     template, or nothing. Graph's 131047 (the window closed after all) is handled as a closed
     window; every other failure is raised as the sender raised it."""
-    session = await sessions.load(msg.conversation_key)
-    state = with_inbound(ConversationState.from_meta(session.meta if session else {}), msg, now)
+    head = await sessions.head(msg.conversation_key)
+    state = with_inbound(ConversationState.from_meta(head.meta if head else {}), msg, now)
     decision = check_before_send(state, now, rules.template)
     if decision.verdict is Verdict.SEND:
         try:

@@ -217,6 +217,23 @@ class SessionStoreContract:
         )
         assert len(ids(await store.load(KEY))) == 5
 
+    async def test_head_is_the_session_without_its_turns(self, store: SessionStore) -> None:
+        """`head` gives what `load` gives but the turns, and None for a missing key."""
+        assert await store.head(KEY) is None
+        await store.append(KEY, [user_turn("a")], 10, meta={"mode": "human", "name": "Zoë"})
+        appended = await store.append(KEY, [], 10, meta={"last_inbound_at": "1767225600.0"})
+        head = await store.head(KEY)
+        assert head is not None
+        assert (head.key, head.updated_at, dict(head.meta)) == (
+            KEY,
+            appended.updated_at,
+            {"mode": "human", "name": "Zoë", "last_inbound_at": "1767225600.0"},
+        )
+        await store.save(Session(OTHER_KEY, (user_turn("b"),), 5.0))
+        other = await store.head(OTHER_KEY)
+        assert other is not None
+        assert (other.updated_at, dict(other.meta)) == (5.0, {})
+
     async def test_list_of_an_empty_store_is_empty(self, store: SessionStore) -> None:
         """No session stored, none listed."""
         assert list(await store.list()) == []

@@ -160,6 +160,13 @@ class FirestoreSessionStore(Attached):
                     batch.set(ref, data)
             await batch.commit()
 
+    async def head(self, key: str) -> SessionHead | None:
+        """The head document alone (one read; the turns subcollection is not queried)."""
+        snap = await self._head(key).get()
+        if not snap.exists:
+            return None
+        return _session_head(snap.to_dict() or {})
+
     async def list(self, limit: int = 10_000) -> Sequence[SessionHead]:
         """Up to `limit` sessions without turns, most recently updated first: one query on
         the head documents (their turn subcollections are never read)."""
@@ -169,14 +176,12 @@ class FirestoreSessionStore(Attached):
             .order_by("updated_at", direction=firestore.Query.DESCENDING)
             .limit(limit)
         )
-        heads = []
-        async for snap in query.stream():
-            data: dict[str, Any] = snap.to_dict() or {}
-            meta = {str(k): str(v) for k, v in (data.get("meta") or {}).items()}
-            heads.append(
-                SessionHead(str(data.get("key", "")), float(data.get("updated_at", 0.0)), meta)
-            )
-        return heads
+        return [_session_head(snap.to_dict() or {}) async for snap in query.stream()]
+
+
+def _session_head(data: dict[str, Any]) -> SessionHead:
+    meta = {str(k): str(v) for k, v in (data.get("meta") or {}).items()}
+    return SessionHead(str(data.get("key", "")), float(data.get("updated_at", 0.0)), meta)
 
 
 def _turn_doc(seq: str, turn: Turn) -> dict[str, Any]:

@@ -70,6 +70,13 @@ class MemorySessionStore:
         """True if a session is stored under `key`."""
         return key in self._data
 
+    async def head(self, key: str) -> SessionHead | None:
+        """The session without its turns, or None."""
+        data = self._data.get(key)
+        if data is None:
+            return None
+        return SessionHead(key, float(data.get("updated_at", 0.0)), dict(data.get("meta", {})))
+
     async def list(self, limit: int = 10_000) -> Sequence[SessionHead]:
         """Up to `limit` sessions without turns, most recently updated first."""
         heads = [

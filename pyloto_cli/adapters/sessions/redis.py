@@ -136,6 +136,12 @@ class RedisSessionStore(Attached):
         head, _ = self._keys(key)
         return int(await self._conn.client.exists(head)) > 0
 
+    async def head(self, key: str) -> SessionHead | None:
+        """The session's hash alone (one HGETALL; the turns list is not read)."""
+        head, _ = self._keys(key)
+        session = _session(key, await self._conn.client.hgetall(head), ())
+        return None if session is None else SessionHead(key, session.updated_at, session.meta)
+
     async def list(self, limit: int = 10_000) -> Sequence[SessionHead]:
         """Up to `limit` sessions without turns, most recently updated first.
 

@@ -50,6 +50,18 @@ def _heads(conn: sqlite3.Connection, limit: int) -> list[SessionHead]:
     return [SessionHead(row["key"], float(row["updated_at"]), _meta(row["data"])) for row in rows]
 
 
+def _head(conn: sqlite3.Connection, key: str) -> SessionHead | None:
+    # json_extract reads the meta out of the stored JSON in SQLite: the turns are not decoded
+    row = conn.execute(
+        "SELECT updated_at, json_extract(data, '$.meta') AS meta FROM sessions WHERE key = ?",
+        (key,),
+    ).fetchone()
+    if row is None:
+        return None
+    meta = json_codec.loads(row["meta"]) if row["meta"] else {}
+    return SessionHead(key, float(row["updated_at"]), {str(k): str(v) for k, v in meta.items()})
+
+
 def _meta(data: str) -> dict[str, str]:
     meta = json_codec.loads(data).get("meta") or {}
     return {str(name): str(value) for name, value in meta.items()}
@@ -125,6 +137,10 @@ class SqliteSessionStore(Attached):
                 conn.execute("SELECT 1 FROM sessions WHERE key = ?", (key,)).fetchone() is not None
             )
         )
+
+    async def head(self, key: str) -> SessionHead | None:
+        """The session's key, last update and meta, without decoding its turns."""
+        return await self._sql.run(lambda conn: _head(conn, key), readonly=True)
 
     async def list(self, limit: int = 10_000) -> Sequence[SessionHead]:
         """Up to `limit` sessions without turns, most recently updated first (one SELECT)."""
