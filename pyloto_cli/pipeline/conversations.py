@@ -32,6 +32,8 @@ _log = get_logger("conversations")
 OPERATOR = "operator"
 # the fields a mode change writes: the rest of the state (last inbound time...) is left as is
 _MODE_FIELDS = (MODE_KEY, MODE_REASON_KEY, MODE_CHANGED_AT_KEY, STAFF_ACTIVE_AT_KEY)
+# an id is looked for among every conversation: the opaque id is a hash, it cannot be queried
+_SCAN_ALL = 1_000_000
 
 
 class ConversationNotFound(PylotoError):
@@ -125,7 +127,7 @@ class ConversationDesk:
         wanted = ident.lstrip("+")
         matches = [
             head
-            for head in await self.sessions.list()
+            for head in await self.sessions.list(_SCAN_ALL)
             if conversation_id(head.key) == ident.lower() or _names(head, wanted)
         ]
         if not matches:
