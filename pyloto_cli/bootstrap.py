@@ -8,7 +8,8 @@ only the roles it plays:
 - processing (`pipeline.worker.Worker`): a pull queue's worker over the pipeline;
 - push (`web.tasks.PushRole`): the pipeline behind `/tasks/process`, with Cloud Tasks' auth,
   rescheduling and dead letters;
-- admin (`ports.QueueAdmin`) and the stores, for the CLI's tools.
+- admin (`ports.QueueAdmin`) and the stores, for the CLI's tools; the conversation desk
+  (`pipeline.conversations.ConversationDesk`) for the admin API.
 
 `serve`'s web process opens intake (and push on Cloud Tasks) and no LLM client; a worker opens
 processing only. SDK-backed adapters are imported only when their backend is chosen, so the
@@ -27,7 +28,9 @@ from pyloto_cli.domain.errors import BackendUnavailable
 from pyloto_cli.domain.retry import RetryPolicy
 from pyloto_cli.logs import get_logger, log_event
 from pyloto_cli.pipeline.conversation import ConversationRules, keyword_set
+from pyloto_cli.pipeline.conversations import ConversationDesk
 from pyloto_cli.pipeline.process import Pipeline, PipelineConfig
+from pyloto_cli.pipeline.window import ReengageTemplate, WindowRules
 from pyloto_cli.pipeline.worker import Worker
 from pyloto_cli.ports import (
     NO_METRICS,
@@ -100,6 +103,11 @@ class Roles:
             stores = await self.stores()
             self._intake = Intake(parts.sink, parts.admin, stores.sessions)
         return self._intake
+
+    async def conversations(self) -> ConversationDesk:
+        """The operator's desk over the session store (the admin API's role)."""
+        sessions = (await self.stores()).sessions
+        return ConversationDesk(sessions, history_turns=self.settings.history_turns)
 
     async def sink(self) -> TaskSink:
         """Where tasks are stored (every queue backend has one)."""
@@ -239,7 +247,16 @@ def pipeline_config(settings: Settings, *, exclusive_queue: bool = True) -> Pipe
             optin_reply=settings.optin_reply,
             handoff_timeout_s=settings.handoff_timeout_seconds,
         ),
+        window_rules=window_rules(settings),
     )
+
+
+def window_rules(settings: Settings) -> WindowRules:
+    """The stale limit and the re-engagement template (when both its name and language are
+    set; one alone is refused by the settings)."""
+    name, language = settings.reengage_template, settings.reengage_template_lang
+    template = ReengageTemplate(name, language) if name and language else None
+    return WindowRules(stale_after_s=settings.stale_after_seconds, template=template)
 
 
 @contextlib.asynccontextmanager

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +38,8 @@ class LocalSetup:
 
 
 def example_webhook() -> dict[str, object]:
-    """A small signed-able webhook: one text message from a fake number."""
+    """A small signed-able webhook: one text message from a fake number, stamped now (it is
+    written at each start, and a message more than a day old would not be answered)."""
     return {
         "object": "whatsapp_business_account",
         "entry": [
@@ -57,7 +59,7 @@ def example_webhook() -> dict[str, object]:
                                 {
                                     "from": "15550001234",
                                     "id": f"wamid.example.{secrets.token_hex(8)}",
-                                    "timestamp": "1767225600",
+                                    "timestamp": str(int(time.time())),
                                     "type": "text",
                                     "text": {"body": "Olá! Qual é o preço? 😊"},
                                 }

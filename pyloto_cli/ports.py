@@ -170,6 +170,25 @@ class SessionStore(Protocol):
         """True if a session is stored under `key`."""
         ...
 
+    async def head(self, key: str) -> SessionHead | None:
+        """The session's key, last update and meta without its turns (None if there is none):
+        the conversation's state, read just before a send, cheaper than `load`."""
+        ...
+
+    async def list(self, limit: int = 10_000) -> Sequence[SessionHead]:
+        """Up to `limit` stored sessions without their turns, most recently updated first:
+        what an operator browses (a scan of the whole store, not a hot-path call)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SessionHead:
+    """A stored session's key, last update and meta (the conversation's state), no turns."""
+
+    key: str
+    updated_at: float
+    meta: Mapping[str, str] = field(default_factory=dict)
+
 
 class ClaimResult(StrEnum):
     """Outcome of `Deduper.claim`."""

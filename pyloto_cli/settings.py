@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_GRAPH_API_VERSION = "v25.0"
@@ -213,6 +213,17 @@ class Settings(BaseSettings):
     send_rate_per_number: float = Field(
         80.0, gt=0, validation_alias=_env("PYLOTO_SEND_RATE_PER_NUMBER")
     )
+    # a message older than this (by its own timestamp, when the task runs) is stored, not
+    # answered; at most the 24-hour window, past which no free-form reply may go anyway
+    stale_after_seconds: float = Field(
+        86400.0, gt=0, le=86400, validation_alias=_env("PYLOTO_STALE_AFTER_SECONDS")
+    )
+    # an approved template (name and language code, both set) sent instead of a reply whose
+    # 24-hour window closed before it could go; unset: the task ends as reply_expired
+    reengage_template: str | None = Field(None, validation_alias=_env("PYLOTO_REENGAGE_TEMPLATE"))
+    reengage_template_lang: str | None = Field(
+        None, validate_default=True, validation_alias=_env("PYLOTO_REENGAGE_TEMPLATE_LANG")
+    )
 
     # --- Web ------------------------------------------------------------------------------------
     # unset: 127.0.0.1, or every interface when PORT is set (see listen_address)
@@ -266,6 +277,17 @@ class Settings(BaseSettings):
         if parts.scheme not in REDIS_SCHEMES:
             raise ValueError(
                 "not a Redis URL; expected redis://host:6379/0 (or rediss://, unix://)"
+            )
+        return value
+
+    @field_validator("reengage_template_lang")
+    @classmethod
+    def template_needs_its_language(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # a template without its language (or the reverse) would silently send nothing
+        if bool(value) != bool(info.data.get("reengage_template")):
+            raise ValueError(
+                "PYLOTO_REENGAGE_TEMPLATE and PYLOTO_REENGAGE_TEMPLATE_LANG go together: "
+                "set both (the template's name and language code) or neither"
             )
         return value
 

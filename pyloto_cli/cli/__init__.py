@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pyloto_cli.cli import bench, doctor, enqueue, queue, replay, send, serve
+from pyloto_cli.cli import bench, conversations, doctor, enqueue, queue, replay, send, serve
 
 app = typer.Typer(
     name="pyloto",
@@ -22,6 +22,7 @@ queue.register(app)
 replay.register(app)
 doctor.register(app)
 send.register(app)
+conversations.register(app)
 
 
 def _print_version(wanted: bool) -> None:

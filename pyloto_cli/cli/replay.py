@@ -17,10 +17,16 @@ from rich.text import Text
 from pyloto_cli.bootstrap import open_roles
 from pyloto_cli.cli._boundary import EXIT_FAILURE, EXIT_OK, boundary, load_settings, print_json
 from pyloto_cli.logs import log_id
-from pyloto_cli.tools.replay import REPLAY_SUFFIXES, ReplayReport, run_replay
+from pyloto_cli.tools.replay import REPLAY_SUFFIXES, ReplayClock, ReplayReport, run_replay
 from pyloto_cli.tools.sources import expand
 
-_OUTCOME_STYLE = {"done": "green", "skipped": "yellow", "retry": "red", "dead": "red"}
+_OUTCOME_STYLE = {
+    "done": "green",
+    "skipped": "yellow",
+    "reply_expired": "yellow",
+    "retry": "red",
+    "dead": "red",
+}
 
 
 def _facts(item: dict[str, Any]) -> Table:
@@ -81,6 +87,14 @@ def replay(
     record: Annotated[Path | None, typer.Option(help="Write the transcript here.")] = None,
     expect: Annotated[Path | None, typer.Option(help="Compare with this transcript.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    now: Annotated[
+        ReplayClock,
+        typer.Option(
+            help="What the stale limit and the 24-hour window are judged against: the wall "
+            "clock, or the newest message timestamp in the input (old recordings replay as "
+            "recorded)."
+        ),
+    ] = ReplayClock.WALL,
 ) -> None:
     """Run recorded webhooks through the whole pipeline offline; exit 1 on failure or diff."""
     console = Console()
@@ -97,6 +111,7 @@ def replay(
                 record=record,
                 expect=expect,
                 on_item=show,
+                now=now,
             )
         )
     if as_json:

@@ -170,8 +170,10 @@ async def run_server(
                 roles.announce("intake")
             _freeze_startup_objects()
             deadline = HeaderDeadline(settings.header_timeout_seconds)
+            admin = settings.admin_token
+            desk = await roles.conversations() if admin and admin.get_secret_value() else None
             config = uvicorn.Config(
-                deadline.wrap(create_app(settings, intake, push, metrics)),
+                deadline.wrap(create_app(settings, intake, push, metrics, desk)),
                 http=deadline.protocol,
                 host=host,
                 port=port,

@@ -201,6 +201,8 @@ class QueueStats:
     dead: int = 0
     oldest_age_s: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # tasks that ended `reply_expired` (read from the delivery statuses, by `queue stats`)
+    reply_expired: int = 0
 
     @property
     def depth(self) -> int:

@@ -29,12 +29,18 @@ retried one message at a time after a crash before step 4 is not answered twice.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from pyloto_cli.domain import ids
+from pyloto_cli.domain.conversation import (
+    REENGAGED_WINDOW_KEY,
+    ConversationState,
+    Mode,
+)
 from pyloto_cli.domain.errors import (
     AmbiguousSendError,
     PermanentError,
@@ -44,10 +50,11 @@ from pyloto_cli.domain.errors import (
 from pyloto_cli.domain.outbound import build_reply_body
 from pyloto_cli.domain.reply import Reply
 from pyloto_cli.domain.session import Role, Session, Turn
-from pyloto_cli.domain.task import FailureKind, Task, TaskKind
+from pyloto_cli.domain.task import FailureKind, JsonObject, Task, TaskKind
 from pyloto_cli.domain.webhook import InboundMessage, inbound_message, needs_reply, status_update
 from pyloto_cli.logs import get_logger, log_event, mask_phone
 from pyloto_cli.pipeline import conversation as modes
+from pyloto_cli.pipeline import window
 from pyloto_cli.ports import (
     NO_METRICS,
     ClaimResult,
@@ -72,6 +79,7 @@ class Outcome(StrEnum):
     RETRY = "retry"
     DEFER = "defer"  # sending is paused (token rejected): wait without spending an attempt
     DEAD = "dead"
+    REPLY_EXPIRED = "reply_expired"  # the 24-hour window closed before the reply could go
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +110,10 @@ class PipelineConfig:
     exclusive_queue: bool = True
     # who answers: keywords, confirmations, the handoff timeout (pipeline/conversation.py)
     conversation: modes.ConversationRules = field(default_factory=modes.ConversationRules)
+    # The stale limit and the 24-hour window's checks before every send (pipeline/window.py):
+    # every runtime built from settings has them; None leaves them out, for tests of the
+    # other rules on recorded timestamps.
+    window_rules: window.WindowRules | None = None
 
 
 class Pipeline:
@@ -255,11 +267,15 @@ class Pipeline:
         if verdict.keyword_message is not None:  # its confirmation, not the LLM's reply
             confirm = Reply(text=verdict.confirmation or "", event=verdict.event)
             return await self._reply_once(fresh, verdict.keyword_message, session, tracker, confirm)
-        if not replying or not verdict.answer:  # reactions; or a person handles it: stored only
+        stale = self._stale(replying) if verdict.answer else []  # mode rules come first
+        replying = [m for m in replying if m not in stale]
+        if not replying or not verdict.answer:  # reactions; stale; or a person handles it
             for msg in fresh:
                 turn = Turn(Role.USER, msg.text or "", msg.id, self._clock(), None, msg.raw_type)
                 await self._save(msg, (turn,), done=(msg,), extra=tracker.meta())
             tracker.log_changes()
+            if stale:
+                return TaskResult(Outcome.SKIPPED, reason=window.MESSAGE_STALE)
             return TaskResult(Outcome.DONE)
         return await self._reply_once(fresh, replying[-1], session, tracker)
 
@@ -285,10 +301,13 @@ class Pipeline:
             log_event(_log, "reply_fallback", stage=stage, message_id=last.id)
         body = build_reply_body(reply, last.recipient, callback_data=last.id)
         try:
-            sent = await self.sender.send(last.phone_number_id, body)
+            gated = await self._send(last, body, tracker.before.mode if fixed else None)
         except (TransientError, PermanentError) as exc:
             self.metrics.graph_send(_send_outcome(exc), exc.code)
             raise
+        if gated.sent is None or gated.decision.verdict is window.Verdict.TEMPLATE:
+            return await self._not_replied(msgs, last, reply, gated, turn_number, tracker)
+        sent = gated.sent
         self.metrics.graph_send("sent")
         user_turns = tuple(
             Turn(
@@ -317,6 +336,74 @@ class Pipeline:
         if len(msgs) > 1:
             log_event(_log, "burst_answered", message_id=last.id, messages=len(msgs))
         return TaskResult(Outcome.DONE, sent_id=sent.message_id, reply=reply)
+
+    def _stale(self, msgs: list[InboundMessage]) -> list[InboundMessage]:
+        """The messages too old to answer (logged `message_stale`); none without window rules."""
+        rules = self.config.window_rules
+        if rules is None:
+            return []
+        now = self._clock()
+        stale = window.stale_messages(msgs, now, rules.stale_after_s)
+        for msg in stale:
+            age = round(now - msg.timestamp)
+            log_event(_log, "message_stale", message_id=msg.id, age_s=age)
+        return stale
+
+    async def _send(
+        self, msg: InboundMessage, body: JsonObject, leaving: Mode | None = None
+    ) -> window.Gated:
+        """Send `body` through the checks just before a send (mode, window), when configured;
+        `leaving` is the mode a keyword's confirmation takes the conversation out of."""
+        rules = self.config.window_rules
+        if rules is None:
+            sent = await self.sender.send(msg.phone_number_id, body)
+            return window.Gated(sent, window.Decision(window.Verdict.SEND, "unchecked"), _NO_STATE)
+        return await window.gated_send(
+            self.sessions, self.sender, rules, msg, body, self._clock(), leaving
+        )
+
+    async def _not_replied(
+        self,
+        msgs: list[InboundMessage],
+        last: InboundMessage,
+        reply: Reply,
+        gated: window.Gated,
+        turn_number: int,
+        tracker: modes.ConversationTracker,
+    ) -> TaskResult:
+        """The reply did not go: the conversation left the assistant (skipped), the window had
+        closed (the template went instead, or `reply_expired`). The user's turns are kept."""
+        now, decision = self._clock(), gated.decision
+        turns = tuple(Turn(Role.USER, m.text or "", m.id, now, None, m.raw_type) for m in msgs)
+        if gated.sent is not None:  # the re-engagement template went, once for this window
+            template = self.config.window_rules.template if self.config.window_rules else None
+            bot = Turn(
+                Role.ASSISTANT,
+                f"[template {template.name if template else ''}]",
+                gated.sent.message_id,
+                now,
+                message_type="template",
+                reply_to=last.id,
+            )
+            self.metrics.graph_send("sent")
+            window_at = gated.state.last_inbound_at
+            meta = tracker.meta()
+            if window_at is not None:
+                meta[REENGAGED_WINDOW_KEY] = repr(window_at)
+            await self._save(last, (*turns, bot), done=msgs, turn_number=turn_number, extra=meta)
+            tracker.log_changes()
+            log_event(_log, "reengage_template_sent", message_id=last.id)
+            return TaskResult(
+                Outcome.DONE, reason=decision.reason, sent_id=gated.sent.message_id, reply=reply
+            )
+        await self._save(last, turns, done=msgs, turn_number=turn_number, extra=tracker.meta())
+        tracker.log_changes()
+        if decision.verdict is window.Verdict.HOLD:
+            log_event(_log, "reply_held", message_id=last.id, reason=decision.reason)
+            return TaskResult(Outcome.SKIPPED, reason=decision.reason, reply=reply)
+        await self.statuses.record(window.expired_status(last, now))
+        log_event(_log, window.REPLY_EXPIRED, logging.WARNING, message_id=last.id)
+        return TaskResult(Outcome.REPLY_EXPIRED, reason=decision.reason, reply=reply)
 
     async def _save(
         self,
@@ -368,6 +455,9 @@ class Pipeline:
             )
         except (TransientError, PermanentError) as exc:  # a receipt is never worth a retry
             log_event(_log, "mark_read_failed", message_id=msg.id, reason=_reason(exc))
+
+
+_NO_STATE = ConversationState()
 
 
 def _already_answered(session: Session, message_id: str) -> bool:

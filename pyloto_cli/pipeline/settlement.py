@@ -48,8 +48,8 @@ def settle(result: TaskResult, attempt: int, policy: RetryPolicy) -> Settlement:
     A retryable failure is dead-lettered once `policy` has no attempt left; its delay is the
     failure's own (e.g. Graph's Retry-After) or else the policy's backoff.
     """
-    if result.outcome in (Outcome.DONE, Outcome.SKIPPED):
-        return Settlement(Action.ACK)
+    if result.outcome in (Outcome.DONE, Outcome.SKIPPED, Outcome.REPLY_EXPIRED):
+        return Settlement(Action.ACK)  # an expired reply: no retry can reopen the window
     reason = result.reason or _UNKNOWN
     if result.outcome is Outcome.DEFER:
         delay = DEFAULT_DEFER_S if result.delay_s is None else result.delay_s

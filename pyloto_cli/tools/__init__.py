@@ -1,4 +1,4 @@
-"""The logic behind `pyloto enqueue`, `pyloto queue ...` and `pyloto replay`.
+"""The logic behind `pyloto enqueue`, `queue ...`, `replay` and `conversations`.
 
 The Typer commands in `pyloto_cli/cli/` only parse options and render; everything they do is
 here, as plain async functions over `Settings` that tests call directly. Each is given the

@@ -7,6 +7,7 @@ Every function opens the runtime the settings describe, does one thing and close
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,12 +16,14 @@ from typing import Any
 
 from pyloto_cli.domain.task import DeadLetter, QueueStats
 from pyloto_cli.logs import get_logger, log_event, mask_digits, mask_phone, mask_phone_fields
+from pyloto_cli.pipeline.window import REPLY_EXPIRED
 from pyloto_cli.ports import DeliveryStatus, QueueAdmin
 from pyloto_cli.settings import Settings
 from pyloto_cli.tools import RolesOpener, ToolRoles, ToolUsageError, admin_settings
 
 _log = get_logger("tools.queue")
 _SHOW_LIMIT = 1_000_000  # dead letters scanned by `show` and `requeue` (QueueAdmin has no get)
+_EXPIRED_SCAN = 10_000  # the newest failed deliveries `stats` counts expired replies among
 
 
 async def _admin(roles: ToolRoles) -> QueueAdmin:
@@ -47,6 +50,7 @@ def stats_json(stats: QueueStats) -> dict[str, Any]:
         "leased": stats.leased,
         "retrying": stats.retrying,
         "dead_lettered": stats.dead,
+        "reply_expired": stats.reply_expired,
         "oldest_age_s": None if stats.oldest_age_s is None else round(stats.oldest_age_s, 3),
     }
 
@@ -57,7 +61,15 @@ def stats_json(stats: QueueStats) -> dict[str, Any]:
 async def queue_stats(settings: Settings, open_roles: RolesOpener) -> QueueStats:
     """One snapshot of the configured queue."""
     async with open_roles(admin_settings(settings)) as roles:
-        return await (await _admin(roles)).stats()
+        return await _snapshot(roles, await _admin(roles))
+
+
+async def _snapshot(roles: ToolRoles, admin: QueueAdmin) -> QueueStats:
+    """The queue's counts, with the replies that expired (kept as failed deliveries)."""
+    stats = await admin.stats()
+    failed = await (await roles.stores()).statuses.failed(_EXPIRED_SCAN)
+    expired = sum(1 for status in failed if status.error_title == REPLY_EXPIRED)
+    return dataclasses.replace(stats, reply_expired=expired)
 
 
 async def watch_stats(
@@ -75,7 +87,7 @@ async def watch_stats(
         while count is None or shown < count:
             if shown:
                 await asyncio.sleep(interval_s)  # the refresh interval, not a readiness wait
-            on_stats(await admin.stats())
+            on_stats(await _snapshot(roles, admin))
             shown += 1
     return shown
 

@@ -14,6 +14,11 @@ once for the whole replay with memory queue, sessions and dedupe, no Graph token
 dry-run sender) and, unless `live_llm`, the offline responder: sessions carry from one file to
 the next, and a recorded conversation replays as one. Read receipts are off.
 
+The 24-hour window and the stale limit are judged as in production, against the wall clock
+(`ReplayClock.WALL`): an old recording's messages are stored and skipped as `message_stale`.
+`ReplayClock.RECORDED` judges every message against the newest timestamp in the whole input,
+so a recording replays as it happened (the golden transcripts are replayed so).
+
 Each task yields one transcript item (`pyloto_cli.tools.transcript`): `source`, `task_id`,
 `kind`, then per kind `message` {id, type, from (masked), text, needs_reply}, `status` {id,
 status, error_code} or `field`/`reason` (other events); then `outcome` (done, skipped, retry,
@@ -28,8 +33,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
 
@@ -43,6 +49,7 @@ from pyloto_cli.domain.webhook import (
     split_webhook,
     status_update,
 )
+from pyloto_cli.domain.webhook_content import int_of
 from pyloto_cli.logs import get_logger, log_event, mask_phone, mask_phone_fields
 from pyloto_cli.pipeline.process import Outcome, Pipeline, TaskResult
 from pyloto_cli.ports import Responder, ResponderRequest, Sender, SendResult
@@ -62,6 +69,35 @@ _log = get_logger("tools.replay")
 REPLAY_SUFFIXES: Final = (".json", ".jsonl", ".ndjson")
 LINE_SUFFIXES: Final = frozenset({".jsonl", ".ndjson"})
 FAILED_OUTCOMES: Final = frozenset({"rejected", Outcome.RETRY.value, Outcome.DEAD.value})
+
+
+class ReplayClock(StrEnum):
+    """What "now" is while replaying (the stale limit and the 24-hour window are judged on it)."""
+
+    WALL = "wall"  # the wall clock, as in production
+    RECORDED = "recorded"  # the newest message timestamp in the input
+
+
+def newest_timestamp(requests: Iterable[Request]) -> float | None:
+    """The newest `messages[].timestamp` in the requests' bodies (None when there is none)."""
+    stamps = [
+        stamp
+        for request in requests
+        if isinstance(request.body, dict)
+        for entry in _dicts(request.body.get("entry"))
+        for change in _dicts(entry.get("changes"))
+        for message in _dicts(_dict(change.get("value")).get("messages"))
+        if (stamp := int_of(message.get("timestamp"))) is not None and stamp > 0
+    ]
+    return float(max(stamps)) if stamps else None
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def replay_settings(settings: Settings, *, live_llm: bool = False) -> Settings:
@@ -224,7 +260,9 @@ def _reply_json(reply: Reply) -> JsonObject:
 class Replayer:
     """Runs requests through a copy of `pipeline` on `stores`, recording each task."""
 
-    def __init__(self, pipeline: Pipeline, stores: StoreSet) -> None:
+    def __init__(
+        self, pipeline: Pipeline, stores: StoreSet, clock: Callable[[], float] = time.time
+    ) -> None:
         self._probe = _Probe()
         self.pipeline = Pipeline(
             sessions=stores.sessions,
@@ -233,6 +271,7 @@ class Replayer:
             sender=_RecordingSender(pipeline.sender, self._probe),
             statuses=stores.statuses,
             config=pipeline.config,
+            clock=clock,
         )
 
     async def replay(self, request: Request) -> list[JsonObject]:
@@ -322,20 +361,25 @@ async def run_replay(
     record: Path | None = None,
     expect: Path | None = None,
     on_item: Callable[[JsonObject], None] | None = None,
+    now: ReplayClock = ReplayClock.WALL,
 ) -> ReplayReport:
-    """Replay `sources` in order on one offline runtime; record and/or compare the transcript."""
+    """Replay `sources` in order on one offline runtime; record and/or compare the transcript.
+
+    `now` says what the stale limit and the window are judged against (`ReplayClock`)."""
     expected = _expected(expect)
     if record is not None:  # before the replay, not after it: a long run is not thrown away
         check_writable(record)
     report = ReplayReport()
+    requests = [request for source in sources for request in requests_of(source)]
+    recorded = newest_timestamp(requests) if now is ReplayClock.RECORDED else None
+    clock = time.time if recorded is None else (lambda: recorded)
     async with open_roles(replay_settings(settings, live_llm=live_llm)) as roles:
-        replayer = Replayer(await roles.pipeline(), await roles.stores())
-        for source in sources:
-            for request in requests_of(source):
-                for item in await replayer.replay(request):
-                    report.items.append(item)
-                    if on_item is not None:
-                        on_item(item)
+        replayer = Replayer(await roles.pipeline(), await roles.stores(), clock)
+        for request in requests:
+            for item in await replayer.replay(request):
+                report.items.append(item)
+                if on_item is not None:
+                    on_item(item)
     if record is not None:
         write_transcript(record, report.items)
         report.recorded = record

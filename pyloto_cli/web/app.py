@@ -25,8 +25,10 @@ from pyloto_cli.domain.signature import verify_signature
 from pyloto_cli.domain.webhook import split_webhook
 from pyloto_cli.domain.webhook_json import parse_webhook_body
 from pyloto_cli.logs import get_logger, log_event
+from pyloto_cli.pipeline.conversations import ConversationDesk
 from pyloto_cli.ports import NO_METRICS, Metrics
 from pyloto_cli.settings import Settings
+from pyloto_cli.web.admin import admin_routes, authorized
 from pyloto_cli.web.body import CLOSE, read_body
 from pyloto_cli.web.intake import Intake
 from pyloto_cli.web.tasks import PushRole, process_pushed
@@ -149,13 +151,10 @@ async def readyz(request: Request) -> Response:
 async def metrics_endpoint(request: Request) -> Response:
     """Prometheus exposition; with an admin token set, only for `Authorization: Bearer` it."""
     token = _settings(request).admin_token
-    if token is not None and token.get_secret_value():
-        sent = request.headers.get("authorization", "").encode()
-        expected = b"Bearer " + token.get_secret_value().encode()
-        if not hmac.compare_digest(sent, expected):
-            return PlainTextResponse(
-                "unauthorized", status_code=401, headers={"WWW-Authenticate": "Bearer"}
-            )
+    if token is not None and token.get_secret_value() and not authorized(request, token):
+        return PlainTextResponse(
+            "unauthorized", status_code=401, headers={"WWW-Authenticate": "Bearer"}
+        )
     metrics = _metrics(request)
     admin = _intake(request).admin
     if admin is not None:  # the queue's own view, read now: other processes change it too
@@ -172,10 +171,12 @@ def create_app(
     intake: Intake,
     push: PushRole | None = None,
     metrics: Metrics = NO_METRICS,
+    conversations: ConversationDesk | None = None,
 ) -> Starlette:
     """The ASGI app over roles the caller opened (and closes): `intake` takes webhooks in;
     `push`, for a push queue (Cloud Tasks), runs what `/tasks/process` is given. `GET
-    /metrics` exists only when `settings.metrics` is on (else 404)."""
+    /metrics` exists only when `settings.metrics` is on (else 404); the admin API over
+    `conversations` only when PYLOTO_ADMIN_TOKEN is set (web/admin.py)."""
     routes = [
         Route("/webhooks/whatsapp", verify_handshake, methods=["GET"]),
         Route("/webhooks/whatsapp", receive_webhook, methods=["POST"]),
@@ -185,7 +186,12 @@ def create_app(
     ]
     if settings.metrics:
         routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
+    token = settings.admin_token
+    if conversations is not None and token is not None and token.get_secret_value():
+        routes.extend(admin_routes())
     app = Starlette(routes=routes)
+    app.state.admin_token = token
+    app.state.conversations = conversations
     app.state.metrics = metrics
     app.state.settings = settings
     app.state.intake = intake

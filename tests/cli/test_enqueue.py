@@ -10,7 +10,7 @@ from typing import Any
 from typer.testing import CliRunner
 
 from pyloto_cli.cli import app
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, stamped_copy
 
 PRICING = FIXTURES / "conversations" / "pricing"
 
@@ -21,9 +21,11 @@ def invoke_json(runner: CliRunner, *args: str, code: int = 0, **kwargs: Any) -> 
     return json.loads(result.stdout)
 
 
-def test_enqueue_then_drain_round_trip_on_sqlite(runner: CliRunner, cli_env: Path) -> None:
+def test_enqueue_then_drain_round_trip_on_sqlite(
+    runner: CliRunner, cli_env: Path, tmp_path: Path
+) -> None:
     """A conversation directory is stored (its redelivered wamid once), then drained to empty."""
-    report = invoke_json(runner, "enqueue", str(PRICING))
+    report = invoke_json(runner, "enqueue", str(stamped_copy(PRICING, tmp_path / "inbox")))
     assert report == {"files": 8, "enqueued": 7, "duplicates": 1, "rejected": []}
     assert (cli_env / "queue.db").exists()
 

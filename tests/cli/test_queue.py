@@ -16,7 +16,7 @@ from pyloto_cli.cli import app
 from pyloto_cli.domain.webhook import split_webhook
 from pyloto_cli.logs import log_id
 from pyloto_cli.settings import Settings
-from tests.conftest import FIXTURES, load_fixture
+from tests.conftest import FIXTURES, stamped_copy, stamped_fixture
 from tests.fakes.graph_server import FakeGraphServer
 
 TEXT = FIXTURES / "webhooks" / "text.json"
@@ -36,7 +36,7 @@ def bury(data_dir: Path, *fixtures: str, error: str = "PermanentError: test (cod
             queue = (await roles.queue_parts()).queue
             assert queue is not None
             for name in fixtures:
-                await queue.enqueue(split_webhook(load_fixture(name), time.time()))
+                await queue.enqueue(split_webhook(stamped_fixture(name), time.time()))
             while leased := await queue.lease(10, 30.0):
                 for lease in leased:
                     await queue.dead_letter(lease, error)
@@ -79,6 +79,7 @@ class TestStats:
             "leased",
             "retrying",
             "dead_lettered",
+            "reply_expired",
             "oldest_age_s",
         }
         assert (stats["backend"], stats["depth"], stats["ready"]) == ("sqlite", 1, 1)
@@ -138,7 +139,7 @@ class TestDeadLetters:
         """A real-length wamid stays whole on an 80-column console; `show` (human and JSON)
         masks every phone number of the stored item and keeps the ids whole."""
         wamid = "wamid.HBgLMTU1NTAwMDEyMzQVAgASGBQzQTdCQ0Q3RjFGNjU4RUFFRDY3RQA="
-        payload = load_fixture("webhooks/text.json")
+        payload = stamped_fixture("webhooks/text.json")
         value = payload["entry"][0]["changes"][0]["value"]
         value["messages"][0]["id"] = wamid
         value["messages"][0]["context"] = {"from": "15550009876", "id": "wamid.CTX"}
@@ -217,13 +218,14 @@ def test_failed_delivery_is_visible_with_its_error_code(runner: CliRunner) -> No
 
 
 async def test_drain_dead_letters_a_permanent_graph_error_and_exits_1(
-    runner: CliRunner,
+    runner: CliRunner, tmp_path: Path
 ) -> None:
     """With a Graph token, a send refused with 131026 is dead-lettered; `list` shows why."""
+    text = stamped_copy(TEXT, tmp_path / "inbox")
     async with FakeGraphServer() as graph:
         graph.fail(131026, times=None)
         env = {"WHATSAPP_ACCESS_TOKEN": "test-token", "GRAPH_API_URL": graph.url}
-        enqueued = await asyncio.to_thread(runner.invoke, app, ["enqueue", str(TEXT)])
+        enqueued = await asyncio.to_thread(runner.invoke, app, ["enqueue", str(text)])
         assert enqueued.exit_code == 0, enqueued.output
         result = await asyncio.to_thread(runner.invoke, app, ["queue", "drain", "--json"], env=env)
         assert [(r.answered, r.code) for r in graph.requests] == [(400, 131026)]

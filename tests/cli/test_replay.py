@@ -14,7 +14,7 @@ from pyloto_cli.bootstrap import open_roles
 from pyloto_cli.cli import app
 from pyloto_cli.logs import log_id
 from pyloto_cli.settings import Settings
-from pyloto_cli.tools.replay import run_replay
+from pyloto_cli.tools.replay import ReplayClock, run_replay
 from pyloto_cli.tools.sources import Source
 from pyloto_cli.tools.transcript import diff_transcripts, normalize, read_transcript
 from tests.conftest import FIXTURES
@@ -24,8 +24,12 @@ GOLDEN = FIXTURES / "golden"
 WEBHOOKS = sorted((FIXTURES / "webhooks").glob("*.json"))
 
 
+# the fixtures were recorded long ago: judged against their own time, they replay as recorded
+RECORDED = ("--now", "recorded")
+
+
 def replay(runner: CliRunner, *args: str) -> tuple[int, Any]:
-    result = runner.invoke(app, ["replay", *args, "--json"])
+    result = runner.invoke(app, ["replay", *RECORDED, *args, "--json"])
     assert result.exit_code in (0, 1), result.output
     return result.exit_code, json.loads(result.stdout)
 
@@ -47,7 +51,7 @@ def test_every_conversation_has_a_golden_transcript() -> None:
 def test_conversation_replays_as_its_golden_transcript(runner: CliRunner, name: str) -> None:
     """Replayed offline, each recorded conversation matches its golden transcript."""
     conversation, golden = FIXTURES / "conversations" / name, GOLDEN / f"{name}.jsonl"
-    result = runner.invoke(app, ["replay", str(conversation), "--expect", str(golden)])
+    result = runner.invoke(app, ["replay", *RECORDED, str(conversation), "--expect", str(golden)])
     assert result.exit_code == 0, result.output
     assert "transcript matches --expect" in result.stdout
 
@@ -81,9 +85,8 @@ def test_a_different_golden_fails_with_a_readable_diff(runner: CliRunner, tmp_pa
     changed.write_text(
         golden.read_text(encoding="utf-8").replace("(turn 2)", "(turn two)"), encoding="utf-8"
     )
-    result = runner.invoke(
-        app, ["replay", str(FIXTURES / "conversations" / "pricing"), "--expect", str(changed)]
-    )
+    pricing = str(FIXTURES / "conversations" / "pricing")
+    result = runner.invoke(app, ["replay", *RECORDED, pricing, "--expect", str(changed)])
     assert result.exit_code == 1
     assert "transcript differs from --expect" in result.stdout
     assert (
@@ -184,7 +187,7 @@ def test_live_llm_needs_a_key(runner: CliRunner) -> None:
 
 def test_human_output_shows_message_reply_and_graph_body(runner: CliRunner) -> None:
     """Without --json each item is a panel with the parsed message, the reply and the body."""
-    result = runner.invoke(app, ["replay", str(FIXTURES / "webhooks" / "text.json")])
+    result = runner.invoke(app, ["replay", *RECORDED, str(FIXTURES / "webhooks" / "text.json")])
     assert result.exit_code == 0, result.output
     for expected in ("text from ***1234", "greeting", "POST /200000000000001/messages", "timings"):
         assert expected in result.stdout
@@ -197,7 +200,7 @@ def test_transcripts_mask_every_number_and_keep_ids_and_the_json_shape(
     """Human output, `--json` and `--record` carry no phone number (`from` and the Graph body's
     `to` masked) and keep the ids whole, the human one with its log id; the JSON shape stays."""
     text = str(FIXTURES / "webhooks" / "text.json")
-    human = runner.invoke(app, ["replay", text])
+    human = runner.invoke(app, ["replay", *RECORDED, text])
     assert human.exit_code == 0, human.output
     assert '"to": "***1234"' in human.stdout
     assert "wamid.PYLOTO_TEXT_0001" in human.stdout
@@ -220,7 +223,8 @@ def test_transcripts_mask_every_number_and_keep_ids_and_the_json_shape(
 async def test_every_webhook_fixture_replays_without_failure(path: Path, tmp_path: Path) -> None:
     """Each fixture alone goes through the whole pipeline: no rejection, retry or dead letter."""
     settings = Settings(_env_file=None, data_dir=tmp_path / "data")
-    report = await run_replay(settings, open_roles, [Source(path.name, path=path)])
+    source = [Source(path.name, path=path)]
+    report = await run_replay(settings, open_roles, source, now=ReplayClock.RECORDED)
     assert report.items
     assert report.failures == []
     assert all(i["outcome"] in ("done", "skipped") for i in report.items)
@@ -233,3 +237,42 @@ def test_the_whole_webhooks_directory_replays_in_one_run(runner: CliRunner) -> N
     names = [i["source"] for i in report["items"]]
     assert names == sorted(names, key=lambda n: n.split("/")[1])
     assert len({n for n in names}) == len(WEBHOOKS)
+
+
+def test_an_old_recording_on_the_wall_clock_is_stored_not_answered_and_exits_0(
+    runner: CliRunner,
+) -> None:
+    """Without `--now recorded`, a message recorded long ago is stale: `skipped` with the
+    reason `message_stale`, nothing sent, and the replay still succeeds."""
+    result = runner.invoke(app, ["replay", str(FIXTURES / "webhooks" / "text.json"), "--json"])
+    assert result.exit_code == 0, result.output
+    [item] = json.loads(result.stdout)["items"]
+    assert (item["outcome"], item["reason"], item["sent"]) == ("skipped", "message_stale", [])
+
+
+def test_the_recorded_clock_is_the_newest_timestamp_of_the_whole_input(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    """`--now recorded` judges each message against the newest one in the input: a message a
+    day and a half older than the last is stale, the last is answered."""
+    body = json.loads((FIXTURES / "webhooks" / "text.json").read_text(encoding="utf-8"))
+    later = json.loads(
+        json.dumps(body)
+        .replace("PYLOTO_TEXT_0001", "PYLOTO_TEXT_0002")
+        .replace('"1767225600"', '"1767355200"')
+    )
+    (tmp_path / "1.json").write_text(json.dumps(body), encoding="utf-8")
+    (tmp_path / "2.json").write_text(json.dumps(later), encoding="utf-8")
+    code, report = replay(runner, str(tmp_path))
+    assert code == 0
+    assert [(i["outcome"], i.get("reason")) for i in report["items"]] == [
+        ("skipped", "message_stale"),
+        ("done", None),
+    ]
+    assert [len(i["sent"]) for i in report["items"]] == [0, 1]
+
+
+def test_an_unknown_clock_is_a_usage_error(runner: CliRunner) -> None:
+    """`--now` takes wall or recorded."""
+    result = runner.invoke(app, ["replay", "--now", "yesterday", str(WEBHOOKS[0])])
+    assert result.exit_code == 2

@@ -289,6 +289,54 @@ class SessionStoreContract:
         assert [e["to"] for e in mode_history(loaded.meta)] == ["opted_out", "assistant"]
         assert ids(await store.load(KEY)) == ["a", "b"]
 
+    async def test_head_is_the_session_without_its_turns(self, store: SessionStore) -> None:
+        """`head` gives what `load` gives but the turns, and None for a missing key."""
+        assert await store.head(KEY) is None
+        await store.append(KEY, [user_turn("a")], 10, meta={"mode": "human", "name": "Zoë"})
+        appended = await store.append(KEY, [], 10, meta={"last_inbound_at": "1767225600.0"})
+        head = await store.head(KEY)
+        assert head is not None
+        assert (head.key, head.updated_at, dict(head.meta)) == (
+            KEY,
+            appended.updated_at,
+            {"mode": "human", "name": "Zoë", "last_inbound_at": "1767225600.0"},
+        )
+        await store.save(Session(OTHER_KEY, (user_turn("b"),), 5.0))
+        other = await store.head(OTHER_KEY)
+        assert other is not None
+        assert (other.updated_at, dict(other.meta)) == (5.0, {})
+
+    async def test_list_of_an_empty_store_is_empty(self, store: SessionStore) -> None:
+        """No session stored, none listed."""
+        assert list(await store.list()) == []
+
+    async def test_list_gives_every_session_with_its_meta_newest_first(
+        self, store: SessionStore
+    ) -> None:
+        """Each stored conversation once, with its meta and no turns, most recently updated
+        first; `limit` keeps the newest."""
+        await store.save(Session(KEY, (user_turn("a"),), 10.0, {"mode": "human", "wa_id": "1"}))
+        await store.save(Session(OTHER_KEY, (user_turn("b"), user_turn("c")), 30.0, {"n": "2"}))
+        third = "106540352242922:15550009999"
+        await store.save(Session(third, (), 20.0, {}))
+        heads = list(await store.list())
+        assert [(h.key, h.updated_at, dict(h.meta)) for h in heads] == [
+            (OTHER_KEY, 30.0, {"n": "2"}),
+            (third, 20.0, {}),
+            (KEY, 10.0, {"mode": "human", "wa_id": "1"}),
+        ]
+        assert [h.key for h in await store.list(limit=2)] == [OTHER_KEY, third]
+        await store.delete(third)
+        assert [h.key for h in await store.list()] == [OTHER_KEY, KEY]
+
+    async def test_list_shows_meta_merged_by_append(self, store: SessionStore) -> None:
+        """A mode changed by an append with no turns is what the listing shows."""
+        await store.append(KEY, [user_turn("a")], 10, meta={"mode": "assistant"})
+        await store.append(KEY, [], 10, meta={"mode": "human", "mode_reason": "operator"})
+        (head,) = await store.list()
+        assert (head.key, head.meta["mode"], head.meta["mode_reason"]) == (KEY, "human", "operator")
+        assert ids(await store.load(KEY)) == ["a"]
+
 
 class SessionDurabilityContract:
     """Sessions outlive the adapter: for backends that persist (needs the `open_store` fixture)."""

@@ -38,7 +38,7 @@ MAX_ATTEMPTS = 3
 
 def webhook(wamid: str, user: str, text: str = "Olá 😊") -> dict[str, Any]:
     """One signed-webhook body carrying one text message from `user`."""
-    message = {"from": user, "id": wamid, "timestamp": "1767225600", "type": "text"}
+    message = {"from": user, "id": wamid, "timestamp": str(int(time.time())), "type": "text"}
     value = {
         "messaging_product": "whatsapp",
         "metadata": {"display_phone_number": "15550000000", "phone_number_id": "900000000000002"},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -46,7 +47,7 @@ def webhook_body(index: int) -> tuple[str, bytes]:
                                 {
                                     "from": user,
                                     "id": wamid,
-                                    "timestamp": "1767225600",
+                                    "timestamp": str(int(time.time())),
                                     "type": "text",
                                     "text": {"body": f"mensagem {index} 😊"},
                                 }

@@ -14,6 +14,7 @@ import secrets
 import signal
 import stat
 import string
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,7 +96,7 @@ def message_body(wamid: str, phone: str, text: str) -> bytes:
                 {
                     "from": phone,
                     "id": wamid,
-                    "timestamp": "1767225600",
+                    "timestamp": str(int(time.time())),
                     "type": "text",
                     "text": {"body": text},
                 }

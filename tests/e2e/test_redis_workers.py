@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -65,7 +66,7 @@ def webhook(conversation: int, index: int) -> bytes:
     message = {
         "from": user,
         "id": wamid_of(conversation, index),
-        "timestamp": "1767225600",
+        "timestamp": str(int(time.time())),
         "type": "text",
         "text": {"body": f"mensagem {index} 😊"},
     }

@@ -17,7 +17,7 @@ from pyloto_cli.domain.webhook import split_webhook
 from pyloto_cli.firstrun import EXAMPLE_FILE, SECRETS_FILE, ensure_local_secrets
 from pyloto_cli.logs import event_fields
 from pyloto_cli.settings import Settings
-from tests.conftest import load_fixture
+from tests.conftest import stamped_fixture
 
 
 def mode(path: Path) -> int:
@@ -42,7 +42,7 @@ async def fill_data_dir(data_dir: Path) -> None:
     async with open_roles(settings) as roles:
         queue = (await roles.queue_parts()).queue
         assert queue is not None
-        await queue.enqueue(split_webhook(load_fixture("webhooks/text.json"), time.time()))
+        await queue.enqueue(split_webhook(stamped_fixture("webhooks/text.json"), time.time()))
         stores = await roles.stores()
         await stores.deduper.claim("wamid.PRIVATE", 60.0)  # writes state.db
         assert_private(data_dir)

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from pyloto_cli.bootstrap import open_roles
 from pyloto_cli.domain.webhook import split_webhook
 from pyloto_cli.settings import Settings
-from tests.conftest import load_fixture
+from tests.conftest import stamped_fixture
 
 
 def _redis_settings(make: Callable[..., Settings], url: str, prefix: str) -> Settings:
@@ -34,7 +34,7 @@ async def test_every_key_carries_the_prefix_and_deployments_do_not_mix(
     client = aioredis.Redis.from_url(redis_url)
     try:
         before = {key async for key in client.scan_iter(count=1000)}
-        (task,) = split_webhook(load_fixture("webhooks/text.json"), time.time())
+        (task,) = split_webhook(stamped_fixture("webhooks/text.json"), time.time())
         async with open_roles(_redis_settings(make_settings, redis_url, a)) as first:
             worker, intake = await first.worker(), await first.intake()
             await intake.sink.enqueue([task])

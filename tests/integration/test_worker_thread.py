@@ -24,7 +24,7 @@ from pyloto_cli.ports import QueueAdmin
 from pyloto_cli.settings import Settings
 from pyloto_cli.web.intake import Intake
 from pyloto_cli.worker_thread import threadable, worker_thread
-from tests.conftest import load_fixture
+from tests.conftest import stamped_fixture
 from tests.waiting import wait_until
 
 
@@ -44,7 +44,7 @@ async def test_the_thread_answers_what_the_web_loop_enqueued(
 ) -> None:
     settings = make_settings(poll_interval=30.0)  # only a wake can explain a fast answer
     assert threadable(settings)
-    (task,) = split_webhook(load_fixture("webhooks/text.json"), time.time())
+    (task,) = split_webhook(stamped_fixture("webhooks/text.json"), time.time())
     before = sys.getswitchinterval()
     thresholds = gc.get_threshold()
     async with _web(settings) as (roles, web):

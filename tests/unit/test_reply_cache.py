@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -254,7 +255,8 @@ class TestBounds:
 
 def text_payload(wamid: str, wa_id: str, body: str) -> dict[str, Any]:
     """A `messages` webhook with one text message from fictional `wa_id`."""
-    message = {"from": wa_id, "id": wamid, "timestamp": "1767225600", "type": "text"}
+    # stamped now: the pipeline does not answer a message older than a day
+    message = {"from": wa_id, "id": wamid, "timestamp": str(int(time.time())), "type": "text"}
     value = {
         "messaging_product": "whatsapp",
         "metadata": {"display_phone_number": "15550100000", "phone_number_id": "109000000000001"},

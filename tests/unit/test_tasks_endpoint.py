@@ -122,7 +122,7 @@ def message_task(wamid: str = "wamid.TASKS.0001", user: str = "15550004321") -> 
                                 {
                                     "from": user,
                                     "id": wamid,
-                                    "timestamp": "1767225600",
+                                    "timestamp": str(int(time.time())),
                                     "type": "text",
                                     "text": {"body": "Oi, tudo bem? 😊"},
                                 }

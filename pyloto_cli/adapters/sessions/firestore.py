@@ -26,6 +26,7 @@ from google.cloud import firestore
 from pyloto_cli.adapters.attached import Attached
 from pyloto_cli.adapters.firestore_db import FirestoreAttachment, doc_id
 from pyloto_cli.domain.session import Session, Turn
+from pyloto_cli.ports import SessionHead
 
 _TURNS = "turns"
 _BATCH_LIMIT = 500  # Firestore's writes per commit
@@ -158,6 +159,29 @@ class FirestoreSessionStore(Attached):
                 else:
                     batch.set(ref, data)
             await batch.commit()
+
+    async def head(self, key: str) -> SessionHead | None:
+        """The head document alone (one read; the turns subcollection is not queried)."""
+        snap = await self._head(key).get()
+        if not snap.exists:
+            return None
+        return _session_head(snap.to_dict() or {})
+
+    async def list(self, limit: int = 10_000) -> Sequence[SessionHead]:
+        """Up to `limit` sessions without turns, most recently updated first: one query on
+        the head documents (their turn subcollections are never read)."""
+        query = (
+            self._db.collection(self.collection)
+            .select(["key", "updated_at", "meta"])
+            .order_by("updated_at", direction=firestore.Query.DESCENDING)
+            .limit(limit)
+        )
+        return [_session_head(snap.to_dict() or {}) async for snap in query.stream()]
+
+
+def _session_head(data: dict[str, Any]) -> SessionHead:
+    meta = {str(k): str(v) for k, v in (data.get("meta") or {}).items()}
+    return SessionHead(str(data.get("key", "")), float(data.get("updated_at", 0.0)), meta)
 
 
 def _turn_doc(seq: str, turn: Turn) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from pyloto_cli.domain.session import Session, Turn
+from pyloto_cli.ports import SessionHead
 
 
 class MemorySessionStore:
@@ -68,3 +69,18 @@ class MemorySessionStore:
     async def exists(self, key: str) -> bool:
         """True if a session is stored under `key`."""
         return key in self._data
+
+    async def head(self, key: str) -> SessionHead | None:
+        """The session without its turns, or None."""
+        data = self._data.get(key)
+        if data is None:
+            return None
+        return SessionHead(key, float(data.get("updated_at", 0.0)), dict(data.get("meta", {})))
+
+    async def list(self, limit: int = 10_000) -> Sequence[SessionHead]:
+        """Up to `limit` sessions without turns, most recently updated first."""
+        heads = [
+            SessionHead(key, float(data.get("updated_at", 0.0)), dict(data.get("meta", {})))
+            for key, data in self._data.items()
+        ]
+        return sorted(heads, key=lambda h: h.updated_at, reverse=True)[:limit]

@@ -28,6 +28,7 @@ from pyloto_cli.adapters.attached import Attached
 from pyloto_cli.adapters.redis_db import RedisConnection, text
 from pyloto_cli.domain import json_codec
 from pyloto_cli.domain.session import Session, Turn
+from pyloto_cli.ports import SessionHead
 
 _UPDATED = "updated_at"
 _META = "m:"
@@ -49,6 +50,11 @@ def _session(key: str, fields: dict[Any, Any], turns: Sequence[bytes | str]) -> 
         updated_at=float(decoded.get(_UPDATED, 0.0)),
         meta=meta,
     )
+
+
+def _glob(literal: str) -> str:
+    """`literal` with SCAN's pattern characters escaped (a prefix may hold any of them)."""
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in literal)
 
 
 class RedisSessionStore(Attached):
@@ -129,6 +135,37 @@ class RedisSessionStore(Attached):
         """True if a session is stored under `key`."""
         head, _ = self._keys(key)
         return int(await self._conn.client.exists(head)) > 0
+
+    async def head(self, key: str) -> SessionHead | None:
+        """The session's hash alone (one HGETALL; the turns list is not read)."""
+        head, _ = self._keys(key)
+        session = _session(key, await self._conn.client.hgetall(head), ())
+        return None if session is None else SessionHead(key, session.updated_at, session.meta)
+
+    async def list(self, limit: int = 10_000) -> Sequence[SessionHead]:
+        """Up to `limit` sessions without turns, most recently updated first.
+
+        SCAN walks the prefix without blocking the server (KEYS would); only the heads (the
+        hashes, whose names end in the key's closing brace) are read, in one pipeline.
+        """
+        client = self._conn.client
+        start = len(self._prefix) + 1
+        heads = [
+            text(name)
+            async for name in client.scan_iter(match=f"{_glob(self._prefix)}{{*}}", count=500)
+            if text(name).endswith("}")
+        ]
+        async with client.pipeline(transaction=False) as pipe:
+            for head in heads:
+                pipe.hgetall(head)
+            replies = await pipe.execute() if heads else []
+        found = []
+        for head, fields in zip(heads, replies, strict=True):
+            session = _session(head[start:-1], fields, ())
+            if session is not None:  # expired between the scan and the read
+                found.append(SessionHead(session.key, session.updated_at, session.meta))
+        found.sort(key=lambda h: h.updated_at, reverse=True)
+        return found[:limit]
 
     def _keys(self, key: str) -> tuple[str, str]:
         head = f"{self._prefix}{{{key}}}"

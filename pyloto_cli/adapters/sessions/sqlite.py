@@ -23,6 +23,7 @@ from pyloto_cli.adapters.attached import Attached
 from pyloto_cli.adapters.sqlite_db import SqliteAttachment, SqliteDatabase
 from pyloto_cli.domain import json_codec
 from pyloto_cli.domain.session import Session, Turn
+from pyloto_cli.ports import SessionHead
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS sessions (
@@ -39,6 +40,31 @@ _UPSERT = """INSERT INTO sessions (key, data, updated_at) VALUES (?, ?, ?)
 def _read(conn: sqlite3.Connection, key: str) -> Session | None:
     row = conn.execute("SELECT data FROM sessions WHERE key = ?", (key,)).fetchone()
     return None if row is None else Session.from_dict(json_codec.loads(row["data"]))
+
+
+def _heads(conn: sqlite3.Connection, limit: int) -> list[SessionHead]:
+    rows = conn.execute(
+        "SELECT key, data, updated_at FROM sessions ORDER BY updated_at DESC, key LIMIT ?",
+        (limit,),
+    ).fetchall()
+    return [SessionHead(row["key"], float(row["updated_at"]), _meta(row["data"])) for row in rows]
+
+
+def _head(conn: sqlite3.Connection, key: str) -> SessionHead | None:
+    # json_extract reads the meta out of the stored JSON in SQLite: the turns are not decoded
+    row = conn.execute(
+        "SELECT updated_at, json_extract(data, '$.meta') AS meta FROM sessions WHERE key = ?",
+        (key,),
+    ).fetchone()
+    if row is None:
+        return None
+    meta = json_codec.loads(row["meta"]) if row["meta"] else {}
+    return SessionHead(key, float(row["updated_at"]), {str(k): str(v) for k, v in meta.items()})
+
+
+def _meta(data: str) -> dict[str, str]:
+    meta = json_codec.loads(data).get("meta") or {}
+    return {str(name): str(value) for name, value in meta.items()}
 
 
 def _write(conn: sqlite3.Connection, session: Session) -> None:
@@ -111,3 +137,11 @@ class SqliteSessionStore(Attached):
                 conn.execute("SELECT 1 FROM sessions WHERE key = ?", (key,)).fetchone() is not None
             )
         )
+
+    async def head(self, key: str) -> SessionHead | None:
+        """The session's key, last update and meta, without decoding its turns."""
+        return await self._sql.run(lambda conn: _head(conn, key), readonly=True)
+
+    async def list(self, limit: int = 10_000) -> Sequence[SessionHead]:
+        """Up to `limit` sessions without turns, most recently updated first (one SELECT)."""
+        return await self._sql.run(lambda conn: _heads(conn, limit), readonly=True)
