@@ -32,7 +32,7 @@ def replay(runner: CliRunner, *args: str) -> tuple[int, Any]:
 
 def test_every_conversation_has_a_golden_transcript() -> None:
     """The fixtures the README points at exist in pairs."""
-    assert CONVERSATIONS == ["mixed_media", "pricing", "support_bsuid"]
+    assert CONVERSATIONS == ["media", "mixed_media", "pricing", "support_bsuid"]
     assert sorted(p.stem for p in GOLDEN.glob("*.jsonl")) == CONVERSATIONS
 
 
