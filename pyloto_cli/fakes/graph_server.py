@@ -24,7 +24,8 @@ Media: `media_id = graph.add_media(data, "audio/ogg")` stores bytes under a new 
 `GET /{version}/{media_id}` answers Meta's media node with a download URL (`/_media/...`, which
 needs the Bearer token when `token` is set); `expire_media_urls()` makes every URL issued so
 far answer 404, as Meta's do after five minutes; `fail_downloads(403, 500)` answers the next
-downloads with those statuses; `chunked=True` on `add_media` sends no Content-Length.
+downloads with those statuses; `chunked=True` on `add_media` announces no size (no
+`file_size`, no Content-Length).
 """
 
 from __future__ import annotations
@@ -327,16 +328,17 @@ class FakeGraphServer:
         nonce = f"{next(self._state.ids):08d}{media_id}"
         self._state.media_urls[nonce] = media_id
         self._record(request, media_id, 200, None)
-        return JSONResponse(
-            {
-                "messaging_product": "whatsapp",
-                "url": f"{self.url}/_media/{nonce}?ext=1&hash=ATfake",
-                "mime_type": stored.mime_type,
-                "sha256": hashlib.sha256(stored.data).hexdigest(),
-                "file_size": str(len(stored.data)),
-                "id": media_id,
-            }
-        )
+        node = {
+            "messaging_product": "whatsapp",
+            "url": f"{self.url}/_media/{nonce}?ext=1&hash=ATfake",
+            "mime_type": stored.mime_type,
+            "sha256": hashlib.sha256(stored.data).hexdigest(),
+            "file_size": str(len(stored.data)),
+            "id": media_id,
+        }
+        if stored.chunked:  # a node that does not announce the size
+            del node["file_size"]
+        return JSONResponse(node)
 
     async def _download(self, request: Request) -> Response:
         state = self._state
