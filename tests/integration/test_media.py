@@ -70,7 +70,7 @@ async def rig(
     make_settings: Callable[..., Settings],
     graph: FakeGraphServer,
     openai_fake: FakeOpenAIServer,
-) -> AsyncIterator[Callable[..., contextlib.AbstractAsyncContextManager[Rig]]]:
+) -> Callable[..., contextlib.AbstractAsyncContextManager[Rig]]:
     @contextlib.asynccontextmanager
     async def build(**overrides: Any) -> AsyncIterator[Rig]:
         values: dict[str, Any] = {
@@ -98,7 +98,7 @@ async def rig(
             )
             yield Rig(pipeline, sender, sessions, settings)
 
-    yield build
+    return build
 
 
 def media_message(
@@ -161,7 +161,11 @@ class TestVoiceNotes:
         openai_fake.script("transcription", FakeAnswer(content="what time do you open on sunday"))
         async with rig(transcribe_model="whisper-1") as r:
             msg = media_message(
-                "audio", media_id, graph.media_sha256(media_id), "audio/ogg; codecs=opus", voice=True
+                "audio",
+                media_id,
+                graph.media_sha256(media_id),
+                "audio/ogg; codecs=opus",
+                voice=True,
             )
             result = await r.deliver(msg)
             assert result.outcome is Outcome.DONE
@@ -449,7 +453,8 @@ class TestFailures:
             human = ConversationState().with_mode(Mode.HUMAN, "staff replied", 1767225000.0)
             await r.sessions.append("900000000000002:15550001234", (), 50, human.to_meta())
             msg = media_message("audio", media_id, graph.media_sha256(media_id), "audio/ogg")
-            await r.pipeline.media.read(  # type: ignore[union-attr]
+            assert r.pipeline.media is not None
+            await r.pipeline.media.read(
                 [*split_media(msg)],
                 split_media(msg)[0],
                 await r.sessions.load("900000000000002:15550001234"),
@@ -486,6 +491,39 @@ async def test_logs_hold_no_media_bytes_no_token_and_no_download_url(
     logged += json.dumps([event_fields(rec) for rec in ours], default=str)
     assert "media_fetched" in logged
     assert TOKEN not in logged
-    assert "/_media/" not in logged and "hash=ATfake" not in logged
+    assert "/_media/" not in logged
+    assert "hash=ATfake" not in logged
     assert base64.b64encode(JPEG).decode()[:40] not in logged
     assert base64.b64encode(VOICE).decode()[:40] not in logged
+
+
+async def test_a_media_id_that_is_not_digits_never_reaches_a_url(
+    rig: Any, graph: FakeGraphServer
+) -> None:
+    async with rig() as r:
+        await r.deliver(media_message("audio", "../../me", "x", "audio/ogg"))
+        assert r.replies() == [RESEND_REPLY]
+        assert graph.requests == []
+
+
+async def test_keep_seconds_keeps_the_download_until_it_is_older(
+    rig: Any, graph: FakeGraphServer
+) -> None:
+    media_id = graph.add_media(VOICE, "audio/ogg")
+    async with rig(media_keep_seconds=3600) as r:
+        msg = media_message("audio", media_id, graph.media_sha256(media_id), "audio/ogg")
+        await r.deliver(msg)
+        (kept,) = media_files(r.settings)
+        assert kept.read_bytes() == VOICE
+        assert kept.stat().st_mode & 0o777 == 0o600
+
+
+async def test_offline_nothing_is_read_and_without_a_token_nothing_is_downloaded(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        assert await backends.open_media(make_settings(), stack) is None
+        reader = await backends.open_media(make_settings(openai_api_key="k"), stack)
+        assert reader is not None
+        assert reader.fetcher is None
+        assert reader.transcriber is None
