@@ -48,8 +48,6 @@ VIDEO_REPLY: Final = (
 )
 _MEDIA_ID: Final = re.compile(r"[0-9]{1,32}")
 _HEX_DIGEST: Final = re.compile(r"[0-9a-fA-F]{64}")
-_DIGITS: Final = re.compile(r"\+?\d[\d\s()-]{5,}\d")
-_NON_DIGITS: Final = re.compile(r"\D")
 
 
 class MediaUnavailable(Exception):
@@ -157,11 +155,6 @@ def contacts_text(content: SharedContactsContent) -> str:
         parts = [name, *([org] if org else []), *phones, *emails]
         lines.append(" - " + ", ".join(parts))
     return "\n".join(lines)
-
-
-def mask_numbers(text: str) -> str:
-    """Phone numbers in `text` cut to their last four digits, for a log line."""
-    return _DIGITS.sub(lambda m: "***" + _NON_DIGITS.sub("", m.group(0))[-4:], text)
 
 
 def readable_text(msg: InboundMessage) -> str | None:

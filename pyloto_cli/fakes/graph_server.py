@@ -11,7 +11,9 @@ In tests (in the test's event loop):
 From a script or another process:
 `python -m pyloto_cli.fakes.graph_server --port 8901 [--delay-ms 20]`; control it over HTTP:
 `POST /_fake/faults {"code": 131056, "times": 3, "to": "+1555..."}`,
-`POST /_fake/config {"delay_ms": 50, "token": "t"}`, `GET /_fake/requests`, `POST /_fake/reset`.
+`POST /_fake/config {"delay_ms": 50, "token": "t"}`, `GET /_fake/requests`, `POST /_fake/reset`,
+`POST /_fake/media?mime_type=audio/ogg` with the bytes as the body (answers `{"id", "sha256"}`
+for a webhook to carry).
 
 Faults: any Graph error code (`KNOWN_ERRORS` gives a realistic message and HTTP status), a
 bare HTTP status (`{"http_status": 502}`), or a slow answer (`{"delay_s": 2}`: past the client's
@@ -278,6 +280,7 @@ class FakeGraphServer:
                 Route("/_fake/config", self._configure, methods=["POST"]),
                 Route("/_fake/reset", self._reset, methods=["POST"]),
                 Route("/_media/{nonce}", self._download, methods=["GET"]),
+                Route("/_fake/media", self._add_media, methods=["POST"]),
                 Route("/{version}/{phone_number_id}/messages", self._messages, methods=["POST"]),
                 Route("/{version}/{phone_number_id}", self._phone_number, methods=["GET"]),
             ],
@@ -339,6 +342,11 @@ class FakeGraphServer:
         if stored.chunked:  # a node that does not announce the size
             del node["file_size"]
         return JSONResponse(node)
+
+    async def _add_media(self, request: Request) -> Response:
+        mime_type = request.query_params.get("mime_type", "application/octet-stream")
+        media_id = self.add_media(await request.body(), mime_type)
+        return JSONResponse({"id": media_id, "sha256": self.media_sha256(media_id)})
 
     async def _download(self, request: Request) -> Response:
         state = self._state

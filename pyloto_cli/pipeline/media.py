@@ -59,6 +59,7 @@ from pyloto_cli.ports import FetchedMedia, MediaFetcher, TaskMemos, Transcriber
 TRANSCRIPT_TYPE: Final = "voice_transcript"
 TRANSCRIPTION_STAGE: Final = "transcription"
 MEDIA_DIR: Final = "media"
+DOCUMENT_TEXT_MAX_CHARS: Final = 30_000
 _MEMO_TRANSCRIPT: Final = "transcript"
 _STAND_BACK: Final = frozenset({Mode.HUMAN, Mode.OPTED_OUT})
 _log = get_logger("media")
@@ -268,7 +269,10 @@ class MediaReader:
             return _Read(msg, reply=Reply(reply, event="document_unreadable"))
         log_event(_log, "media_read", message_id=msg.id, type="document", chars=len(text))
         name = ref.filename or "document.pdf"
-        parts = [f"[document {name}]", text.strip() or "(no text in the document)"]
+        text = text.strip()
+        if len(text) > DOCUMENT_TEXT_MAX_CHARS:  # ten dense pages stay within a prompt's budget
+            text = text[:DOCUMENT_TEXT_MAX_CHARS] + " [...]"
+        parts = [f"[document {name}]", text or "(no text in the document)"]
         if ref.caption:
             parts.append(ref.caption)
         return _Read(replace(msg, text="\n".join(parts)))

@@ -485,7 +485,17 @@ async def test_logs_hold_no_media_bytes_no_token_and_no_download_url(
                 "image", image_id, graph.media_sha256(image_id), "image/jpeg", wamid="wamid.M2"
             )
         )
-    assert len(r.replies()) == 2
+        card = {"name": {"formatted_name": "Rui"}, "phones": [{"phone": "+1 (555) 000-5678"}]}
+        await r.deliver(
+            {
+                "from": "15550001234",
+                "id": "wamid.M3",
+                "timestamp": "1767225600",
+                "type": "contacts",
+                "contacts": [card],
+            }
+        )
+    assert len(r.replies()) == 3
     ours = [rec for rec in caplog.records if rec.name.startswith("pyloto")]
     logged = "\n".join(rec.getMessage() for rec in ours)
     logged += json.dumps([event_fields(rec) for rec in ours], default=str)
@@ -495,6 +505,7 @@ async def test_logs_hold_no_media_bytes_no_token_and_no_download_url(
     assert "hash=ATfake" not in logged
     assert base64.b64encode(JPEG).decode()[:40] not in logged
     assert base64.b64encode(VOICE).decode()[:40] not in logged
+    assert "000-5678" not in logged
 
 
 async def test_a_media_id_that_is_not_digits_never_reaches_a_url(
@@ -527,3 +538,48 @@ async def test_offline_nothing_is_read_and_without_a_token_nothing_is_downloaded
         assert reader is not None
         assert reader.fetcher is None
         assert reader.transcriber is None
+
+
+async def test_a_burst_s_voice_note_joins_the_turn_as_its_transcript(
+    rig: Any, graph: FakeGraphServer, openai_fake: FakeOpenAIServer
+) -> None:
+    media_id = graph.add_media(VOICE, "audio/ogg")
+    openai_fake.script("transcription", FakeAnswer(content="and do you deliver?"))
+    text = {
+        "from": "15550001234",
+        "id": "wamid.B1",
+        "timestamp": "1767225600",
+        "type": "text",
+        "text": {"body": "hi, a question"},
+    }
+    voice = media_message(
+        "audio", media_id, graph.media_sha256(media_id), "audio/ogg", wamid="wamid.B2"
+    )
+    tasks = split_webhook(webhook([text, voice]), 1767225600.0)
+    async with rig() as r:
+        result = await r.pipeline.process_batch(tasks)
+        assert result.outcome is Outcome.DONE
+        (response,) = openai_fake.by_route("text")
+        assert user_texts(response)[-1] == "hi, a question\nand do you deliver?"
+        assert r.sender.callbacks() == ["wamid.B2"]
+
+
+async def test_the_fake_takes_media_over_http_for_a_serve_run(
+    graph: FakeGraphServer, tmp_path: Path
+) -> None:
+    """`pyloto serve` against the fakes from a shell: media is added over the fake's HTTP API."""
+    import httpx
+
+    from pyloto_cli.adapters.media.graph import GraphMediaFetcher
+
+    async with httpx.AsyncClient() as client:
+        added = await client.post(
+            f"{graph.url}/_fake/media", params={"mime_type": "audio/ogg"}, content=VOICE
+        )
+        media_id, sha256 = added.json()["id"], added.json()["sha256"]
+        fetcher = GraphMediaFetcher(
+            client, access_token=TOKEN, api_version="v25.0", base_url=graph.url
+        )
+        fetched = await fetcher.fetch(media_id, sha256=sha256, max_bytes=10**6, directory=tmp_path)
+    assert fetched.path.read_bytes() == VOICE
+    assert fetched.mime_type == "audio/ogg"

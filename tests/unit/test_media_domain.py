@@ -12,7 +12,6 @@ from pyloto_cli.domain.media import (
     MB,
     META_MAX_BYTES,
     expected_digest,
-    mask_numbers,
     max_bytes,
     offline_reply,
     valid_media_id,
@@ -65,12 +64,6 @@ def test_caps_default_to_meta_s_limits_and_one_setting_replaces_them() -> None:
         MessageType.DOCUMENT,
         MessageType.STICKER,
     }
-
-
-def test_numbers_are_masked_for_a_log_line() -> None:
-    assert mask_numbers("Rui, +1 (555) 000-5678, rui@example.com") == (
-        "Rui, ***5678, rui@example.com"
-    )
 
 
 def offline(name: str) -> str | None:
