@@ -13,8 +13,9 @@ two chained LLM calls are the critical path.
 
 `rss`: the fake Graph API serves `--notes` voice notes of `--mb` MB each; a child process
 downloads all of them at once through the Graph media fetcher into a temporary directory and
-reports its peak RSS (VmHWM) and its RSS after its imports. The fetcher streams to disk in
-64 KB chunks, so the peak stays far below the bytes in flight.
+then sends each to the fake OpenAI server's transcription endpoint through the OpenAI
+transcriber, all at once again, and reports its peak RSS (VmHWM) and its RSS after its imports.
+Both directions stream in 64 KB chunks, so the peak stays far below the bytes in flight.
 """
 
 from __future__ import annotations
@@ -146,9 +147,10 @@ async def run_rss(notes: int, mb: int) -> dict[str, Any]:
     """Serve `notes` voice notes of `mb` MB; a child downloads them all at once."""
     body = os.urandom(mb * 1024 * 1024)
     digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
-    async with FakeGraphServer() as graph:
+    async with FakeGraphServer() as graph, FakeOpenAIServer() as fake:
         ids = [graph.add_media(body, "audio/ogg") for _ in range(notes)]
         command = [sys.executable, "-m", "benchmarks.media", "fetch-child", graph.url, digest]
+        command.append(fake.base_url)
         child = await asyncio.create_subprocess_exec(
             *command, *ids, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
@@ -156,18 +158,27 @@ async def run_rss(notes: int, mb: int) -> dict[str, Any]:
     if child.returncode != 0:
         raise RuntimeError(err.decode(errors="replace")[-2000:])
     report: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    sent = sum(len(r.body.get("file", b"")) for r in fake.by_route("transcription"))
+    report["transcribed_mb"] = round(sent / 1024 / 1024, 1)
     report.update(notes=notes, mb_each=mb, target_peak_mb=200, met=report["peak_mb"] < 200)
     return report
 
 
-async def fetch_child(url: str, digest: str, ids: list[str]) -> None:
-    """The child of `rss`: every download at once, then its peak RSS, as one JSON line."""
+async def fetch_child(url: str, digest: str, openai_url: str, ids: list[str]) -> None:
+    """The child of `rss`: every download at once, every transcription at once, then its
+    peak RSS, as one JSON line."""
+    from pyloto_cli.adapters.llm.openai import OpenAITranscriber, open_openai_client
     from pyloto_cli.adapters.media.graph import GraphMediaFetcher, open_media_client
 
-    settings = Settings(_env_file=None, concurrency=len(ids))
+    settings = Settings(
+        _env_file=None,
+        concurrency=len(ids),
+        openai_api_key="fake-openai-key",
+        openai_base_url=openai_url,
+    )
     imported_mb = _status_mb("VmRSS")
     with tempfile.TemporaryDirectory() as directory:
-        async with open_media_client(settings) as client:
+        async with open_media_client(settings) as client, open_openai_client(settings) as oa:
             fetcher = GraphMediaFetcher(
                 client, access_token=FAKE_TOKEN, api_version="v25.0", base_url=url
             )
@@ -184,10 +195,17 @@ async def fetch_child(url: str, digest: str, ids: list[str]) -> None:
                 )
             )
             seconds = time.monotonic() - started
+            downloaded_peak_mb = _status_mb("VmHWM")
+            transcriber = OpenAITranscriber(oa, model="gpt-4o-mini-transcribe", timeout_s=120)
+            started = time.monotonic()
+            await asyncio.gather(*(transcriber.transcribe(f.path, f.mime_type) for f in fetched))
+            upload_seconds = time.monotonic() - started
     total = sum(f.size for f in fetched)
     line = {
         "downloaded_mb": round(total / 1024 / 1024, 1),
-        "seconds": round(seconds, 2),
+        "download_seconds": round(seconds, 2),
+        "peak_after_downloads_mb": downloaded_peak_mb,
+        "upload_seconds": round(upload_seconds, 2),
         "rss_after_imports_mb": imported_mb,
         "peak_mb": _status_mb("VmHWM"),
     }
@@ -216,10 +234,11 @@ def main() -> None:
     child = modes.add_parser("fetch-child")
     child.add_argument("url")
     child.add_argument("digest")
+    child.add_argument("openai_url")
     child.add_argument("ids", nargs="+")
     args = parser.parse_args()
     if args.mode == "fetch-child":
-        asyncio.run(fetch_child(args.url, args.digest, args.ids))
+        asyncio.run(fetch_child(args.url, args.digest, args.openai_url, args.ids))
         return
     if args.mode == "latency":
         report = asyncio.run(run_latency(args.n, args.rate))

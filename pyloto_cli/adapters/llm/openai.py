@@ -18,7 +18,6 @@ SDK's `audio.transcriptions.create`.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -134,13 +133,15 @@ class OpenAITranscriber:
         """The transcript's text; raises LLMCallError (chained to the SDK's error)."""
         base = mime_type.split(";", 1)[0].strip().lower()
         name = f"audio.{_AUDIO_SUFFIXES.get(base, 'ogg')}"
-        data = await asyncio.to_thread(path.read_bytes)
-        try:
-            result = await self._client.audio.transcriptions.create(
-                model=self.model, file=(name, data, base), timeout=self._timeout_s
-            )
-        except openai.APIError as exc:
-            raise _call_error(exc) from exc
+        # an open file, not its bytes: the multipart body is read from it in chunks as it is
+        # sent (again from the start on a retry), so a 16 MB voice note is never whole in memory
+        with path.open("rb") as audio:
+            try:
+                result = await self._client.audio.transcriptions.create(
+                    model=self.model, file=(name, audio, base), timeout=self._timeout_s
+                )
+            except openai.APIError as exc:
+                raise _call_error(exc) from exc
         text = result.text if isinstance(result.text, str) else ""
         if not text.strip():
             raise LLMCallError("empty_output", service=False)
