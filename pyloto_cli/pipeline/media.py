@@ -161,7 +161,10 @@ class MediaReader:
         ref = media_ref(msg)
         if ref is None:
             return _Read(msg)
-        if stand_back or self.fetcher is None:  # nothing is downloaded
+        if stand_back:  # a person answers, or the user opted out: pyloto reads nothing
+            log_event(_log, "media_skipped", message_id=msg.id, reason="conversation_mode")
+            return _Read(msg)
+        if self.fetcher is None:  # no access token: nothing is downloaded
             return _Read(msg)
         if ref.type is MessageType.VIDEO:
             return _Read(msg) if ref.caption else _Read(msg, reply=Reply(VIDEO_REPLY))

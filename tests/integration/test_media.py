@@ -445,28 +445,19 @@ class TestFailures:
             assert media_files(r.settings) == []
             assert openai_fake.requests == []
 
-    async def test_a_conversation_a_person_took_over_downloads_nothing(
-        self, rig: Any, graph: FakeGraphServer
+    @pytest.mark.parametrize(
+        ("mode", "downloads"), [(Mode.HUMAN, 0), (Mode.OPTED_OUT, 0), (Mode.ASSISTANT, 1)]
+    )
+    async def test_a_conversation_a_person_took_over_or_left_downloads_nothing(
+        self, rig: Any, graph: FakeGraphServer, mode: Mode, downloads: int
     ) -> None:
         media_id = graph.add_media(VOICE, "audio/ogg")
         async with rig() as r:
-            human = ConversationState().with_mode(Mode.HUMAN, "staff replied", 1767225000.0)
-            await r.sessions.append("900000000000002:15550001234", (), 50, human.to_meta())
+            state = ConversationState().with_mode(mode, "test", 1767225000.0)
+            await r.sessions.append("900000000000002:15550001234", (), 50, state.to_meta())
             msg = media_message("audio", media_id, graph.media_sha256(media_id), "audio/ogg")
-            assert r.pipeline.media is not None
-            await r.pipeline.media.read(
-                [*split_media(msg)],
-                split_media(msg)[0],
-                await r.sessions.load("900000000000002:15550001234"),
-                contextlib.AsyncExitStack(),
-            )
-            assert graph.requests == []
-
-
-def split_media(message: JsonObject) -> list[Any]:
-    from pyloto_cli.domain.webhook import inbound_message
-
-    return [inbound_message(t) for t in split_webhook(webhook([message]), 1767225600.0)]
+            await r.deliver(msg)
+            assert len(graph.downloads()) == downloads
 
 
 async def test_logs_hold_no_media_bytes_no_token_and_no_download_url(
