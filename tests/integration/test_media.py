@@ -284,6 +284,24 @@ class TestDocuments:
             assert "2 pages at most" in reply
             assert openai_fake.requests == []
 
+    async def test_a_pdf_that_cannot_be_parsed_gets_a_polite_reply(
+        self, rig: Any, graph: FakeGraphServer, openai_fake: FakeOpenAIServer
+    ) -> None:
+        media_id = graph.add_media(b"%PDF-1.4 not really a pdf", "application/pdf")
+        async with rig() as r:
+            msg = media_message(
+                "document",
+                media_id,
+                graph.media_sha256(media_id),
+                "application/pdf",
+                filename="broken.pdf",
+            )
+            assert (await r.deliver(msg)).outcome is Outcome.DONE
+            (reply,) = r.replies()
+            assert reply.startswith("I cannot open the document broken.pdf.")
+            assert openai_fake.requests == []
+            assert media_files(r.settings) == []
+
     async def test_another_type_is_not_downloaded_and_the_reply_names_what_is_read(
         self, rig: Any, graph: FakeGraphServer, openai_fake: FakeOpenAIServer
     ) -> None:
