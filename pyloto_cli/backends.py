@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pyloto_cli.adapters.sqlite_db import SqliteDatabase
 from pyloto_cli.domain.errors import BackendUnavailable
 from pyloto_cli.domain.retry import RetryPolicy
+from pyloto_cli.pipeline.media import MediaConfig, MediaReader
 from pyloto_cli.ports import (
     NO_METRICS,
     DeadLetterStore,
@@ -392,6 +393,34 @@ async def open_sender(settings: Settings, stack: Stack) -> Sender:
     from pyloto_cli.adapters.sender.dry_run import DryRunSender
 
     return await stack.enter_async_context(DryRunSender())
+
+
+async def open_media(settings: Settings, stack: Stack) -> MediaReader | None:
+    """What reads a user's voice notes, images and documents for the LLM stages: None with
+    the offline responder (it answers media from the webhook alone); no downloads without an
+    access token (locations and contacts are still read as text)."""
+    if not settings.llm_active:
+        return None
+    config = MediaConfig(
+        data_dir=settings.data_dir,
+        max_bytes=settings.media_max_bytes,
+        keep_s=settings.media_keep_seconds,
+        document_max_pages=settings.document_max_pages,
+        memo_ttl_s=settings.dedupe_ttl_seconds,
+        safe_reply=settings.safe_reply,
+    )
+    if settings.whatsapp_access_token is None:
+        return MediaReader(config)
+    from pyloto_cli.adapters.llm.openai import OpenAITranscriber, open_openai_client
+    from pyloto_cli.adapters.media.graph import GraphMediaFetcher, open_media_client
+
+    client = await stack.enter_async_context(open_media_client(settings))
+    fetcher = await stack.enter_async_context(GraphMediaFetcher.from_settings(client, settings))
+    openai_client = await stack.enter_async_context(open_openai_client(settings))
+    transcriber = OpenAITranscriber(
+        openai_client, model=settings.transcribe_model, timeout_s=settings.transcribe_timeout
+    )
+    return MediaReader(config, fetcher=fetcher, transcriber=transcriber)
 
 
 METRICS_DIR = "metrics"

@@ -129,6 +129,7 @@ class Roles:
             settings, stack = self.settings, self._shared.stack
             responder = await backends.open_responder(settings, stack, self.metrics)
             sender = await self.sender()
+            media = await backends.open_media(settings, stack)
             self._pipeline = Pipeline(
                 sessions=stores.sessions,
                 deduper=stores.deduper,
@@ -137,6 +138,7 @@ class Roles:
                 statuses=stores.statuses,
                 config=pipeline_config(settings, exclusive_queue=parts.queue is not None),
                 metrics=self.metrics,
+                media=media,
             )
         return self._pipeline
 

@@ -236,6 +236,41 @@ class TaskMemos(Protocol):
         ...
 
 
+# --- Inbound media --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedMedia:
+    """A user's media, downloaded and checked: where its bytes are, their type and size."""
+
+    path: Path
+    mime_type: str
+    size: int
+
+
+class MediaFetcher(Protocol):
+    """Downloads a user's media by its Graph id into a file (the Graph adapter).
+
+    Raises `domain.media.MediaUnavailable` when it cannot be had (an unknown id, a 4xx after
+    one fresh URL, over `max_bytes`, a checksum other than `sha256`) and `TransientError` for
+    what a later attempt may get (5xx, timeouts).
+    """
+
+    async def fetch(
+        self, media_id: str, *, sha256: str | None, max_bytes: int, directory: Path
+    ) -> FetchedMedia:
+        """Stream the media into a new file under `directory` and return it."""
+        ...
+
+
+class Transcriber(Protocol):
+    """Turns a voice note or audio file into text (OpenAI's transcription call)."""
+
+    async def transcribe(self, path: Path, mime_type: str) -> str:
+        """The transcript; raises `domain.llm.LLMCallError` as a failed LLM stage does."""
+        ...
+
+
 # --- Responder and sender -------------------------------------------------------------------
 
 
@@ -246,6 +281,8 @@ class ResponderRequest:
     message: InboundMessage
     session: Session | None
     turn_number: int
+    # images the user sent, as data URLs, for the response stage to look at
+    images: tuple[str, ...] = ()
 
 
 class Responder(Protocol):

@@ -207,6 +207,19 @@ class Settings(BaseSettings):
         4, ge=1, le=20, validation_alias=_env("PYLOTO_REPLY_CACHE_MAX_WORDS")
     )
 
+    # --- Inbound media ------------------------------------------------------------------------
+    # one cap for every type, in bytes; unset: Meta's limit per type (image 5 MB, audio 16 MB...)
+    media_max_bytes: int | None = Field(None, gt=0, validation_alias=_env("PYLOTO_MEDIA_MAX_BYTES"))
+    media_keep_seconds: float = Field(0.0, ge=0, validation_alias=_env("PYLOTO_MEDIA_KEEP_SECONDS"))
+    transcribe_model: str = Field(
+        "gpt-4o-mini-transcribe", validation_alias=_env("PYLOTO_TRANSCRIBE_MODEL")
+    )
+    transcribe_timeout: float = Field(
+        30.0, gt=0, validation_alias=_env("PYLOTO_TRANSCRIBE_TIMEOUT")
+    )
+    vision_model: str | None = Field(None, validation_alias=_env("PYLOTO_VISION_MODEL"))
+    document_max_pages: int = Field(10, ge=1, validation_alias=_env("PYLOTO_DOCUMENT_MAX_PAGES"))
+
     # --- Sending ------------------------------------------------------------------------------
     mark_read: bool = Field(False, validation_alias=_env("PYLOTO_MARK_READ"))
     typing_indicator: bool = Field(False, validation_alias=_env("PYLOTO_TYPING_INDICATOR"))

@@ -24,10 +24,12 @@ class LLMCallError(TransientError):
 
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
-    """One chat message sent to the model."""
+    """One chat message sent to the model; `images` (data URLs) go beside the text as image
+    parts, for a vision-capable model."""
 
     role: str
     content: str
+    images: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

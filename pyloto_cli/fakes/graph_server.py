@@ -11,7 +11,9 @@ In tests (in the test's event loop):
 From a script or another process:
 `python -m pyloto_cli.fakes.graph_server --port 8901 [--delay-ms 20]`; control it over HTTP:
 `POST /_fake/faults {"code": 131056, "times": 3, "to": "+1555..."}`,
-`POST /_fake/config {"delay_ms": 50, "token": "t"}`, `GET /_fake/requests`, `POST /_fake/reset`.
+`POST /_fake/config {"delay_ms": 50, "token": "t"}`, `GET /_fake/requests`, `POST /_fake/reset`,
+`POST /_fake/media?mime_type=audio/ogg` with the bytes as the body (answers `{"id", "sha256"}`
+for a webhook to carry).
 
 Faults: any Graph error code (`KNOWN_ERRORS` gives a realistic message and HTTP status), a
 bare HTTP status (`{"http_status": 502}`), or a slow answer (`{"delay_s": 2}`: past the client's
@@ -23,12 +25,20 @@ after `own_numbers(...)`, any other id gets error 100.
 `messaging_product=whatsapp`) and answers a numeric media id; `uploads` keeps each one with its
 exact bytes (`GET /_fake/uploads` lists them without the bytes). The token check, the delay and
 the injected faults apply to uploads as to sends.
+
+Media: `media_id = graph.add_media(data, "audio/ogg")` stores bytes under a new id;
+`GET /{version}/{media_id}` answers Meta's media node with a download URL (`/_media/...`, which
+needs the Bearer token when `token` is set); `expire_media_urls()` makes every URL issued so
+far answer 404, as Meta's do after five minutes; `fail_downloads(403, 500)` answers the next
+downloads with those statuses; `chunked=True` on `add_media` announces no size (no
+`file_size`, no Content-Length).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import hashlib
 import itertools
@@ -42,7 +52,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 KNOWN_ERRORS: dict[int, tuple[int, str]] = {
@@ -124,6 +134,23 @@ class _State:
     media_ids: itertools.count[int] = field(
         default_factory=lambda: itertools.count(1_000_000_000_000_001)
     )
+    media: dict[str, StoredMedia] = field(default_factory=dict)
+    media_urls: dict[str, str] = field(default_factory=dict)  # live URL nonce -> media id
+    download_faults: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMedia:
+    """Bytes a fake user sent, as Meta keeps them."""
+
+    data: bytes
+    mime_type: str
+    chunked: bool = False
+
+    @property
+    def sha256(self) -> str:
+        """The base64 digest a webhook would carry."""
+        return base64.b64encode(hashlib.sha256(self.data).digest()).decode("ascii")
 
 
 def error_body(code: int, message: str | None = None) -> dict[str, Any]:
@@ -200,6 +227,28 @@ class FakeGraphServer:
         """Every media upload received so far, in arrival order."""
         return self._state.uploads
 
+    def add_media(self, data: bytes, mime_type: str, *, chunked: bool = False) -> str:
+        """Store a user's media; returns its new id (digits, as Meta's)."""
+        media_id = f"4{len(self._state.media) + 1:014d}"
+        self._state.media[media_id] = StoredMedia(data, mime_type, chunked)
+        return media_id
+
+    def media_sha256(self, media_id: str) -> str:
+        """The base64 sha256 of stored media, as the webhook carries it."""
+        return self._state.media[media_id].sha256
+
+    def expire_media_urls(self) -> None:
+        """Every download URL issued so far now answers 404."""
+        self._state.media_urls.clear()
+
+    def fail_downloads(self, *statuses: int) -> None:
+        """Answer the next downloads with these HTTP statuses, in order."""
+        self._state.download_faults.extend(statuses)
+
+    def downloads(self) -> list[RecordedRequest]:
+        """Media downloads (any answer), in arrival order."""
+        return [r for r in self.requests if r.path.startswith("/_media/")]
+
     def reset(self) -> None:
         """Forget requests, faults, delay and token."""
         self._state = _State()
@@ -272,6 +321,8 @@ class FakeGraphServer:
                 Route("/_fake/reset", self._reset, methods=["POST"]),
                 Route("/_fake/uploads", self._list_uploads, methods=["GET"]),
                 Route("/{version}/{phone_number_id}/media", self._upload, methods=["POST"]),
+                Route("/_media/{nonce}", self._download, methods=["GET"]),
+                Route("/_fake/media", self._add_media, methods=["POST"]),
                 Route("/{version}/{phone_number_id}/messages", self._messages, methods=["POST"]),
                 Route("/{version}/{phone_number_id}", self._phone_number, methods=["GET"]),
             ],
@@ -308,12 +359,74 @@ class FakeGraphServer:
         token = self._state.token
         if token is not None and request.headers.get("authorization") != f"Bearer {token}":
             return JSONResponse(error_body(190), status_code=401)
+        if number in self._state.media:
+            return self._media_node(request, number)
         known = self._state.phone_numbers
         if known is not None and number not in known:
             message = f"Unsupported get request. Object with ID '{number}' does not exist"
             return JSONResponse(error_body(100, message), status_code=400)
         node = {"id": number, "display_phone_number": "+1 555 000 0000", "verified_name": "Fake"}
         return JSONResponse({**node, "quality_rating": "GREEN"})
+
+    def _media_node(self, request: Request, media_id: str) -> Response:
+        stored = self._state.media[media_id]
+        nonce = f"{next(self._state.ids):08d}{media_id}"
+        self._state.media_urls[nonce] = media_id
+        self._record(request, media_id, 200, None)
+        node = {
+            "messaging_product": "whatsapp",
+            "url": f"{self.url}/_media/{nonce}?ext=1&hash=ATfake",
+            "mime_type": stored.mime_type,
+            "sha256": hashlib.sha256(stored.data).hexdigest(),
+            "file_size": str(len(stored.data)),
+            "id": media_id,
+        }
+        if stored.chunked:  # a node that does not announce the size
+            del node["file_size"]
+        return JSONResponse(node)
+
+    async def _add_media(self, request: Request) -> Response:
+        mime_type = request.query_params.get("mime_type", "application/octet-stream")
+        media_id = self.add_media(await request.body(), mime_type)
+        return JSONResponse({"id": media_id, "sha256": self.media_sha256(media_id)})
+
+    async def _download(self, request: Request) -> Response:
+        state = self._state
+        media_id = state.media_urls.get(request.path_params["nonce"])
+        token = state.token
+        status = 200
+        if token is not None and request.headers.get("authorization") != f"Bearer {token}":
+            status = 401
+        elif state.download_faults:
+            status = state.download_faults.pop(0)
+        elif media_id is None:
+            status = 404
+        self._record(request, media_id or "", status, None)
+        if status != 200 or media_id is None:
+            return Response(b"", status_code=status)
+        stored = state.media[media_id]
+        if not stored.chunked:
+            return Response(stored.data, media_type=stored.mime_type)
+
+        async def chunks() -> Any:
+            for start in range(0, len(stored.data), 256 * 1024):
+                yield stored.data[start : start + 256 * 1024]
+
+        return StreamingResponse(chunks(), media_type=stored.mime_type)
+
+    def _record(self, request: Request, node: str, status: int, code: int | None) -> None:
+        self._state.requests.append(
+            RecordedRequest(
+                at=time.monotonic(),
+                method=request.method,
+                path=request.url.path,
+                phone_number_id=node,
+                authorization=request.headers.get("authorization"),
+                body=None,
+                answered=status,
+                code=code,
+            )
+        )
 
     async def _answer(self, request: Request, body: Any) -> tuple[int, Any]:
         state = self._state

@@ -23,6 +23,11 @@ From a shell (for benchmarks), serving until interrupted:
 uniform delay in [-J, +J] to each answer; `--error-rate R` answers that fraction of unscripted
 requests with HTTP `--error-status` (500 by default), drawn from a generator seeded by `--seed`.
 
+`POST /v1/audio/transcriptions` (route `transcription`) reads the multipart upload and records
+`{"model", "filename", "content_type", "file": <the bytes>}` as the body; it answers
+`{"text": ...}` with the scripted content, else `transcript of <n> bytes`. Chat requests with
+image parts are recorded as they came (their `image_url` parts hold the data URLs).
+
 `GET /v1/models` lists one model (what `pyloto doctor` calls); with `api_key=` set, any other
 Bearer key gets 401. `GET /_fake/health` answers 200 when ready; `GET /_fake/requests` lists
 the recorded requests (route, seconds since start of arrival and finish, status).
@@ -43,7 +48,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 DEFAULT_CONTENT: Mapping[str, str] = {
     "event": json.dumps({"event": "other"}),
@@ -167,9 +172,11 @@ class FakeOpenAIServer:
             await self._arrival.wait_for(lambda: len(self.requests) >= count)
 
     async def __aenter__(self) -> Self:
-        app = web.Application()
+        app = web.Application(client_max_size=64 * 1024 * 1024)  # uploads of voice notes
         app.router.add_post("/v1/chat/completions", self._complete)
         app.router.add_post("/chat/completions", self._complete)
+        app.router.add_post("/v1/audio/transcriptions", self._transcribe)
+        app.router.add_post("/audio/transcriptions", self._transcribe)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/models", self._models)
         app.router.add_get("/_fake/health", self._health)
@@ -227,6 +234,43 @@ class FakeOpenAIServer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), delay)
         response = self._response(answer, route, str(body.get("model", "fake")))
+        record.finished = time.monotonic()
+        record.status = response.status
+        return response
+
+    async def _transcribe(self, request: web.Request) -> web.Response:
+        arrived = time.monotonic()
+        body: dict[str, Any] = {}
+        async for part in await request.multipart():
+            if not isinstance(part, BodyPartReader):
+                continue
+            if part.name == "file":
+                body["filename"] = part.filename
+                body["content_type"] = part.headers.get("Content-Type")
+                body["file"] = bytes(await part.read())
+            elif part.name is not None:
+                body[part.name] = await part.text()
+        route = "transcription"
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        record = RecordedRequest(route=route, body=body, arrived=arrived, headers=headers)
+        async with self._arrival:
+            self.requests.append(record)
+            self._arrival.notify_all()
+        answer = self._answer_for(route)
+        delay = self._latency_s(route, answer)
+        if delay > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), delay)
+        if answer.raw_body is not None:
+            response = web.Response(text=answer.raw_body, status=answer.status)
+        elif answer.status >= 400:
+            response = web.json_response(error_body(answer.status), status=answer.status)
+        else:
+            size = len(body.get("file", b""))
+            text = answer.content if answer.content is not None else f"transcript of {size} bytes"
+            response = web.json_response(
+                {"text": text, "usage": {"type": "duration", "seconds": 3}}
+            )
         record.finished = time.monotonic()
         record.status = response.status
         return response

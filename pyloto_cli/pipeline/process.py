@@ -29,6 +29,7 @@ retried one message at a time after a crash before step 4 is not answered twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -55,6 +56,7 @@ from pyloto_cli.domain.webhook import InboundMessage, inbound_message, needs_rep
 from pyloto_cli.logs import get_logger, log_event, mask_phone
 from pyloto_cli.pipeline import conversation as modes
 from pyloto_cli.pipeline import window
+from pyloto_cli.pipeline.media import MediaReader, read_media
 from pyloto_cli.ports import (
     NO_METRICS,
     ClaimResult,
@@ -66,6 +68,7 @@ from pyloto_cli.ports import (
     Sender,
     SessionStore,
     StatusStore,
+    TaskMemos,
 )
 
 _log = get_logger("pipeline")
@@ -130,7 +133,11 @@ class Pipeline:
         config: PipelineConfig | None = None,
         clock: Callable[[], float] = time.time,
         metrics: Metrics = NO_METRICS,
+        memos: TaskMemos | None = None,
+        media: MediaReader | None = None,
     ) -> None:
+        self.memos = memos
+        self.media = media  # reads a turn's voice notes, images and documents (pipeline/media.py)
         self.sessions = sessions
         self.metrics = metrics
         self.deduper = deduper
@@ -293,10 +300,18 @@ class Pipeline:
         now = self._clock()
         if fixed is None and (self.config.mark_read or self.config.typing_indicator):
             await self._mark_read(last)
-        joined = "\n".join(m.text for m in msgs if m.text and needs_reply(m)) or None
         turn_number = _turn_number(session)
-        request = ResponderRequest(replace(last, text=joined), session, turn_number)
-        reply = fixed if fixed is not None else await self.responder.respond(request)
+        async with contextlib.AsyncExitStack() as media_files:  # downloads go when it closes
+            if fixed is not None:
+                reply = fixed
+            else:
+                read = await read_media(self.media, msgs, last, session, media_files, self.memos)
+                msgs, last = list(read.messages), read.last
+                joined = "\n".join(m.text for m in msgs if m.text and needs_reply(m)) or None
+                request = ResponderRequest(
+                    replace(last, text=joined), session, turn_number, images=read.images
+                )
+                reply = read.reply or await self.responder.respond(request)
         for stage in reply.errors:
             log_event(_log, "reply_fallback", stage=stage, message_id=last.id)
         body = build_reply_body(reply, last.recipient, callback_data=last.id)

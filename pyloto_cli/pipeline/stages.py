@@ -29,7 +29,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final, Generic, TypeVar
 
 from pyloto_cli.domain.llm import ChatMessage, ChatRequest, LLMCallError
@@ -282,12 +282,18 @@ async def detect_event(ctx: StageContext, _inputs: Outputs) -> str:
 
 
 async def write_response(ctx: StageContext, _inputs: Outputs) -> str:
-    """LLM#2: the reply text, given the history and the user's turn."""
+    """LLM#2: the reply text, given the history and the user's turn (with the images the user
+    sent, on the vision model)."""
+    history = history_messages(ctx.request)
+    model = _model(ctx.settings, ctx.settings.openai_model_response)
+    if ctx.request.images:
+        history[-1] = replace(history[-1], images=ctx.request.images)
+        model = ctx.settings.vision_model or model
     content = await ctx.chat.complete(
         ChatRequest(
             stage=RESPONSE_STAGE,
-            model=_model(ctx.settings, ctx.settings.openai_model_response),
-            messages=(ChatMessage("system", ctx.prompts.response), *history_messages(ctx.request)),
+            model=model,
+            messages=(ChatMessage("system", ctx.prompts.response), *history),
             timeout_s=ctx.settings.llm_stage_timeout,
         )
     )

@@ -38,6 +38,7 @@ def test_every_conversation_has_a_golden_transcript() -> None:
     """The fixtures the README points at exist in pairs."""
     assert CONVERSATIONS == [
         "handoff",
+        "media",
         "mixed_media",
         "opt_out",
         "pricing",

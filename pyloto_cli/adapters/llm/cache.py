@@ -205,7 +205,7 @@ class CachingResponder:
     def key(self, request: ResponderRequest) -> tuple[str, ...] | None:
         """The cache key of `request`, or None when the turn is not eligible."""
         message = request.message
-        if message.type is not MessageType.TEXT or message.context_id:
+        if message.type is not MessageType.TEXT or message.context_id or request.images:
             return None
         text = cacheable_text(message.text, self._max_words)
         if text is None:

@@ -10,9 +10,11 @@ use. It fills the same fields as the real responder:
 - message type (LLM#3's job): a list every 5th turn, buttons every 3rd turn, else text, so
   the interactive payload paths are exercised too.
 
-Messages without text get a short polite reply. When override replies are given (the same
-`override_events`/`handoff_reply`/`optout_reply` settings as the real responder), an
-overriding event replaces the reply, as the real responder does.
+A voice note, an image, a document, a video, a location or shared contacts is acknowledged
+from the webhook ("I got your voice note (audio/ogg)", "I got your document receipt.pdf", the
+place or the cards as text); other messages without text get a short polite reply. When
+override replies are given (the same `override_events`/`handoff_reply`/`optout_reply` settings
+as the real responder), an overriding event replaces the reply, as the real responder does.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Final, Self
 
+from pyloto_cli.domain.media import offline_reply
 from pyloto_cli.domain.reply import (
     NON_TEXT_REPLY,
     ListSection,
@@ -138,7 +141,10 @@ class OfflineResponder:
         timings["event"] = _ms_since(start)
 
         start = time.perf_counter()
-        if text is None or not text.strip():
+        media = offline_reply(request.message)
+        if media is not None:  # said from the webhook alone: nothing is downloaded offline
+            reply_text = media
+        elif text is None or not text.strip():
             reply_text = NON_TEXT_REPLY
         else:
             reply_text = f'You said: "{_quote(text)}" (turn {request.turn_number})'
@@ -149,7 +155,8 @@ class OfflineResponder:
             return Reply(text=override, event=event, overridden=True, timings_ms=timings)
 
         start = time.perf_counter()
-        shaped = _shape(reply_text, request.turn_number) if text else Reply(text=reply_text)
+        plain = not text or media is not None
+        shaped = Reply(text=reply_text) if plain else _shape(reply_text, request.turn_number)
         timings["message_type"] = _ms_since(start)
         return Reply(
             text=shaped.text,

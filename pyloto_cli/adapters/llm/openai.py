@@ -11,21 +11,24 @@ cast_to=httpx2.Response, content=...)`, the SDK's documented way to get the raw 
 body goes out as JSON bytes and only the first choice's message is read from the answer, where
 `chat.completions.create()` would transform the parameters and build a `ChatCompletion` model
 that the stages take one string from (benchmarks/llm_client_cpu.py compares the public paths).
-Structured answers are validated by the stages (pydantic).
+Structured answers are validated by the stages (pydantic). A message with images goes as a
+text part and `image_url` parts. `OpenAITranscriber` turns a voice note into text with the
+SDK's `audio.transcriptions.create`.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from pathlib import Path
+from typing import Any, Final
 
 import httpx2
 import openai
 from openai import AsyncOpenAI, DefaultAioHttpClient
 
 from pyloto_cli.domain import json_codec
-from pyloto_cli.domain.llm import ChatRequest, LLMCallError
+from pyloto_cli.domain.llm import ChatMessage, ChatRequest, LLMCallError
 from pyloto_cli.settings import Settings
 
 
@@ -65,7 +68,7 @@ class OpenAIChatModel:
         """The first choice's content; raises LLMCallError (chained to the SDK's error)."""
         body: dict[str, Any] = {
             "model": request.model,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "messages": [_message(m) for m in request.messages],
         }
         if request.schema is not None:
             body["response_format"] = {
@@ -85,6 +88,64 @@ class OpenAIChatModel:
         except ValueError as exc:  # a 200 whose body is not JSON (a proxy's page)
             raise LLMCallError("bad_response") from exc
         return _content(data)
+
+
+def _message(message: ChatMessage) -> dict[str, Any]:
+    """A chat message's JSON: plain text, or a text part and image parts."""
+    if not message.images:
+        return {"role": message.role, "content": message.content}
+    parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}]
+    parts += [{"type": "image_url", "image_url": {"url": url}} for url in message.images]
+    return {"role": message.role, "content": parts}
+
+
+# Extensions OpenAI's transcription endpoint reads the format from (it goes by the file name).
+_AUDIO_SUFFIXES: Final[dict[str, str]] = {
+    "audio/ogg": "ogg",
+    "audio/opus": "ogg",
+    "audio/mpeg": "mp3",
+    "audio/mp3": "mp3",
+    "audio/mp4": "m4a",
+    "audio/m4a": "m4a",
+    "audio/x-m4a": "m4a",
+    "audio/aac": "m4a",
+    "audio/amr": "amr",
+    "audio/wav": "wav",
+    "audio/x-wav": "wav",
+    "audio/webm": "webm",
+    "audio/flac": "flac",
+}
+
+
+class OpenAITranscriber:
+    """`Transcriber` on an AsyncOpenAI client: the SDK's `audio.transcriptions.create`.
+
+    It does not own `client`. The file goes as it is (voice notes are ogg/opus, which the
+    endpoint reads), named with the extension of its MIME type.
+    """
+
+    def __init__(self, client: AsyncOpenAI, *, model: str, timeout_s: float) -> None:
+        self._client = client
+        self.model = model
+        self._timeout_s = timeout_s
+
+    async def transcribe(self, path: Path, mime_type: str) -> str:
+        """The transcript's text; raises LLMCallError (chained to the SDK's error)."""
+        base = mime_type.split(";", 1)[0].strip().lower()
+        name = f"audio.{_AUDIO_SUFFIXES.get(base, 'ogg')}"
+        # an open file, not its bytes: the multipart body is read from it in chunks as it is
+        # sent (again from the start on a retry), so a 16 MB voice note is never whole in memory
+        with path.open("rb") as audio:
+            try:
+                result = await self._client.audio.transcriptions.create(
+                    model=self.model, file=(name, audio, base), timeout=self._timeout_s
+                )
+            except openai.APIError as exc:
+                raise _call_error(exc) from exc
+        text = result.text if isinstance(result.text, str) else ""
+        if not text.strip():
+            raise LLMCallError("empty_output", service=False)
+        return text.strip()
 
 
 def _call_error(exc: openai.APIError) -> LLMCallError:
