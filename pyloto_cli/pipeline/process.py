@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from pyloto_cli.adapters.memos.memory import MemoryTaskMemos
 from pyloto_cli.domain import ids
 from pyloto_cli.domain.errors import (
     AmbiguousSendError,
@@ -55,6 +56,7 @@ from pyloto_cli.ports import (
     Sender,
     SessionStore,
     StatusStore,
+    TaskMemos,
 )
 
 _log = get_logger("pipeline")
@@ -112,7 +114,9 @@ class Pipeline:
         config: PipelineConfig | None = None,
         clock: Callable[[], float] = time.time,
         metrics: Metrics = NO_METRICS,
+        memos: TaskMemos | None = None,
     ) -> None:
+        self.memos = memos if memos is not None else MemoryTaskMemos()
         self.sessions = sessions
         self.metrics = metrics
         self.deduper = deduper
