@@ -118,6 +118,7 @@ class Roles:
             settings, stack = self.settings, self._shared.stack
             responder = await backends.open_responder(settings, stack, self.metrics)
             sender = await backends.open_sender(settings, stack)
+            memos = await backends.open_memos(self._shared)
             self._pipeline = Pipeline(
                 sessions=stores.sessions,
                 deduper=stores.deduper,
@@ -126,6 +127,7 @@ class Roles:
                 statuses=stores.statuses,
                 config=pipeline_config(settings, exclusive_queue=parts.queue is not None),
                 metrics=self.metrics,
+                memos=memos,
             )
         return self._pipeline
 
