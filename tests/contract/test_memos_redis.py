@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import pytest
 import redis.asyncio as aioredis
@@ -84,3 +85,69 @@ async def test_closed_memos_refuse_calls(redis_url: str, redis_prefix: str) -> N
         await memos.put(KEY, {"reply": "r"}, 30.0)
     with pytest.raises(BackendUnavailable, match="not open"):
         await memos.get(KEY)
+
+
+class CuttableLink:
+    """A TCP proxy on loopback to the real Redis that can be cut: every connection through it
+    is closed, and new ones are refused, as when the network to Redis goes down."""
+
+    def __init__(self, target: str) -> None:
+        parts = urlsplit(target)
+        self._target = (parts.hostname or "127.0.0.1", parts.port or 6379)
+        self._writers: list[asyncio.StreamWriter] = []
+        self._up = True
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        return f"redis://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/0"
+
+    def cut(self) -> None:
+        self._up = False
+        for writer in self._writers:
+            writer.close()
+
+    async def stop(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self._up:
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection(*self._target)
+        self._writers += [writer, up_writer]
+        await asyncio.gather(
+            self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
+        )
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+
+async def test_a_server_lost_after_start_is_a_transient_error(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Redis answered at start, then the link went down: each call fails as the error the
+    pipeline retries on (once redis-py's own reconnects are spent), not a ConnectionError."""
+    link = CuttableLink(redis_url)
+    try:
+        async with RedisTaskMemos(await link.start(), prefix=redis_prefix) as memos:
+            await memos.get(KEY)
+            link.cut()
+            with pytest.raises(TransientError, match="task_memos_unavailable: redis"):
+                await memos.put(KEY, {"reply": "r"}, 30.0)
+            with pytest.raises(TransientError, match="task_memos_unavailable: redis"):
+                await memos.get(KEY)
+            with pytest.raises(TransientError, match="task_memos_unavailable: redis"):
+                await memos.forget(KEY)
+    finally:
+        await link.stop()
