@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 
 import pytest
+from google.cloud import firestore
 
-from pyloto_cli.adapters.firestore_db import FirestoreDatabase, doc_id
+from pyloto_cli.adapters.firestore_db import FirestoreDatabase, close_client, doc_id
 from pyloto_cli.adapters.memos.firestore import FirestoreTaskMemos
 from pyloto_cli.domain.errors import BackendUnavailable, TransientError
 from pyloto_cli.ports import TaskMemos
@@ -71,6 +73,28 @@ async def test_a_refused_write_is_a_transient_error(firestore_project: str) -> N
         with pytest.raises(TransientError, match="task_memos_unavailable: firestore"):
             await memos.put(KEY, {"transcript": "x" * 1_100_000}, 60.0)
         assert await memos.get(KEY) == {"reply": "kept"}
+
+
+async def test_an_unreachable_server_fails_each_call_in_bounded_time(
+    monkeypatch: pytest.MonkeyPatch, unused_tcp_port: int
+) -> None:
+    """Firestore gone after start: each call gives up after `call_timeout_s` with the error
+    the pipeline retries on, instead of retrying for as long as the outage lasts."""
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", f"127.0.0.1:{unused_tcp_port}")
+    client = firestore.AsyncClient(project="pyloto-test")
+    try:
+        async with FirestoreTaskMemos(client=client, call_timeout_s=0.3) as memos:
+            for call in (
+                memos.get(KEY),
+                memos.put(KEY, {"reply": "r"}, 60.0),
+                memos.forget(KEY),
+            ):
+                started = time.monotonic()
+                with pytest.raises(TransientError, match="task_memos_unavailable: firestore"):
+                    await call
+                assert time.monotonic() - started < 5.0
+    finally:
+        await close_client(client)
 
 
 async def test_closed_memos_refuse_calls(firestore_project: str) -> None:
