@@ -31,6 +31,7 @@ from pyloto_cli.ports import (
     Sender,
     SessionStore,
     StatusStore,
+    TaskMemos,
     TaskRescheduler,
     TaskSink,
 )
@@ -91,7 +92,7 @@ class Shared:
         return await self.sqlite.open(self.settings.data_dir / name, synchronous, self.stack)
 
     async def state_db(self) -> SqliteDatabase:
-        """`<data_dir>/state.db`: sessions, dedupe markers, statuses, dead letters."""
+        """`<data_dir>/state.db`: sessions, dedupe markers, task memos, statuses, dead letters."""
         return await self.sqlite_db("state.db")
 
     async def redis(self) -> Any:
@@ -331,6 +332,42 @@ DEAD_LETTERS: dict[StoreBackend, Opener[DeadLetterStore]] = {
 }
 
 
+async def _memory_memos(shared: Shared) -> TaskMemos:
+    from pyloto_cli.adapters.memos.memory import MemoryTaskMemos
+
+    return await shared.stack.enter_async_context(MemoryTaskMemos())
+
+
+async def _sqlite_memos(shared: Shared) -> TaskMemos:
+    from pyloto_cli.adapters.memos.sqlite import SqliteTaskMemos
+
+    return await shared.stack.enter_async_context(SqliteTaskMemos(await shared.state_db()))
+
+
+async def _redis_memos(shared: Shared) -> TaskMemos:
+    from pyloto_cli.adapters.memos.redis import RedisTaskMemos
+
+    memos = RedisTaskMemos(await shared.redis(), prefix=shared.settings.redis_prefix)
+    return await shared.stack.enter_async_context(memos)
+
+
+async def _firestore_memos(shared: Shared) -> TaskMemos:
+    from pyloto_cli.adapters.memos.firestore import FirestoreTaskMemos
+
+    memos = FirestoreTaskMemos(client=await shared.firestore())
+    return await shared.stack.enter_async_context(memos)
+
+
+# Task memos live beside the dedupe markers, in the same backend (SQLite: state.db): both are
+# per-message records a retry reads before doing the work again.
+MEMOS: dict[StoreBackend, Opener[TaskMemos]] = {
+    StoreBackend.SQLITE: _sqlite_memos,
+    StoreBackend.MEMORY: _memory_memos,
+    StoreBackend.REDIS: _redis_memos,
+    StoreBackend.FIRESTORE: _firestore_memos,
+}
+
+
 async def open_queue(shared: Shared, policy: RetryPolicy) -> QueueParts:
     """The queue backend named by QUEUE_BACKEND."""
     return await QUEUES[shared.settings.queue_backend](shared, policy)
@@ -344,6 +381,11 @@ async def open_sessions(shared: Shared) -> SessionStore:
 async def open_deduper(shared: Shared) -> Deduper:
     """The deduper named by DEDUPE_BACKEND."""
     return await DEDUPERS[shared.settings.dedupe_backend](shared)
+
+
+async def open_memos(shared: Shared) -> TaskMemos:
+    """Task memos, in the deduper's backend (DEDUPE_BACKEND)."""
+    return await MEMOS[shared.settings.dedupe_backend](shared)
 
 
 async def open_statuses(shared: Shared) -> StatusStore:

@@ -130,6 +130,7 @@ class Roles:
             responder = await backends.open_responder(settings, stack, self.metrics)
             sender = await self.sender()
             media = await backends.open_media(settings, stack)
+            memos = await backends.open_memos(self._shared)
             self._pipeline = Pipeline(
                 sessions=stores.sessions,
                 deduper=stores.deduper,
@@ -139,6 +140,7 @@ class Roles:
                 config=pipeline_config(settings, exclusive_queue=parts.queue is not None),
                 metrics=self.metrics,
                 media=media,
+                memos=memos,
             )
         return self._pipeline
 

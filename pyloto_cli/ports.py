@@ -220,7 +220,9 @@ class TaskMemos(Protocol):
     Keyed by the inbound wamid the reply answers: a computed reply, the wamids of the reply
     parts Meta accepted, a voice note's transcript. A retry reads them instead of calling the
     LLM, the transcriber or Graph again. Fields merge; each record expires `ttl_s` after its
-    last write (a message is never retried for longer than Meta redelivers it).
+    last write (a message is never retried for longer than Meta redelivers it). A durable store
+    that refuses a call (disk full, server down) raises `TransientError` (reason
+    `task_memos_unavailable: ...`), so a caller can keep the memo in memory and go on.
     """
 
     async def get(self, key: str) -> dict[str, str]:

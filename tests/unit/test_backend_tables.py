@@ -11,6 +11,12 @@ def test_every_queue_backend_has_an_opener() -> None:
 
 
 def test_every_store_backend_has_an_opener_for_every_store() -> None:
-    tables = (backends.SESSIONS, backends.DEDUPERS, backends.STATUSES, backends.DEAD_LETTERS)
+    tables = (
+        backends.SESSIONS,
+        backends.DEDUPERS,
+        backends.STATUSES,
+        backends.DEAD_LETTERS,
+        backends.MEMOS,
+    )
     for table in tables:
         assert set(table) == set(StoreBackend)
