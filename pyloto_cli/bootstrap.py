@@ -210,6 +210,7 @@ def retry_policy(settings: Settings) -> RetryPolicy:
         cap_s=settings.retry_cap_seconds,
         jitter=settings.retry_jitter,
         max_attempts=settings.max_attempts,
+        horizon_s=settings.retry_horizon_seconds,
     )
 
 
@@ -222,6 +223,7 @@ def pipeline_config(settings: Settings, *, exclusive_queue: bool = True) -> Pipe
         claim_ttl_s=max(settings.lease_seconds * 2, 60.0),
         mark_read=settings.mark_read,
         typing_indicator=settings.typing_indicator,
+        max_reply_parts=settings.max_reply_parts,
     )
 
 

@@ -6,7 +6,9 @@ The order of the side effects is the at-least-once contract:
 2. load the session (at the same time as the claim: one round trip instead of two, one
    transaction on SQLite); if it already records a reply sent for this wamid (a crash between
    the session save and the done marker), only mark it done: the reply did leave;
-3. ask the responder, build the body, send it from the number that received the message;
+3. ask the responder, build the body, send it from the number that received the message; the
+   reply, then each part Meta accepted, is kept in the task memo first (pipeline/delivery.py):
+   a retry sends what is left of the same reply, and asks the LLM nothing;
 4. append the user's turn and the reply (with the sent wamid) to the session, and mark the
    wamid done, at once: either record alone keeps a redelivery from being answered again.
 
@@ -34,16 +36,18 @@ from enum import StrEnum
 from pyloto_cli.domain import ids
 from pyloto_cli.domain.errors import (
     AmbiguousSendError,
+    Deferral,
+    InvalidTask,
     PermanentError,
-    SendPaused,
     TransientError,
 )
-from pyloto_cli.domain.outbound import build_reply_body
+from pyloto_cli.domain.long_reply import DEFAULT_MAX_PARTS, reply_bodies
 from pyloto_cli.domain.reply import Reply
 from pyloto_cli.domain.session import Role, Session, Turn
-from pyloto_cli.domain.task import FailureKind, Task, TaskKind
+from pyloto_cli.domain.task import FailureKind, JsonObject, Task, TaskKind
 from pyloto_cli.domain.webhook import InboundMessage, inbound_message, needs_reply, status_update
 from pyloto_cli.logs import get_logger, log_event, mask_phone
+from pyloto_cli.pipeline.delivery import Delivery
 from pyloto_cli.ports import (
     NO_METRICS,
     ClaimResult,
@@ -55,6 +59,7 @@ from pyloto_cli.ports import (
     Sender,
     SessionStore,
     StatusStore,
+    TaskMemos,
 )
 
 _log = get_logger("pipeline")
@@ -80,6 +85,9 @@ class TaskResult:
     sent_id: str | None = None
     reply: Reply | None = None
     failure: FailureKind | None = None  # stored with a retry, for the next attempt
+    # a known transient failure's clock: the message's own timestamp (settlement's deadline)
+    since: float | None = None
+    sent_ids: tuple[str, ...] = ()  # every part of the reply, in order
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +104,9 @@ class PipelineConfig:
     # re-leases it only after the holder stopped renewing: its lease, not the dedupe claim, says
     # who owns the task. A claim left by a killed worker must not block the retry then.
     exclusive_queue: bool = True
+    max_reply_parts: int = DEFAULT_MAX_PARTS
+    # what attempts paid for is kept this long at most: past the 24-hour window no retry sends
+    memo_ttl_s: float = 26 * 3600.0
 
 
 class Pipeline:
@@ -112,6 +123,7 @@ class Pipeline:
         config: PipelineConfig | None = None,
         clock: Callable[[], float] = time.time,
         metrics: Metrics = NO_METRICS,
+        memos: TaskMemos | None = None,
     ) -> None:
         self.sessions = sessions
         self.metrics = metrics
@@ -121,6 +133,12 @@ class Pipeline:
         self.statuses = statuses
         self.config = config or PipelineConfig()
         self._clock = clock
+        self.delivery = Delivery(
+            memos,  # None: what attempts paid for is held in this process only
+            sender,
+            ttl_s=self.config.memo_ttl_s,
+            metrics=metrics,
+        )
 
     async def process(
         self, task: Task, attempt: int = 1, previous: FailureKind | None = None
@@ -138,7 +156,7 @@ class Pipeline:
             log_event(_log, "webhook_event", field=task.field, task_id=task.task_id)
             return TaskResult(Outcome.DONE)
         except (TransientError, PermanentError) as exc:
-            return _failed(exc, previous)
+            return _failed(exc, previous, _since(task))
 
     async def process_batch(
         self, tasks: Sequence[Task], attempt: int = 1, previous: FailureKind | None = None
@@ -155,7 +173,7 @@ class Pipeline:
         try:
             return await self._burst([inbound_message(task) for task in tasks])
         except (TransientError, PermanentError) as exc:
-            return _failed(exc, previous)
+            return _failed(exc, previous, _since(tasks[-1]))
 
     async def _status(self, task: Task) -> TaskResult:
         update = status_update(task)
@@ -251,21 +269,14 @@ class Pipeline:
         """One reply to `last` for the words of every message in `msgs` (often just `last`)."""
         ids.phone_number_id(last.phone_number_id)  # no number to reply from: dead, not asked
         now = self._clock()
-        if self.config.mark_read or self.config.typing_indicator:
-            await self._mark_read(last)
-        joined = "\n".join(m.text for m in msgs if m.text and needs_reply(m)) or None
         turn_number = _turn_number(session)
-        request = ResponderRequest(replace(last, text=joined), session, turn_number)
-        reply = await self.responder.respond(request)
-        for stage in reply.errors:
-            log_event(_log, "reply_fallback", stage=stage, message_id=last.id)
-        body = build_reply_body(reply, last.recipient, callback_data=last.id)
-        try:
-            sent = await self.sender.send(last.phone_number_id, body)
-        except (TransientError, PermanentError) as exc:
-            self.metrics.graph_send(_send_outcome(exc), exc.code)
-            raise
-        self.metrics.graph_send("sent")
+        memo = await self.delivery.recall(last.id)
+        reply, bodies = memo.reply, memo.bodies
+        if reply is None or bodies is None:  # not paid for yet: ask the responder
+            reply, bodies = await self._compose(msgs, last, session, turn_number)
+        elif memo.fully_sent:
+            log_event(_log, "reply_already_sent", message_id=last.id, parts=len(bodies))
+        sent_ids = await self.delivery.send_parts(last.id, last.phone_number_id, memo, bodies)
         user_turns = tuple(
             Turn(
                 Role.USER,
@@ -280,15 +291,37 @@ class Pipeline:
         bot_turn = Turn(
             Role.ASSISTANT,
             reply.text,
-            sent.message_id,
+            sent_ids[0],
             self._clock(),
             message_type=reply.kind.value,
             reply_to=last.id,
         )
         await self._save(last, (*user_turns, bot_turn), done=msgs, turn_number=turn_number)
+        await self.delivery.forget(last.id)
         if len(msgs) > 1:
             log_event(_log, "burst_answered", message_id=last.id, messages=len(msgs))
-        return TaskResult(Outcome.DONE, sent_id=sent.message_id, reply=reply)
+        return TaskResult(Outcome.DONE, sent_id=sent_ids[0], reply=reply, sent_ids=tuple(sent_ids))
+
+    async def _compose(
+        self,
+        msgs: list[InboundMessage],
+        last: InboundMessage,
+        session: Session | None,
+        turn_number: int,
+    ) -> tuple[Reply, list[JsonObject]]:
+        """Ask the responder, build the bodies, and keep both in the memo before any send."""
+        if self.config.mark_read or self.config.typing_indicator:
+            await self._mark_read(last)
+        joined = "\n".join(m.text for m in msgs if m.text and needs_reply(m)) or None
+        request = ResponderRequest(replace(last, text=joined), session, turn_number)
+        reply = await self.responder.respond(request)
+        for stage in reply.errors:
+            log_event(_log, "reply_fallback", stage=stage, message_id=last.id)
+        bodies = reply_bodies(
+            reply, last.recipient, callback_data=last.id, max_parts=self.config.max_reply_parts
+        )
+        await self.delivery.remember_reply(last.id, reply, bodies)
+        return reply, bodies
 
     async def _save(
         self,
@@ -350,10 +383,13 @@ def _already_answered(session: Session, message_id: str) -> bool:
     )
 
 
-def _failed(exc: TransientError | PermanentError, previous: FailureKind | None) -> TaskResult:
-    """The outcome of an attempt that raised `exc`, after one that failed with `previous`."""
-    if isinstance(exc, SendPaused):
-        return TaskResult(Outcome.DEFER, reason=_reason(exc), delay_s=exc.retry_after)
+def _failed(
+    exc: TransientError | PermanentError, previous: FailureKind | None, since: float | None
+) -> TaskResult:
+    """The outcome of an attempt that raised `exc`, after one that failed with `previous`;
+    a transient failure carries `since`, the clock its retries are bounded by."""
+    if isinstance(exc, Deferral):
+        return TaskResult(Outcome.DEFER, reason=_reason(exc), delay_s=exc.retry_after, since=since)
     if isinstance(exc, AmbiguousSendError):
         if previous is FailureKind.AMBIGUOUS_SEND:
             return TaskResult(Outcome.DEAD, reason=f"{_reason(exc)}; not retried twice")
@@ -364,17 +400,18 @@ def _failed(exc: TransientError | PermanentError, previous: FailureKind | None) 
             failure=FailureKind.AMBIGUOUS_SEND,
         )
     if isinstance(exc, TransientError):
-        return TaskResult(Outcome.RETRY, reason=_reason(exc), delay_s=exc.retry_after)
+        return TaskResult(Outcome.RETRY, reason=_reason(exc), delay_s=exc.retry_after, since=since)
     return TaskResult(Outcome.DEAD, reason=_reason(exc))
 
 
-def _send_outcome(exc: TransientError | PermanentError) -> str:
-    """The `pyloto_graph_sends_total` outcome of a failed send."""
-    if isinstance(exc, SendPaused):
-        return "paused"
-    if isinstance(exc, AmbiguousSendError):
-        return "ambiguous"
-    return "transient" if isinstance(exc, TransientError) else "permanent"
+def _since(task: Task) -> float:
+    """The clock of a task's retries: a message's own timestamp, else when it was received."""
+    if task.kind is TaskKind.MESSAGE:
+        try:
+            return float(inbound_message(task).timestamp)
+        except InvalidTask:
+            pass
+    return task.received_at
 
 
 def _turn_number(session: Session | None) -> int:
