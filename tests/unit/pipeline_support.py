@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,7 +42,7 @@ def message(wamid: str, text: str, *, sender: str = "15550001234", **extra: Any)
     return {
         "from": sender,
         "id": wamid,
-        "timestamp": "1767225600",
+        "timestamp": str(int(time.time())),  # a fresh message: inside its retry horizon
         "type": "text",
         "text": {"body": text},
         **extra,

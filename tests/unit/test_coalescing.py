@@ -51,7 +51,7 @@ def reaction(wamid: str, to: str) -> JsonObject:
     return {
         "from": USER,
         "id": wamid,
-        "timestamp": "1767225600",
+        "timestamp": str(int(time.time())),  # a fresh message: inside its retry horizon
         "type": "reaction",
         "reaction": {"message_id": to, "emoji": "👍"},
     }

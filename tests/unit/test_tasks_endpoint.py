@@ -118,7 +118,9 @@ def message_task(wamid: str = "wamid.TASKS.0001", user: str = "15550004321") -> 
                                 {
                                     "from": user,
                                     "id": wamid,
-                                    "timestamp": "1767225600",
+                                    "timestamp": str(
+                                        int(time.time())
+                                    ),  # a fresh message: inside its retry horizon
                                     "type": "text",
                                     "text": {"body": "Oi, tudo bem? 😊"},
                                 }
