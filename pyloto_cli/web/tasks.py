@@ -3,9 +3,9 @@
 Cloud Tasks retries anything but a 2xx, so the answer applies the decision the pull worker
 makes too (`pipeline.settlement.settle`):
 - done, a duplicate, or a permanent failure (dead letter recorded first): 200;
-- a retryable failure of unknown kind: 503, so Cloud Tasks retries with its own backoff;
-- a known transient failure (Graph or LLM down), bounded by the retry horizon and not by the
-  attempts: re-created as the same attempt, due after pyloto's backoff, and answered 200;
+- a retryable failure: 503, so Cloud Tasks retries with its own backoff (a known transient
+  one, Graph or the LLM down, until pyloto's retry horizon, whatever the attempt count: the
+  queue's `max-attempts=-1` and `max-retry-duration` = the horizon, docs/deploy.md);
 - a retryable failure with a delay Cloud Tasks would not honour (131056's 4^attempt s), or one
   whose next attempt must know how it failed (an ambiguous send): the task is re-created with a
   `schedule_time` (and `X-Pyloto-Previous-Failure`) and the answer is 200.
@@ -139,10 +139,6 @@ async def _settle(
     push.pipeline.metrics.task_retried()
     # a retry: Cloud Tasks' own retry carries nothing, so one that must know how this attempt
     # failed, or must wait longer than Cloud Tasks would, is created again by pyloto
-    if not decision.counted:  # bounded by the deadline: the same attempt, created again
-        await push.scheduler.reschedule(task, delay, attempt, f"retry:{time.time_ns()}")
-        log_event(_log, "task_retried", reason=reason, delay_s=delay, rescheduled=True)
-        return PlainTextResponse("rescheduled")
     if delay > RESCHEDULE_AFTER_S or decision.failure is not None:
         await push.scheduler.reschedule(task, delay, attempt + 1, previous_failure=decision.failure)
         log_event(_log, "task_retried", reason=reason, delay_s=delay, rescheduled=True)

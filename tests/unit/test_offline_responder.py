@@ -89,11 +89,15 @@ class TestOfflineResponder:
             second.event,
         )
 
-    async def test_long_text_is_quoted_shortened(self) -> None:
-        """A very long message is quoted to a bounded length."""
-        reply = await OfflineResponder().respond(request("word " * 500, turn=1))
-        assert len(reply.text) < 260
-        assert "…" in reply.text
+    async def test_long_text_is_quoted_whole_with_its_paragraphs(self) -> None:
+        """A very long message is quoted whole (its reply shows how long replies are split),
+        its paragraph breaks kept."""
+        text = "\n\n".join(f"paragraph {i} " + "word " * 300 for i in range(3))
+        reply = await OfflineResponder().respond(request(text, turn=1))
+        assert len(reply.text) > len(text.strip())
+        assert "…" not in reply.text
+        assert reply.text.count("\n\n") == 2
+        assert "paragraph 2 word" in reply.text
 
     async def test_override_event_replaces_reply(self) -> None:
         """With override replies configured, an opt-out gets the configured message."""
