@@ -22,7 +22,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pyloto_cli.domain.errors import AmbiguousSendError, PermanentError, SendPaused, TransientError
+from pyloto_cli.domain.errors import (
+    AmbiguousSendError,
+    Deferral,
+    PermanentError,
+    SendPaused,
+    TransientError,
+)
 from pyloto_cli.domain.reply import ListSection, Reply, ReplyKind, ReplyOption
 from pyloto_cli.domain.task import JsonObject
 from pyloto_cli.logs import get_logger, log_event
@@ -140,6 +146,8 @@ def _send_outcome(exc: TransientError | PermanentError) -> str:
     """The `pyloto_graph_sends_total` outcome of a failed send."""
     if isinstance(exc, SendPaused):
         return "paused"
+    if isinstance(exc, Deferral):
+        return "deferred"
     if isinstance(exc, AmbiguousSendError):
         return "ambiguous"
     return "transient" if isinstance(exc, TransientError) else "permanent"
