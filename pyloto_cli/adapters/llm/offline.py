@@ -59,10 +59,8 @@ def detect_event(text: str | None) -> str:
 
 
 def _quote(text: str) -> str:
-    """The user's whole text, its paragraphs kept (a long one shows how replies are split);
-    runs of spaces within a line are collapsed."""
-    lines = (" ".join(line.split()) for line in text.strip().splitlines())
-    return "\n".join(lines)
+    """The user's whole text on one line (a long one shows how replies are split)."""
+    return " ".join(text.split())
 
 
 def _buttons(turn: int) -> tuple[ReplyOption, ...]:
