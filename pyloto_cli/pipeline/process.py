@@ -13,10 +13,11 @@ The order of the side effects is the at-least-once contract:
    wamid done, at once: either record alone keeps a redelivery from being answered again.
 
 A crash anywhere before step 4 makes the queue hand the task out again: the reply is sent again
-only if the crash came between the send and both records of step 4 (the at-least-once window),
-and it is never skipped. Failures are outcomes, not exceptions: TransientError -> retry
-(honouring its delay), PermanentError -> dead letter with the reason. Anything else the worker
-treats as a retry.
+only if the crash came between Meta's answer and the memo's record of it (or, without a durable
+memo store, between the send and both records of step 4), and it is never skipped. Failures are
+outcomes, not exceptions: a Deferral (pyloto's own wait) -> defer, TransientError -> retry
+(honouring its delay, until the retry horizon), PermanentError -> dead letter with the reason.
+Anything else the worker treats as a retry that spends an attempt.
 
 A burst (`process_batch`, burst coalescing) follows the same steps once for all its messages:
 every wamid is claimed; one reply answers the last message that needs one, from all the users'

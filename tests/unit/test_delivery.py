@@ -6,7 +6,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,15 +20,18 @@ from pyloto_cli.adapters.sender.limiter import SendLimiter
 from pyloto_cli.adapters.sessions.memory import MemorySessionStore
 from pyloto_cli.adapters.statuses.memory import MemoryStatusStore
 from pyloto_cli.domain.errors import CircuitOpen, PermanentError, TransientError
+from pyloto_cli.domain.llm import ChatRequest, LLMCallError
 from pyloto_cli.domain.reply import Reply
 from pyloto_cli.domain.retry import RetryPolicy
 from pyloto_cli.domain.session import Role
 from pyloto_cli.domain.task import JsonObject
-from pyloto_cli.domain.webhook import split_webhook
+from pyloto_cli.domain.webhook import inbound_message, split_webhook
 from pyloto_cli.logs import event_fields
 from pyloto_cli.pipeline.process import Outcome, Pipeline, PipelineConfig
+from pyloto_cli.pipeline.responder import LLMResponder
 from pyloto_cli.pipeline.worker import Worker
 from pyloto_cli.ports import ResponderRequest, SendResult
+from pyloto_cli.settings import Settings
 from tests.unit.pipeline_support import PNID, FlakyDeduper, RecordingSender, message, webhook
 
 KEY = f"{PNID}:15550001234"
@@ -308,3 +311,25 @@ async def test_a_permanent_send_failure_keeps_what_was_paid_for() -> None:
         await r.worker.drain()
     stored = await memos.get("wamid.D1")
     assert "said" in json.loads(stored["reply"])["text"]
+
+
+class EmptyAnswerModel:
+    """A chat model that answers, but with nothing usable for the reply text."""
+
+    async def complete(self, request: ChatRequest) -> str:
+        if request.stage == "response":
+            return "   "
+        raise LLMCallError("bad_output", service=False)
+
+
+async def test_only_an_unusable_answer_gets_the_safe_reply_which_promises_nothing(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """The LLM answered but its reply text is unusable: pyloto gives up on it and sends the
+    safe reply, whose default asks the user to rephrase and promises no follow-up."""
+    settings = make_settings()
+    (task,) = split_webhook(webhook([message("wamid.E1", "hi")]), time.time())
+    request = ResponderRequest(inbound_message(task), None, 1)
+    reply = await LLMResponder(EmptyAnswerModel(), settings).respond(request)
+    assert reply.text == settings.safe_reply
+    assert "get back" not in settings.safe_reply.lower()
