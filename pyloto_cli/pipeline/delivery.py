@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -64,12 +65,15 @@ class Delivery:
         *,
         ttl_s: float,
         metrics: Metrics = NO_METRICS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.memos = memos
         self.sender = sender
         self.ttl_s = ttl_s
         self.metrics = metrics
+        self._clock = clock
         self._held: dict[str, dict[str, str]] = {}  # what the memo store refused, by wamid
+        self._held_at: dict[str, float] = {}  # when each was first held, oldest first
 
     async def recall(self, key: str) -> Memo:
         """The memo of `key`: the store's fields, overlaid with those held in memory."""
@@ -116,6 +120,7 @@ class Delivery:
     async def forget(self, key: str) -> None:
         """The task is done: drop its memo (a failure leaves it to expire)."""
         self._held.pop(key, None)
+        self._held_at.pop(key, None)
         if self.memos is None:
             return
         try:
@@ -125,17 +130,30 @@ class Delivery:
 
     async def _put(self, key: str, fields: Mapping[str, str]) -> None:
         if self.memos is None:  # no store: process memory is the memo
-            self._held.setdefault(key, {}).update(fields)
+            self._hold(key, fields)
             return
         try:
             await self.memos.put(key, fields, self.ttl_s)
         except Exception as exc:  # the store refused: hold it here, the retry reads it
-            self._held.setdefault(key, {}).update(fields)
+            self._hold(key, fields)
             log_event(_log, "memo_write_failed", logging.WARNING, message_id=key, error=_name(exc))
             return
         held = self._held.get(key)
         if held is not None:  # the store works again: what was held goes with it next time
             held.update(fields)
+
+    def _hold(self, key: str, fields: Mapping[str, str]) -> None:
+        """Keep `fields` in memory; records older than the TTL go (a task never done, such as
+        a dead letter, is not retried past it), so the memory stays bounded."""
+        now = self._clock()
+        while self._held_at:
+            old, at = next(iter(self._held_at.items()))
+            if now - at < self.ttl_s:
+                break
+            del self._held_at[old]
+            self._held.pop(old, None)
+        self._held_at.setdefault(key, now)
+        self._held.setdefault(key, {}).update(fields)
 
 
 def _name(exc: BaseException) -> str:

@@ -27,6 +27,7 @@ from pyloto_cli.domain.session import Role
 from pyloto_cli.domain.task import JsonObject
 from pyloto_cli.domain.webhook import inbound_message, split_webhook
 from pyloto_cli.logs import event_fields
+from pyloto_cli.pipeline.delivery import Delivery
 from pyloto_cli.pipeline.process import Outcome, Pipeline, PipelineConfig
 from pyloto_cli.pipeline.responder import LLMResponder
 from pyloto_cli.pipeline.worker import Worker
@@ -333,3 +334,18 @@ async def test_only_an_unusable_answer_gets_the_safe_reply_which_promises_nothin
     reply = await LLMResponder(EmptyAnswerModel(), settings).respond(request)
     assert reply.text == settings.safe_reply
     assert "get back" not in settings.safe_reply.lower()
+
+
+async def test_what_is_held_in_memory_expires_with_the_memo_ttl() -> None:
+    """Without a memo store the process holds the memos; one never forgotten (a dead letter)
+    goes once the TTL has passed, so memory stays bounded."""
+    now = [0.0]
+    delivery = Delivery(None, RecordingSender(), ttl_s=10.0, clock=lambda: now[0])
+    await delivery.remember_reply("wamid.A", Reply(text="a"), [{"type": "text"}])
+    now[0] = 5.0
+    await delivery.remember_reply("wamid.B", Reply(text="b"), [{"type": "text"}])
+    assert (await delivery.recall("wamid.A")).reply == Reply(text="a")
+    now[0] = 11.0
+    await delivery.remember_reply("wamid.C", Reply(text="c"), [{"type": "text"}])
+    assert (await delivery.recall("wamid.A")).reply is None
+    assert (await delivery.recall("wamid.B")).reply == Reply(text="b")
