@@ -8,9 +8,10 @@ answers, before anything after it can fail:
 - each body's sent wamid (`sent.<n>`), as soon as Meta accepted it: a retry after a failed
   session save, or after part n was accepted, sends only what was not accepted yet.
 
-A memo store that refuses a write (a full disk, Redis down) does not fail the task: the fields
-are held in this process's memory, which the retry (same worker, same process) reads first, so
-only a crash at that very moment can still send a reply twice. The memo is forgotten once the
+A memo store that refuses a write (a full disk, Redis down) does not fail the task: the memo is
+held in this process's memory, which the retry (same worker, same process) reads first, so only
+a crash at that very moment can still send a reply twice. Without a memo store the process's
+memory is the memo (nothing survives a crash). The memo is forgotten once the
 task is done; otherwise it expires with its TTL.
 """
 
@@ -20,7 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from pyloto_cli.domain.errors import (
@@ -72,25 +73,32 @@ class Delivery:
         self.ttl_s = ttl_s
         self.metrics = metrics
         self._clock = clock
-        self._held: dict[str, dict[str, str]] = {}  # what the memo store refused, by wamid
+        self._held: dict[str, Memo] = {}  # no store, or what the store refused, by wamid
         self._held_at: dict[str, float] = {}  # when each was first held, oldest first
 
     async def recall(self, key: str) -> Memo:
-        """The memo of `key`: the store's fields, overlaid with those held in memory."""
+        """The memo of `key`: the store's fields, overlaid with what is held in memory."""
         try:
             stored = {} if self.memos is None else await self.memos.get(key)
         except Exception as exc:  # a memo store that cannot answer: what we hold is all we know
             log_event(_log, "memo_read_failed", logging.WARNING, message_id=key, error=_name(exc))
             stored = {}
-        return _decode({**stored, **self._held.get(key, {})})
+        memo = _decode(stored) if stored else Memo()
+        held = self._held.get(key)
+        if held is not None:
+            if held.reply is not None:
+                memo.reply, memo.bodies = held.reply, held.bodies
+            memo.sent.update(held.sent)
+        return memo
 
     async def remember_reply(self, key: str, reply: Reply, bodies: Sequence[JsonObject]) -> None:
         """Keep the computed reply and its bodies, so no retry pays for them again."""
-        fields = {
-            REPLY_FIELD: json.dumps(_reply_fields(reply)),
-            BODIES_FIELD: json.dumps(list(bodies)),
-        }
-        await self._put(key, fields)
+        if self.memos is not None:
+            fields = {REPLY_FIELD: _encode_reply(reply), BODIES_FIELD: json.dumps(list(bodies))}
+            if await self._stored(self.memos, key, fields) and key not in self._held:
+                return
+        held = self._hold(key)
+        held.reply, held.bodies = reply, list(bodies)
 
     async def send_parts(
         self, key: str, phone_number_id: str, memo: Memo, bodies: Sequence[JsonObject]
@@ -110,7 +118,7 @@ class Delivery:
                 raise
             self.metrics.graph_send("sent")
             memo.sent[index] = sent.message_id
-            await self._put(key, {f"{SENT_PREFIX}{index}": sent.message_id})
+            await self._record_sent(key, index, sent.message_id)
             if len(bodies) > 1:
                 log_event(
                     _log, "reply_part_sent", message_id=key, part=index + 1, parts=len(bodies)
@@ -128,23 +136,26 @@ class Delivery:
         except Exception as exc:  # harmless: the memo expires, and the wamid is marked done
             log_event(_log, "memo_forget_failed", logging.WARNING, message_id=key, error=_name(exc))
 
-    async def _put(self, key: str, fields: Mapping[str, str]) -> None:
-        if self.memos is None:  # no store: process memory is the memo
-            self._hold(key, fields)
-            return
-        try:
-            await self.memos.put(key, fields, self.ttl_s)
-        except Exception as exc:  # the store refused: hold it here, the retry reads it
-            self._hold(key, fields)
-            log_event(_log, "memo_write_failed", logging.WARNING, message_id=key, error=_name(exc))
-            return
-        held = self._held.get(key)
-        if held is not None:  # the store works again: what was held goes with it next time
-            held.update(fields)
+    async def _record_sent(self, key: str, index: int, message_id: str) -> None:
+        if self.memos is not None:
+            fields = {f"{SENT_PREFIX}{index}": message_id}
+            stored = await self._stored(self.memos, key, fields)
+            if stored and key not in self._held:
+                return
+        self._hold(key).sent[index] = message_id
 
-    def _hold(self, key: str, fields: Mapping[str, str]) -> None:
-        """Keep `fields` in memory; records older than the TTL go (a task never done, such as
-        a dead letter, is not retried past it), so the memory stays bounded."""
+    async def _stored(self, memos: TaskMemos, key: str, fields: Mapping[str, str]) -> bool:
+        """Write `fields` to the memo store; False (logged) when it refused them."""
+        try:
+            await memos.put(key, fields, self.ttl_s)
+        except Exception as exc:  # the store refused: the caller holds it here instead
+            log_event(_log, "memo_write_failed", logging.WARNING, message_id=key, error=_name(exc))
+            return False
+        return True
+
+    def _hold(self, key: str) -> Memo:
+        """The memo held in memory for `key`; records older than the TTL go (a task never
+        done, such as a dead letter, is not retried past it), so the memory stays bounded."""
         now = self._clock()
         while self._held_at:
             old, at = next(iter(self._held_at.items()))
@@ -153,7 +164,7 @@ class Delivery:
             del self._held_at[old]
             self._held.pop(old, None)
         self._held_at.setdefault(key, now)
-        self._held.setdefault(key, {}).update(fields)
+        return self._held.setdefault(key, Memo())
 
 
 def _name(exc: BaseException) -> str:
@@ -171,10 +182,25 @@ def _send_outcome(exc: TransientError | PermanentError) -> str:
     return "transient" if isinstance(exc, TransientError) else "permanent"
 
 
-def _reply_fields(reply: Reply) -> dict[str, Any]:
-    data = asdict(reply)
-    data["kind"] = reply.kind.value
-    return data
+def _encode_reply(reply: Reply) -> str:
+    def option(o: ReplyOption) -> dict[str, Any]:
+        return {"id": o.id, "title": o.title, "description": o.description}
+
+    return json.dumps(
+        {
+            "text": reply.text,
+            "kind": reply.kind.value,
+            "buttons": [option(b) for b in reply.buttons],
+            "sections": [
+                {"title": s.title, "rows": [option(r) for r in s.rows]} for s in reply.sections
+            ],
+            "list_button": reply.list_button,
+            "event": reply.event,
+            "overridden": reply.overridden,
+            "errors": list(reply.errors),
+            "timings_ms": reply.timings_ms,
+        }
+    )
 
 
 def _decode(fields: Mapping[str, str]) -> Memo:
