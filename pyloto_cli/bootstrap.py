@@ -232,6 +232,7 @@ def retry_policy(settings: Settings) -> RetryPolicy:
         cap_s=settings.retry_cap_seconds,
         jitter=settings.retry_jitter,
         max_attempts=settings.max_attempts,
+        horizon_s=settings.retry_horizon_seconds,
     )
 
 
@@ -252,6 +253,7 @@ def pipeline_config(settings: Settings, *, exclusive_queue: bool = True) -> Pipe
             handoff_timeout_s=settings.handoff_timeout_seconds,
         ),
         window_rules=window_rules(settings),
+        max_reply_parts=settings.max_reply_parts,
     )
 
 

@@ -142,6 +142,11 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(30.0, gt=0, validation_alias=_env("PYLOTO_LEASE_SECONDS"))
     poll_interval: float = Field(0.05, gt=0, validation_alias=_env("PYLOTO_POLL_INTERVAL"))
     max_attempts: int = Field(5, ge=1, validation_alias=_env("PYLOTO_MAX_ATTEMPTS"))
+    # Known transient failures (Graph or LLM down) retry until this long after the message was
+    # sent (or its 24-hour window closes); PYLOTO_MAX_ATTEMPTS bounds only the unknown ones.
+    retry_horizon_seconds: float = Field(
+        3600.0, gt=0, validation_alias=_env("PYLOTO_RETRY_HORIZON_SECONDS")
+    )
     retry_base_seconds: float = Field(1.0, ge=0, validation_alias=_env("PYLOTO_RETRY_BASE_SECONDS"))
     retry_cap_seconds: float = Field(300.0, ge=0, validation_alias=_env("PYLOTO_RETRY_CAP_SECONDS"))
     retry_jitter: float = Field(0.2, ge=0, le=1, validation_alias=_env("PYLOTO_RETRY_JITTER"))
@@ -165,7 +170,7 @@ class Settings(BaseSettings):
     llm_deadline: float = Field(20.0, gt=0, validation_alias=_env("PYLOTO_LLM_DEADLINE"))
     llm_max_retries: int = Field(1, ge=0, le=1, validation_alias=_env("PYLOTO_LLM_MAX_RETRIES"))
     safe_reply: str = Field(
-        "Sorry, I can't answer right now. We'll get back to you shortly.",
+        "Sorry, I couldn't prepare an answer to that. Could you say it another way?",
         validation_alias=_env("PYLOTO_SAFE_REPLY"),
     )
     # Comma-separated LLM#1 events whose configured message replaces the generated reply. The
@@ -194,9 +199,19 @@ class Settings(BaseSettings):
     handoff_timeout_seconds: float = Field(
         43200.0, gt=0, validation_alias=_env("PYLOTO_HANDOFF_TIMEOUT_SECONDS")
     )
+    # A reply longer than one text message goes as up to this many messages.
+    max_reply_parts: int = Field(4, ge=1, le=10, validation_alias=_env("PYLOTO_MAX_REPLY_PARTS"))
     llm_breaker_failures: int = Field(5, ge=1, validation_alias=_env("PYLOTO_LLM_BREAKER_FAILURES"))
     llm_breaker_cooldown: float = Field(
         30.0, gt=0, validation_alias=_env("PYLOTO_LLM_BREAKER_COOLDOWN")
+    )
+    # Graph API breaker: this many unreachable sends in a row (connection errors, 5xx) pause
+    # sending for the cool-down, then one probe send decides.
+    graph_breaker_failures: int = Field(
+        5, ge=1, validation_alias=_env("PYLOTO_GRAPH_BREAKER_FAILURES")
+    )
+    graph_breaker_cooldown: float = Field(
+        10.0, gt=0, validation_alias=_env("PYLOTO_GRAPH_BREAKER_COOLDOWN")
     )
     # Optional reply cache for short context-free turns (adapters/llm/cache.py); off by default.
     reply_cache: bool = Field(False, validation_alias=_env("PYLOTO_REPLY_CACHE"))

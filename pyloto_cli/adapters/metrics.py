@@ -30,7 +30,7 @@ from pyloto_cli.domain.task import QueueStats
 # what an attempt, an LLM stage and a Graph send can end with (other values are bound lazily)
 _OUTCOMES: Final = ("done", "skipped", "retry", "defer", "dead", "reply_expired")
 _STAGES: Final = ("event", "response", "message_type")
-_SEND_OUTCOMES: Final = ("sent", "transient", "ambiguous", "paused", "permanent")
+_SEND_OUTCOMES: Final = ("sent", "transient", "ambiguous", "paused", "deferred", "permanent")
 _TASK_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _LLM_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 30)
 

@@ -1,12 +1,13 @@
-"""A circuit breaker for the LLM service: stop calling it while it is clearly down.
+"""A circuit breaker for a remote service (the LLM, the Graph API): stop calling it while it
+is clearly down.
 
     closed --N consecutive failures--> open --cool-down elapsed--> half-open
     half-open --probe succeeds--> closed        half-open --probe fails--> open
 
-While open, `allow()` is False and the responder answers with the safe reply at once. After
-the cool-down one caller is let through as the probe; the others are refused until the probe's
-first outcome is recorded. A probe that never reports (cancelled) is replaced after another
-cool-down.
+While open, `allow()` is False and the caller defers its task at once (`retry_in()` says for
+how long). After the cool-down one caller is let through as the probe; the others are refused
+until the probe's first outcome is recorded. A probe that never reports (cancelled) is replaced
+after another cool-down.
 """
 
 from __future__ import annotations
@@ -62,6 +63,15 @@ class CircuitBreaker:
             return False
         self._probe_at = now
         return True
+
+    def retry_in(self, probe_wait_s: float = 1.0) -> float:
+        """Seconds a refused caller should wait: the rest of the cool-down while open, a short
+        `probe_wait_s` while a probe is out (so the backlog follows soon after it succeeds)."""
+        if self._state is BreakerState.OPEN:
+            return max(0.0, self._opened_at + self._cooldown - self._clock())
+        if self._state is BreakerState.HALF_OPEN:
+            return min(probe_wait_s, self._cooldown)
+        return 0.0
 
     def record_success(self) -> None:
         """A call succeeded: close the breaker and reset the count."""

@@ -7,7 +7,10 @@ PylotoError
 │   ├── PayloadTooLarge
 │   └── RequestTimeout     the body did not arrive in time -> 408, connection closed
 ├── TransientError         LLM timeout, Graph 429/5xx, backend down -> nack with backoff
-│   ├── SendPaused         the Graph token is rejected; sending waits for a probe to succeed
+│   ├── Deferral           pyloto waits by its own choice: no attempt is spent
+│   │   ├── SendPaused     the Graph token is rejected; sending waits for a probe to succeed
+│   │   ├── RateLimited    pyloto's own per-number or per-recipient pacing has no slot yet
+│   │   └── CircuitOpen    a circuit breaker (LLM or Graph) is open: the service is down
 │   └── AmbiguousSendError a send may have reached Meta (read timeout): retried at most once
 ├── PermanentError         Graph 4xx codes, unsupported payload -> dead-lettered now
 │   └── InvalidTask        a stored task that cannot be parsed or holds an unusable id/number
@@ -66,8 +69,21 @@ class TransientError(PylotoError):
         self.code = code
 
 
-class SendPaused(TransientError):
+class Deferral(TransientError):
+    """A wait pyloto chose (its own pacing, a pause, an open breaker): the task did nothing
+    wrong, so the wait spends no attempt and never dead-letters it on its own."""
+
+
+class SendPaused(Deferral):
     """Sending is paused (e.g. the access token was rejected); retry after a long delay."""
+
+
+class RateLimited(Deferral):
+    """pyloto's own send pacing has no free slot within the wait a worker may spend."""
+
+
+class CircuitOpen(Deferral):
+    """A circuit breaker is open: calls are not even tried until its cool-down is over."""
 
 
 class AmbiguousSendError(TransientError):

@@ -98,6 +98,11 @@ def _prefix_within(text: str, units: int) -> str:
     return text
 
 
+def prefix_within(text: str, units: int) -> str:
+    """The longest prefix of `text` within `units` UTF-16 units that cuts no grapheme cluster."""
+    return _prefix_within(text, units)
+
+
 def shorten(text: str, limit: int) -> str:
     """`text` if it fits in `limit` UTF-16 units, else a cluster-safe prefix plus an ellipsis."""
     if wa_len(text) <= limit:
@@ -235,8 +240,9 @@ def list_body(
     """An interactive list (≤ 10 sections, ≤ 10 rows); falls back to text when it cannot fit."""
     options = [row for section in sections for row in section.rows]
     fitted = _fit_sections(sections)
-    body_text = shorten(text.strip(), LIST_BODY_MAX)
-    if not fitted or len(options) > LIST_ROWS_MAX or not body_text:
+    body_text = text.strip()
+    too_long = wa_len(body_text) > LIST_BODY_MAX
+    if not fitted or len(options) > LIST_ROWS_MAX or not body_text or too_long:
         return _text_fallback(recipient, text, options, reply_to, callback_data)
     content: JsonObject = {"type": "list"}
     if header and header.strip():
@@ -284,9 +290,15 @@ def _text_fallback(
     reply_to: str | None,
     callback_data: str | None,
 ) -> JsonObject:
-    lines = [f"• {' '.join(o.title.split())}" for o in options if o.title.strip()]
-    joined = "\n\n".join(part for part in (text.strip(), "\n".join(lines)) if part)
+    joined = fallback_text(text, options)
     return text_body(recipient, joined, reply_to=reply_to, callback_data=callback_data)
+
+
+def fallback_text(text: str, options: Iterable[ReplyOption]) -> str:
+    """The text an interactive reply becomes when it cannot go as one: its body, then a
+    bullet per option, so the user still sees the choices."""
+    lines = [f"• {' '.join(o.title.split())}" for o in options if o.title.strip()]
+    return "\n\n".join(part for part in (text.strip(), "\n".join(lines)) if part)
 
 
 def build_reply_body(

@@ -9,15 +9,18 @@ The order of the side effects is the at-least-once contract:
 2b. apply the conversation's mode rules (`pipeline/conversation.py`): an opt-out / opt-in
    keyword's confirmation replaces the responder; a conversation a person handles (or that
    opted out) gets its messages stored and marked done, nothing sent;
-3. ask the responder, build the body, send it from the number that received the message;
+3. ask the responder, build the body, send it from the number that received the message; the
+   reply, then each part Meta accepted, is kept in the task memo first (pipeline/delivery.py):
+   a retry sends what is left of the same reply, and asks the LLM nothing;
 4. append the user's turn and the reply (with the sent wamid) to the session, and mark the
    wamid done, at once: either record alone keeps a redelivery from being answered again.
 
 A crash anywhere before step 4 makes the queue hand the task out again: the reply is sent again
-only if the crash came between the send and both records of step 4 (the at-least-once window),
-and it is never skipped. Failures are outcomes, not exceptions: TransientError -> retry
-(honouring its delay), PermanentError -> dead letter with the reason. Anything else the worker
-treats as a retry.
+only if the crash came between Meta's answer and the memo's record of it (or, without a durable
+memo store, between the send and both records of step 4), and it is never skipped. Failures are
+outcomes, not exceptions: a Deferral (pyloto's own wait) -> defer, TransientError -> retry
+(honouring its delay, until the retry horizon), PermanentError -> dead letter with the reason.
+Anything else the worker treats as a retry that spends an attempt.
 
 A burst (`process_batch`, burst coalescing) follows the same steps once for all its messages:
 every wamid is claimed; one reply answers the last message that needs one, from all the users'
@@ -44,11 +47,12 @@ from pyloto_cli.domain.conversation import (
 )
 from pyloto_cli.domain.errors import (
     AmbiguousSendError,
+    Deferral,
+    InvalidTask,
     PermanentError,
-    SendPaused,
     TransientError,
 )
-from pyloto_cli.domain.outbound import build_reply_body
+from pyloto_cli.domain.long_reply import DEFAULT_MAX_PARTS, reply_bodies
 from pyloto_cli.domain.reply import Reply
 from pyloto_cli.domain.session import Role, Session, Turn
 from pyloto_cli.domain.task import FailureKind, JsonObject, Task, TaskKind
@@ -56,6 +60,7 @@ from pyloto_cli.domain.webhook import InboundMessage, inbound_message, needs_rep
 from pyloto_cli.logs import get_logger, log_event, mask_phone
 from pyloto_cli.pipeline import conversation as modes
 from pyloto_cli.pipeline import window
+from pyloto_cli.pipeline.delivery import Delivery, Gate
 from pyloto_cli.pipeline.media import MediaReader, read_media
 from pyloto_cli.ports import (
     NO_METRICS,
@@ -95,6 +100,9 @@ class TaskResult:
     sent_id: str | None = None
     reply: Reply | None = None
     failure: FailureKind | None = None  # stored with a retry, for the next attempt
+    # a known transient failure's clock: the message's own timestamp (settlement's deadline)
+    since: float | None = None
+    sent_ids: tuple[str, ...] = ()  # every part of the reply, in order
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +125,9 @@ class PipelineConfig:
     # every runtime built from settings has them; None leaves them out, for tests of the
     # other rules on recorded timestamps.
     window_rules: window.WindowRules | None = None
+    max_reply_parts: int = DEFAULT_MAX_PARTS
+    # what attempts paid for is kept this long at most: past the 24-hour window no retry sends
+    memo_ttl_s: float = 26 * 3600.0
 
 
 class Pipeline:
@@ -146,6 +157,12 @@ class Pipeline:
         self.statuses = statuses
         self.config = config or PipelineConfig()
         self._clock = clock
+        self.delivery = Delivery(
+            memos,  # None: what attempts paid for is held in this process only
+            sender,
+            ttl_s=self.config.memo_ttl_s,
+            metrics=metrics,
+        )
 
     async def process(
         self, task: Task, attempt: int = 1, previous: FailureKind | None = None
@@ -167,7 +184,7 @@ class Pipeline:
             log_event(_log, "webhook_event", field=task.field, task_id=task.task_id)
             return TaskResult(Outcome.DONE)
         except (TransientError, PermanentError) as exc:
-            return _failed(exc, previous)
+            return _failed(exc, previous, _since(task))
 
     async def process_batch(
         self, tasks: Sequence[Task], attempt: int = 1, previous: FailureKind | None = None
@@ -184,7 +201,7 @@ class Pipeline:
         try:
             return await self._burst([inbound_message(task) for task in tasks])
         except (TransientError, PermanentError) as exc:
-            return _failed(exc, previous)
+            return _failed(exc, previous, _since(tasks[-1]))
 
     async def _status(self, task: Task) -> TaskResult:
         update = status_update(task)
@@ -298,32 +315,21 @@ class Pipeline:
         `fixed` is sent as it is, without the read receipt or the LLM (a confirmation)."""
         ids.phone_number_id(last.phone_number_id)  # no number to reply from: dead, not asked
         now = self._clock()
-        if fixed is None and (self.config.mark_read or self.config.typing_indicator):
-            await self._mark_read(last)
         turn_number = _turn_number(session)
-        async with contextlib.AsyncExitStack() as media_files:  # downloads go when it closes
-            if fixed is not None:
-                reply = fixed
-            else:
-                read = await read_media(self.media, msgs, last, session, media_files, self.memos)
-                msgs, last = list(read.messages), read.last
-                joined = "\n".join(m.text for m in msgs if m.text and needs_reply(m)) or None
-                request = ResponderRequest(
-                    replace(last, text=joined), session, turn_number, images=read.images
-                )
-                reply = read.reply or await self.responder.respond(request)
-        for stage in reply.errors:
-            log_event(_log, "reply_fallback", stage=stage, message_id=last.id)
-        body = build_reply_body(reply, last.recipient, callback_data=last.id)
-        try:
-            gated = await self._send(last, body, tracker.before.mode if fixed else None)
-        except (TransientError, PermanentError) as exc:
-            self.metrics.graph_send(_send_outcome(exc), exc.code)
-            raise
-        if gated.sent is None or gated.decision.verdict is window.Verdict.TEMPLATE:
-            return await self._not_replied(msgs, last, reply, gated, turn_number, tracker)
-        sent = gated.sent
-        self.metrics.graph_send("sent")
+        memo = await self.delivery.recall(last.id)
+        reply, bodies = memo.reply, memo.bodies
+        if reply is None or bodies is None:  # not paid for yet: ask the responder
+            reply, bodies, msgs, last = await self._compose(msgs, last, session, turn_number, fixed)
+        elif memo.fully_sent:
+            log_event(_log, "reply_already_sent", message_id=last.id, parts=len(bodies))
+        leaving = tracker.before.mode if fixed else None
+        sent_ids, stopped = await self.delivery.send_parts(
+            last.id, last.phone_number_id, memo, bodies, self._gate(last, leaving)
+        )
+        if stopped is not None:  # held back before a part went: the mode or the window
+            result = await self._not_replied(msgs, last, reply, stopped, turn_number, tracker)
+            await self.delivery.forget(last.id)
+            return result
         user_turns = tuple(
             Turn(
                 Role.USER,
@@ -338,7 +344,7 @@ class Pipeline:
         bot_turn = Turn(
             Role.ASSISTANT,
             reply.text,
-            sent.message_id,
+            sent_ids[0],
             self._clock(),
             message_type=reply.kind.value,
             reply_to=last.id,
@@ -348,9 +354,42 @@ class Pipeline:
             last, (*user_turns, bot_turn), done=msgs, turn_number=turn_number, extra=tracker.meta()
         )
         tracker.log_changes()
+        await self.delivery.forget(last.id)
         if len(msgs) > 1:
             log_event(_log, "burst_answered", message_id=last.id, messages=len(msgs))
-        return TaskResult(Outcome.DONE, sent_id=sent.message_id, reply=reply)
+        return TaskResult(Outcome.DONE, sent_id=sent_ids[0], reply=reply, sent_ids=tuple(sent_ids))
+
+    async def _compose(
+        self,
+        msgs: list[InboundMessage],
+        last: InboundMessage,
+        session: Session | None,
+        turn_number: int,
+        fixed: Reply | None,
+    ) -> tuple[Reply, list[JsonObject], list[InboundMessage], InboundMessage]:
+        """Read the turn's media, ask the responder (or take `fixed`, a confirmation, without
+        the read receipt or the LLM), build the bodies, and keep them in the memo before any
+        send. The messages come back with their media read (a voice note's transcript)."""
+        async with contextlib.AsyncExitStack() as media_files:  # downloads go when it closes
+            if fixed is not None:
+                reply = fixed
+            else:
+                if self.config.mark_read or self.config.typing_indicator:
+                    await self._mark_read(last)
+                read = await read_media(self.media, msgs, last, session, media_files, self.memos)
+                msgs, last = list(read.messages), read.last
+                joined = "\n".join(m.text for m in msgs if m.text and needs_reply(m)) or None
+                request = ResponderRequest(
+                    replace(last, text=joined), session, turn_number, images=read.images
+                )
+                reply = read.reply or await self.responder.respond(request)
+        for stage in reply.errors:
+            log_event(_log, "reply_fallback", stage=stage, message_id=last.id)
+        bodies = reply_bodies(
+            reply, last.recipient, callback_data=last.id, max_parts=self.config.max_reply_parts
+        )
+        await self.delivery.remember_reply(last.id, reply, bodies)
+        return reply, bodies, msgs, last
 
     def _stale(self, msgs: list[InboundMessage]) -> list[InboundMessage]:
         """The messages too old to answer (logged `message_stale`); none without window rules."""
@@ -364,18 +403,23 @@ class Pipeline:
             log_event(_log, "message_stale", message_id=msg.id, age_s=age)
         return stale
 
-    async def _send(
-        self, msg: InboundMessage, body: JsonObject, leaving: Mode | None = None
-    ) -> window.Gated:
-        """Send `body` through the checks just before a send (mode, window), when configured;
-        `leaving` is the mode a keyword's confirmation takes the conversation out of."""
+    def _gate(self, msg: InboundMessage, leaving: Mode | None) -> Gate:
+        """How each part of a reply is sent: through the checks just before a send (mode,
+        window), when configured; `leaving` is the mode a keyword's confirmation takes the
+        conversation out of."""
         rules = self.config.window_rules
-        if rules is None:
-            sent = await self.sender.send(msg.phone_number_id, body)
-            return window.Gated(sent, window.Decision(window.Verdict.SEND, "unchecked"), _NO_STATE)
-        return await window.gated_send(
-            self.sessions, self.sender, rules, msg, body, self._clock(), leaving
-        )
+
+        async def send(body: JsonObject) -> window.Gated:
+            if rules is None:
+                sent = await self.sender.send(msg.phone_number_id, body)
+                return window.Gated(
+                    sent, window.Decision(window.Verdict.SEND, "unchecked"), _NO_STATE
+                )
+            return await window.gated_send(
+                self.sessions, self.sender, rules, msg, body, self._clock(), leaving
+            )
+
+        return send
 
     async def _not_replied(
         self,
@@ -485,10 +529,13 @@ def _already_answered(session: Session, message_id: str) -> bool:
     )
 
 
-def _failed(exc: TransientError | PermanentError, previous: FailureKind | None) -> TaskResult:
-    """The outcome of an attempt that raised `exc`, after one that failed with `previous`."""
-    if isinstance(exc, SendPaused):
-        return TaskResult(Outcome.DEFER, reason=_reason(exc), delay_s=exc.retry_after)
+def _failed(
+    exc: TransientError | PermanentError, previous: FailureKind | None, since: float | None
+) -> TaskResult:
+    """The outcome of an attempt that raised `exc`, after one that failed with `previous`;
+    a transient failure carries `since`, the clock its retries are bounded by."""
+    if isinstance(exc, Deferral):
+        return TaskResult(Outcome.DEFER, reason=_reason(exc), delay_s=exc.retry_after, since=since)
     if isinstance(exc, AmbiguousSendError):
         if previous is FailureKind.AMBIGUOUS_SEND:
             return TaskResult(Outcome.DEAD, reason=f"{_reason(exc)}; not retried twice")
@@ -499,17 +546,18 @@ def _failed(exc: TransientError | PermanentError, previous: FailureKind | None) 
             failure=FailureKind.AMBIGUOUS_SEND,
         )
     if isinstance(exc, TransientError):
-        return TaskResult(Outcome.RETRY, reason=_reason(exc), delay_s=exc.retry_after)
+        return TaskResult(Outcome.RETRY, reason=_reason(exc), delay_s=exc.retry_after, since=since)
     return TaskResult(Outcome.DEAD, reason=_reason(exc))
 
 
-def _send_outcome(exc: TransientError | PermanentError) -> str:
-    """The `pyloto_graph_sends_total` outcome of a failed send."""
-    if isinstance(exc, SendPaused):
-        return "paused"
-    if isinstance(exc, AmbiguousSendError):
-        return "ambiguous"
-    return "transient" if isinstance(exc, TransientError) else "permanent"
+def _since(task: Task) -> float:
+    """The clock of a task's retries: a message's own timestamp, else when it was received."""
+    if task.kind is TaskKind.MESSAGE:
+        try:
+            return float(inbound_message(task).timestamp)
+        except InvalidTask:
+            pass
+    return task.received_at
 
 
 def _turn_number(session: Session | None) -> int:

@@ -16,10 +16,12 @@ from types import TracebackType
 from typing import Any, Final, Self
 
 from pyloto_cli.domain.breaker import BreakerState, CircuitBreaker
+from pyloto_cli.domain.errors import CircuitOpen, TransientError
 from pyloto_cli.domain.reply import NON_TEXT_REPLY, Reply
 from pyloto_cli.logs import get_logger, log_event
 from pyloto_cli.pipeline.llm_output import Prompts, load_prompts
 from pyloto_cli.pipeline.stages import (
+    RESPONSE_STAGE,
     Stage,
     StageContext,
     StageGraph,
@@ -74,21 +76,32 @@ class LLMResponder:
         return None
 
     async def respond(self, request: ResponderRequest) -> Reply:
-        """The reply; LLM failures fall back (never raises for them)."""
+        """The reply. A stage whose output is unusable falls back; the LLM service failing
+        the response stage (429, 5xx, timeout, unreachable) raises TransientError, and an open
+        breaker CircuitOpen: the task says nothing yet and is tried again later."""
         text = request.message.text
         if text is None or not text.strip():
             return Reply(text=NON_TEXT_REPLY, event="other")
         if not self.breaker.allow():
             log_event(_logger, "llm_error", logging.WARNING, stage="all", reason=CIRCUIT_OPEN)
             self._metrics.llm_error("all", CIRCUIT_OPEN)
-            return Reply(text=self._settings.safe_reply, errors=(CIRCUIT_OPEN,))
+            raise CircuitOpen(f"llm_{CIRCUIT_OPEN}", retry_after=self.breaker.retry_in())
         ctx = StageContext(request, self._settings, self._prompts, self._model)
+        down: list[StageOutcome] = []
+
+        def record(outcome: StageOutcome) -> None:
+            self._record(outcome)
+            if outcome.service_failure and outcome.stage == RESPONSE_STAGE:
+                down.append(outcome)
+
         result = await self._graph.run(
             ctx,
             stage_timeout=self._settings.llm_stage_timeout,
             deadline=self._settings.llm_deadline,
-            on_outcome=self._record,
+            on_outcome=record,
         )
+        if down and result.stopped_by is None:
+            raise TransientError(f"llm_unavailable: {down[0].reason}")
         return build_reply(result, self._settings)
 
     def _record(self, outcome: StageOutcome) -> None:

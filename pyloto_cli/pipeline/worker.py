@@ -289,7 +289,7 @@ class Worker:
             log_event(_log, "task_lease_lost", stage="settle", outcome=result.outcome.value)
 
     async def _apply(self, lease: Leased, result: TaskResult, duration_ms: float) -> None:
-        decision = settle(result, lease.attempt, self.policy)
+        decision = settle(result, lease.attempt, self.policy, self._clock())
         if decision.action is Action.ACK:
             await self.queue.ack(lease)
             if result.outcome is Outcome.DONE:
@@ -321,6 +321,9 @@ class Worker:
         if decision.action is Action.DEAD_LETTER:
             await self.queue.dead_letter(lease, reason)
             return NackOutcome.DEAD
+        if not decision.counted:  # bounded by the deadline, not the attempts: give it back
+            await self.queue.defer(lease, decision.delay_s, reason)
+            return NackOutcome.RETRY
         return await self.queue.nack(lease, reason, decision.delay_s, decision.failure)
 
 

@@ -3,7 +3,9 @@
 Cloud Tasks retries anything but a 2xx, so the answer applies the decision the pull worker
 makes too (`pipeline.settlement.settle`):
 - done, a duplicate, or a permanent failure (dead letter recorded first): 200;
-- a retryable failure: 503, so Cloud Tasks retries with its own backoff;
+- a retryable failure: 503, so Cloud Tasks retries with its own backoff (a known transient
+  one, Graph or the LLM down, until pyloto's retry horizon, whatever the attempt count: the
+  queue's `max-attempts=-1` and `max-retry-duration` = the horizon, docs/deploy.md);
 - a retryable failure with a delay Cloud Tasks would not honour (131056's 4^attempt s), or one
   whose next attempt must know how it failed (an ambiguous send): the task is re-created with a
   `schedule_time` (and `X-Pyloto-Previous-Failure`) and the answer is 200.
@@ -122,7 +124,7 @@ async def _settle(
     push: PushRole, task: Task, attempt: int, result: TaskResult, duration_ms: float
 ) -> Response:
     """Apply the shared decision (`settlement.settle`) the way Cloud Tasks understands it."""
-    decision = settle(result, attempt, push.policy)
+    decision = settle(result, attempt, push.policy, time.time())
     reason, delay = decision.reason or "", decision.delay_s
     if decision.action is Action.ACK:
         log_event(_log, "task_processed", outcome=result.outcome.value, duration_ms=duration_ms)

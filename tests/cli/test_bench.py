@@ -60,12 +60,18 @@ def test_small_open_loop_run_answers_every_webhook_exactly_once(runner: CliRunne
     assert report["config"]["mode"] == "open"
 
 
-def test_closed_loop_with_failing_llm_still_answers_every_webhook(runner: CliRunner) -> None:
-    """Every LLM call answered 500: the safe reply still goes out, once per webhook."""
+def test_closed_loop_with_a_failing_llm_still_answers_every_webhook_once(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Half the LLM calls answered 500: a reply the LLM could not write is retried (no safe
+    reply, no promise), and every webhook is answered once. Short backoffs keep it quick."""
+    monkeypatch.setenv("PYLOTO_RETRY_BASE_SECONDS", "0.05")
+    monkeypatch.setenv("PYLOTO_RETRY_CAP_SECONDS", "0.2")
+    monkeypatch.setenv("PYLOTO_LLM_BREAKER_FAILURES", "1000")
     report = run_bench(
         runner,
         *("-n", "8", "--concurrency", "4", "--users", "3"),
-        *("--llm-latency-ms", "0", "--llm-jitter-ms", "0", "--llm-error-rate", "1"),
+        *("--llm-latency-ms", "0", "--llm-jitter-ms", "0", "--llm-error-rate", "0.5"),
     )
     counts = report["counts"]
     assert counts["acked"] == counts["answered"] == 8

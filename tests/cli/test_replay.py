@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -277,3 +278,38 @@ def test_an_unknown_clock_is_a_usage_error(runner: CliRunner) -> None:
     """`--now` takes wall or recorded."""
     result = runner.invoke(app, ["replay", "--now", "yesterday", str(WEBHOOKS[0])])
     assert result.exit_code == 2
+
+
+def test_a_long_message_shows_its_reply_split_in_order(runner: CliRunner, tmp_path: Path) -> None:
+    """The offline responder quotes the whole text: a 9,000-character message is answered in
+    three text parts (cut at sentence ends: the quote is one line), in order, all in that
+    task's `sent` list."""
+    text = "\n\n".join((f"Paragraph {n}. " + "All good here. " * 63).strip() for n in range(10))
+    message = {
+        "from": "15550001234",
+        "id": "wamid.LONG1",
+        "timestamp": str(int(time.time())),
+        "type": "text",
+        "text": {"body": text},
+    }
+    value = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550000000", "phone_number_id": "900000000000002"},
+        "contacts": [{"profile": {"name": "Ana"}, "wa_id": "15550001234"}],
+        "messages": [message],
+    }
+    payload = {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "1", "changes": [{"field": "messages", "value": value}]}],
+    }
+    path = tmp_path / "long.json"
+    path.write_text(json.dumps(payload))
+    code, report = replay(runner, str(path))
+    assert code == 0
+    [item] = report["items"]
+    sent = item["sent"]
+    assert [s["type"] for s in sent] == ["text"] * 3
+    bodies = [s["body"]["text"]["body"] for s in sent]
+    assert bodies[0].startswith('You said: "Paragraph 0.')
+    assert bodies[-1].endswith("(turn 1)")
+    assert " ".join(bodies) == f'You said: "{" ".join(text.split())}" (turn 1)'

@@ -2,9 +2,9 @@
 
 The emulator (tests/servers.py, `--max-retries 3`: four dispatches at most, ~0.1 s apart)
 pushes every task to the process's `/tasks/process` with the shared token header. pyloto's own
-policy (PYLOTO_MAX_ATTEMPTS=3) dead-letters before the emulator gives up, as it must in
-production. Replies are counted at a fake Graph server by `biz_opaque_callback_data` (the
-inbound wamid).
+policy (PYLOTO_MAX_ATTEMPTS=3, the retry horizon) dead-letters before the emulator gives up, as
+it must in production. Replies are counted at a fake Graph server by
+`biz_opaque_callback_data` (the inbound wamid).
 """
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ TASKS_TOKEN = "e2e-tasks-token-0123456789abcdef0123"
 MAX_ATTEMPTS = 3
 
 
-def webhook(wamid: str, user: str, text: str = "Olá 😊") -> dict[str, Any]:
-    """One signed-webhook body carrying one text message from `user`."""
-    message = {"from": user, "id": wamid, "timestamp": str(int(time.time())), "type": "text"}
+def webhook(wamid: str, user: str, text: str = "Olá 😊", *, age_s: float = 0.0) -> dict[str, Any]:
+    """One signed-webhook body carrying one text message from `user`, sent `age_s` ago."""
+    stamp = str(int(time.time() - age_s))
+    message = {"from": user, "id": wamid, "timestamp": stamp, "type": "text"}
     value = {
         "messaging_product": "whatsapp",
         "metadata": {"display_phone_number": "15550000000", "phone_number_id": "900000000000002"},
@@ -95,9 +96,9 @@ async def serve(
 
 
 async def post_webhook(
-    client: httpx.AsyncClient, serve: ServeProcess, wamid: str, user: str
+    client: httpx.AsyncClient, serve: ServeProcess, wamid: str, user: str, age_s: float = 0.0
 ) -> None:
-    body = json.dumps(webhook(wamid, user)).encode()
+    body = json.dumps(webhook(wamid, user, age_s=age_s)).encode()
     response = await client.post(
         f"{serve.url}/webhooks/whatsapp",
         content=body,
@@ -196,19 +197,21 @@ async def test_5xx_is_retried_by_the_queue_and_answered_once(
 async def test_failures_end_in_dead_letters_before_the_queue_gives_up(
     serve: ServeProcess, graph: FakeGraphServer
 ) -> None:
-    """Permanent: one send, dead at once. Always-5xx: MAX_ATTEMPTS sends, then dead (200)."""
+    """Permanent: one send, dead at once. Always-5xx on a message past the retry horizon (an
+    hour after it was sent): dead on that failure (200), before the queue gives up."""
     graph.fail(131026, times=None, to="+15550002001")  # undeliverable: permanent
     graph.fail(131000, times=None, to="+15550002002")  # always failing: retryable
     async with httpx.AsyncClient(timeout=10) as client:
         await post_webhook(client, serve, "wamid.e2e.ct.perm", "15550002001")
-        await post_webhook(client, serve, "wamid.e2e.ct.flaky", "15550002002")
+        await post_webhook(client, serve, "wamid.e2e.ct.flaky", "15550002002", age_s=3700.0)
         await wait_counts(client, serve, (0, 2))
     serve.terminate()  # the queue is empty: no send can follow; the state file is free
     assert sends_for(graph, "wamid.e2e.ct.perm") == [400]
-    assert sends_for(graph, "wamid.e2e.ct.flaky") == [500] * MAX_ATTEMPTS
+    assert sends_for(graph, "wamid.e2e.ct.flaky") == [500]
     async with SqliteDeadLetterStore(serve.workdir / "data" / "state.db") as store:
         letters = {d.task.task_id: d for d in await store.list()}
     assert set(letters) == {"wamid.e2e.ct.perm", "wamid.e2e.ct.flaky"}
     assert letters["wamid.e2e.ct.perm"].attempts == 1
     assert "131026" in letters["wamid.e2e.ct.perm"].error
-    assert letters["wamid.e2e.ct.flaky"].attempts == MAX_ATTEMPTS
+    assert letters["wamid.e2e.ct.flaky"].attempts == 1
+    assert "gave up" in letters["wamid.e2e.ct.flaky"].error

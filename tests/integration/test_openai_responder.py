@@ -18,6 +18,7 @@ import pytest
 
 from pyloto_cli.adapters.llm.openai import OpenAIChatModel, open_openai_client
 from pyloto_cli.domain.breaker import BreakerState, CircuitBreaker
+from pyloto_cli.domain.errors import CircuitOpen, TransientError
 from pyloto_cli.domain.reply import ReplyKind
 from pyloto_cli.domain.webhook import MessageType
 from pyloto_cli.pipeline.responder import CIRCUIT_OPEN, LLMResponder
@@ -157,7 +158,7 @@ class TestFailures:
         assert fields == [{"stage": "event", "reason": "timeout"}]
 
     @pytest.mark.parametrize(("status", "reason"), [(429, "rate_limited"), (500, "http_500")])
-    async def test_response_error_status_gives_safe_reply(
+    async def test_response_error_status_says_nothing_yet(
         self,
         fake: FakeOpenAIServer,
         llm_settings,
@@ -165,18 +166,14 @@ class TestFailures:
         status: int,
         reason: str,
     ) -> None:
-        """A 429 or 500 for LLM#2: the safe reply, LLM#3 not called, llm_error logged."""
+        """A 429 or 500 for LLM#2: no reply yet (TransientError: the task is retried within
+        the horizon), LLM#3 not called, llm_error logged."""
         fake.script("text", FakeAnswer(status=status))
         settings = llm_settings()
         with caplog.at_level(logging.WARNING, logger="pyloto"):
             async with responder_for(settings) as responder:
-                reply = await responder.respond(request("hi"))
-        assert (reply.text, reply.errors, reply.kind) == (
-            settings.safe_reply,
-            ("response",),
-            ReplyKind.TEXT,
-        )
-        assert reply.event == "other"
+                with pytest.raises(TransientError, match=f"llm_unavailable: {reason}"):
+                    await responder.respond(request("hi"))
         assert fake.by_route("message_type") == []
         fields = [r.fields for r in caplog.records if r.getMessage() == "llm_error"]  # type: ignore[attr-defined]
         assert fields == [{"stage": "response", "reason": reason}]
@@ -219,21 +216,20 @@ class TestFailures:
             ("message_type",),
         )
 
-    async def test_overall_deadline_answers_with_fallbacks(
+    async def test_overall_deadline_says_nothing_yet(
         self, fake: FakeOpenAIServer, llm_settings
     ) -> None:
-        """Past PYLOTO_LLM_DEADLINE every unfinished stage falls back: the safe reply."""
+        """Past PYLOTO_LLM_DEADLINE without the reply text: no reply yet, a retry later."""
         fake.latency_ms = 1500
         settings = llm_settings(llm_stage_timeout=2.0, llm_deadline=0.3)
         async with responder_for(settings) as responder:
-            reply = await responder.respond(request("hi"))
-        assert reply.text == settings.safe_reply
-        assert set(reply.errors) == {"event", "response", "message_type"}
+            with pytest.raises(TransientError, match="llm_unavailable: deadline"):
+                await responder.respond(request("hi"))
 
-    async def test_connection_refused_gives_safe_reply(
+    async def test_connection_refused_says_nothing_yet(
         self, make_settings, caplog: pytest.LogCaptureFixture
     ) -> None:
-        """Nothing listening: connection errors fall back like any other failure."""
+        """Nothing listening: a connection error is a transient failure like any other."""
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
@@ -244,9 +240,8 @@ class TestFailures:
         )
         with caplog.at_level(logging.WARNING, logger="pyloto"):
             async with responder_for(settings) as responder:
-                reply = await responder.respond(request("hi"))
-        assert reply.text == settings.safe_reply
-        assert set(reply.errors) == {"event", "response"}
+                with pytest.raises(TransientError, match="llm_unavailable: connection"):
+                    await responder.respond(request("hi"))
         reasons = {r.fields["reason"] for r in caplog.records if r.getMessage() == "llm_error"}  # type: ignore[attr-defined]
         assert reasons == {"connection"}
 
@@ -257,19 +252,21 @@ class TestBreaker:
     async def test_breaker_opens_skips_calls_then_probe_closes_it(
         self, fake: FakeOpenAIServer, llm_settings
     ) -> None:
-        """Open: safe reply with no call. After the cool-down a successful probe closes it."""
+        """Open: CircuitOpen (a wait) with no call. After the cool-down a successful probe
+        closes it."""
         clock = Clock()
         breaker = CircuitBreaker(2, 30.0, clock=clock)
         settings = llm_settings()
         fake.always(FakeAnswer(status=503))
         async with responder_for(settings, breaker=breaker) as responder:
-            first = await responder.respond(request("hi"))
-            assert set(first.errors) == {"event", "response"}
+            with pytest.raises(TransientError, match="llm_unavailable"):
+                await responder.respond(request("hi"))
             assert state(breaker) is BreakerState.OPEN
             seen = len(fake.requests)
 
-            skipped = await responder.respond(request("hi again"))
-            assert (skipped.text, skipped.errors) == (settings.safe_reply, (CIRCUIT_OPEN,))
+            with pytest.raises(CircuitOpen, match=CIRCUIT_OPEN) as skipped:
+                await responder.respond(request("hi again"))
+            assert skipped.value.retry_after == pytest.approx(30.0)
             assert len(fake.requests) == seen
 
             fake.always(None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,7 @@ def message(wamid: str, text: str, *, sender: str = "15550001234", **extra: Any)
     return {
         "from": sender,
         "id": wamid,
-        "timestamp": "1767225600",
+        "timestamp": str(int(time.time())),  # a fresh message: inside its retry horizon
         "type": "text",
         "text": {"body": text},
         **extra,

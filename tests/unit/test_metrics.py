@@ -16,6 +16,7 @@ import pytest
 from pyloto_cli.adapters.metrics import NAMES, PrometheusMetrics
 from pyloto_cli.adapters.sender.dry_run import LOGGED_TEXT_MAX, DryRunSender
 from pyloto_cli.bootstrap import open_roles, retry_policy
+from pyloto_cli.domain.breaker import CircuitBreaker
 from pyloto_cli.domain.errors import PermanentError, TransientError
 from pyloto_cli.domain.llm import ChatRequest, LLMCallError
 from pyloto_cli.domain.signature import sign
@@ -34,10 +35,21 @@ SECRET = "test-app-secret"
 
 
 class DownModel:
-    """A chat model whose service always fails (what opens the breaker)."""
+    """A chat model whose service fails every stage but the reply text's (what opens the
+    breaker, while replies still go out: the failed stages fall back)."""
 
     async def complete(self, request: ChatRequest) -> str:
+        if request.stage == "response":
+            return "Hi Ana!"
         raise LLMCallError("http_500")
+
+
+@dataclass
+class FakeClock:
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def moved(before: Samples, after: Samples, name: str) -> bool:
@@ -63,7 +75,7 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 def failing_sends(call: int) -> Exception | None:
     """Throttled on the first send, refused for a bad recipient on the third."""
     if call == 1:
-        return TransientError("throttled", code=130429)
+        return TransientError("throttled", code=130429, retry_after=0.0)
     if call == 3:
         return PermanentError("recipient not on WhatsApp", code=131026)
     return None
@@ -73,6 +85,7 @@ def failing_sends(call: int) -> Exception | None:
 class Rig:
     http: httpx.AsyncClient
     worker: Worker
+    breaker_clock: FakeClock
 
     async def post(self, wamids: Sequence[str], *, signed: bool = True) -> httpx.Response:
         body = json.dumps(webhook([message(w, "hello") for w in wamids])).encode()
@@ -97,10 +110,12 @@ async def rig(settings: Settings) -> AsyncIterator[Rig]:
         queue = (await roles.queue_parts()).queue
         stores = await roles.stores()
         assert queue is not None
+        clock = FakeClock()
+        breaker = CircuitBreaker(1, 30.0, clock=clock)
         pipeline = Pipeline(
             sessions=stores.sessions,
             deduper=stores.deduper,
-            responder=LLMResponder(DownModel(), settings, metrics=metrics),
+            responder=LLMResponder(DownModel(), settings, metrics=metrics, breaker=breaker),
             sender=RecordingSender(fail_with=failing_sends),
             statuses=stores.statuses,
             metrics=metrics,
@@ -108,7 +123,7 @@ async def rig(settings: Settings) -> AsyncIterator[Rig]:
         worker = Worker(queue, pipeline, policy=retry_policy(settings), metrics=metrics)
         transport = httpx.ASGITransport(app=create_app(settings, intake, None, metrics))
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield Rig(http, worker)
+            yield Rig(http, worker, clock)
 
 
 async def test_every_named_metric_moves(rig: Rig) -> None:
@@ -118,7 +133,8 @@ async def test_every_named_metric_moves(rig: Rig) -> None:
     assert (await rig.post(["wamid.A"])).status_code == 200  # still queued: a duplicate
     assert (await rig.post(["wamid.A"], signed=False)).status_code == 401
     queued = await rig.scrape()
-    await rig.worker.drain()  # throttled, then sent on attempt 2 (the breaker open by then)
+    await rig.worker.drain()  # throttled, then the same reply sent (the breaker open by then)
+    rig.breaker_clock.now += 31.0  # the breaker's cool-down is over: B's LLM calls are tried
     assert (await rig.post(["wamid.B"])).status_code == 200
     await rig.worker.drain()  # refused: dead-lettered
     assert (await rig.post(["wamid.A"])).status_code == 200
@@ -137,9 +153,10 @@ async def test_every_named_metric_moves(rig: Rig) -> None:
     assert value(end, "pyloto_tasks_retried_total") == 1
     assert value(end, "pyloto_tasks_dead_lettered_total") == 1
     assert value(end, "pyloto_task_processing_seconds_count") == 4
-    assert value(end, "pyloto_llm_stage_seconds_count", stage="event") == 1
-    assert value(end, "pyloto_llm_errors_total", stage="event", reason="http_500") == 1
-    assert value(end, "pyloto_llm_errors_total", stage="all", reason="circuit_open") == 2
+    # the throttled retry sent the reply the first attempt computed: no LLM call of its own
+    assert value(end, "pyloto_llm_stage_seconds_count", stage="event") == 2
+    assert value(end, "pyloto_llm_stage_seconds_count", stage="response") == 2
+    assert value(end, "pyloto_llm_errors_total", stage="event", reason="http_500") == 2
     assert value(end, "pyloto_llm_breaker_open") == 1
     assert value(end, "pyloto_graph_sends_total", outcome="transient", code="130429") == 1
     assert value(end, "pyloto_graph_sends_total", outcome="permanent", code="131026") == 1
@@ -202,6 +219,7 @@ class TestLogs:
         caplog.set_level(logging.INFO, logger="pyloto")
         await rig.post(["wamid.A"])
         await rig.worker.drain()  # the first send is throttled, the second goes
+        rig.breaker_clock.now += 31.0
         await rig.post(["wamid.B"])
         await rig.worker.drain()  # the third is refused
         dead = [r for r in caplog.records if r.getMessage() == "task_dead_lettered"]
@@ -247,8 +265,8 @@ async def test_a_stage_cut_by_the_deadline_is_an_error_not_a_zero_latency(
     metrics = PrometheusMetrics()
     (task,) = split_webhook(webhook([message("wamid.D", "hello")]), 1767225600.0)
     request = ResponderRequest(inbound_message(task), None, 1)
-    reply = await LLMResponder(HungModel(), settings, metrics=metrics).respond(request)
-    assert reply.text == settings.safe_reply
+    with pytest.raises(TransientError, match="llm_unavailable: deadline"):
+        await LLMResponder(HungModel(), settings, metrics=metrics).respond(request)
     samples = scrape_text(metrics.render()[0].decode())
     for stage in ("event", "response"):
         assert value(samples, "pyloto_llm_errors_total", stage=stage, reason="deadline") == 1

@@ -89,11 +89,12 @@ class TestOfflineResponder:
             second.event,
         )
 
-    async def test_long_text_is_quoted_shortened(self) -> None:
-        """A very long message is quoted to a bounded length."""
-        reply = await OfflineResponder().respond(request("word " * 500, turn=1))
-        assert len(reply.text) < 260
-        assert "…" in reply.text
+    async def test_long_text_is_quoted_whole(self) -> None:
+        """A very long message is quoted whole, on one line (its reply shows how long
+        replies are split)."""
+        text = "\n\n".join(f"paragraph {i} " + "word " * 300 for i in range(3))
+        reply = await OfflineResponder().respond(request(text, turn=1))
+        assert reply.text == f'You said: "{" ".join(text.split())}" (turn 1)'
 
     async def test_override_event_replaces_reply(self) -> None:
         """With override replies configured, an opt-out gets the configured message."""

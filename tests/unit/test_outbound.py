@@ -307,12 +307,17 @@ class TestList:
         rows = [r for s in body["interactive"]["action"]["sections"] for r in s["rows"]]
         assert len({r["id"] for r in rows}) == 2
 
-    def test_body_limit_4096(self) -> None:
-        """The list body is shortened to 4096 units."""
+    def test_body_over_4096_falls_back_to_text(self) -> None:
+        """A list body over 4096 units is not cut: the reply falls back to text (which the
+        long-reply split then carries whole)."""
         body = ob.build_reply_body(
             self.reply(ListSection("A", (opt("x"),)), text="b" * 5000), PHONE
         )
-        assert ob.wa_len(body["interactive"]["body"]["text"]) == 4096
+        assert body["type"] == "text"
+        fits = ob.build_reply_body(
+            self.reply(ListSection("A", (opt("x"),)), text="b" * 4096), PHONE
+        )
+        assert fits["type"] == "interactive"
 
     def test_untitled_section_gets_a_title(self) -> None:
         """A section without a title gets one (required once there are several)."""

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -89,6 +90,18 @@ async def harness(sender: RecordingSender) -> AsyncIterator[Harness]:
         yield harness
 
 
+@contextlib.asynccontextmanager
+async def running(worker: Worker) -> AsyncIterator[None]:
+    """The worker's loop in the background (retries that wait are taken when due)."""
+    stop = asyncio.Event()
+    loop = asyncio.create_task(worker.run(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await loop
+
+
 def callback_ids(sender: RecordingSender) -> list[str]:
     return [body["biz_opaque_callback_data"] for _, body in sender.sent]
 
@@ -121,19 +134,30 @@ async def test_burst_of_twelve_gets_twelve_replies_in_order(harness: Harness) ->
     assert [t.text for t in session.turns[::2]] == [f"message number {i}" for i in range(12)]
 
 
-async def test_send_failure_is_retried_then_dead_lettered_with_reason(
-    harness: Harness, sender: RecordingSender
+async def test_send_failure_is_retried_until_the_horizon_then_dead_lettered_with_reason(
+    sender: RecordingSender,
 ) -> None:
-    """A Graph failure that never clears: retried up to max attempts, then a dead letter."""
+    """A Graph failure that never clears: retried past max attempts (a known transient failure
+    spends none) until the retry horizon from the message's timestamp, then a dead letter."""
     sender.fail_with = lambda n: TransientError("graph 503", code=131016)
-    await harness.deliver(webhook([message("wamid.F1", "hi")]))
-    await harness.drain()
-    dead = await harness.queue.dead_letters()
-    assert [d.task.task_id for d in dead] == ["wamid.F1"]
-    assert dead[0].attempts == 3
-    assert "131016" in dead[0].error
-    assert sender.calls == 3
-    assert await harness.sessions.load(f"{PNID}:15550001234") is None
+    stamp = int(time.time())
+    horizon = time.time() - stamp + 0.4  # the horizon ends 0.4 s from now
+    policy = RetryPolicy(base_s=0.02, cap_s=0.05, jitter=0.0, max_attempts=3, horizon_s=horizon)
+    async with (
+        MemoryMessageQueue(policy) as queue,
+        worker_on(queue, sender, policy=policy, concurrency=8, poll_interval=0.001) as harness,
+    ):
+        await harness.deliver(webhook([message("wamid.F1", "hi", timestamp=str(stamp))]))
+        async with running(harness.worker):
+            await wait_until(harness.queue.dead_letters, within=5.0, what="a dead letter")
+        dead = await harness.queue.dead_letters()
+        assert [d.task.task_id for d in dead] == ["wamid.F1"]
+        assert dead[0].attempts == 1
+        assert "131016" in dead[0].error
+        assert "retry horizon" in dead[0].error
+        assert sender.calls > policy.max_attempts
+        assert time.time() >= stamp + horizon
+        assert await harness.sessions.load(f"{PNID}:15550001234") is None
 
 
 async def test_transient_failure_then_success_sends_once(
@@ -305,12 +329,13 @@ async def test_a_session_save_failing_after_the_send_does_not_resend() -> None:
     assert await sessions.load(f"{PNID}:15550001234") is None
 
 
-async def test_save_and_done_both_failing_after_the_send_resends_once() -> None:
-    """The at-least-once window: with neither record written the reply is sent again, and
-    the session then holds the exchange once."""
+async def test_save_and_done_both_failing_after_the_send_do_not_resend() -> None:
+    """Neither record written after the send: the task memo holds the accepted send, so the
+    retry saves the session and marks the wamid done without sending again; the session
+    then holds the exchange once."""
     sessions = FlakySessions()
     sender = await run_with(sessions, FlakyDeduper())
-    assert callback_ids(sender) == ["wamid.K1", "wamid.K1"]
+    assert callback_ids(sender) == ["wamid.K1"]
     session = await sessions.load(f"{PNID}:15550001234")
     assert session is not None
     assert len(session.turns) == 2
@@ -415,14 +440,15 @@ async def test_paused_sending_defers_without_spending_attempts(
 async def test_one_failing_message_of_three_never_resends_the_other_two(
     harness: Harness, sender: RecordingSender
 ) -> None:
-    """Three messages in one POST, the second keeps failing: the others are sent exactly once."""
+    """Three messages in one POST, the second keeps failing (of unknown kind, which spends
+    attempts): the others are sent exactly once."""
     failing = {"calls": 0}
 
     def fail_second(n: int) -> Exception | None:
         body = pending_bodies[n - 1] if n - 1 < len(pending_bodies) else None
         if body == "wamid.W2":
             failing["calls"] += 1
-            return TransientError("graph 500")
+            return RuntimeError("a bug in the send path")
         return None
 
     pending_bodies: list[str] = []

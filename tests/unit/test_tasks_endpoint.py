@@ -101,7 +101,9 @@ class Harness:
     dead: MemoryDeadLetterStore
 
 
-def message_task(wamid: str = "wamid.TASKS.0001", user: str = "15550004321") -> Task:
+def message_task(
+    wamid: str = "wamid.TASKS.0001", user: str = "15550004321", timestamp: int | None = None
+) -> Task:
     """The task the webhook would store for one text message."""
     payload = {
         "object": "whatsapp_business_account",
@@ -122,7 +124,7 @@ def message_task(wamid: str = "wamid.TASKS.0001", user: str = "15550004321") -> 
                                 {
                                     "from": user,
                                     "id": wamid,
-                                    "timestamp": str(int(time.time())),
+                                    "timestamp": str(timestamp or int(time.time())),
                                     "type": "text",
                                     "text": {"body": "Oi, tudo bem? 😊"},
                                 }
@@ -325,27 +327,28 @@ async def test_long_delay_is_rescheduled_with_the_next_attempt(harness: Harness)
     assert harness.sender.bodies == []
 
 
-async def test_retry_count_at_max_attempts_dead_letters_with_200(harness: Harness) -> None:
+async def test_a_known_transient_failure_spends_no_attempt(harness: Harness) -> None:
+    """Graph still failing at the last counted attempt: retried (503), not dead-lettered: the
+    retry horizon bounds a known transient failure, not PYLOTO_MAX_ATTEMPTS."""
     harness.sender.errors.append(TransientError("still failing", retry_after=1.0))
     task = message_task()
     response = await push(harness, task, **{RETRY_COUNT: str(MAX_ATTEMPTS - 1)})
-    assert response.status_code == 200
-    dead = await harness.dead.get(task.task_id)
-    assert dead is not None
-    assert dead.attempts == MAX_ATTEMPTS
-    assert "still failing" in dead.error
-    assert harness.sink.rescheduled == []
+    assert response.status_code == 503
+    assert await harness.dead.list() == []
 
 
-async def test_exhausted_attempts_win_over_a_reschedule(harness: Harness) -> None:
+async def test_past_the_retry_horizon_dead_letters_with_200(harness: Harness) -> None:
+    """A message older than the horizon (default one hour) whose send still fails is
+    dead-lettered with its reason and answered 200: Cloud Tasks lets it go."""
     harness.sender.errors.append(TransientError("pair rate limit", retry_after=64.0, code=131056))
-    task = message_task()
-    response = await push(harness, task, **{ATTEMPT_HEADER: "4", RETRY_COUNT: "1"})
+    task = message_task(timestamp=int(time.time()) - 3700)
+    response = await push(harness, task, **{ATTEMPT_HEADER: "2", RETRY_COUNT: "1"})
     assert response.status_code == 200
     assert harness.sink.rescheduled == []
     dead = await harness.dead.get(task.task_id)
     assert dead is not None
-    assert dead.attempts == MAX_ATTEMPTS
+    assert "131056" in dead.error
+    assert "retry horizon" in dead.error
 
 
 async def test_permanent_failure_dead_letters_with_200(

@@ -6,7 +6,7 @@ use. It fills the same fields as the real responder:
 - event (LLM#1's job) from keywords: opt_out (stop/parar), human_handoff (human/agent/
   atendente), cancel, complaint, price (price/preço/cost), greeting (hi/hello/olá/oi),
   question (ends with `?`), else other;
-- text (LLM#2's job): `You said: "…" (turn N)`;
+- text (LLM#2's job): `You said: "…" (turn N)`, quoting the user's whole text;
 - message type (LLM#3's job): a list every 5th turn, buttons every 3rd turn, else text, so
   the interactive payload paths are exercised too.
 
@@ -37,7 +37,6 @@ from pyloto_cli.domain.reply import (
 from pyloto_cli.ports import ResponderRequest
 from pyloto_cli.settings import Settings
 
-_QUOTE_MAX: Final = 200
 _WORDS: Final = re.compile(r"\w+", re.UNICODE)
 
 # First match wins: the more decisive intents come before the chattier ones.
@@ -63,8 +62,8 @@ def detect_event(text: str | None) -> str:
 
 
 def _quote(text: str) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= _QUOTE_MAX else flat[: _QUOTE_MAX - 1] + "…"
+    """The user's whole text on one line (a long one shows how replies are split)."""
+    return " ".join(text.split())
 
 
 def _buttons(turn: int) -> tuple[ReplyOption, ...]:

@@ -23,7 +23,10 @@ while the request was being written cannot have delivered it, so it is tried aga
 read timeout or a connection dropped after the body went out is ambiguous (Meta may have
 accepted it): it raises AmbiguousSendError, which the pipeline retries at most once. A
 rejected token pauses every send (SendPaused, fast, no request) until a probe send succeeds
-after the pause.
+after the pause. Likewise a circuit breaker (`breaker`) counts Meta being unreachable (a failed
+connection, no answer, a 5xx): once open, every send fails fast with CircuitOpen (the task waits
+without spending an attempt) until one half-open probe gets an answer from Meta, after which
+the backlog goes at full speed.
 """
 
 from __future__ import annotations
@@ -45,8 +48,10 @@ from httpx_aiohttp import HttpxAiohttpClient
 
 from pyloto_cli.adapters.sender.limiter import SendLimiter
 from pyloto_cli.domain import ids, json_codec
+from pyloto_cli.domain.breaker import BreakerState, CircuitBreaker
 from pyloto_cli.domain.errors import (
     AmbiguousSendError,
+    CircuitOpen,
     InvalidTask,
     PermanentError,
     SendPaused,
@@ -147,6 +152,7 @@ class GraphSender:
         base_url: str = "https://graph.facebook.com",
         limiter: SendLimiter | None = None,
         auth_pause_s: float = 300.0,
+        breaker: CircuitBreaker | None = None,
         clock: Callable[[], float] = time.monotonic,
         logger: logging.Logger | None = None,
     ) -> None:
@@ -160,6 +166,7 @@ class GraphSender:
         self._url = functools.lru_cache(maxsize=_MAX_URLS)(self._messages_url)
         self.limiter = limiter
         self.auth_pause_s = auth_pause_s
+        self.breaker = breaker
         self._clock = clock
         self._log = logger or get_logger("sender.graph")
         self._paused_until: float | None = None
@@ -177,6 +184,9 @@ class GraphSender:
             api_version=settings.graph_api_version,
             base_url=settings.graph_api_url,
             limiter=SendLimiter(settings.send_rate_per_number),
+            breaker=CircuitBreaker(
+                settings.graph_breaker_failures, settings.graph_breaker_cooldown
+            ),
         )
 
     def __repr__(self) -> str:
@@ -282,6 +292,10 @@ class GraphSender:
         if not ids.is_numeric_id(phone_number_id):
             raise InvalidTask(f"phone_number_id {ids.shown(phone_number_id)} is not a Graph id")
         build = body if callable(body) else self._json_request(phone_number_id, body)
+        if self.breaker is not None and not self.breaker.allow():
+            raise CircuitOpen(
+                "graph_unreachable: circuit open", retry_after=self.breaker.retry_in()
+            )
         probe = self._admit()
         try:
             if paced and self.limiter is not None:
@@ -322,6 +336,7 @@ class GraphSender:
     ) -> tuple[JsonObject, float]:
         started = time.perf_counter()
         response = await self._request(build, phone_number_id, peer, kind)
+        self._reached(response.status_code < 500)
         duration_ms = round((time.perf_counter() - started) * 1000, 1)
         try:
             data: Any = json_codec.loads(response.content)
@@ -360,6 +375,7 @@ class GraphSender:
     def _transport_failure(
         self, exc: httpx.TransportError, phone_number_id: str, peer: str | None, kind: str
     ) -> TransientError:
+        self._reached(False)
         name = type(exc).__name__
         fields: dict[str, Any] = {"phone_number_id": phone_number_id, "to": peer, "type": kind}
         if _never_sent(exc):
@@ -414,7 +430,22 @@ class GraphSender:
             return SendPaused(reason, retry_after=self.auth_pause_s, code=error.code)
         return TransientError(reason, retry_after=decision.retry_after, code=error.code)
 
-    # --- the token pause -----------------------------------------------------------------------
+    # --- the breaker and the token pause ------------------------------------------------------
+
+    def _reached(self, answered: bool) -> None:
+        """Tell the breaker whether Meta answered (any answer but a 5xx) or was unreachable."""
+        if self.breaker is None:
+            return
+        was_open = self.breaker.state is not BreakerState.CLOSED
+        if answered:
+            self.breaker.record_success()
+        else:
+            self.breaker.record_failure()
+        is_open = self.breaker.state is not BreakerState.CLOSED
+        if is_open and not was_open:
+            log_event(self._log, "graph_breaker_opened", logging.WARNING)
+        elif was_open and not is_open:
+            log_event(self._log, "graph_breaker_closed", logging.WARNING)
 
     def _pause(self, error: GraphError) -> None:
         if self._paused_until is None:

@@ -4,8 +4,8 @@ Each limit is a GCRA token bucket with reservations: a caller reserves the next 
 once (no lock, no polling, first come first served) and sleeps until it. Meta's limits
 (DOMAIN.md §4): 80 messages/s per business number by default (mark-as-read and typing count),
 and per recipient a burst of 45, then 1 message per 6 s. A send that would wait longer than
-`max_wait_s` reserves nothing and raises TransientError with `retry_after` = the wait, so a
-worker is never held for long: the task goes back to the queue.
+`max_wait_s` reserves nothing and raises RateLimited with `retry_after` = the wait, so a
+worker is never held for long: the task goes back to the queue, spending no attempt.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pyloto_cli.domain.errors import TransientError
+from pyloto_cli.domain.errors import RateLimited
 
 _PRUNE_AT = 10_000  # recipients tracked before idle buckets are dropped
 
@@ -76,7 +76,7 @@ class SendLimiter:
         self._pairs: dict[tuple[str, str], Bucket] = {}
 
     async def acquire(self, phone_number_id: str, recipient: str | None = None) -> None:
-        """Wait for a slot on the number (and the recipient, if given), or raise TransientError.
+        """Wait for a slot on the number (and the recipient, if given), or raise RateLimited.
 
         The recipient's slot comes first: a throttled recipient does not hold a number slot.
         """
@@ -98,7 +98,7 @@ class SendLimiter:
         now = self._clock()
         wait = bucket.wait(now)
         if wait > self.max_wait_s:
-            raise TransientError(reason, retry_after=wait)
+            raise RateLimited(reason, retry_after=wait)
         delay = bucket.reserve(now)
         if delay > 0:
             await asyncio.sleep(delay)
