@@ -672,20 +672,22 @@ class DurableQueueContract(QueueContract):
                 FailureKind.AMBIGUOUS_SEND,
             )
 
-    async def test_lease_of_a_crashed_worker_expires_after_reopen(
+    async def test_lease_of_a_stalled_worker_expires_after_reopen(
         self, make_queue: MakeQueue, clock: FakeClock
     ) -> None:
-        """A lease held at shutdown still blocks until it expires, then the task returns."""
-        async with make_queue() as queue:
-            await queue.enqueue([make_task("m1", "c1")])
-            [lost] = await queue.lease(1, LEASE_S)
-        async with make_queue() as queue:
-            assert await queue.lease(1, LEASE_S) == []
+        """A lease whose owner is alive but stopped renewing (stalled) blocks until it expires,
+        then the task returns to a queue opened later."""
+        async with make_queue() as stalled:
+            await stalled.enqueue([make_task("m1", "c1")])
+            [lost] = await stalled.lease(1, LEASE_S)
+            async with make_queue() as queue:
+                assert await queue.lease(1, LEASE_S) == []
             clock.advance(LEASE_S)
-            [lease] = await queue.lease(1, LEASE_S)
-            assert (lease.task.task_id, lease.attempt) == ("m1", 2)
-            with pytest.raises(StaleLeaseError):
-                await queue.ack(lost)
+            async with make_queue() as queue:
+                [lease] = await queue.lease(1, LEASE_S)
+                assert (lease.task.task_id, lease.attempt) == ("m1", 2)
+                with pytest.raises(StaleLeaseError):
+                    await queue.ack(lost)
 
     async def test_a_lease_whose_owner_is_gone_is_taken_back_at_once(
         self, make_queue: MakeQueue, make_queue_of_gone_owner: MakeQueueOfGoneOwner
