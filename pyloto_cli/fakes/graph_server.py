@@ -92,6 +92,8 @@ class _State:
     token: str | None = None
     phone_numbers: frozenset[str] | None = None  # None: any id is one of ours
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    gate: asyncio.Event | None = None  # sends wait on it while set (`hold`)
+    held: int = 0
 
 
 def error_body(code: int, message: str | None = None) -> dict[str, Any]:
@@ -162,6 +164,22 @@ class FakeGraphServer:
     def reset(self) -> None:
         """Forget requests, faults, delay and token."""
         self._state = _State()
+
+    def hold(self) -> None:
+        """Keep every send that arrives from now on waiting (in flight) until `let_go`."""
+        if self._state.gate is None:
+            self._state.gate = asyncio.Event()
+
+    def let_go(self) -> None:
+        """Answer the held sends now, and hold no more."""
+        gate, self._state.gate = self._state.gate, None
+        if gate is not None:
+            gate.set()
+
+    @property
+    def held(self) -> int:
+        """How many sends are waiting at the gate now."""
+        return self._state.held
 
     async def wait_for_requests(self, count: int, within_s: float = 5.0) -> None:
         """Poll until `count` requests were answered; TimeoutError after `within_s`."""
@@ -274,6 +292,12 @@ class FakeGraphServer:
 
     async def _answer(self, request: Request, body: Any) -> tuple[int, Any]:
         state = self._state
+        if state.gate is not None:
+            state.held += 1
+            try:
+                await state.gate.wait()
+            finally:
+                state.held -= 1
         fault = self._take_fault(body)
         delay = state.delay_s + (fault.delay_s if fault else 0.0)
         if delay:
