@@ -24,6 +24,7 @@ renew still succeeds (the work is done, and refusing it would cause a needless r
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import secrets
@@ -412,7 +413,7 @@ class SqliteMessageQueue:
             owner = ProcessOwner.parse(tag)
             if owner is None or owner == self._owner or not is_gone(owner):
                 continue
-            count = await self._run(lambda conn, tag=tag: _release_owner(conn, tag, now))
+            count = await self._run(functools.partial(_release_owner, tag=tag, now=now))
             self._found_work = self._found_work or count > 0
             log_event(
                 _log,
