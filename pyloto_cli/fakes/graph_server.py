@@ -28,7 +28,9 @@ import asyncio
 import contextlib
 import itertools
 import json
+import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -94,6 +96,9 @@ class _State:
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     gate: asyncio.Event | None = None  # sends wait on it while set (`hold`)
     held: int = 0
+    random_rate: float = 0.0  # `fail_at_random`
+    random_codes: tuple[int, ...] = ()
+    rng: random.Random = field(default_factory=random.Random)
 
 
 def error_body(code: int, message: str | None = None) -> dict[str, Any]:
@@ -164,6 +169,18 @@ class FakeGraphServer:
     def reset(self) -> None:
         """Forget requests, faults, delay and token."""
         self._state = _State()
+
+    def fail_at_random(self, rate: float, codes: Sequence[int], seed: int | None = None) -> None:
+        """Answer a `rate` share of the sends no fault matched with one of the Graph error
+        `codes`, drawn at random (seeded); rate 0 stops."""
+        self._state.random_rate = rate
+        self._state.random_codes = tuple(codes)
+        self._state.rng = random.Random(seed)
+
+    def stop_failing(self, fault: Fault) -> None:
+        """Withdraw a fault `fail` returned (e.g. one with `times=None`: the end of an outage)."""
+        with contextlib.suppress(ValueError):
+            self._state.faults.remove(fault)
 
     def hold(self) -> None:
         """Keep every send that arrives from now on waiting (in flight) until `let_go`."""
@@ -299,6 +316,8 @@ class FakeGraphServer:
             finally:
                 state.held -= 1
         fault = self._take_fault(body)
+        if fault is None and state.random_rate and state.rng.random() < state.random_rate:
+            fault = Fault(code=state.rng.choice(state.random_codes))
         delay = state.delay_s + (fault.delay_s if fault else 0.0)
         if delay:
             await asyncio.sleep(delay)
