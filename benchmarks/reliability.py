@@ -16,7 +16,8 @@ acknowledged message is answered or dead-lettered (at most `--settle` seconds); 
 - crashes: processes killed or stopped; lost: acknowledged, yet neither answered nor
   dead-lettered; doubled: answered (accepted by Graph) more than once;
 - wrongly dead: dead letters (every message sent is valid, so every one is wrong);
-- LLM/msg: LLM calls per acknowledged message;
+- LLM/msg: LLM calls per acknowledged message, and that as a multiple of one call per LLM
+  stage (a message's answer calls each stage once when nothing fails: 1.00x);
 - recovery s: from the end of the fault (the outage over, the restarted process ready) until
   every message acknowledged before then is answered or dead-lettered.
 
@@ -96,9 +97,10 @@ class Config:
 
     @property
     def outage(self) -> float:
-        return (
-            self.outage_s if self.outage_s is not None else _DEFAULT_OUTAGE_S.get(self.scenario, 0)
-        )
+        """The outage's length; 0 for a scenario without one."""
+        if self.scenario not in _DEFAULT_OUTAGE_S:
+            return 0.0
+        return self.outage_s if self.outage_s is not None else _DEFAULT_OUTAGE_S[self.scenario]
 
 
 def smoke(config: Config) -> Config:
@@ -120,6 +122,7 @@ class Row:
     doubled: int
     dead: int
     llm_calls: int
+    llm_stages: int  # the stages a message's answer calls the LLM for (routes the fake saw)
     recovery_s: float | None
     outage_s: float = 0.0
 
@@ -140,7 +143,7 @@ class Row:
             str(self.lost),
             str(self.doubled),
             str(self.dead),
-            f"{self.llm_per_message:.2f}",
+            f"{self.llm_per_message:.2f} ({self.llm_per_message / max(self.llm_stages, 1):.2f}x)",
             recovery,
         ]
 
@@ -399,6 +402,7 @@ async def _measure(
         doubled=sum(1 for n in replies.values() if n > 1),
         dead=len(dead & tally.acked),
         llm_calls=len(llm.requests),
+        llm_stages=len({r.route for r in llm.requests}),
         recovery_s=recovery_s,
         outage_s=config.outage,
     )
