@@ -19,7 +19,9 @@ acknowledged message is answered or dead-lettered (at most `--settle` seconds); 
 - LLM/msg: LLM calls per acknowledged message, and that as a multiple of one call per LLM
   stage (a message's answer calls each stage once when nothing fails: 1.00x);
 - recovery s: from the end of the fault (the outage over, the restarted process ready) until
-  every message acknowledged before then is answered or dead-lettered.
+  every message acknowledged before then is answered or dead-lettered;
+- holding replies: sends of the default safe reply (a promise to answer later); a message
+  answered only by one counts as answered above.
 
 Scenarios: `llm-errors` (20 % of LLM calls answer 500 or 429), `graph-errors` (20 % of sends
 answer error 131000, HTTP 500, or 130429), `llm-outage` (the LLM answers 503 for `--outage`
@@ -55,6 +57,7 @@ from pyloto_cli.domain.retry import RetryPolicy
 from pyloto_cli.fakes.graph_server import FakeGraphServer
 from pyloto_cli.fakes.openai_server import FakeAnswer, FakeOpenAIServer
 from pyloto_cli.loops import loop_factory
+from pyloto_cli.settings import Settings
 
 SCENARIOS = (
     "llm-errors",
@@ -69,6 +72,7 @@ SCENARIOS = (
 _DEFAULT_OUTAGE_S = {"llm-outage": 60.0, "graph-outage": 30.0}
 _REPOST_S = 0.2  # how soon a refused webhook is posted again (Meta's retries are slower)
 _POLL_S = 0.1
+SAFE_REPLY = Settings.model_fields["safe_reply"].default  # what serve sends when the LLM fails
 COLUMNS = (
     "scenario",
     "load",
@@ -79,6 +83,7 @@ COLUMNS = (
     "wrongly dead",
     "LLM/msg",
     "recovery s",
+    "holding replies",
 )
 
 
@@ -124,6 +129,7 @@ class Row:
     llm_calls: int
     llm_stages: int  # the stages a message's answer calls the LLM for (routes the fake saw)
     recovery_s: float | None
+    holding: int = 0  # sends of the safe reply ("we'll get back to you"), not an answer
     outage_s: float = 0.0
 
     @property
@@ -145,6 +151,7 @@ class Row:
             str(self.dead),
             f"{self.llm_per_message:.2f} ({self.llm_per_message / max(self.llm_stages, 1):.2f}x)",
             recovery,
+            str(self.holding),
         ]
 
 
@@ -222,6 +229,14 @@ class Tally:
     graph: FakeGraphServer
     queue: SqliteMessageQueue | None = None
     acked: set[str] = field(default_factory=set)
+
+    def holding(self) -> int:
+        """Sends of the safe reply: a promise to answer later, not an answer."""
+        return sum(
+            1
+            for r in self.graph.messages()
+            if isinstance(r.body, dict) and (r.body.get("text") or {}).get("body") == SAFE_REPLY
+        )
 
     def replies(self) -> Counter[str]:
         return Counter(
@@ -404,6 +419,7 @@ async def _measure(
         llm_calls=len(llm.requests),
         llm_stages=len({r.route for r in llm.requests}),
         recovery_s=recovery_s,
+        holding=tally.holding(),
         outage_s=config.outage,
     )
 
