@@ -9,6 +9,7 @@ import gc
 import os
 import signal
 import socket
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
@@ -221,13 +222,14 @@ async def _serve_until_stopped(
             return
         stopping.append(asyncio.create_task(stop_gracefully()))
 
-    if not serving.done():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal)
+    # signals reach only the main thread: elsewhere uvicorn's own handling stays
+    ours = not serving.done() and threading.current_thread() is threading.main_thread()
+    for sig in (signal.SIGINT, signal.SIGTERM) if ours else ():
+        loop.add_signal_handler(sig, on_signal)
     try:
         await serving
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM) if ours else ():
             loop.remove_signal_handler(sig)
             signal.signal(sig, _after_shutdown)
         if stopping:
