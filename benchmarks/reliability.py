@@ -366,7 +366,8 @@ async def run(config: Config, workdir: Path) -> Row:
             llm.error_rate, llm.error_statuses = 0.2, (500, 429)
         if config.scenario == "graph-errors":
             graph.fail_at_random(0.2, (131000, 130429), seed=config.seed)
-        pyloto = Pyloto(workdir, _env(workdir, graph.url, llm.base_url, secret), drain)
+        apart = config.scenario in ("drain", "kill-worker")  # serve --no-worker + pyloto worker
+        pyloto = Pyloto(workdir, _env(workdir, graph.url, llm.base_url, secret), apart)
         tally = Tally(graph)
         try:
             row = await _measure(config, pyloto, tally, hooks, llm)
