@@ -171,8 +171,14 @@ class Pyloto:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def _spawn(self, command: str, *args: str) -> asyncio.subprocess.Process:
-        env = {**self.env, "PORT": str(self.port), "PYLOTO_HOST": "127.0.0.1"}
+    async def _spawn(
+        self,
+        command: str,
+        *args: str,
+        extra: dict[str, str] | None = None,
+        fds: tuple[int, ...] = (),
+    ) -> asyncio.subprocess.Process:
+        env = {**self.env, "PORT": str(self.port), "PYLOTO_HOST": "127.0.0.1", **(extra or {})}
         with (self.workdir / f"{command}.log").open("ab") as log:
             return await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -186,6 +192,7 @@ class Pyloto:
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
+                pass_fds=fds,
             )
 
     async def start_serve(self, *, worker: bool = True) -> None:
@@ -194,7 +201,19 @@ class Pyloto:
         await wait_ready(self.serve, self.url, self.workdir / "serve.log", 60.0)
 
     async def start_worker(self) -> None:
-        self.worker = await self._spawn("worker")
+        """Start `pyloto worker` and wait until it says it is ready (its runtime open)."""
+        read_end, write_end = os.pipe()
+        try:
+            extra = {"PYLOTO_READY_FD": str(write_end)}
+            try:
+                self.worker = await self._spawn("worker", extra=extra, fds=(write_end,))
+            finally:
+                os.close(write_end)  # the child has its copy: its exit ends the read
+            ready = await asyncio.wait_for(asyncio.to_thread(os.read, read_end, 1), 60)
+        finally:
+            os.close(read_end)
+        if not ready:
+            raise RuntimeError(f"pyloto worker exited before it was ready; see {self.workdir}")
 
     async def kill(self, which: str) -> None:
         proc = self.serve if which == "serve" else self.worker
