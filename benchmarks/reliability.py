@@ -410,8 +410,8 @@ async def _measure(
     recovery_s: float | None = None
     if config.scenario == "drain":
         await _load(pyloto, hooks, config.rate, tally, deadline)
-        started = time.monotonic()
         await pyloto.start_worker()
+        started = time.monotonic()
         done = await _until(lambda: tally.settled(set(tally.acked)), deadline)
         drained = "not drained" if done is None else f"drained in {done - started:.1f} s"
         load = f"{len(tally.acked)} queued, {drained}"
