@@ -182,7 +182,9 @@ async def run_server(
                 log_config=None,  # its warnings and errors go through pyloto's redacting handler
                 lifespan="off",
                 access_log=False,
-                timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_seconds)),
+                # uvicorn stops only after the workers' grace (`_serve_until_stopped`), when
+                # webhooks have long been answered 503 at once: a second is plenty
+                timeout_graceful_shutdown=1,
             )
             async with worker_processes(settings, children) as pool:
                 if pool.children:  # else nothing to wake on each webhook
