@@ -182,9 +182,12 @@ async def run_server(
                 log_config=None,  # its warnings and errors go through pyloto's redacting handler
                 lifespan="off",
                 access_log=False,
-                # uvicorn stops only after the workers' grace (`_serve_until_stopped`), when
-                # webhooks have long been answered 503 at once: a second is plenty
-                timeout_graceful_shutdown=1,
+                # uvicorn stops after the workers' grace (`_serve_until_stopped`), when webhooks
+                # are answered 503 at once: a second is plenty, unless the work itself runs in
+                # requests (Cloud Tasks pushes it): those get the grace
+                timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_seconds))
+                if pushed
+                else 1,
             )
             async with worker_processes(settings, children) as pool:
                 if pool.children:  # else nothing to wake on each webhook
