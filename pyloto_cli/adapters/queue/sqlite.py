@@ -411,7 +411,7 @@ class SqliteMessageQueue:
         tags = await self._run(_owners, readonly=True)
         for tag in tags:
             owner = ProcessOwner.parse(tag)
-            if owner is None or owner == self._owner or not is_gone(owner):
+            if owner is None or tag == self._owner.tag or not is_gone(owner):
                 continue
             count = await self._run(functools.partial(_release_owner, tag=tag, now=now))
             self._found_work = self._found_work or count > 0
