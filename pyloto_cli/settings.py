@@ -154,8 +154,9 @@ class Settings(BaseSettings):
     dedupe_ttl_seconds: float = Field(
         7 * 24 * 3600.0, gt=0, validation_alias=_env("PYLOTO_DEDUPE_TTL_SECONDS")
     )
+    # inside Cloud Run's 10 s between SIGTERM and SIGKILL, with room to release the rest
     shutdown_grace_seconds: float = Field(
-        10.0, ge=0, validation_alias=_env("PYLOTO_SHUTDOWN_GRACE_SECONDS")
+        8.0, ge=0, validation_alias=_env("PYLOTO_SHUTDOWN_GRACE_SECONDS")
     )
     # Burst coalescing (pull queues): a user's messages received within this many seconds of
     # the first one after an idle spell are answered as one turn. 0 = off.

@@ -19,7 +19,7 @@ import concurrent.futures
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from pyloto_cli import loops
@@ -82,12 +82,13 @@ async def worker_thread(
     intake: Intake,
     on_failure: Callable[[], None],
     metrics: Metrics = NO_METRICS,
-) -> AsyncIterator[None]:
+) -> AsyncIterator[Callable[[], Awaitable[None]]]:
     """Run a worker on its own thread for the block; raises if its roles cannot open.
 
     `sqlite` are the web loop's open SQLite files, to share; `intake.notify` wakes the
     worker. `on_failure` is called (from the worker's thread) if the worker ends by an error
-    after it started; `serve` stops itself then.
+    after it started; `serve` stops itself then. Yields `stop`: stop the worker (its grace,
+    then the release of what it still holds) and wait until it has; the block's end does too.
     """
     started: concurrent.futures.Future[_Running] = concurrent.futures.Future()
     thread = threading.Thread(
@@ -110,12 +111,15 @@ async def worker_thread(
         with contextlib.suppress(RuntimeError):  # its loop ended: the worker failed
             running.loop.call_soon_threadsafe(running.worker.notify)
 
-    intake.wakers.append(wake)
-    log_event(_log, "worker_started", logging.DEBUG, mode="thread")
-    try:
-        yield
-    finally:
-        intake.wakers.remove(wake)
+    async def stop() -> None:
         with contextlib.suppress(RuntimeError):  # the loop already ended (the worker failed)
             running.loop.call_soon_threadsafe(running.stop.set)
         await asyncio.to_thread(thread.join)
+
+    intake.wakers.append(wake)
+    log_event(_log, "worker_started", logging.DEBUG, mode="thread")
+    try:
+        yield stop
+    finally:
+        intake.wakers.remove(wake)
+        await stop()

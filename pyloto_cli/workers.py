@@ -111,7 +111,9 @@ class WorkerPool:
         self.wake_fds.append(wake_w)
         return child, ready_r
 
-    def _stop(self, grace_s: float) -> None:
+    def stop(self, grace_s: float) -> None:
+        """SIGTERM every child (each finishes, or releases, what it holds within its grace),
+        wait for them, SIGKILL one still there 5 s after the grace; again: nothing more."""
         for child in self.children:
             if child.poll() is None:
                 child.terminate()
@@ -123,6 +125,7 @@ class WorkerPool:
                 child.wait()
         for fd in self.wake_fds:
             os.close(fd)
+        self.wake_fds.clear()
 
 
 @contextlib.asynccontextmanager
@@ -146,7 +149,7 @@ async def worker_processes(
     finally:
         for _, ready_fd in started:
             os.close(ready_fd)
-        await asyncio.to_thread(pool._stop, settings.shutdown_grace_seconds)
+        await asyncio.to_thread(pool.stop, settings.shutdown_grace_seconds)
         log_event(_log, "workers_stopped", count=count)
 
 

@@ -9,7 +9,8 @@ import gc
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
 import typer
@@ -37,6 +38,7 @@ from pyloto_cli.workers import (
 )
 
 _console = Console(stderr=True)
+_START_WATCH_S = 0.02  # how often serve looks whether uvicorn has started
 
 
 def _print_first_run(setup: LocalSetup, host: str, port: int) -> None:
@@ -161,11 +163,12 @@ async def run_server(
 ) -> None:
     """Open the roles this process plays first (a backend that cannot be reached is one clear
     error, before anything listens), then serve on them until a signal, with the worker(s)
-    beside."""
+    beside; then stop gracefully (`_stop_gracefully`)."""
     async with open_roles(settings, metrics=metrics) as roles:
         intake = await roles.intake()
         push = await roles.push()  # a push queue runs its tasks in this process
-        async with _in_process_worker(settings, roles, intake, pushed=push is not None):
+        pushed = push is not None
+        async with _in_process_worker(settings, roles, intake, pushed=pushed) as stop_worker:
             if push is None and not settings.worker_enabled:  # else the processing role said it
                 roles.announce("intake")
             _freeze_startup_objects()
@@ -181,33 +184,89 @@ async def run_server(
                 log_config=None,  # its warnings and errors go through pyloto's redacting handler
                 lifespan="off",
                 access_log=False,
-                timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+                # uvicorn stops after the workers' grace (`_serve_until_stopped`), when webhooks
+                # are answered 503 at once: a second is plenty, unless the work itself runs in
+                # requests (Cloud Tasks pushes it): those get the grace
+                timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_seconds))
+                if pushed
+                else 1,
             )
             async with worker_processes(settings, children) as pool:
                 if pool.children:  # else nothing to wake on each webhook
                     intake.wakers.append(pool.wake)
-                await uvicorn.Server(config).serve()
+
+                async def stop_workers() -> None:
+                    grace_s = settings.shutdown_grace_seconds
+                    await asyncio.gather(stop_worker(), asyncio.to_thread(pool.stop, grace_s))
+
+                await _serve_until_stopped(uvicorn.Server(config), intake, stop_workers)
+
+
+async def _serve_until_stopped(
+    server: uvicorn.Server, intake: Intake, stop_workers: Callable[[], Awaitable[None]]
+) -> None:
+    """Serve; on the first SIGTERM or SIGINT stop gracefully: webhooks are answered 503 from
+    then on (Meta delivers them again), the workers finish what they can within the grace and
+    release the rest, and only then does uvicorn stop listening. A second signal stops it now.
+
+    The handlers replace uvicorn's once it has started (it installs its own as it starts)."""
+    serving = asyncio.create_task(server.serve())
+    while not server.started and not serving.done():  # noqa: ASYNC110 - uvicorn's is a flag
+        await asyncio.sleep(_START_WATCH_S)
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []
+
+    async def stop_gracefully() -> None:
+        intake.drain()
+        try:
+            await stop_workers()
+        finally:
+            server.should_exit = True
+
+    def on_signal() -> None:
+        if stopping:  # a second signal: stop now
+            server.should_exit = True
+            return
+        stopping.append(asyncio.create_task(stop_gracefully()))
+
+    # signals reach only the main thread: elsewhere uvicorn's own handling stays
+    ours = not serving.done() and threading.current_thread() is threading.main_thread()
+    for sig in (signal.SIGINT, signal.SIGTERM) if ours else ():
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        await serving
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM) if ours else ():
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, _after_shutdown)
+        if stopping:
+            await stopping[0]
+
+
+async def _no_worker() -> None:
+    """Nothing to stop."""
 
 
 @contextlib.asynccontextmanager
 async def _in_process_worker(
     settings: Settings, roles: Roles, intake: Intake, *, pushed: bool
-) -> AsyncIterator[None]:
+) -> AsyncIterator[Callable[[], Awaitable[None]]]:
     """The worker in this process: on its own thread (SQLite, Redis), on the web loop (the
-    memory queue), or none (not wanted, or a push queue)."""
+    memory queue), or none (not wanted, or a push queue). Yields what stops it early (the
+    worker on the web loop stops with the block, after the web side)."""
     if not settings.worker_enabled or pushed:
-        yield
+        yield _no_worker
         return
     if threadable(settings):
         async with worker_thread(
             settings, roles.sqlite, intake, on_failure=_stop_serving, metrics=roles.metrics
-        ):
-            yield
+        ) as stop:
+            yield stop
         return
     worker = await roles.worker()
     intake.wakers.append(worker.notify)
     async with run_worker(worker):
-        yield
+        yield _no_worker
 
 
 def _stop_serving() -> None:

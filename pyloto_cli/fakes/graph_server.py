@@ -43,7 +43,9 @@ import contextlib
 import hashlib
 import itertools
 import json
+import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -130,6 +132,11 @@ class _State:
     token: str | None = None
     phone_numbers: frozenset[str] | None = None  # None: any id is one of ours
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    gate: asyncio.Event | None = None  # sends wait on it while set (`hold`)
+    held: int = 0
+    random_rate: float = 0.0  # `fail_at_random`
+    random_codes: tuple[int, ...] = ()
+    rng: random.Random = field(default_factory=random.Random)
     uploads: list[RecordedUpload] = field(default_factory=list)
     media_ids: itertools.count[int] = field(
         default_factory=lambda: itertools.count(1_000_000_000_000_001)
@@ -151,6 +158,7 @@ class StoredMedia:
     def sha256(self) -> str:
         """The base64 digest a webhook would carry."""
         return base64.b64encode(hashlib.sha256(self.data).digest()).decode("ascii")
+
 
 
 def error_body(code: int, message: str | None = None) -> dict[str, Any]:
@@ -252,6 +260,34 @@ class FakeGraphServer:
     def reset(self) -> None:
         """Forget requests, faults, delay and token."""
         self._state = _State()
+
+    def fail_at_random(self, rate: float, codes: Sequence[int], seed: int | None = None) -> None:
+        """Answer a `rate` share of the sends no fault matched with one of the Graph error
+        `codes`, drawn at random (seeded); rate 0 stops."""
+        self._state.random_rate = rate
+        self._state.random_codes = tuple(codes)
+        self._state.rng = random.Random(seed)
+
+    def stop_failing(self, fault: Fault) -> None:
+        """Withdraw a fault `fail` returned (e.g. one with `times=None`: the end of an outage)."""
+        with contextlib.suppress(ValueError):
+            self._state.faults.remove(fault)
+
+    def hold(self) -> None:
+        """Keep every send that arrives from now on waiting (in flight) until `let_go`."""
+        if self._state.gate is None:
+            self._state.gate = asyncio.Event()
+
+    def let_go(self) -> None:
+        """Answer the held sends now, and hold no more."""
+        gate, self._state.gate = self._state.gate, None
+        if gate is not None:
+            gate.set()
+
+    @property
+    def held(self) -> int:
+        """How many sends are waiting at the gate now."""
+        return self._state.held
 
     async def wait_for_requests(self, count: int, within_s: float = 5.0) -> None:
         """Poll until `count` requests were answered; TimeoutError after `within_s`."""
@@ -430,7 +466,15 @@ class FakeGraphServer:
 
     async def _answer(self, request: Request, body: Any) -> tuple[int, Any]:
         state = self._state
+        if state.gate is not None:
+            state.held += 1
+            try:
+                await state.gate.wait()
+            finally:
+                state.held -= 1
         fault = self._take_fault(body)
+        if fault is None and state.random_rate and state.rng.random() < state.random_rate:
+            fault = Fault(code=state.rng.choice(state.random_codes))
         delay = state.delay_s + (fault.delay_s if fault else 0.0)
         if delay:
             await asyncio.sleep(delay)

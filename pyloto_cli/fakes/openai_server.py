@@ -43,7 +43,7 @@ import random
 import signal
 import time
 from collections import defaultdict, deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -128,6 +128,7 @@ class FakeOpenAIServer:
         jitter_ms: float = 0.0,
         error_rate: float = 0.0,
         error_status: int = 500,
+        error_statuses: Sequence[int] = (),
         seed: int | None = None,
         api_key: str | None = None,
     ) -> None:
@@ -139,6 +140,8 @@ class FakeOpenAIServer:
         self.jitter_ms = jitter_ms
         self.error_rate = error_rate
         self.error_status = error_status
+        # when given, each injected error's status is drawn from these instead (500s and 429s)
+        self.error_statuses = tuple(error_statuses)
         self._random = random.Random(seed)
         self.route_latency_ms: dict[str, float] = dict(route_latency_ms or {})
         self.requests: list[RecordedRequest] = []
@@ -207,7 +210,8 @@ class FakeOpenAIServer:
         if self._always is not None:
             return self._always
         if self.error_rate > 0 and self._random.random() < self.error_rate:
-            return FakeAnswer(status=self.error_status)
+            statuses = self.error_statuses or (self.error_status,)
+            return FakeAnswer(status=self._random.choice(statuses))
         return FakeAnswer()
 
     def _latency_s(self, route: str, answer: FakeAnswer) -> float:

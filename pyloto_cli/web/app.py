@@ -75,6 +75,9 @@ async def receive_webhook(request: Request) -> Response:
     settings = _settings(request)
     metrics = _metrics(request)
     started = time.perf_counter()
+    if intake.draining:  # stopping: what is stored now might wait for the next process
+        metrics.webhook_rejected("draining")
+        return PlainTextResponse("shutting down", status_code=503, headers=CLOSE)
     try:
         body = await read_body(request, settings.body_timeout_seconds)
         secret = settings.whatsapp_app_secret
@@ -140,7 +143,9 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Readiness: the queue and stores are open and answer."""
+    """Readiness: the queue and stores are open and answer, and the process is not stopping."""
+    if _intake(request).draining:
+        return JSONResponse({"ready": False, "error": "shutting down"}, status_code=503)
     try:
         checks = await _intake(request).check_ready()
     except Exception as exc:  # readiness reports, it does not crash

@@ -29,6 +29,14 @@ class Intake:
     sessions: SessionStore
     # called after each enqueue: the in-process worker, the worker thread, worker processes
     wakers: list[Callable[[], None]] = field(default_factory=list)
+    # set once the process is stopping: webhooks are answered 503 so Meta delivers them again
+    draining: bool = False
+
+    def drain(self) -> None:
+        """Stop taking webhooks: from now on they are answered 503 (Meta delivers them again)."""
+        if not self.draining:
+            self.draining = True
+            log_event(_log, "intake_draining")
 
     async def store(self, tasks: Sequence[Task]) -> EnqueueResult:
         """Store a webhook's tasks, each on its own merits.

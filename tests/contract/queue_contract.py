@@ -38,6 +38,9 @@ class ContractQueue(MessageQueue, QueueAdmin, Protocol):
 
 
 MakeQueue = Callable[[], ContractQueue]
+# An adapter on the same store whose leases belong to an owner that is gone once the adapter
+# is closed without settling them (a killed process: its heartbeat stops, or its pid ended).
+MakeQueueOfGoneOwner = Callable[[], ContractQueue]
 # Overwrite the stored payload of a task id with text that is not a task, behind the adapter.
 Spoil = Callable[[ContractQueue, str], Awaitable[None]]
 
@@ -669,17 +672,54 @@ class DurableQueueContract(QueueContract):
                 FailureKind.AMBIGUOUS_SEND,
             )
 
-    async def test_lease_of_a_crashed_worker_expires_after_reopen(
+    async def test_lease_of_a_stalled_worker_expires_after_reopen(
         self, make_queue: MakeQueue, clock: FakeClock
     ) -> None:
-        """A lease held at shutdown still blocks until it expires, then the task returns."""
-        async with make_queue() as queue:
-            await queue.enqueue([make_task("m1", "c1")])
-            [lost] = await queue.lease(1, LEASE_S)
-        async with make_queue() as queue:
-            assert await queue.lease(1, LEASE_S) == []
+        """A lease whose owner is alive but stopped renewing (stalled) blocks until it expires,
+        then the task returns to a queue opened later."""
+        async with make_queue() as stalled:
+            await stalled.enqueue([make_task("m1", "c1")])
+            [lost] = await stalled.lease(1, LEASE_S)
+            async with make_queue() as queue:
+                assert await queue.lease(1, LEASE_S) == []
             clock.advance(LEASE_S)
-            [lease] = await queue.lease(1, LEASE_S)
-            assert (lease.task.task_id, lease.attempt) == ("m1", 2)
+            async with make_queue() as queue:
+                [lease] = await queue.lease(1, LEASE_S)
+                assert (lease.task.task_id, lease.attempt) == ("m1", 2)
+                with pytest.raises(StaleLeaseError):
+                    await queue.ack(lost)
+
+    async def test_a_lease_whose_owner_is_gone_is_taken_back_at_once(
+        self, make_queue: MakeQueue, make_queue_of_gone_owner: MakeQueueOfGoneOwner
+    ) -> None:
+        """A killed worker's leases (its followers included) are leasable again at once, long
+        before their lease time, attempt counted; the dead holder's tokens are refused."""
+        async with make_queue_of_gone_owner() as holder:
+            await holder.enqueue([make_task("m1", "c1"), make_task("m2", "c1")])
+            await holder.enqueue([make_task("x1", "c2")])
+            [head, other] = await holder.lease(10, LEASE_S)
+            [follower] = await holder.lease_followers(head, 60.0, 5, LEASE_S)
+            assert ids([head, other, follower]) == ["m1", "x1", "m2"]
+        async with make_queue() as queue:
+            # the fake clock has not moved: only the owner being gone frees them
+            retaken = await queue.lease(10, LEASE_S)
+            assert sorted((r.task.task_id, r.attempt) for r in retaken) == [("m1", 2), ("x1", 2)]
             with pytest.raises(StaleLeaseError):
-                await queue.ack(lost)
+                await queue.ack(head)
+            [m1] = [r for r in retaken if r.task.task_id == "m1"]
+            assert ids(await queue.lease_followers(m1, 60.0, 5, LEASE_S)) == ["m2"]
+
+    async def test_a_live_owners_lease_is_not_taken(
+        self, make_queue: MakeQueue, clock: FakeClock
+    ) -> None:
+        """Another worker never takes a lease whose owner is alive and renewing it."""
+        async with make_queue() as holder, make_queue() as other:
+            await holder.enqueue([make_task("m1", "c1")])
+            [lease] = await holder.lease(1, LEASE_S)
+            for _ in range(3):
+                assert await other.lease(10, LEASE_S) == []
+                clock.advance(LEASE_S / 2)
+                lease = await holder.renew(lease, LEASE_S)
+            assert await other.lease(10, LEASE_S) == []
+            await holder.ack(lease)
+            assert (await other.stats()).depth == 0

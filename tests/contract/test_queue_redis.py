@@ -4,6 +4,9 @@ Redis queue shows: several adapters (as separate worker processes would be) on o
 from __future__ import annotations
 
 import asyncio
+import sys
+import time
+from asyncio.subprocess import PIPE
 
 import pytest
 import redis.asyncio as aioredis
@@ -19,6 +22,7 @@ from tests.contract.queue_contract import (
     DurableQueueContract,
     FakeClock,
     MakeQueue,
+    MakeQueueOfGoneOwner,
     Spoil,
     ids,
     make_task,
@@ -42,6 +46,11 @@ class TestRedisStreamsQueue(DurableQueueContract):
             )
 
         return make
+
+    @pytest.fixture
+    def make_queue_of_gone_owner(self, make_queue: MakeQueue) -> MakeQueueOfGoneOwner:
+        """Any consumer: closing it ends its heartbeat, as a kill does once the TTL lapses."""
+        return make_queue
 
     @pytest.fixture
     def spoil(self, redis_url: str, redis_prefix: str) -> Spoil:
@@ -96,15 +105,18 @@ async def test_workers_on_one_queue_take_each_task_once_in_conversation_order(
     assert stats.depth == 0
 
 
-async def test_a_crashed_consumers_lease_is_reclaimed_after_the_lease_time(
+async def test_a_stalled_consumers_lease_is_reclaimed_after_the_lease_time(
     redis_url: str, redis_prefix: str
 ) -> None:
-    """Real time, default min-idle: a consumer that vanishes holding a lease loses the task to
-    XAUTOCLAIM once the lease has passed; its late ack is refused."""
-    async with RedisStreamsQueue(redis_url, POLICY, prefix=redis_prefix) as crashed:
-        await crashed.enqueue([make_task("m1", "c1")])
-        [lost] = await crashed.lease(1, 0.3)
-    async with RedisStreamsQueue(redis_url, POLICY, prefix=redis_prefix) as survivor:
+    """Real time, default min-idle: a consumer that is alive (its heartbeat goes on) but stops
+    renewing a lease loses the task to XAUTOCLAIM once the lease has passed; its late ack is
+    refused."""
+    async with (
+        RedisStreamsQueue(redis_url, POLICY, prefix=redis_prefix) as stalled,
+        RedisStreamsQueue(redis_url, POLICY, prefix=redis_prefix) as survivor,
+    ):
+        await stalled.enqueue([make_task("m1", "c1")])
+        [lost] = await stalled.lease(1, 0.3)
         assert await survivor.lease(1, 0.3) == []
         [lease] = await wait_until(
             lambda: survivor.lease(1, 0.3), within=5.0, what="the reclaim of the lost lease"
@@ -114,6 +126,55 @@ async def test_a_crashed_consumers_lease_is_reclaimed_after_the_lease_time(
             await survivor.ack(lost)
         await survivor.ack(lease)
         assert (await survivor.stats()).depth == 0
+
+
+_HOLD_AND_HANG = """
+import asyncio, sys
+from pyloto_cli.adapters.queue.redis_streams import RedisStreamsQueue
+from pyloto_cli.domain.retry import RetryPolicy
+from tests.contract.queue_contract import make_task
+
+async def main() -> None:
+    queue = RedisStreamsQueue(sys.argv[1], RetryPolicy(), prefix=sys.argv[2], owner_ttl_s=0.4)
+    async with queue:
+        await queue.enqueue([make_task("m1", "c1"), make_task("x1", "c2")])
+        held = await queue.lease(10, 30.0)
+        print(len(held), flush=True)
+        await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_killed_consumers_leases_are_taken_back_once_its_heartbeat_lapses(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A process holding leases is killed with SIGKILL: its heartbeat lapses (TTL 0.4 s here,
+    renewed while it ran) and the next lease takes its tasks, with their lease time (30 s) far
+    off."""
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _HOLD_AND_HANG, redis_url, redis_prefix, stdout=PIPE
+    )
+    try:
+        assert holder.stdout is not None
+        assert await asyncio.wait_for(holder.stdout.readline(), 30) == b"2\n"
+        async with RedisStreamsQueue(redis_url, POLICY, prefix=redis_prefix) as survivor:
+            assert await survivor.lease(10, LEASE_S) == []  # alive: its leases hold
+            holder.kill()
+            await holder.wait()
+            killed_at = time.monotonic()
+            retaken = await wait_until(
+                lambda: survivor.lease(10, LEASE_S), within=5.0, what="the killed one's leases"
+            )
+            assert time.monotonic() - killed_at < 2.0
+            assert sorted((r.task.task_id, r.attempt) for r in retaken) == [("m1", 2), ("x1", 2)]
+            for lease in retaken:
+                await survivor.ack(lease)
+            assert (await survivor.stats()).depth == 0
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+            await holder.wait()
 
 
 async def test_renew_keeps_the_task_past_its_first_lease_time(

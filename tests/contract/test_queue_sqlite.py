@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pyloto_cli.adapters.queue.owner import ProcessOwner, this_process
 from pyloto_cli.adapters.queue.sqlite import SqliteMessageQueue
 from pyloto_cli.adapters.sqlite_db import SqliteDatabase
 from pyloto_cli.domain.retry import RetryPolicy
@@ -17,9 +18,17 @@ from tests.contract.queue_contract import (
     DurableQueueContract,
     FakeClock,
     MakeQueue,
+    MakeQueueOfGoneOwner,
     Spoil,
     make_task,
 )
+
+
+def ended_process() -> ProcessOwner:
+    """An owner whose process has ended: this pid as a process started earlier had it (the
+    record a killed worker leaves once its pid is reused; a pid nobody has is gone too)."""
+    me = this_process()
+    return ProcessOwner(me.host, me.pid, me.started - 3600)
 
 
 async def spoil_row(queue: ContractQueue, task_id: str) -> None:
@@ -42,6 +51,16 @@ class TestSqliteQueue(DurableQueueContract):
 
         return make
 
+    @pytest.fixture
+    def make_queue_of_gone_owner(
+        self, policy: RetryPolicy, clock: FakeClock, tmp_path: Path
+    ) -> MakeQueueOfGoneOwner:
+        def make() -> ContractQueue:
+            path = tmp_path / "queue.db"
+            return SqliteMessageQueue(path, policy, clock=clock, owner=ended_process())
+
+        return make
+
 
 class TestSqliteQueueOnSharedDatabase(DurableQueueContract):
     """The queue on a `SqliteDatabase` it does not own (one file and writer for all stores)."""
@@ -61,6 +80,15 @@ class TestSqliteQueueOnSharedDatabase(DurableQueueContract):
     ) -> MakeQueue:
         def make() -> ContractQueue:
             return SqliteMessageQueue(database, policy, clock=clock)
+
+        return make
+
+    @pytest.fixture
+    def make_queue_of_gone_owner(
+        self, policy: RetryPolicy, clock: FakeClock, database: SqliteDatabase
+    ) -> MakeQueueOfGoneOwner:
+        def make() -> ContractQueue:
+            return SqliteMessageQueue(database, policy, clock=clock, owner=ended_process())
 
         return make
 

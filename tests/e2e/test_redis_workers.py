@@ -4,7 +4,7 @@ Sessions and dedupe markers are in the same Redis. Replies are checked at a fake
 `biz_opaque_callback_data` (the inbound wamid, which carries the message's index in its
 conversation): none lost, none doubled, and each recipient's replies in the order its messages
 arrived. Then one worker is killed with SIGKILL while it holds leases; the other reclaims them
-once the (short) lease has expired.
+once the killed one's heartbeat has lapsed (or its short lease has expired, whichever first).
 
 The Redis adapters' key prefix (`pyloto:`) is not a setting, so each test takes a Redis database
 of its own (an empty one of 1..15) and deletes its `pyloto:*` keys afterwards; never FLUSHDB.
@@ -357,7 +357,7 @@ async def test_two_workers_share_the_queue_in_order(
 async def test_a_killed_workers_leases_are_reclaimed(
     tmp_path: Path, redis_db_url: str, graph: FakeGraphServer, rclient: aioredis.Redis
 ) -> None:
-    """SIGKILL one worker while it holds leases: the other takes them after the lease time."""
+    """SIGKILL one worker while it holds leases: the other takes them once its heartbeat lapses."""
     conversations, per = 20, 10
     graph.delay_s = 0.05  # every send is slow: the workers hold leases most of the time
     cluster = make_cluster(tmp_path, redis_db_url, graph)

@@ -67,6 +67,28 @@ async def lease_in_other_process(path: Path) -> list[list[str]]:
     return leased
 
 
+async def hold_in_other_process(path: Path) -> tuple[asyncio.subprocess.Process, list[list[Any]]]:
+    """Start process B, which keeps what it leased until it is killed; it and what it leased."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        LEASER,
+        str(path),
+        "hold",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    leased: list[list[Any]] = json.loads(await asyncio.wait_for(proc.stdout.readline(), DEADLINE_S))
+    return proc, leased
+
+
+async def kill(proc: asyncio.subprocess.Process) -> None:
+    proc.send_signal(signal.SIGKILL)
+    await proc.communicate()
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(time.time())  # real time, shared with process B, moved on by hand
@@ -74,23 +96,31 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 async def queue(tmp_path: Path, clock: FakeClock) -> AsyncIterator[SqliteMessageQueue]:
-    async with SqliteMessageQueue(tmp_path / "queue.db", RetryPolicy(), clock=clock) as queue:
+    # every lease looks for leases of ended processes (not at most every half second)
+    path = tmp_path / "queue.db"
+    async with SqliteMessageQueue(path, RetryPolicy(), clock=clock, owner_check_s=0) as queue:
         yield queue
 
 
 async def test_other_process_waits_for_a_held_conversation_but_takes_others(
     queue: SqliteMessageQueue,
 ) -> None:
-    """While A leases c1's first task, B gets c2 but not c1's next; after A's ack, B gets it."""
+    """While A leases c1's first task, a live B gets c2 but not c1's next; after A's ack, another
+    B gets it; that B exits holding it, so A takes it back at once, and not the live B's."""
     await queue.enqueue([make_task("c1-m1", "c1"), make_task("c1-m2", "c1")])
     await queue.enqueue([make_task("c2-m1", "c2")])
     [held] = await queue.lease(1, LEASE_S)
     assert held.task.task_id == "c1-m1"
-    assert [row[0] for row in await lease_in_other_process(queue.path)] == ["c2-m1"]
-    assert [row[0] for row in await lease_in_other_process(queue.path)] == []
-    await queue.ack(held)
-    assert [row[0] for row in await lease_in_other_process(queue.path)] == ["c1-m2"]
-    assert await queue.lease(10, LEASE_S) == []  # B still holds both of its leases
+    live, leased = await hold_in_other_process(queue.path)
+    try:
+        assert [row[0] for row in leased] == ["c2-m1"]
+        assert [row[0] for row in await lease_in_other_process(queue.path)] == []
+        await queue.ack(held)
+        assert [row[0] for row in await lease_in_other_process(queue.path)] == ["c1-m2"]
+        [retaken] = await queue.lease(10, LEASE_S)  # its holder has exited; the live B's stays
+        assert (retaken.task.task_id, retaken.attempt) == ("c1-m2", 2)
+    finally:
+        await kill(live)
 
 
 async def test_an_ack_joins_the_next_lease_which_then_takes_the_conversations_next_task(
@@ -113,33 +143,18 @@ async def test_an_ack_joins_the_next_lease_which_then_takes_the_conversations_ne
         assert db.commits == commits + 1
 
 
-async def test_lease_of_a_killed_process_returns_after_expiry(
-    queue: SqliteMessageQueue, clock: FakeClock
-) -> None:
-    """kill -9 while B holds a lease: A cannot take it until it expires, then B's token is dead."""
+async def test_lease_of_a_killed_process_returns_at_once(queue: SqliteMessageQueue) -> None:
+    """kill -9 while B holds a lease: A cannot take it while B lives; once B is killed, A takes
+    it at once (its lease time is far off), and B's token is dead."""
     await queue.enqueue([make_task("m1", "c1")])
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        LEASER,
-        str(queue.path),
-        "hold",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc, leased = await hold_in_other_process(queue.path)
     try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), DEADLINE_S)
-        [[task_id, token, attempt]] = json.loads(line)
+        [[task_id, token, attempt]] = leased
         assert (task_id, attempt) == ("m1", 1)
         assert await queue.lease(10, LEASE_S) == []
     finally:
-        proc.send_signal(signal.SIGKILL)
-        await proc.communicate()
+        await kill(proc)
     assert proc.returncode == -signal.SIGKILL
-    assert await queue.lease(10, LEASE_S) == []  # killed, but its lease has not expired yet
-    clock.advance(LEASE_S + 1)
     [lease] = await queue.lease(10, LEASE_S)
     assert (lease.task.task_id, lease.attempt) == ("m1", 2)
     with pytest.raises(StaleLeaseError):

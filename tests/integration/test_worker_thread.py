@@ -172,6 +172,6 @@ async def test_serve_giving_up_while_the_worker_starts_ends_the_thread_quietly(
     assert not [t for t in threading.enumerate() if t.name == "pyloto-worker"]
 
 
-async def _enter_and_hold(manager: contextlib.AbstractAsyncContextManager[None]) -> None:
+async def _enter_and_hold(manager: contextlib.AbstractAsyncContextManager[object]) -> None:
     async with manager:
         await asyncio.Event().wait()  # held until the test cancels it

@@ -9,9 +9,15 @@ lease key (the holder's token, with PX) guards that again. Each operation is one
 
 - enqueue: a task id already live or dead is a duplicate (a redelivered wamid is not stored
   twice). A new task joins its conversation's list; as the head it is added to the stream.
-- lease: first re-adds retries that are due (a sorted set by due time), then XAUTOCLAIMs entries
-  idle for the lease time (a crashed worker's), then reads new entries. A task is granted when
-  it has no live lease by the adapter's clock: the attempt is counted and a new token issued.
+- lease: first re-adds retries that are due (a sorted set by due time), then claims the pending
+  entries of consumers that are gone (below), then XAUTOCLAIMs entries idle for the lease time
+  (a stalled worker's), then reads new entries. A task is granted when it has no live lease by
+  the adapter's clock (or its holder is gone): the attempt is counted and a new token issued.
+- owners: each consumer keeps a heartbeat key with a short TTL (`owner_ttl_s`, 2 s), set by
+  each lease and renewed every quarter of it while the adapter is open. A consumer that keeps
+  heartbeats and whose key has lapsed (its process was killed) is gone: its pending entries,
+  and the followers it held, are taken back by the next lease at once instead of after the
+  lease time. Closing the adapter ends its heartbeat, so what it still holds is taken back too.
 - ack: XACK + XDEL, the task is deleted and its conversation's next task enters the stream.
 - nack: XACK + XDEL and into the retry set with the delay (given, or the `RetryPolicy`'s); the
   task stays its conversation's head. Once the policy's attempts are spent it is dead-lettered.
@@ -30,6 +36,8 @@ entries are looked at. It defaults to the lease time; with a fake clock pass
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -62,6 +70,11 @@ from pyloto_cli.logs import get_logger, log_event
 
 _log = get_logger("queue.redis")
 _GROUP = "workers"
+# how long a consumer's heartbeat outlives its last renewal: a killed worker's tasks wait this
+# long at most; a live one renews four times per TTL, so only an event loop stalled for about
+# this long (or Redis out of reach) could lose a task it still works on
+OWNER_TTL_S = 2.0
+_RETAKEN = {1: "queue_lease_expired", 2: "queue_lease_owner_gone"}
 
 
 def _ms(seconds: float) -> int:
@@ -100,6 +113,7 @@ class RedisStreamsQueue:
         clock: Callable[[], float] = time.time,
         reclaim_idle_s: float | None = None,
         consumer: str | None = None,
+        owner_ttl_s: float = OWNER_TTL_S,
     ) -> None:
         self._conn = RedisConnection(source, role="queue")
         self._policy = policy
@@ -108,6 +122,8 @@ class RedisStreamsQueue:
         self._reclaim_idle_s = reclaim_idle_s
         self._consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         self._cursor = "0-0"
+        self._owner_ttl_s = owner_ttl_s
+        self._beating: asyncio.Task[None] | None = None
 
     @property
     def consumer(self) -> str:
@@ -133,6 +149,10 @@ class RedisStreamsQueue:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._beating is not None:
+            self._beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beating
         try:
             await self._run(lua.RETIRE, self._consumer)
         except RedisError as error:
@@ -144,6 +164,16 @@ class RedisStreamsQueue:
 
     async def _run(self, script: LuaScript, *args: str | int | float) -> Any:
         return await script(self._conn.client, [], [self._prefix, *args])
+
+    async def _beat(self) -> None:
+        """Renew this consumer's heartbeat while the adapter is open (from its first lease: a
+        webhook process that only enqueues holds nothing), four times per TTL."""
+        while True:
+            await asyncio.sleep(self._owner_ttl_s / 4)
+            try:
+                await self._run(lua.BEAT, self._consumer, _ms(self._owner_ttl_s))
+            except RedisError as error:  # the next beat, or lease, tries again
+                log_event(_log, "queue_heartbeat_failed", logging.WARNING, error=str(error))
 
     # --- MessageQueue ------------------------------------------------------------------------
 
@@ -175,16 +205,20 @@ class RedisStreamsQueue:
             _ms(lease_s),
             idle_ms,
             max_items,
+            _ms(self._owner_ttl_s),
         ]
         cursor, granted = await lua.LEASE(client, [], [self._prefix, *args, self._cursor, *tokens])
         self._cursor = text(cursor)
+        if self._beating is None:
+            self._beating = asyncio.create_task(self._beat(), name="queue-heartbeat")
         leases: list[Leased] = []
-        for task_id, payload, attempt, token, failure, expired in granted:
-            if int(expired):
+        for task_id, payload, attempt, token, failure, how in granted:
+            if int(how):
                 log_event(
                     _log,
-                    "queue_lease_expired",
+                    _RETAKEN[int(how)],
                     logging.WARNING,
+                    backend="redis",
                     task_id=text(task_id),
                     attempt=int(attempt),
                 )

@@ -10,6 +10,8 @@ needs one Redis, or a Sentinel-managed primary; not Redis Cluster). Keys, for pr
     P..'live'          zset id -> enqueued_at       P..'leased'   zset id -> lease expiry
     P..'delayed'       zset id -> retry due time    P..'tried'    set of ids leased at least once
     P..'dead'          stream of dead letters       P..'deadidx'  hash id -> dead entry id
+    P..'hb:'..consumer a live consumer's heartbeat (PX: its owner TTL, renewed while it runs)
+    P..'owners'        set of consumers that keep a heartbeat (one without is never judged)
 
 Invariant: only a conversation's head (first in its list) is ever in the stream, so the stream
 never offers two tasks of one conversation. `delayed` holds heads waiting for a retry and may
@@ -29,6 +31,13 @@ local GROUP = 'workers'
 local function tkey(id) return P .. 't:' .. id end
 local function ckey(conv) return P .. 'c:' .. conv end
 local function lkey(conv) return P .. 'lock:' .. conv end
+local function hbkey(consumer) return P .. 'hb:' .. consumer end
+
+-- a consumer that keeps a heartbeat and whose heartbeat has lapsed: its process is gone
+local function gone(consumer)
+  return redis.call('SISMEMBER', P .. 'owners', consumer) == 1
+      and redis.call('EXISTS', hbkey(consumer)) == 0
+end
 
 local function publish(id)
   local eid = redis.call('XADD', STREAM, '*', 'id', id)
@@ -101,8 +110,11 @@ return out
 """
 )
 
-# ARGV: prefix, consumer, now, expires_at, lease_ms, min_idle_ms, max_items, cursor, tokens...
-# -> {next_cursor, {id, payload, attempt, token, previous_failure, was_expired}...}
+# ARGV: prefix, consumer, now, expires_at, lease_ms, min_idle_ms, max_items, owner_ttl_ms,
+#       cursor, tokens...
+# -> {next_cursor, {id, payload, attempt, token, previous_failure, how}...}
+# how: 0 a new lease, 1 taken over from an expired lease, 2 from a consumer that is gone
+# (its pending entries are claimed first, whatever their lease time says)
 LEASE = LuaScript(
     _PRELUDE
     + """
@@ -120,8 +132,11 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now, 'LI
   end
 end
 
+redis.call('SET', hbkey(consumer), '1', 'PX', ARGV[8])
+redis.call('SADD', P .. 'owners', consumer)
+
 local out = {}
-local function grant(eid, fields)
+local function grant(eid, fields, orphaned)
   local id = fields and fields[2]
   local t = id and tkey(id)
   if not t or redis.call('HGET', t, 'eid') ~= eid then
@@ -129,21 +144,43 @@ local function grant(eid, fields)
     return
   end
   local tok = redis.call('HGET', t, 'tok')
-  if tok and tonumber(redis.call('HGET', t, 'exp')) > nnow then return end
+  if tok and not orphaned and tonumber(redis.call('HGET', t, 'exp')) > nnow then return end
   local lk = lkey(redis.call('HGET', t, 'conv'))
   local holder = redis.call('GET', lk)
   if holder and holder ~= tok then return end
-  local token = ARGV[8 + #out + 1]
+  local token = ARGV[9 + #out + 1]
   redis.call('SET', lk, token, 'PX', lease_ms)
   local att = redis.call('HINCRBY', t, 'att', 1)
-  redis.call('HSET', t, 'tok', token, 'exp', exp)
+  redis.call('HSET', t, 'tok', token, 'exp', exp, 'own', consumer)
   redis.call('ZADD', P .. 'leased', exp, id)
   redis.call('SADD', P .. 'tried', id)
   local fail = redis.call('HGET', t, 'fail')
-  out[#out + 1] = {id, redis.call('HGET', t, 'payload'), att, token, fail or '', tok and 1 or 0}
+  local how = 0
+  if orphaned then how = 2 elseif tok then how = 1 end
+  out[#out + 1] = {id, redis.call('HGET', t, 'payload'), att, token, fail or '', how}
 end
 
-local claimed = redis.call('XAUTOCLAIM', STREAM, GROUP, consumer, ARGV[6], ARGV[8],
+-- the pending entries of consumers that are gone, before anything else
+local summary = redis.call('XPENDING', STREAM, GROUP)
+if type(summary[4]) == 'table' then
+  for _, pair in ipairs(summary[4]) do
+    local who = pair[1]
+    if #out < max_items and who ~= consumer and gone(who) then
+      local entries = redis.call('XPENDING', STREAM, GROUP, '-', '+', max_items - #out, who)
+      for _, entry in ipairs(entries) do
+        for _, got in ipairs(redis.call('XCLAIM', STREAM, GROUP, consumer, 0, entry[1])) do
+          if got then grant(got[1], got[2], true) end
+        end
+      end
+      if #redis.call('XPENDING', STREAM, GROUP, '-', '+', 1, who) == 0 then
+        redis.call('SREM', P .. 'owners', who)
+        redis.call('XGROUP', 'DELCONSUMER', STREAM, GROUP, who)
+      end
+    end
+  end
+end
+
+local claimed = redis.call('XAUTOCLAIM', STREAM, GROUP, consumer, ARGV[6], ARGV[9],
                            'COUNT', max_items)
 for _, entry in ipairs(claimed[2]) do
   if #out < max_items then grant(entry[1], entry[2]) end
@@ -177,13 +214,16 @@ for _, id in ipairs(redis.call('LRANGE', line, pos + 1, pos + tonumber(ARGV[7]))
   local fexp = redis.call('HGET', f, 'exp')
   local due = redis.call('ZSCORE', P .. 'delayed', id)
   local payload = redis.call('HGET', f, 'payload')
-  if (fexp and tonumber(fexp) > now) or (due and tonumber(due) > now)
+  local own = redis.call('HGET', f, 'own')  -- set by this version, which keeps heartbeats
+  local alive = not own or own == '' or redis.call('EXISTS', hbkey(own)) == 1
+  local held = fexp and tonumber(fexp) > now and alive
+  if held or (due and tonumber(due) > now)
       or tonumber(cjson.decode(payload).received_at) > last then
     break
   end
   local token = ARGV[7 + #out + 1]
   local att = redis.call('HINCRBY', f, 'att', 1)
-  redis.call('HSET', f, 'tok', token, 'exp', exp)
+  redis.call('HSET', f, 'tok', token, 'exp', exp, 'own', redis.call('HGET', t, 'own') or '')
   redis.call('ZADD', P .. 'leased', exp, id)
   redis.call('ZREM', P .. 'delayed', id)
   redis.call('SADD', P .. 'tried', id)
@@ -240,7 +280,7 @@ else
 end
 unlock(t, token)
 unstream(t)
-redis.call('HDEL', t, 'tok', 'exp')
+redis.call('HDEL', t, 'tok', 'exp', 'own')
 redis.call('HSET', t, 'err', ARGV[4])
 redis.call('ZREM', P .. 'leased', id)
 redis.call('ZADD', P .. 'delayed', ARGV[5], id)
@@ -314,11 +354,24 @@ return {redis.call('ZCARD', P .. 'live'), redis.call('SCARD', P .. 'tried'),
 )
 
 # ARGV: prefix, consumer -> 1 if the consumer had nothing pending and was deleted
+# Its heartbeat ends either way: what it still holds is taken back at once by the next lease.
 RETIRE = LuaScript(
     _PRELUDE
     + """
+redis.call('DEL', hbkey(ARGV[2]))
 if #redis.call('XPENDING', STREAM, GROUP, '-', '+', 1, ARGV[2]) > 0 then return 0 end
+redis.call('SREM', P .. 'owners', ARGV[2])
 redis.call('XGROUP', 'DELCONSUMER', STREAM, GROUP, ARGV[2])
+return 1
+"""
+)
+
+# ARGV: prefix, consumer, owner_ttl_ms -> 1: the consumer is alive for owner_ttl_ms more
+BEAT = LuaScript(
+    _PRELUDE
+    + """
+redis.call('SET', hbkey(ARGV[2]), '1', 'PX', ARGV[3])
+redis.call('SADD', P .. 'owners', ARGV[2])
 return 1
 """
 )

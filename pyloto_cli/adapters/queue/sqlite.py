@@ -10,9 +10,12 @@ index over the heads keeps `lease` cheap however long a conversation's backlog i
 
 Every operation runs in the `SqliteDatabase` writer thread inside `BEGIN IMMEDIATE`, which
 serializes writers across processes: two processes cannot lease the same task, nor two tasks
-of one conversation. There is no in-memory lock map. A process killed while holding a lease
-leaves it to expire; the next lease after that takes the task again with its attempt counted.
-Time comes from the caller's clock and is passed into each operation.
+of one conversation. There is no in-memory lock map. A lease records its owner process
+(`owner.ProcessOwner`: host, pid, start time); a lease looks, at most every `owner_check_s`,
+for leases whose owner process on this host has ended (a `kill -9`, a crash) and releases
+them at once, so the next lease takes those tasks again, attempt counted, without waiting out
+the lease time. A lease of a process on another host expires as before. Time comes from the
+caller's clock and is passed into each operation.
 
 Lease tokens: a lease is honoured while its token is the task's current token. Expiry only
 makes the task leasable again; until another worker leases it, the late worker's ack, nack or
@@ -21,7 +24,9 @@ renew still succeeds (the work is done, and refusing it would cause a needless r
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import secrets
 import sqlite3
 import time
@@ -31,6 +36,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from pyloto_cli.adapters.queue.owner import ProcessOwner, is_gone, this_process
 from pyloto_cli.adapters.sqlite_db import Operation, SqliteAttachment, SqliteDatabase
 from pyloto_cli.domain.errors import StaleLeaseError
 from pyloto_cli.domain.retry import RetryPolicy
@@ -50,6 +56,9 @@ _log = get_logger("queue.sqlite")
 
 T = TypeVar("T")
 
+# how often a lease looks for leases of ended processes: recovery after a crash takes at most
+# this plus a poll, and the look (a read of the few owners) costs nothing in between
+OWNER_CHECK_S = 0.5
 _SYNCHRONOUS = frozenset({"NORMAL", "FULL", "EXTRA"})
 
 _SCHEMA = (
@@ -65,7 +74,8 @@ _SCHEMA = (
         lease_token TEXT,
         lease_expires REAL,
         last_error TEXT,
-        previous_failure TEXT
+        previous_failure TEXT,
+        lease_owner TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS queue_tasks_conversation ON queue_tasks (conversation_key, seq)",
     "CREATE INDEX IF NOT EXISTS queue_tasks_heads ON queue_tasks (seq) WHERE head = 1",
@@ -100,6 +110,15 @@ _PROMOTE = """
 UPDATE queue_tasks SET head = 1
 WHERE seq = (SELECT MIN(seq) FROM queue_tasks WHERE conversation_key = ?)
 """
+_OWNERS_INDEX = (
+    "CREATE INDEX IF NOT EXISTS queue_tasks_owners ON queue_tasks (lease_owner)"
+    " WHERE lease_owner IS NOT NULL"
+)
+_OWNERS = "SELECT DISTINCT lease_owner FROM queue_tasks WHERE lease_owner IS NOT NULL"
+_RELEASE_OWNER = """
+UPDATE queue_tasks SET lease_expires = MIN(lease_expires, :now), lease_owner = NULL
+WHERE lease_owner = :tag
+"""
 _STATS = """
 SELECT
     COALESCE(SUM(leased), 0),
@@ -119,6 +138,19 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
     columns = {row["name"] for row in conn.execute("PRAGMA table_info(queue_tasks)")}
     if "previous_failure" not in columns:
         conn.execute("ALTER TABLE queue_tasks ADD COLUMN previous_failure TEXT")
+    if "lease_owner" not in columns:
+        conn.execute("ALTER TABLE queue_tasks ADD COLUMN lease_owner TEXT")
+    conn.execute(_OWNERS_INDEX)
+
+
+def _owners(conn: sqlite3.Connection) -> list[str]:
+    """The owners of the leases held now (few: one per worker process)."""
+    return [row[0] for row in conn.execute(_OWNERS)]
+
+
+def _release_owner(conn: sqlite3.Connection, tag: str, now: float) -> int:
+    """Make every lease `tag` holds leasable now (tokens kept: the retake counts the attempt)."""
+    return int(conn.execute(_RELEASE_OWNER, {"tag": tag, "now": now}).rowcount)
 
 
 def _insert(conn: sqlite3.Connection, row: tuple[str, str, bytes, float, str | None]) -> bool:
@@ -144,6 +176,7 @@ class _Leasing:
     """What one lease transaction did: the new leases, those of them taken over from an
     expired lease, and the stored tasks it dead-lettered because they cannot be read."""
 
+    owner: str
     leased: list[Leased] = field(default_factory=list)
     retaken: list[Leased] = field(default_factory=list)
     unreadable: list[tuple[str, str]] = field(default_factory=list)
@@ -159,14 +192,16 @@ def _readable(conn: sqlite3.Connection, row: sqlite3.Row, now: float, did: _Leas
     return None
 
 
-def _lease(conn: sqlite3.Connection, limit: int, lease_s: float, now: float) -> _Leasing:
+def _lease(
+    conn: sqlite3.Connection, limit: int, lease_s: float, now: float, owner: str
+) -> _Leasing:
     """Lease up to `limit` heads, dead-lettering any that holds no task."""
-    did = _Leasing()
+    did = _Leasing(owner=owner)
     for row in conn.execute(_LEASABLE, {"now": now, "limit": limit}).fetchall():
         task = _readable(conn, row, now, did)
         if task is None:
             continue
-        did.leased.append(_grant(conn, row, task, now + lease_s))
+        did.leased.append(_grant(conn, row, task, now + lease_s, did.owner))
         if row["lease_token"] is not None:
             did.retaken.append(did.leased[-1])
     return did
@@ -178,13 +213,16 @@ def _any_leasable(conn: sqlite3.Connection, now: float) -> bool:
     return row is not None
 
 
-def _grant(conn: sqlite3.Connection, row: sqlite3.Row, task: Task, expires: float) -> Leased:
-    """Lease the task of `row` until `expires` with a new token, counting the attempt."""
+def _grant(
+    conn: sqlite3.Connection, row: sqlite3.Row, task: Task, expires: float, owner: str
+) -> Leased:
+    """Lease the task of `row` to `owner` until `expires` with a new token, counting the attempt."""
     token = secrets.token_hex(16)
     attempt = row["attempts"] + 1
     conn.execute(
-        "UPDATE queue_tasks SET attempts = ?, lease_token = ?, lease_expires = ? WHERE seq = ?",
-        (attempt, token, expires, row["seq"]),
+        "UPDATE queue_tasks SET attempts = ?, lease_token = ?, lease_expires = ?, lease_owner = ?"
+        " WHERE seq = ?",
+        (attempt, token, expires, owner, row["seq"]),
     )
     return Leased(task, token, attempt, expires, FailureKind.parse(row["previous_failure"]))
 
@@ -210,7 +248,7 @@ def _followers(
         busy = row["lease_expires"] is not None and row["lease_expires"] > now
         if busy or row["available_at"] > now or task.received_at > last:
             break
-        leased.append(_grant(conn, row, task, now + lease_s))
+        leased.append(_grant(conn, row, task, now + lease_s, did.owner))
     return leased
 
 
@@ -276,6 +314,8 @@ class SqliteMessageQueue:
     `source` is a path (the queue opens and closes its own `SqliteDatabase` with
     `synchronous`, NORMAL or FULL) or an open `SqliteDatabase` shared with other adapters
     (its own `synchronous` applies, and the caller closes it). `clock` gives epoch seconds.
+    `owner` is recorded with the leases taken (this process by default); leases of owners
+    that have ended are looked for at most every `owner_check_s` seconds.
     """
 
     def __init__(
@@ -285,9 +325,14 @@ class SqliteMessageQueue:
         *,
         clock: Callable[[], float] = time.time,
         synchronous: str = "NORMAL",
+        owner: ProcessOwner | None = None,
+        owner_check_s: float = OWNER_CHECK_S,
     ) -> None:
         self._policy = policy
         self._clock = clock
+        self._owner = owner or this_process()
+        self._owner_check_s = owner_check_s
+        self._owners_checked = -math.inf  # monotonic time of the last look
         if not isinstance(source, SqliteDatabase) and synchronous.upper() not in _SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {sorted(_SYNCHRONOUS)}: {synchronous!r}")
         self._sql = SqliteAttachment(
@@ -334,6 +379,7 @@ class SqliteMessageQueue:
         if max_items <= 0:
             return []
         now = self._clock()
+        await self._release_gone_owners(now)
         # a lock-free look first, unless the last lease found work (then this one likely will
         # too, and the look would be one more round trip): an idle poll never takes the write
         # lock other processes need
@@ -341,7 +387,8 @@ class SqliteMessageQueue:
             lambda conn: _any_leasable(conn, now), readonly=True
         ):
             return []
-        did = await self._run(lambda conn: _lease(conn, max_items, lease_s, now))
+        owner = self._owner.tag
+        did = await self._run(lambda conn: _lease(conn, max_items, lease_s, now, owner))
         leased = did.leased
         self._found_work = bool(leased or did.unreadable)
         _log_unreadable(did)
@@ -354,6 +401,28 @@ class SqliteMessageQueue:
                 attempt=lease.attempt,
             )
         return leased
+
+    async def _release_gone_owners(self, now: float) -> None:
+        """Release the leases of owner processes that have ended (a read, and a write only
+        when one has); at most every `owner_check_s`."""
+        if time.monotonic() - self._owners_checked < self._owner_check_s:
+            return
+        self._owners_checked = time.monotonic()
+        tags = await self._run(_owners, readonly=True)
+        for tag in tags:
+            owner = ProcessOwner.parse(tag)
+            if owner is None or tag == self._owner.tag or not is_gone(owner):
+                continue
+            count = await self._run(functools.partial(_release_owner, tag=tag, now=now))
+            self._found_work = self._found_work or count > 0
+            log_event(
+                _log,
+                "queue_lease_owner_gone",
+                logging.WARNING,
+                backend="sqlite",
+                owner_pid=owner.pid,
+                released=count,
+            )
 
     async def renew(self, lease: Leased, lease_s: float) -> Leased:
         """Extend the lease from now; StaleLeaseError if the token is no longer current."""
@@ -393,8 +462,8 @@ class SqliteMessageQueue:
         def op(conn: sqlite3.Connection) -> None:
             row = _owned(conn, lease)
             conn.execute(
-                "UPDATE queue_tasks SET available_at = ?, lease_token = NULL,"
-                " lease_expires = NULL, last_error = ?, previous_failure = ? WHERE seq = ?",
+                "UPDATE queue_tasks SET available_at = ?, lease_token = NULL, lease_expires = NULL,"
+                " lease_owner = NULL, last_error = ?, previous_failure = ? WHERE seq = ?",
                 (now + delay, error, failure and failure.value, row["seq"]),
             )
 
@@ -409,7 +478,8 @@ class SqliteMessageQueue:
             row = _owned(conn, lease)
             conn.execute(
                 "UPDATE queue_tasks SET available_at = ?, attempts = MAX(attempts - 1, 0),"
-                " lease_token = NULL, lease_expires = NULL, last_error = ? WHERE seq = ?",
+                " lease_token = NULL, lease_expires = NULL, lease_owner = NULL, last_error = ?"
+                " WHERE seq = ?",
                 (available, reason, row["seq"]),
             )
 
@@ -424,7 +494,7 @@ class SqliteMessageQueue:
         self, lease: Leased, window_s: float, max_items: int, lease_s: float
     ) -> list[Leased]:
         """Lease the available tasks right behind `lease` in its conversation, within the window."""
-        limit, now, did = max(0, max_items), self._clock(), _Leasing()
+        limit, now, did = max(0, max_items), self._clock(), _Leasing(owner=self._owner.tag)
         followers = await self._run(
             lambda conn: _followers(conn, lease, window_s, limit, lease_s, now, did)
         )
