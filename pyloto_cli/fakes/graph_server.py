@@ -160,7 +160,6 @@ class StoredMedia:
         return base64.b64encode(hashlib.sha256(self.data).digest()).decode("ascii")
 
 
-
 def error_body(code: int, message: str | None = None) -> dict[str, Any]:
     """Meta's error shape for `code` (DOMAIN.md §4)."""
     text = message or KNOWN_ERRORS.get(code, (400, f"(#{code}) Error"))[1]

@@ -231,6 +231,10 @@ class MediaReader:
                 reason=exc.reason,
                 message_id=msg.id,
             )
+            if exc.service:  # the service is down, as a failed LLM stage: retry, say nothing yet
+                raise TransientError(
+                    f"llm_unavailable: {TRANSCRIPTION_STAGE}: {exc.reason}"
+                ) from exc
             reply = Reply(self.config.safe_reply, errors=(TRANSCRIPTION_STAGE,))
             return _Read(msg, reply=reply)
         log_event(

@@ -202,19 +202,23 @@ class TestVoiceNotes:
             expected = f"transcript of {len(VOICE)} bytes"
             assert user_texts(openai_fake.by_route("text")[-1])[-1] == expected
 
-    async def test_a_failed_transcription_is_a_failed_llm_stage(
+    async def test_a_failed_transcription_is_retried_like_a_failed_llm_stage(
         self, rig: Any, graph: FakeGraphServer, openai_fake: FakeOpenAIServer
     ) -> None:
         media_id = graph.add_media(VOICE, "audio/ogg")
         openai_fake.script("transcription", FakeAnswer(status=500))
         async with rig() as r:
             msg = media_message("audio", media_id, graph.media_sha256(media_id), "audio/ogg")
-            result = await r.deliver(msg)
-            assert result.outcome is Outcome.DONE
-            assert result.reply is not None
-            assert result.reply.text == r.settings.safe_reply
-            assert result.reply.errors == ("transcription",)
+            first = await r.deliver(msg)  # the service is down: nothing said, tried again
+            assert first.outcome is Outcome.RETRY
+            assert first.reply is None
             assert openai_fake.by_route("text") == []
+            second = await r.deliver(msg)  # back: the voice note is really answered, once
+            assert second.outcome is Outcome.DONE
+            assert second.reply is not None
+            assert second.reply.text != r.settings.safe_reply
+            assert len(openai_fake.by_route("transcription")) == 2
+            assert len(openai_fake.by_route("text")) == 1
 
 
 class TestImages:
