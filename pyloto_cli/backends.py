@@ -8,6 +8,7 @@ embedded defaults need neither redis nor the Google clients installed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -32,6 +33,7 @@ from pyloto_cli.ports import (
     StatusStore,
     TaskRescheduler,
     TaskSink,
+    TaskStream,
 )
 from pyloto_cli.private_files import private_dir
 from pyloto_cli.settings import QueueBackend, Settings, StoreBackend
@@ -127,14 +129,24 @@ class PushParts:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamParts:
+    """What a streaming queue (Pub/Sub) adds: the stream workers connect to, and the store
+    of the dead letters it does not keep itself."""
+
+    stream: TaskStream
+    dead_letters: DeadLetterStore
+
+
+@dataclass(frozen=True, slots=True)
 class QueueParts:
     """The queue's parts: every backend has a sink; pull backends also lease (`queue`), push
-    backends have `push`."""
+    backends have `push`, streaming backends `stream`."""
 
     sink: TaskSink
     queue: MessageQueue | None
     admin: QueueAdmin | None
     push: PushParts | None = None
+    stream: StreamParts | None = None
 
 
 # --- the tables: one opener per backend, the module imported only when it is chosen ----------
@@ -181,11 +193,26 @@ async def _cloud_tasks_queue(shared: Shared, policy: RetryPolicy) -> QueueParts:
     return QueueParts(opened, None, admin, PushParts(auth, opened, dead))
 
 
+async def _pubsub_queue(shared: Shared, policy: RetryPolicy) -> QueueParts:
+    """A streaming queue: workers hold each message while it runs; pyloto's policy is applied
+    by the stream worker, its dead letters kept in the session store's backend."""
+    from pyloto_cli.adapters.queue.cloud_tasks_admin import CloudTasksAdmin
+    from pyloto_cli.adapters.queue.pubsub import PubSubConfig, PubSubSink, PubSubStream, prepare
+
+    config = PubSubConfig.from_settings(shared.settings)
+    await asyncio.to_thread(prepare, config)  # one clear error, before anything is served
+    sink = await shared.stack.enter_async_context(PubSubSink(config))
+    stream = await shared.stack.enter_async_context(PubSubStream(config))
+    dead = await open_dead_letters(shared)
+    return QueueParts(sink, None, CloudTasksAdmin(sink, dead), stream=StreamParts(stream, dead))
+
+
 QUEUES: dict[QueueBackend, QueueOpener] = {
     QueueBackend.SQLITE: _sqlite_queue,
     QueueBackend.MEMORY: _memory_queue,
     QueueBackend.REDIS: _redis_queue,
     QueueBackend.CLOUD_TASKS: _cloud_tasks_queue,
+    QueueBackend.PUBSUB: _pubsub_queue,
 }
 
 

@@ -5,7 +5,8 @@ for, each entered on one AsyncExitStack and closed in reverse order on exit. A p
 only the roles it plays:
 
 - intake (`web.intake.Intake`): the webhook's sink, who to wake after an enqueue, readiness;
-- processing (`pipeline.worker.Worker`): a pull queue's worker over the pipeline;
+- processing (`pipeline.worker.Worker`): a pull queue's worker over the pipeline; on a
+  streaming queue (Pub/Sub), `pipeline.streaming.StreamWorker` (`Roles.runner`);
 - push (`web.tasks.PushRole`): the pipeline behind `/tasks/process`, with Cloud Tasks' auth,
   rescheduling and dead letters;
 - admin (`ports.QueueAdmin`) and the stores, for the CLI's tools.
@@ -27,6 +28,7 @@ from pyloto_cli.domain.errors import BackendUnavailable
 from pyloto_cli.domain.retry import RetryPolicy
 from pyloto_cli.logs import get_logger, log_event
 from pyloto_cli.pipeline.process import Pipeline, PipelineConfig
+from pyloto_cli.pipeline.streaming import Runner, StreamWorker
 from pyloto_cli.pipeline.worker import Worker
 from pyloto_cli.ports import (
     NO_METRICS,
@@ -67,6 +69,7 @@ class Roles:
         self._pipeline: Pipeline | None = None
         self._intake: Intake | None = None
         self._worker: Worker | None = None
+        self._stream_worker: StreamWorker | None = None
         self._push: PushRole | None = None
 
     @property
@@ -154,6 +157,30 @@ class Roles:
             self.announce("processing")
         return self._worker
 
+    async def streams(self) -> bool:
+        """Whether the queue backend streams tasks to connected workers (Pub/Sub)."""
+        return (await self.queue_parts()).stream is not None
+
+    async def runner(self) -> Runner:
+        """The processing role, whatever the queue: the stream worker of a streaming queue,
+        else the pull worker (raises for a push queue)."""
+        stream = (await self.queue_parts()).stream
+        if stream is None:
+            return await self.worker()
+        if self._stream_worker is None:
+            settings = self.settings
+            self._stream_worker = StreamWorker(
+                stream.stream,
+                await self.pipeline(),
+                stream.dead_letters,
+                policy=retry_policy(settings),
+                concurrency=settings.concurrency,
+                grace_s=settings.shutdown_grace_seconds,
+                metrics=self.metrics,
+            )
+            self.announce("processing")
+        return self._stream_worker
+
     async def push(self) -> PushRole | None:
         """What `/tasks/process` runs on a push queue; None on a pull queue."""
         push = (await self.queue_parts()).push
@@ -226,7 +253,7 @@ def pipeline_config(settings: Settings, *, exclusive_queue: bool = True) -> Pipe
 
 
 @contextlib.asynccontextmanager
-async def run_worker(worker: Worker | None) -> AsyncIterator[None]:
+async def run_worker(worker: Runner | None) -> AsyncIterator[None]:
     """Run `worker` (if any) in the background on this loop for the duration of the block."""
     if worker is None:
         yield

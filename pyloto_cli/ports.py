@@ -6,7 +6,7 @@ Each adapter is an async context manager that opens on enter and closes on exit.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -117,6 +117,51 @@ class MessageQueue(TaskSink, Protocol):
         nacked or deferred keeps its place behind the head and, once it is the head, becomes
         leasable when its delay has passed.
         """
+        ...
+
+
+class Delivery(Protocol):
+    """One message of a streaming queue (Pub/Sub), held by one worker until it is settled."""
+
+    @property
+    def task(self) -> Task:
+        """The task (a stand-in holding the text when it cannot be read, see `unreadable`)."""
+        ...
+
+    @property
+    def attempt(self) -> int:
+        """1 on the first delivery, counted by the queue."""
+        ...
+
+    @property
+    def unreadable(self) -> str | None:
+        """Why the message is not a task, or None."""
+        ...
+
+    def ack(self) -> None:
+        """Done: not delivered again."""
+        ...
+
+    def nack(self) -> None:
+        """Deliver again now."""
+        ...
+
+
+class TaskStream(Protocol):
+    """A queue that pushes messages to a connected worker (Pub/Sub's streaming pull).
+
+    While a message is unsettled the stream keeps it from other workers (extending its ack
+    deadline) and, per conversation, holds back the messages after it.
+    """
+
+    async def listen(
+        self,
+        deliver: Callable[[Delivery], None],
+        max_outstanding: int,
+        until: Callable[[], Awaitable[object]],
+    ) -> None:
+        """Call `deliver` on the caller's loop for each message, at most `max_outstanding`
+        unsettled, until `until()` returns; raises TransientError if the stream fails."""
         ...
 
 

@@ -191,8 +191,8 @@ async def run_server(
 async def _in_process_worker(
     settings: Settings, roles: Roles, intake: Intake, *, pushed: bool
 ) -> AsyncIterator[None]:
-    """The worker in this process: on its own thread (SQLite, Redis), on the web loop (the
-    memory queue), or none (not wanted, or a push queue)."""
+    """The worker in this process: on its own thread (SQLite, Redis, Pub/Sub), on the web loop
+    (the memory queue), or none (not wanted, or a push queue)."""
     if not settings.worker_enabled or pushed:
         yield
         return
@@ -202,7 +202,7 @@ async def _in_process_worker(
         ):
             yield
         return
-    worker = await roles.worker()
+    worker = await roles.runner()
     intake.wakers.append(worker.notify)
     async with run_worker(worker):
         yield
@@ -235,7 +235,7 @@ async def run_worker_process(settings: Settings, metrics: Metrics = NO_METRICS) 
     watcher = asyncio.create_task(stop_when_orphaned(stop, settings.parent_pid))
     try:
         async with open_roles(settings, metrics=metrics) as roles:
-            worker = await roles.worker()
+            worker = await roles.runner()
             _freeze_startup_objects()
             stop_listening = listen_for_wakes(loop, settings.wake_fd, worker.notify)
             announce_ready(settings.ready_fd)

@@ -201,6 +201,8 @@ class QueueStats:
     dead: int = 0
     oldest_age_s: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # False for a queue that tells its clients no counts (Pub/Sub): the zeros above mean nothing
+    counts_reported: bool = True
 
     @property
     def depth(self) -> int:

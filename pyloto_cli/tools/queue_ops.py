@@ -39,7 +39,19 @@ def iso_time(epoch: float | None) -> str | None:
 
 
 def stats_json(stats: QueueStats) -> dict[str, Any]:
-    """A queue snapshot as one JSON object."""
+    """A queue snapshot as one JSON object; counts the queue does not report are null, with a
+    note saying so (Pub/Sub tells its clients no depth)."""
+    if not stats.counts_reported:
+        return {
+            "backend": stats.backend,
+            "depth": None,
+            "ready": None,
+            "leased": None,
+            "retrying": None,
+            "dead_lettered": stats.dead,
+            "oldest_age_s": None,
+            "note": f"{stats.backend} reports no depth; see its own monitoring",
+        }
     return {
         "backend": stats.backend,
         "depth": stats.depth,
