@@ -135,6 +135,7 @@ class StreamParts:
 
     stream: TaskStream
     dead_letters: DeadLetterStore
+    push_auth: TaskAuthenticator | None = None  # `/pubsub/push` is served only with one
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,13 +199,16 @@ async def _pubsub_queue(shared: Shared, policy: RetryPolicy) -> QueueParts:
     by the stream worker, its dead letters kept in the session store's backend."""
     from pyloto_cli.adapters.queue.cloud_tasks_admin import CloudTasksAdmin
     from pyloto_cli.adapters.queue.pubsub import PubSubConfig, PubSubSink, PubSubStream, prepare
+    from pyloto_cli.web.tasks_auth import build_pubsub_push_authenticator
 
     config = PubSubConfig.from_settings(shared.settings)
+    push_auth = build_pubsub_push_authenticator(shared.settings)  # refuses a half-configured one
     await asyncio.to_thread(prepare, config)  # one clear error, before anything is served
     sink = await shared.stack.enter_async_context(PubSubSink(config))
     stream = await shared.stack.enter_async_context(PubSubStream(config))
     dead = await open_dead_letters(shared)
-    return QueueParts(sink, None, CloudTasksAdmin(sink, dead), stream=StreamParts(stream, dead))
+    parts = StreamParts(stream, dead, push_auth)
+    return QueueParts(sink, None, CloudTasksAdmin(sink, dead), stream=parts)
 
 
 QUEUES: dict[QueueBackend, QueueOpener] = {

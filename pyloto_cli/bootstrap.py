@@ -41,6 +41,7 @@ from pyloto_cli.ports import (
 )
 from pyloto_cli.settings import Settings
 from pyloto_cli.web.intake import Intake
+from pyloto_cli.web.pubsub_push import PubSubPushRole
 from pyloto_cli.web.tasks import PushRole
 
 _log = get_logger("bootstrap")
@@ -71,6 +72,7 @@ class Roles:
         self._worker: Worker | None = None
         self._stream_worker: StreamWorker | None = None
         self._push: PushRole | None = None
+        self._pubsub_push: PubSubPushRole | None = None
 
     @property
     def sqlite(self) -> backends.SqliteFiles:
@@ -194,6 +196,20 @@ class Roles:
             )
             self.announce("push")
         return self._push
+
+    async def pubsub_push(self) -> PubSubPushRole | None:
+        """What `/pubsub/push` runs: on Pub/Sub with push authentication configured, else None."""
+        stream = (await self.queue_parts()).stream
+        if stream is None or stream.push_auth is None:
+            return None
+        if self._pubsub_push is None:
+            self._pubsub_push = PubSubPushRole(
+                pipeline=await self.pipeline(),
+                auth=stream.push_auth,
+                dead_letters=stream.dead_letters,
+                policy=retry_policy(self.settings),
+            )
+        return self._pubsub_push
 
     def announce(self, role: str) -> None:
         """Log `runtime_opened` for `role`: once per process, by the role that processes

@@ -165,13 +165,14 @@ async def run_server(
     async with open_roles(settings, metrics=metrics) as roles:
         intake = await roles.intake()
         push = await roles.push()  # a push queue runs its tasks in this process
+        pubsub_push = await roles.pubsub_push()  # so does a Pub/Sub push subscription
         async with _in_process_worker(settings, roles, intake, pushed=push is not None):
             if push is None and not settings.worker_enabled:  # else the processing role said it
                 roles.announce("intake")
             _freeze_startup_objects()
             deadline = HeaderDeadline(settings.header_timeout_seconds)
             config = uvicorn.Config(
-                deadline.wrap(create_app(settings, intake, push, metrics)),
+                deadline.wrap(create_app(settings, intake, push, metrics, pubsub_push)),
                 http=deadline.protocol,
                 host=host,
                 port=port,

@@ -18,7 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pyloto_cli.adapters.queue.pubsub import PubSubConfig, open_subscriber
 from pyloto_cli.domain.signature import sign
+from pyloto_cli.settings import Settings
 from tests.e2e.serve_process import ServeProcess, terminate
 from tests.e2e.test_cloud_tasks_serve import answered, webhook
 from tests.fakes.graph_server import FakeGraphServer
@@ -143,3 +145,51 @@ async def test_no_worker_serve_leaves_the_messages_to_a_worker_process(
     assert stats["backend"] == "pubsub"
     assert stats["depth"] is None
     assert "reports no depth" in stats["note"]
+
+
+async def test_a_push_subscription_delivers_to_pubsub_push(
+    graph: FakeGraphServer, pubsub_emulator_host: str, pubsub_project: str, tmp_path: Path
+) -> None:
+    """The emulator pushes each message to `/pubsub/push` (the local token in the endpoint's
+    query, as a push subscription sends no custom header); no streaming worker runs."""
+    token = "e2e-push-token-0123456789abcdef"
+    env = {
+        **pubsub_env(tmp_path, graph.url, pubsub_emulator_host, pubsub_project),
+        "PYLOTO_WORKER_ENABLED": "false",
+        "PYLOTO_TASKS_TOKEN": token,
+    }
+    serve = ServeProcess(tmp_path / "serve", env)
+    await serve.start()
+    try:
+        settings = Settings(
+            _env_file=None, pubsub_project=pubsub_project, pubsub_emulator_host=pubsub_emulator_host
+        )
+        config = PubSubConfig.from_settings(settings)
+        endpoint = f"{serve.url}/pubsub/push?token={token}"
+        await asyncio.to_thread(create_push_subscription, config, endpoint)
+        await post_all(serve, MESSAGES[:3])
+        await wait_until(
+            lambda: len(answered(graph)) == 3,
+            within=30.0,
+            what="every pushed message answered",
+            details=serve.log_tail,
+        )
+    finally:
+        serve.terminate()
+    assert '"queue": "pubsub_push"' in serve.log_tail(200_000)
+
+
+def create_push_subscription(config: PubSubConfig, endpoint: str) -> None:
+    subscriber = open_subscriber(config)
+    try:
+        subscriber.create_subscription(
+            request={
+                "name": f"projects/{config.project}/subscriptions/whatsapp-inbound-push",
+                "topic": config.topic_path,
+                "push_config": {"push_endpoint": endpoint},
+                "enable_message_ordering": True,
+            },
+            timeout=10,
+        )
+    finally:
+        subscriber.close()
