@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
@@ -360,6 +361,7 @@ class PubSubStream:
         self.config = config
         self._subscriber: Any | None = None
         self._seen: OrderedDict[str, int] = OrderedDict()
+        self._seen_lock = threading.Lock()  # the client calls back on several threads
 
     async def __aenter__(self) -> Self:
         self._subscriber = open_subscriber(self.config)
@@ -417,11 +419,12 @@ class PubSubStream:
         return PubSubDelivery(message, task, max(1, attempt), unreadable)
 
     def _count(self, message_id: str) -> int:
-        seen = self._seen.pop(message_id, 0) + 1
-        self._seen[message_id] = seen
-        while len(self._seen) > _SEEN_CAP:
-            self._seen.popitem(last=False)
-        return seen
+        with self._seen_lock:
+            seen = self._seen.pop(message_id, 0) + 1
+            self._seen[message_id] = seen
+            while len(self._seen) > _SEEN_CAP:
+                self._seen.popitem(last=False)
+            return seen
 
 
 def _quietly_wait(streaming: Any) -> None:
