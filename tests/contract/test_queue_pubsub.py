@@ -192,3 +192,27 @@ async def test_doctor_checks_the_topic_and_subscription_and_never_creates_them(
         await check_pubsub(settings)
     await asyncio.to_thread(prepare, PubSubConfig.from_settings(settings))
     assert "exist" in await check_pubsub(settings)
+
+
+async def test_without_a_dead_letter_policy_the_stream_counts_deliveries_itself(
+    config: PubSubConfig,
+) -> None:
+    """Pub/Sub counts `delivery_attempt` only on a subscription with a dead-letter policy."""
+    await asyncio.to_thread(prepare, config)
+    plain = replace(config, subscription="whatsapp-inbound-plain")
+    subscriber = open_subscriber(config)
+    try:
+        subscriber.create_subscription(
+            request={"name": plain.subscription_path, "topic": config.topic_path}, timeout=10
+        )
+    finally:
+        subscriber.close()
+    async with PubSubSink(config) as sink:
+        await sink.enqueue([make_task("wamid.C1")])
+    async with PubSubStream(plain) as stream, listening(stream) as listener:
+        first = await listener.next()
+        assert first.attempt == 1
+        first.nack()
+        again = await listener.next()
+        assert again.attempt == 2
+        again.ack()
