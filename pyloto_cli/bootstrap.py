@@ -27,6 +27,7 @@ from pyloto_cli import backends
 from pyloto_cli.domain.errors import BackendUnavailable
 from pyloto_cli.domain.retry import RetryPolicy
 from pyloto_cli.logs import get_logger, log_event
+from pyloto_cli.pipeline.conversation_lease import ConversationLease
 from pyloto_cli.pipeline.process import Pipeline, PipelineConfig
 from pyloto_cli.pipeline.streaming import Runner, StreamWorker
 from pyloto_cli.pipeline.worker import Worker
@@ -45,6 +46,7 @@ from pyloto_cli.web.pubsub_push import PubSubPushRole
 from pyloto_cli.web.tasks import PushRole
 
 _log = get_logger("bootstrap")
+LEASE_MARGIN_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,12 +189,14 @@ class Roles:
         """What `/tasks/process` runs on a push queue; None on a pull queue."""
         push = (await self.queue_parts()).push
         if push is not None and self._push is None:
+            pipeline = await self.pipeline()
             self._push = PushRole(
-                pipeline=await self.pipeline(),
+                pipeline=pipeline,
                 auth=push.auth,
                 scheduler=push.scheduler,
                 dead_letters=push.dead_letters,
                 policy=retry_policy(self.settings),
+                lease=conversation_lease(self.settings, pipeline.deduper),
             )
             self.announce("push")
         return self._push
@@ -254,6 +258,15 @@ def retry_policy(settings: Settings) -> RetryPolicy:
         jitter=settings.retry_jitter,
         max_attempts=settings.max_attempts,
     )
+
+
+def conversation_lease(settings: Settings, deduper: Deduper) -> ConversationLease:
+    """One call per conversation at a time on `/tasks/process`; a lease outlives any call
+    (Cloud Tasks' dispatch deadline: the LLM deadline, the wait and a margin), so only a dead
+    holder's lease expires."""
+    wait = settings.conversation_wait_seconds
+    ttl = settings.llm_deadline + 2 * wait + LEASE_MARGIN_S
+    return ConversationLease(deduper, wait_s=wait, ttl_s=ttl)
 
 
 def pipeline_config(settings: Settings, *, exclusive_queue: bool = True) -> PipelineConfig:

@@ -181,6 +181,11 @@ class Settings(BaseSettings):
         0.0, ge=0, le=60, validation_alias=_env("PYLOTO_COALESCE_WINDOW_SECONDS")
     )
     coalesce_max: int = Field(10, ge=1, le=100, validation_alias=_env("PYLOTO_COALESCE_MAX"))
+    # Cloud Tasks: how long `/tasks/process` waits for another call of the same conversation to
+    # finish before it puts its task back (one task per conversation at a time)
+    conversation_wait_seconds: float = Field(
+        30.0, ge=0, le=600, validation_alias=_env("PYLOTO_CONVERSATION_WAIT_SECONDS")
+    )
 
     # --- LLM stages (issue: LLM stages) --------------------------------------------------------
     prompts_dir: Path | None = Field(None, validation_alias=_env("PYLOTO_PROMPTS_DIR"))
