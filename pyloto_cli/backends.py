@@ -15,7 +15,7 @@ import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pyloto_cli.adapters.sqlite_db import SqliteDatabase
 from pyloto_cli.domain.errors import BackendUnavailable
@@ -30,6 +30,8 @@ from pyloto_cli.ports import (
     Responder,
     Sender,
     SessionStore,
+    SharedBreakers,
+    SharedBuckets,
     StatusStore,
     TaskRescheduler,
     TaskSink,
@@ -386,12 +388,37 @@ async def open_dead_letters(shared: Shared) -> DeadLetterStore:
     return await DEAD_LETTERS[shared.settings.session_store_backend](shared)
 
 
+class SharedLimits(SharedBuckets, SharedBreakers, Protocol):
+    """Send pacing and breaker state every process of a deployment shares."""
+
+
+async def open_shared_limits(shared: Shared) -> SharedLimits | None:
+    """Where the processes share the send rate and the breakers: Redis when REDIS_URL is set
+    (every host), else state.db when the sessions are in SQLite (the processes of one host);
+    None otherwise (each process paces itself)."""
+    settings = shared.settings
+    if settings.redis_url:
+        from pyloto_cli.adapters.shared_limits.redis import RedisSharedLimits
+
+        limits = RedisSharedLimits(await shared.redis(), prefix=settings.redis_prefix)
+        return await shared.stack.enter_async_context(limits)
+    if settings.session_store_backend is StoreBackend.SQLITE:
+        from pyloto_cli.adapters.shared_limits.sqlite import SqliteSharedLimits
+
+        local = SqliteSharedLimits(await shared.state_db())
+        return await shared.stack.enter_async_context(local)
+    return None
+
+
 async def open_responder(
-    settings: Settings, stack: Stack, metrics: Metrics = NO_METRICS
+    settings: Settings,
+    stack: Stack,
+    metrics: Metrics = NO_METRICS,
+    breakers: SharedBreakers | None = None,
 ) -> Responder:
     """The three LLM stages with an OpenAI key, else the offline stand-in; behind the reply
-    cache when PYLOTO_REPLY_CACHE is on."""
-    responder = await _open_llm_responder(settings, stack, metrics)
+    cache when PYLOTO_REPLY_CACHE is on. With `breakers`, the LLM breaker's opening is shared."""
+    responder = await _open_llm_responder(settings, stack, metrics, breakers)
     if not settings.reply_cache:
         return responder
     from pyloto_cli.adapters.llm.cache import CachingResponder
@@ -400,26 +427,42 @@ async def open_responder(
     return await stack.enter_async_context(cached)
 
 
-async def _open_llm_responder(settings: Settings, stack: Stack, metrics: Metrics) -> Responder:
+async def _open_llm_responder(
+    settings: Settings, stack: Stack, metrics: Metrics, breakers: SharedBreakers | None
+) -> Responder:
     if settings.llm_active:
         from pyloto_cli.adapters.llm.openai import OpenAIChatModel, open_openai_client
+        from pyloto_cli.domain.breaker import Breaker, CircuitBreaker
         from pyloto_cli.pipeline.responder import LLMResponder
+        from pyloto_cli.pipeline.shared_breaker import SharedBreaker
 
         client = await stack.enter_async_context(open_openai_client(settings))
-        responder = LLMResponder(OpenAIChatModel(client), settings, metrics=metrics)
+        cooldown = settings.llm_breaker_cooldown
+        local = CircuitBreaker(settings.llm_breaker_failures, cooldown)
+        breaker: Breaker = local
+        if breakers is not None:  # its opening stops the calls of every process
+            shared_breaker = SharedBreaker(local, breakers, "llm", cooldown)
+            breaker = await stack.enter_async_context(shared_breaker)
+        responder = LLMResponder(
+            OpenAIChatModel(client), settings, breaker=breaker, metrics=metrics
+        )
         return await stack.enter_async_context(responder)
     from pyloto_cli.adapters.llm.offline import OfflineResponder
 
     return await stack.enter_async_context(OfflineResponder.from_settings(settings))
 
 
-async def open_sender(settings: Settings, stack: Stack) -> Sender:
-    """The Graph API sender with an access token, else the dry-run sender."""
+async def open_sender(
+    settings: Settings, stack: Stack, buckets: SharedBuckets | None = None
+) -> Sender:
+    """The Graph API sender with an access token, else the dry-run sender. With `buckets`, the
+    per-number send rate is shared by every process."""
     if settings.whatsapp_access_token is not None:
         from pyloto_cli.adapters.sender.graph import GraphSender, open_graph_client
 
         client = await stack.enter_async_context(open_graph_client(settings))
-        return await stack.enter_async_context(GraphSender.from_settings(client, settings))
+        sender = GraphSender.from_settings(client, settings, shared=buckets)
+        return await stack.enter_async_context(sender)
     from pyloto_cli.adapters.sender.dry_run import DryRunSender
 
     return await stack.enter_async_context(DryRunSender())

@@ -123,8 +123,11 @@ class Roles:
             parts = await self.queue_parts()
             stores = await self.stores()
             settings, stack = self.settings, self._shared.stack
-            responder = await backends.open_responder(settings, stack, self.metrics)
-            sender = await backends.open_sender(settings, stack)
+            limits = None
+            if settings.llm_active or settings.whatsapp_access_token is not None:
+                limits = await backends.open_shared_limits(self._shared)
+            responder = await backends.open_responder(settings, stack, self.metrics, limits)
+            sender = await backends.open_sender(settings, stack, limits)
             self._pipeline = Pipeline(
                 sessions=stores.sessions,
                 deduper=stores.deduper,

@@ -380,6 +380,34 @@ class DeadLetterStore(Protocol):
         ...
 
 
+# --- Limits shared by processes ---------------------------------------------------------------
+
+
+class SharedBuckets(Protocol):
+    """GCRA token buckets every process of a deployment takes from (Redis, or one host's SQLite
+    file), so N processes send at the rate, not N times it."""
+
+    async def take(
+        self, key: str, interval_s: float, burst: int, max_wait_s: float
+    ) -> tuple[bool, float]:
+        """Reserve `key`'s next token (one per `interval_s`, `burst` at once): (True, seconds
+        until it is due); or, when that is more than `max_wait_s`, (False, that wait) and
+        nothing reserved."""
+        ...
+
+
+class SharedBreakers(Protocol):
+    """Circuit breakers' open state, by name (`llm`, `graph`), seen by every process."""
+
+    async def open_until(self, name: str) -> float:
+        """Epoch seconds until which `name` is open (0 or a past time: closed)."""
+        ...
+
+    async def open(self, name: str, until: float) -> None:
+        """Open `name` until `until` (epoch seconds) for every process."""
+        ...
+
+
 # --- Metrics ----------------------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from enum import StrEnum
+from typing import Protocol
 
 
 class BreakerState(StrEnum):
@@ -22,6 +23,28 @@ class BreakerState(StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
+
+
+class Breaker(Protocol):
+    """What a caller of a guarded service uses: this module's breaker, or one whose opening is
+    shared by every process (`pipeline.shared_breaker.SharedBreaker`)."""
+
+    @property
+    def state(self) -> BreakerState:
+        """The current state."""
+        ...
+
+    def allow(self) -> bool:
+        """May the caller use the service now?"""
+        ...
+
+    def record_success(self) -> None:
+        """A call succeeded."""
+        ...
+
+    def record_failure(self) -> None:
+        """A call failed."""
+        ...
 
 
 class CircuitBreaker:

@@ -50,7 +50,7 @@ from pyloto_cli.domain.graph_errors import Action, GraphError, classify
 from pyloto_cli.domain.outbound import mark_read_body
 from pyloto_cli.domain.task import JsonObject
 from pyloto_cli.logs import get_logger, log_event
-from pyloto_cli.ports import SendResult
+from pyloto_cli.ports import SendResult, SharedBuckets
 from pyloto_cli.settings import Settings
 
 _MAX_URLS = 1024  # parsed URLs kept (least recently used out), one per business number
@@ -160,8 +160,11 @@ class GraphSender:
         self._pair_strikes: dict[tuple[str, str], int] = {}
 
     @classmethod
-    def from_settings(cls, client: httpx.AsyncClient, settings: Settings) -> GraphSender:
-        """A sender for `settings`' Graph URL, version, token and per-number rate."""
+    def from_settings(
+        cls, client: httpx.AsyncClient, settings: Settings, *, shared: SharedBuckets | None = None
+    ) -> GraphSender:
+        """A sender for `settings`' Graph URL, version, token and per-number rate (taken from
+        `shared` buckets when given: every process together keeps to it)."""
         if settings.whatsapp_access_token is None:
             raise ValueError("WHATSAPP_ACCESS_TOKEN is required to send through the Graph API")
         return cls(
@@ -169,7 +172,7 @@ class GraphSender:
             access_token=settings.whatsapp_access_token.get_secret_value(),
             api_version=settings.graph_api_version,
             base_url=settings.graph_api_url,
-            limiter=SendLimiter(settings.send_rate_per_number),
+            limiter=SendLimiter(settings.send_rate_per_number, shared=shared),
         )
 
     def __repr__(self) -> str:
