@@ -387,12 +387,10 @@ class SharedBuckets(Protocol):
     """GCRA token buckets every process of a deployment takes from (Redis, or one host's SQLite
     file), so N processes send at the rate, not N times it."""
 
-    async def take(
-        self, key: str, interval_s: float, burst: int, max_wait_s: float
-    ) -> tuple[bool, float]:
-        """Reserve `key`'s next token (one per `interval_s`, `burst` at once): (True, seconds
-        until it is due); or, when that is more than `max_wait_s`, (False, that wait) and
-        nothing reserved."""
+    async def take(self, key: str, interval_s: float, burst: int) -> float:
+        """Take a token of `key` (one per `interval_s`, `burst` at once) if one is free now:
+        0.0; else take nothing and return the seconds until one is. Nothing is reserved ahead:
+        a process whose sleep overshoots cannot send late into another's slot."""
         ...
 
 

@@ -113,16 +113,14 @@ class SendLimiter:
             await asyncio.sleep(delay)
 
     async def _take_shared(self, shared: SharedBuckets, phone_number_id: str) -> None:
-        granted, wait = await shared.take(
-            f"number:{phone_number_id}",
-            1.0 / self.rate_per_number,
-            self.number_burst,
-            self.max_wait_s,
-        )
-        if not granted:
-            raise TransientError("number_rate_limit", retry_after=wait)
-        if wait > 0:
-            await asyncio.sleep(wait)
+        """Take a token when one is free, waiting up to `max_wait_s` in all: the processes
+        compete for each token rather than booking slots ahead."""
+        key, interval = f"number:{phone_number_id}", 1.0 / self.rate_per_number
+        deadline = self._clock() + self.max_wait_s
+        while (wait := await shared.take(key, interval, self.number_burst)) > 0:
+            if self._clock() + wait > deadline:
+                raise TransientError("number_rate_limit", retry_after=wait)
+            await asyncio.sleep(wait)  # until a token is free; another process may take it
 
     def _number(self, phone_number_id: str) -> Bucket:
         bucket = self._numbers.get(phone_number_id)

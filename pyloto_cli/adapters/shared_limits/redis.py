@@ -18,13 +18,13 @@ from pyloto_cli.adapters.redis_db import LuaScript, RedisConnection, text
 _TAKE = LuaScript("""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local interval, burst, max_wait = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
-local wait = math.max(0, tat - interval * (burst - 1) - now)
-if wait > max_wait then return {0, tostring(wait)} end
+local wait = tat - interval * (burst - 1) - now
+if wait > 0 then return tostring(wait) end
 tat = math.max(tat, now) + interval
 redis.call('SET', KEYS[1], tostring(tat), 'PX', math.ceil((tat - now) * 1000) + 1000)
-return {1, tostring(wait)}
+return '0'
 """)
 
 
@@ -36,17 +36,12 @@ class RedisSharedLimits(Attached):
         super().__init__(self._conn)
         self._prefix = prefix
 
-    async def take(
-        self, key: str, interval_s: float, burst: int, max_wait_s: float
-    ) -> tuple[bool, float]:
-        """Reserve the bucket's next token (see `SharedBuckets.take`)."""
+    async def take(self, key: str, interval_s: float, burst: int) -> float:
+        """Take a free token, or say how long until one is (see `SharedBuckets.take`)."""
         reply = await _TAKE(
-            self._conn.client,
-            [f"{self._prefix}rate:{key}"],
-            [repr(interval_s), burst, repr(max_wait_s)],
+            self._conn.client, [f"{self._prefix}rate:{key}"], [repr(interval_s), burst]
         )
-        granted, wait = reply
-        return int(granted) == 1, float(text(wait))
+        return float(text(reply))
 
     async def open_until(self, name: str) -> float:
         """Until when `name` is open (0: closed)."""

@@ -43,20 +43,18 @@ class SqliteSharedLimits(Attached):
         super().__init__(self._sql)
         self._clock = clock
 
-    async def take(
-        self, key: str, interval_s: float, burst: int, max_wait_s: float
-    ) -> tuple[bool, float]:
-        """Reserve the bucket's next token (see `SharedBuckets.take`)."""
+    async def take(self, key: str, interval_s: float, burst: int) -> float:
+        """Take a free token, or say how long until one is (see `SharedBuckets.take`)."""
 
-        def op(conn: sqlite3.Connection) -> tuple[bool, float]:
+        def op(conn: sqlite3.Connection) -> float:
             now = self._clock()
             row = conn.execute("SELECT tat FROM rate_buckets WHERE key = ?", (key,)).fetchone()
             tat = float(row["tat"]) if row is not None else 0.0
-            wait = max(0.0, tat - interval_s * (burst - 1) - now)
-            if wait > max_wait_s:
-                return False, wait
+            wait = tat - interval_s * (burst - 1) - now
+            if wait > 0:
+                return wait
             conn.execute(_SET_TAT, (key, max(tat, now) + interval_s))
-            return True, wait
+            return 0.0
 
         return await self._sql.run(op)
 
