@@ -394,15 +394,17 @@ class SharedLimits(SharedBuckets, SharedBreakers, Protocol):
 
 async def open_shared_limits(shared: Shared) -> SharedLimits | None:
     """Where the processes share the send rate and the breakers: Redis when REDIS_URL is set
-    (every host), else state.db when the sessions are in SQLite (the processes of one host);
-    None otherwise (each process paces itself)."""
+    (every host); else, for the worker processes of `serve --workers N` (PYLOTO_PARENT_PID),
+    their state.db when the sessions are in SQLite; None otherwise (a lone process paces
+    itself, without a write to the file per send)."""
     settings = shared.settings
     if settings.redis_url:
         from pyloto_cli.adapters.shared_limits.redis import RedisSharedLimits
 
         limits = RedisSharedLimits(await shared.redis(), prefix=settings.redis_prefix)
         return await shared.stack.enter_async_context(limits)
-    if settings.session_store_backend is StoreBackend.SQLITE:
+    siblings = settings.parent_pid is not None
+    if siblings and settings.session_store_backend is StoreBackend.SQLITE:
         from pyloto_cli.adapters.shared_limits.sqlite import SqliteSharedLimits
 
         local = SqliteSharedLimits(await shared.state_db())
