@@ -75,9 +75,10 @@ def _redis_ready(port: int, process: subprocess.Popen[bytes], within_s: float = 
 
 
 @contextlib.contextmanager
-def servers(queues: list[str], workdir: Path) -> Iterator[dict[str, str]]:
-    """Start what the queues need on loopback; yields the environment that points at them."""
-    env: dict[str, str] = {}
+def servers(queues: list[str], workdir: Path) -> Iterator[dict[str, dict[str, str]]]:
+    """Start what the queues need on loopback; yields, per queue, the environment that points
+    at its server (only its own: Redis would also carry the SQLite run's shared limits)."""
+    env: dict[str, dict[str, str]] = {queue: {} for queue in queues}
     started: list[subprocess.Popen[bytes]] = []
     try:
         if "redis" in queues:
@@ -88,7 +89,7 @@ def servers(queues: list[str], workdir: Path) -> Iterator[dict[str, str]]:
             args = ["--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
             started.append(subprocess.Popen([binary, *args], stdout=subprocess.DEVNULL))
             _redis_ready(port, started[-1])
-            env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+            env["redis"]["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
         if "pubsub" in queues:
             java, jar = shutil.which("java"), _pubsub_jar()
             if java is None or jar is None:
@@ -98,9 +99,11 @@ def servers(queues: list[str], workdir: Path) -> Iterator[dict[str, str]]:
             command = [java, "-jar", str(jar), "--host=127.0.0.1", f"--port={port}"]
             started.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
             _wait_ready(f"http://127.0.0.1:{port}/", started[-1])
-            env["PUBSUB_EMULATOR_HOST"] = f"127.0.0.1:{port}"
-            env["GOOGLE_CLOUD_PROJECT"] = "pyloto-bench"
-            env["PYLOTO_PUBSUB_CREATE"] = "true"
+            env["pubsub"].update(
+                PUBSUB_EMULATOR_HOST=f"127.0.0.1:{port}",
+                GOOGLE_CLOUD_PROJECT="pyloto-bench",
+                PYLOTO_PUBSUB_CREATE="true",
+            )
         yield env
     finally:
         for process in started:
@@ -137,6 +140,7 @@ def table(reports: dict[str, BenchReport]) -> Table:
         ("answered", lambda r: r.counts.answered),
         ("lost", lambda r: r.counts.lost),
         ("doubled", lambda r: r.counts.duplicated),
+        ("dead letters", lambda r: r.counts.dead_letters),
         ("conversations out of order", lambda r: r.out_of_order),
         ("ack ms p50", lambda r: r.ack_ms.p50),
         ("ack ms p99", lambda r: r.ack_ms.p99),
@@ -149,12 +153,20 @@ def table(reports: dict[str, BenchReport]) -> Table:
     return out
 
 
-async def run_all(queues: list[str], config: BenchConfig, err: Console) -> dict[str, BenchReport]:
-    """One run per queue, one after another."""
+async def run_all(
+    queues: list[str], config: BenchConfig, err: Console, envs: dict[str, dict[str, str]]
+) -> dict[str, BenchReport]:
+    """One run per queue, one after another, each with its own server in the environment (the
+    bench passes its environment on to pyloto)."""
     reports: dict[str, BenchReport] = {}
     for queue in queues:
         err.print(f"[bold]{queue}[/]: {config.messages} webhooks ...")
-        reports[queue] = await run_bench(replace(config, queue=queue))
+        os.environ.update(envs[queue])
+        try:
+            reports[queue] = await run_bench(replace(config, queue=queue))
+        finally:
+            for name in envs[queue]:
+                os.environ.pop(name, None)
         c = reports[queue].counts
         err.print(f"  acked {c.acked}, answered {c.answered}, lost {c.lost}")
     return reports
@@ -194,11 +206,10 @@ def main(argv: list[str] | None = None) -> None:
     err = Console(stderr=True)
     with (
         tempfile.TemporaryDirectory(prefix="pyloto-queues-") as workdir,
-        servers(queues, Path(workdir)) as env,
+        servers(queues, Path(workdir)) as envs,
+        asyncio.Runner(loop_factory=loop_factory()) as runner,
     ):
-        os.environ.update(env)  # the bench passes its environment on to pyloto
-        with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            reports = runner.run(run_all(queues, config, err))
+        reports = runner.run(run_all(queues, config, err, envs))
     if args.json:
         print(json.dumps({q: r.to_json() for q, r in reports.items()}, indent=2))
     else:
