@@ -134,7 +134,10 @@ async def run_drain(
     async with open_roles(settings) as roles:
         admin = await _admin(roles)
         if not await roles.pulls():
-            raise ToolUsageError("this queue backend pushes tasks; there is nothing to drain")
+            raise ToolUsageError(
+                "this queue backend pushes or streams its tasks to workers; there is nothing to"
+                " drain"
+            )
         worker = await roles.worker()
         total = (await admin.stats()).depth
         started = time.perf_counter()

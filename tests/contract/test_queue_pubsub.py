@@ -216,3 +216,20 @@ async def test_without_a_dead_letter_policy_the_stream_counts_deliveries_itself(
         again = await listener.next()
         assert again.attempt == 2
         again.ack()
+
+
+async def test_drain_says_a_streaming_queue_has_nothing_to_drain(
+    pubsub_emulator_host: str, pubsub_project: str, make_settings: Callable[..., Settings]
+) -> None:
+    from pyloto_cli.bootstrap import open_roles
+    from pyloto_cli.tools import ToolUsageError
+    from pyloto_cli.tools.queue_ops import run_drain
+
+    settings = make_settings(
+        queue_backend="pubsub",
+        pubsub_project=pubsub_project,
+        pubsub_emulator_host=pubsub_emulator_host,
+        pubsub_create=True,
+    )
+    with pytest.raises(ToolUsageError, match="streams its tasks"):
+        await run_drain(settings, open_roles)
