@@ -8,13 +8,14 @@ embedded defaults need neither redis nor the Google clients installed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pyloto_cli.adapters.sqlite_db import SqliteDatabase
 from pyloto_cli.domain.errors import BackendUnavailable
@@ -30,10 +31,13 @@ from pyloto_cli.ports import (
     Responder,
     Sender,
     SessionStore,
+    SharedBreakers,
+    SharedBuckets,
     StatusStore,
     TaskMemos,
     TaskRescheduler,
     TaskSink,
+    TaskStream,
 )
 from pyloto_cli.private_files import private_dir
 from pyloto_cli.settings import QueueBackend, Settings, StoreBackend
@@ -129,14 +133,25 @@ class PushParts:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamParts:
+    """What a streaming queue (Pub/Sub) adds: the stream workers connect to, and the store
+    of the dead letters it does not keep itself."""
+
+    stream: TaskStream
+    dead_letters: DeadLetterStore
+    push_auth: TaskAuthenticator | None = None  # `/pubsub/push` is served only with one
+
+
+@dataclass(frozen=True, slots=True)
 class QueueParts:
     """The queue's parts: every backend has a sink; pull backends also lease (`queue`), push
-    backends have `push`."""
+    backends have `push`, streaming backends `stream`."""
 
     sink: TaskSink
     queue: MessageQueue | None
     admin: QueueAdmin | None
     push: PushParts | None = None
+    stream: StreamParts | None = None
 
 
 # --- the tables: one opener per backend, the module imported only when it is chosen ----------
@@ -183,11 +198,29 @@ async def _cloud_tasks_queue(shared: Shared, policy: RetryPolicy) -> QueueParts:
     return QueueParts(opened, None, admin, PushParts(auth, opened, dead))
 
 
+async def _pubsub_queue(shared: Shared, policy: RetryPolicy) -> QueueParts:
+    """A streaming queue: workers hold each message while it runs; pyloto's policy is applied
+    by the stream worker, its dead letters kept in the session store's backend."""
+    from pyloto_cli.adapters.queue.cloud_tasks_admin import CloudTasksAdmin
+    from pyloto_cli.adapters.queue.pubsub import PubSubConfig, PubSubSink, PubSubStream, prepare
+    from pyloto_cli.web.tasks_auth import build_pubsub_push_authenticator
+
+    config = PubSubConfig.from_settings(shared.settings)
+    push_auth = build_pubsub_push_authenticator(shared.settings)  # refuses a half-configured one
+    await asyncio.to_thread(prepare, config)  # one clear error, before anything is served
+    sink = await shared.stack.enter_async_context(PubSubSink(config))
+    stream = await shared.stack.enter_async_context(PubSubStream(config))
+    dead = await open_dead_letters(shared)
+    parts = StreamParts(stream, dead, push_auth)
+    return QueueParts(sink, None, CloudTasksAdmin(sink, dead), stream=parts)
+
+
 QUEUES: dict[QueueBackend, QueueOpener] = {
     QueueBackend.SQLITE: _sqlite_queue,
     QueueBackend.MEMORY: _memory_queue,
     QueueBackend.REDIS: _redis_queue,
     QueueBackend.CLOUD_TASKS: _cloud_tasks_queue,
+    QueueBackend.PUBSUB: _pubsub_queue,
 }
 
 
@@ -398,12 +431,39 @@ async def open_dead_letters(shared: Shared) -> DeadLetterStore:
     return await DEAD_LETTERS[shared.settings.session_store_backend](shared)
 
 
+class SharedLimits(SharedBuckets, SharedBreakers, Protocol):
+    """Send pacing and breaker state every process of a deployment shares."""
+
+
+async def open_shared_limits(shared: Shared) -> SharedLimits | None:
+    """Where the processes share the send rate and the breakers: Redis when REDIS_URL is set
+    (every host); else, for the worker processes of `serve --workers N` (PYLOTO_PARENT_PID),
+    their state.db when the sessions are in SQLite; None otherwise (a lone process paces
+    itself, without a write to the file per send)."""
+    settings = shared.settings
+    if settings.redis_url:
+        from pyloto_cli.adapters.shared_limits.redis import RedisSharedLimits
+
+        limits = RedisSharedLimits(await shared.redis(), prefix=settings.redis_prefix)
+        return await shared.stack.enter_async_context(limits)
+    siblings = settings.parent_pid is not None
+    if siblings and settings.session_store_backend is StoreBackend.SQLITE:
+        from pyloto_cli.adapters.shared_limits.sqlite import SqliteSharedLimits
+
+        local = SqliteSharedLimits(await shared.state_db())
+        return await shared.stack.enter_async_context(local)
+    return None
+
+
 async def open_responder(
-    settings: Settings, stack: Stack, metrics: Metrics = NO_METRICS
+    settings: Settings,
+    stack: Stack,
+    metrics: Metrics = NO_METRICS,
+    breakers: SharedBreakers | None = None,
 ) -> Responder:
     """The three LLM stages with an OpenAI key, else the offline stand-in; behind the reply
-    cache when PYLOTO_REPLY_CACHE is on."""
-    responder = await _open_llm_responder(settings, stack, metrics)
+    cache when PYLOTO_REPLY_CACHE is on. With `breakers`, the LLM breaker's opening is shared."""
+    responder = await _open_llm_responder(settings, stack, metrics, breakers)
     if not settings.reply_cache:
         return responder
     from pyloto_cli.adapters.llm.cache import CachingResponder
@@ -412,26 +472,51 @@ async def open_responder(
     return await stack.enter_async_context(cached)
 
 
-async def _open_llm_responder(settings: Settings, stack: Stack, metrics: Metrics) -> Responder:
+async def _open_llm_responder(
+    settings: Settings, stack: Stack, metrics: Metrics, breakers: SharedBreakers | None
+) -> Responder:
     if settings.llm_active:
         from pyloto_cli.adapters.llm.openai import OpenAIChatModel, open_openai_client
+        from pyloto_cli.domain.breaker import Breaker, CircuitBreaker
         from pyloto_cli.pipeline.responder import LLMResponder
+        from pyloto_cli.pipeline.shared_breaker import SharedBreaker
 
         client = await stack.enter_async_context(open_openai_client(settings))
-        responder = LLMResponder(OpenAIChatModel(client), settings, metrics=metrics)
+        cooldown = settings.llm_breaker_cooldown
+        local = CircuitBreaker(settings.llm_breaker_failures, cooldown)
+        breaker: Breaker = local
+        if breakers is not None:  # its opening stops the calls of every process
+            shared_breaker = SharedBreaker(local, breakers, "llm", cooldown)
+            breaker = await stack.enter_async_context(shared_breaker)
+        responder = LLMResponder(
+            OpenAIChatModel(client), settings, breaker=breaker, metrics=metrics
+        )
         return await stack.enter_async_context(responder)
     from pyloto_cli.adapters.llm.offline import OfflineResponder
 
     return await stack.enter_async_context(OfflineResponder.from_settings(settings))
 
 
-async def open_sender(settings: Settings, stack: Stack) -> Sender:
-    """The Graph API sender with an access token, else the dry-run sender."""
+async def open_sender(
+    settings: Settings, stack: Stack, limits: SharedLimits | None = None
+) -> Sender:
+    """The Graph API sender with an access token, else the dry-run sender. With `limits`, the
+    per-number send rate and the Graph breaker's opening are shared by every process."""
     if settings.whatsapp_access_token is not None:
-        from pyloto_cli.adapters.sender.graph import GraphSender, open_graph_client
+        from pyloto_cli.adapters.sender.graph import GraphSender, graph_breaker, open_graph_client
+        from pyloto_cli.domain.breaker import Breaker
+        from pyloto_cli.pipeline.shared_breaker import SharedBreaker
 
         client = await stack.enter_async_context(open_graph_client(settings))
-        return await stack.enter_async_context(GraphSender.from_settings(client, settings))
+        local = graph_breaker(settings)
+        breaker: Breaker = local
+        if limits is not None:  # Meta unreachable from one process pauses the sends of all
+            cooldown = settings.graph_breaker_cooldown
+            breaker = await stack.enter_async_context(
+                SharedBreaker(local, limits, "graph", cooldown)
+            )
+        sender = GraphSender.from_settings(client, settings, shared=limits, breaker=breaker)
+        return await stack.enter_async_context(sender)
     from pyloto_cli.adapters.sender.dry_run import DryRunSender
 
     return await stack.enter_async_context(DryRunSender())

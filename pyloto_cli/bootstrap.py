@@ -5,7 +5,8 @@ for, each entered on one AsyncExitStack and closed in reverse order on exit. A p
 only the roles it plays:
 
 - intake (`web.intake.Intake`): the webhook's sink, who to wake after an enqueue, readiness;
-- processing (`pipeline.worker.Worker`): a pull queue's worker over the pipeline;
+- processing (`pipeline.worker.Worker`): a pull queue's worker over the pipeline; on a
+  streaming queue (Pub/Sub), `pipeline.streaming.StreamWorker` (`Roles.runner`);
 - push (`web.tasks.PushRole`): the pipeline behind `/tasks/process`, with Cloud Tasks' auth,
   rescheduling and dead letters;
 - admin (`ports.QueueAdmin`) and the stores, for the CLI's tools; the conversation desk
@@ -28,8 +29,10 @@ from pyloto_cli.domain.errors import BackendUnavailable
 from pyloto_cli.domain.retry import RetryPolicy
 from pyloto_cli.logs import get_logger, log_event
 from pyloto_cli.pipeline.conversation import ConversationRules, keyword_set
+from pyloto_cli.pipeline.conversation_lease import ConversationLease
 from pyloto_cli.pipeline.conversations import ConversationDesk
 from pyloto_cli.pipeline.process import Pipeline, PipelineConfig
+from pyloto_cli.pipeline.streaming import Runner, StreamWorker
 from pyloto_cli.pipeline.window import ReengageTemplate, WindowRules
 from pyloto_cli.pipeline.worker import Worker
 from pyloto_cli.ports import (
@@ -44,9 +47,11 @@ from pyloto_cli.ports import (
 )
 from pyloto_cli.settings import Settings
 from pyloto_cli.web.intake import Intake
+from pyloto_cli.web.pubsub_push import PubSubPushRole
 from pyloto_cli.web.tasks import PushRole
 
 _log = get_logger("bootstrap")
+LEASE_MARGIN_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +76,13 @@ class Roles:
         self._stores: Stores | None = None
         self._pipeline: Pipeline | None = None
         self._sender: Sender | None = None
+        self._limits: backends.SharedLimits | None = None
+        self._limits_opened = False
         self._intake: Intake | None = None
         self._worker: Worker | None = None
+        self._stream_worker: StreamWorker | None = None
         self._push: PushRole | None = None
+        self._pubsub_push: PubSubPushRole | None = None
 
     @property
     def sqlite(self) -> backends.SqliteFiles:
@@ -127,7 +136,8 @@ class Roles:
             parts = await self.queue_parts()
             stores = await self.stores()
             settings, stack = self.settings, self._shared.stack
-            responder = await backends.open_responder(settings, stack, self.metrics)
+            limits = await self.shared_limits()
+            responder = await backends.open_responder(settings, stack, self.metrics, limits)
             sender = await self.sender()
             media = await backends.open_media(settings, stack)
             memos = await backends.open_memos(self._shared)
@@ -145,11 +155,24 @@ class Roles:
         return self._pipeline
 
     async def sender(self) -> Sender:
-        """The Graph sender with its limiter (dry-run without a token), opened once: the
-        pipeline's, and `pyloto send`'s without a responder."""
+        """The Graph sender with its limiter and breaker (dry-run without a token), opened
+        once: the pipeline's, and `pyloto send`'s without a responder."""
         if self._sender is None:
-            self._sender = await backends.open_sender(self.settings, self._shared.stack)
+            limits = await self.shared_limits() if self.settings.whatsapp_access_token else None
+            stack = self._shared.stack
+            self._sender = await backends.open_sender(self.settings, stack, limits)
         return self._sender
+
+    async def shared_limits(self) -> backends.SharedLimits | None:
+        """Where the processes share the send rate and the breakers (None: this process
+        alone), opened once and only when something is paced or guarded."""
+        settings = self.settings
+        if not self._limits_opened and (
+            settings.llm_active or settings.whatsapp_access_token is not None
+        ):
+            self._limits = await backends.open_shared_limits(self._shared)
+            self._limits_opened = True
+        return self._limits
 
     async def worker(self) -> Worker:
         """The processing role of a pull queue; raises for a push queue (nothing to pull)."""
@@ -176,19 +199,59 @@ class Roles:
             self.announce("processing")
         return self._worker
 
+    async def streams(self) -> bool:
+        """Whether the queue backend streams tasks to connected workers (Pub/Sub)."""
+        return (await self.queue_parts()).stream is not None
+
+    async def runner(self) -> Runner:
+        """The processing role, whatever the queue: the stream worker of a streaming queue,
+        else the pull worker (raises for a push queue)."""
+        stream = (await self.queue_parts()).stream
+        if stream is None:
+            return await self.worker()
+        if self._stream_worker is None:
+            settings = self.settings
+            self._stream_worker = StreamWorker(
+                stream.stream,
+                await self.pipeline(),
+                stream.dead_letters,
+                policy=retry_policy(settings),
+                concurrency=settings.concurrency,
+                grace_s=settings.shutdown_grace_seconds,
+                metrics=self.metrics,
+            )
+            self.announce("processing")
+        return self._stream_worker
+
     async def push(self) -> PushRole | None:
         """What `/tasks/process` runs on a push queue; None on a pull queue."""
         push = (await self.queue_parts()).push
         if push is not None and self._push is None:
+            pipeline = await self.pipeline()
             self._push = PushRole(
-                pipeline=await self.pipeline(),
+                pipeline=pipeline,
                 auth=push.auth,
                 scheduler=push.scheduler,
                 dead_letters=push.dead_letters,
                 policy=retry_policy(self.settings),
+                lease=conversation_lease(self.settings, pipeline.deduper),
             )
             self.announce("push")
         return self._push
+
+    async def pubsub_push(self) -> PubSubPushRole | None:
+        """What `/pubsub/push` runs: on Pub/Sub with push authentication configured, else None."""
+        stream = (await self.queue_parts()).stream
+        if stream is None or stream.push_auth is None:
+            return None
+        if self._pubsub_push is None:
+            self._pubsub_push = PubSubPushRole(
+                pipeline=await self.pipeline(),
+                auth=stream.push_auth,
+                dead_letters=stream.dead_letters,
+                policy=retry_policy(self.settings),
+            )
+        return self._pubsub_push
 
     def announce(self, role: str) -> None:
         """Log `runtime_opened` for `role`: once per process, by the role that processes
@@ -236,6 +299,15 @@ def retry_policy(settings: Settings) -> RetryPolicy:
     )
 
 
+def conversation_lease(settings: Settings, deduper: Deduper) -> ConversationLease:
+    """One call per conversation at a time on `/tasks/process`; a lease outlives any call
+    (Cloud Tasks' dispatch deadline: the LLM deadline, the wait and a margin), so only a dead
+    holder's lease expires."""
+    wait = settings.conversation_wait_seconds
+    ttl = settings.llm_deadline + 2 * wait + LEASE_MARGIN_S
+    return ConversationLease(deduper, wait_s=wait, ttl_s=ttl)
+
+
 def pipeline_config(settings: Settings, *, exclusive_queue: bool = True) -> PipelineConfig:
     """The pipeline's knobs, read from settings."""
     return PipelineConfig(
@@ -266,7 +338,7 @@ def window_rules(settings: Settings) -> WindowRules:
 
 
 @contextlib.asynccontextmanager
-async def run_worker(worker: Worker | None) -> AsyncIterator[None]:
+async def run_worker(worker: Runner | None) -> AsyncIterator[None]:
     """Run `worker` (if any) in the background on this loop for the duration of the block."""
     if worker is None:
         yield

@@ -6,7 +6,7 @@ Each adapter is an async context manager that opens on enter and closes on exit.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -118,6 +118,51 @@ class MessageQueue(TaskSink, Protocol):
         nacked or deferred keeps its place behind the head and, once it is the head, becomes
         leasable when its delay has passed.
         """
+        ...
+
+
+class Delivery(Protocol):
+    """One message of a streaming queue (Pub/Sub), held by one worker until it is settled."""
+
+    @property
+    def task(self) -> Task:
+        """The task (a stand-in holding the text when it cannot be read, see `unreadable`)."""
+        ...
+
+    @property
+    def attempt(self) -> int:
+        """1 on the first delivery, counted by the queue."""
+        ...
+
+    @property
+    def unreadable(self) -> str | None:
+        """Why the message is not a task, or None."""
+        ...
+
+    def ack(self) -> None:
+        """Done: not delivered again."""
+        ...
+
+    def nack(self) -> None:
+        """Deliver again now."""
+        ...
+
+
+class TaskStream(Protocol):
+    """A queue that pushes messages to a connected worker (Pub/Sub's streaming pull).
+
+    While a message is unsettled the stream keeps it from other workers (extending its ack
+    deadline) and, per conversation, holds back the messages after it.
+    """
+
+    async def listen(
+        self,
+        deliver: Callable[[Delivery], None],
+        max_outstanding: int,
+        until: Callable[[], Awaitable[object]],
+    ) -> None:
+        """Call `deliver` on the caller's loop for each message, at most `max_outstanding`
+        unsettled, until `until()` returns; raises TransientError if the stream fails."""
         ...
 
 
@@ -397,6 +442,32 @@ class DeadLetterStore(Protocol):
 
     async def purge(self) -> int:
         """Delete every dead letter; returns the count."""
+        ...
+
+
+# --- Limits shared by processes ---------------------------------------------------------------
+
+
+class SharedBuckets(Protocol):
+    """GCRA token buckets every process of a deployment takes from (Redis, or one host's SQLite
+    file), so N processes send at the rate, not N times it."""
+
+    async def take(self, key: str, interval_s: float, burst: int) -> float:
+        """Take a token of `key` (one per `interval_s`, `burst` at once) if one is free now:
+        0.0; else take nothing and return the seconds until one is. Nothing is reserved ahead:
+        a process whose sleep overshoots cannot send late into another's slot."""
+        ...
+
+
+class SharedBreakers(Protocol):
+    """Circuit breakers' open state, by name (`llm`, `graph`), seen by every process."""
+
+    async def open_until(self, name: str) -> float:
+        """Epoch seconds until which `name` is open (0 or a past time: closed)."""
+        ...
+
+    async def open(self, name: str, until: float) -> None:
+        """Open `name` until `until` (epoch seconds) for every process."""
         ...
 
 

@@ -29,6 +29,7 @@ class QueueBackend(StrEnum):
     MEMORY = "memory"
     CLOUD_TASKS = "cloud_tasks"
     REDIS = "redis"
+    PUBSUB = "pubsub"
 
 
 class StoreBackend(StrEnum):
@@ -130,6 +131,29 @@ class Settings(BaseSettings):
         None, validation_alias=_env("CLOUD_TASKS_EMULATOR_HOST")
     )
     tasks_token: SecretStr | None = Field(None, validation_alias=_env("PYLOTO_TASKS_TOKEN"))
+    # Google Cloud Pub/Sub (QUEUE_BACKEND=pubsub): a topic the webhook publishes to, a
+    # subscription the workers stream from, and a dead-letter topic as the backstop
+    pubsub_project: str | None = Field(None, validation_alias=_env("PUBSUB_PROJECT"))
+    pubsub_topic: str = Field("whatsapp-inbound", validation_alias=_env("PUBSUB_TOPIC"))
+    pubsub_subscription: str = Field(
+        "whatsapp-inbound-worker", validation_alias=_env("PUBSUB_SUBSCRIPTION")
+    )
+    pubsub_dead_letter_topic: str = Field(
+        "whatsapp-inbound-dead", validation_alias=_env("PUBSUB_DEAD_LETTER_TOPIC")
+    )
+    # Pub/Sub's own limits for a dead-letter policy
+    pubsub_max_delivery_attempts: int = Field(
+        10, ge=5, le=100, validation_alias=_env("PUBSUB_MAX_DELIVERY_ATTEMPTS")
+    )
+    # create the topics and subscriptions that are missing at start (local use, the emulator)
+    pubsub_create: bool = Field(False, validation_alias=_env("PYLOTO_PUBSUB_CREATE"))
+    # read by the Pub/Sub client library itself; pyloto connects to it explicitly too
+    pubsub_emulator_host: str | None = Field(None, validation_alias=_env("PUBSUB_EMULATOR_HOST"))
+    # push mode (POST /pubsub/push): the OIDC token's audience and the push service account
+    pubsub_push_audience: str | None = Field(None, validation_alias=_env("PUBSUB_PUSH_AUDIENCE"))
+    pubsub_push_service_account: str | None = Field(
+        None, validation_alias=_env("PUBSUB_PUSH_SERVICE_ACCOUNT")
+    )
 
     # --- Worker and queue policy -------------------------------------------------------------
     worker_enabled: bool = Field(True, validation_alias=_env("PYLOTO_WORKER_ENABLED"))
@@ -164,6 +188,11 @@ class Settings(BaseSettings):
         0.0, ge=0, le=60, validation_alias=_env("PYLOTO_COALESCE_WINDOW_SECONDS")
     )
     coalesce_max: int = Field(10, ge=1, le=100, validation_alias=_env("PYLOTO_COALESCE_MAX"))
+    # Cloud Tasks: how long `/tasks/process` waits for another call of the same conversation to
+    # finish before it puts its task back (one task per conversation at a time)
+    conversation_wait_seconds: float = Field(
+        30.0, ge=0, le=600, validation_alias=_env("PYLOTO_CONVERSATION_WAIT_SECONDS")
+    )
 
     # --- LLM stages (issue: LLM stages) --------------------------------------------------------
     prompts_dir: Path | None = Field(None, validation_alias=_env("PYLOTO_PROMPTS_DIR"))
@@ -326,6 +355,11 @@ class Settings(BaseSettings):
         return self.openai_enabled and self.openai_api_key is not None
 
     @property
+    def pubsub_project_id(self) -> str | None:
+        """`PUBSUB_PROJECT`, falling back to `GOOGLE_CLOUD_PROJECT`."""
+        return self.pubsub_project or self.google_cloud_project
+
+    @property
     def cloudtasks_project_id(self) -> str | None:
         """`CLOUDTASKS_PROJECT`, falling back to `GOOGLE_CLOUD_PROJECT`."""
         return self.cloudtasks_project or self.google_cloud_project
@@ -372,6 +406,6 @@ def cloud_run_problems(settings: Settings) -> list[str]:
         problems.append(
             f"QUEUE_BACKEND={settings.queue_backend.value} keeps tasks on the instance, and a "
             "Cloud Run instance (K_SERVICE is set) can go away with them: "
-            "set QUEUE_BACKEND=cloud_tasks or redis"
+            "set QUEUE_BACKEND=cloud_tasks, pubsub or redis"
         )
     return problems

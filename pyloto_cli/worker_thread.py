@@ -27,7 +27,7 @@ from pyloto_cli.backends import SqliteFiles
 from pyloto_cli.bootstrap import open_roles
 from pyloto_cli.domain.errors import WorkerFailed
 from pyloto_cli.logs import get_logger, log_event
-from pyloto_cli.pipeline.worker import Worker
+from pyloto_cli.pipeline.streaming import Runner
 from pyloto_cli.ports import NO_METRICS, Metrics
 from pyloto_cli.settings import QueueBackend, Settings
 from pyloto_cli.web.intake import Intake
@@ -38,14 +38,15 @@ _log = get_logger("worker")
 @dataclass(frozen=True, slots=True)
 class _Running:
     loop: asyncio.AbstractEventLoop
-    worker: Worker
+    worker: Runner
     stop: asyncio.Event
 
 
 def threadable(settings: Settings) -> bool:
-    """Whether `serve` runs its worker on a thread: a worker is wanted and its queue is a pull
-    queue other loops can share (SQLite, Redis), not one loop's memory queue."""
-    pulls_shared = settings.queue_backend in (QueueBackend.SQLITE, QueueBackend.REDIS)
+    """Whether `serve` runs its worker on a thread: a worker is wanted and its queue is one
+    other loops can share (SQLite, Redis, Pub/Sub), not one loop's memory queue."""
+    shared = (QueueBackend.SQLITE, QueueBackend.REDIS, QueueBackend.PUBSUB)
+    pulls_shared = settings.queue_backend in shared
     return settings.worker_enabled and pulls_shared
 
 
@@ -59,7 +60,7 @@ def _thread_main(
     async def main() -> None:
         stop = asyncio.Event()
         async with open_roles(settings, sqlite=sqlite, metrics=metrics) as roles:
-            worker = await roles.worker()
+            worker = await roles.runner()
             if not started.set_running_or_notify_cancel():
                 return  # serve stopped waiting (it is shutting down): close and end
             started.set_result(_Running(asyncio.get_running_loop(), worker, stop))

@@ -4,7 +4,8 @@
 #   - the Cloud Tasks emulator in its own venv: .services/tasks-venv (gcloud-tasks-emulator 0.6.2
 #     pins protobuf<5, which the project's google-cloud-firestore cannot share)
 #   - the project venv .venv with `pip install -e '.[all]'`
-# and checks java + the official Firestore emulator jar, which no package registry carries.
+# and checks java + the official Firestore and Pub/Sub emulator jars, which no package registry
+# carries; a missing Pub/Sub emulator is installed as a Cloud SDK component when gcloud is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
@@ -49,5 +50,31 @@ cloud-firestore-emulator.jar.
 MSG
   fail=1
 fi
+pubsub_jar() {
+  if [ -n "${PUBSUB_EMULATOR_JAR:-}" ]; then echo "$PUBSUB_EMULATOR_JAR"; return; fi
+  command -v gcloud >/dev/null 2>&1 || return 0
+  local lib
+  lib="$(dirname "$(dirname "$(readlink -f "$(command -v gcloud)")")")/platform/pubsub-emulator/lib"
+  ls "$lib"/cloud-pubsub-emulator-*-all.jar 2>/dev/null | sort | tail -n 1
+}
+if [ -z "$(pubsub_jar)" ] && command -v gcloud >/dev/null 2>&1; then
+  echo "installing the Pub/Sub emulator (Cloud SDK component)"
+  # an SDK from Google's apt repository takes the package; a standalone SDK, the component
+  if apt-cache show google-cloud-cli-pubsub-emulator >/dev/null 2>&1; then
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y google-cloud-cli-pubsub-emulator || true
+  else
+    gcloud components install pubsub-emulator --quiet || true
+  fi
+fi
+pjar="$(pubsub_jar)"
+if [ -z "$pjar" ] || [ ! -f "$pjar" ]; then
+  cat >&2 <<MSG
+Pub/Sub emulator jar not found${pjar:+ at $pjar}.
+Install the package google-cloud-cli-pubsub-emulator from Google's Cloud SDK apt repository, or
+'gcloud components install pubsub-emulator', or set PUBSUB_EMULATOR_JAR to a copy of
+cloud-pubsub-emulator-*-all.jar.
+MSG
+  fail=1
+fi
 if [ "$fail" -ne 0 ]; then exit 1; fi
-echo "test dependencies ready: redis-server $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p'), tasks emulator venv, .venv, java, $jar"
+echo "test dependencies ready: redis-server $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p'), tasks emulator venv, .venv, java, $jar, $pjar"

@@ -1,18 +1,18 @@
-"""Real servers for integration tests: Redis, the Firestore emulator and the Cloud Tasks emulator.
+"""Real servers for integration tests: Redis and the Firestore, Cloud Tasks and Pub/Sub emulators.
 
 A pytest plugin (registered in tests/conftest.py). Each session fixture uses the server its
 environment variable named when the session began (`REDIS_URL`, `FIRESTORE_EMULATOR_HOST`,
-`CLOUD_TASKS_EMULATOR_HOST`, e.g. from `scripts/test-services.sh start`), if that address is on
-loopback and the server answers; otherwise it starts the server itself on a free 127.0.0.1 port,
-polls it to a deadline and stops it after the session. A server that cannot be found or started
-fails the test with its log tail and the install hint; nothing is ever skipped.
+`CLOUD_TASKS_EMULATOR_HOST`, `PUBSUB_EMULATOR_HOST`, e.g. from `scripts/test-services.sh start`),
+if that address is on loopback and the server answers; otherwise it starts the server itself on a
+free 127.0.0.1 port, polls it to a deadline and stops it after the session. A server that cannot
+be found or started fails the test with its log tail and the install hint; nothing is skipped.
 
 Those variables are read once, at start-up (`pytest_configure`): tests run with them cleared
 (`hermetic_env` in tests/conftest.py) and get an address only from these fixtures.
 
 Function-scoped helpers isolate tests on shared servers: a unique Redis key prefix (its keys are
 deleted afterwards by SCAN, never FLUSHDB), a unique Firestore project (its documents are wiped
-afterwards), and a unique Cloud Tasks queue (deleted afterwards).
+afterwards), a unique Cloud Tasks queue (deleted afterwards) and a unique Pub/Sub project.
 """
 
 from __future__ import annotations
@@ -51,8 +51,19 @@ FIRESTORE_HINT = (
     "the google-cloud-cli-firestore-emulator package of Google's Cloud SDK apt repository; "
     "or set FIRESTORE_EMULATOR_JAR to a copy of the jar; see scripts/install-test-deps.sh"
 )
+PUBSUB_HINT = (
+    "Pub/Sub emulator not available: it needs java (17+) and cloud-pubsub-emulator-*-all.jar, "
+    "from the google-cloud-cli-pubsub-emulator package of Google's Cloud SDK apt repository (or "
+    "'gcloud components install pubsub-emulator'); or set PUBSUB_EMULATOR_JAR to a copy of the "
+    "jar; see scripts/install-test-deps.sh"
+)
 START_ATTEMPTS = 3
-_SERVER_VARIABLES = ("REDIS_URL", "FIRESTORE_EMULATOR_HOST", "CLOUD_TASKS_EMULATOR_HOST")
+_SERVER_VARIABLES = (
+    "REDIS_URL",
+    "FIRESTORE_EMULATOR_HOST",
+    "CLOUD_TASKS_EMULATOR_HOST",
+    "PUBSUB_EMULATOR_HOST",
+)
 _CONFIGURED = pytest.StashKey[dict[str, str]]()
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -197,6 +208,18 @@ def _firestore_jar() -> Path | None:
     return sdk_root / "platform" / "cloud-firestore-emulator" / "cloud-firestore-emulator.jar"
 
 
+def _pubsub_jar() -> Path | None:
+    configured = os.environ.get("PUBSUB_EMULATOR_JAR")
+    if configured:
+        return Path(configured)
+    gcloud = shutil.which("gcloud")
+    if gcloud is None:
+        return None
+    lib = Path(gcloud).resolve().parent.parent / "platform" / "pubsub-emulator" / "lib"
+    jars = sorted(lib.glob("cloud-pubsub-emulator-*-all.jar"))
+    return jars[-1] if jars else None
+
+
 def _redis_args(port: int) -> list[str]:
     return ["--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
 
@@ -293,6 +316,32 @@ def cloud_tasks_emulator_host(pytestconfig: pytest.Config, _server_logs: Path) -
         started.stop()
 
 
+@pytest.fixture(scope="session")
+def pubsub_emulator_host(pytestconfig: pytest.Config, _server_logs: Path) -> Iterator[str]:
+    """`127.0.0.1:PORT` of a Pub/Sub emulator: `PUBSUB_EMULATOR_HOST` if it answers, else the
+    SDK's jar started with java directly (one process to stop, unlike `gcloud beta emulators
+    pubsub start`)."""
+    configured = _configured(pytestconfig, "PUBSUB_EMULATOR_HOST")
+    if configured and _firestore_answers(configured):  # both answer `GET /` with "Ok"
+        yield configured
+        return
+    java, jar = shutil.which("java"), _pubsub_jar()
+    if java is None or jar is None or not jar.is_file():
+        pytest.fail(f"{PUBSUB_HINT}\n(java: {java}, jar: {jar})", pytrace=False)
+    started, port = _start_server(
+        "pubsub",
+        lambda port: [java, "-jar", str(jar), "--host=127.0.0.1", f"--port={port}"],
+        lambda port: _firestore_answers(f"127.0.0.1:{port}"),
+        _server_logs,
+        PUBSUB_HINT,
+        timeout_s=60.0,
+    )
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        started.stop()
+
+
 # --- per-test isolation ---------------------------------------------------------------------
 
 
@@ -349,6 +398,12 @@ def firestore_project(
 def firestore_prefix() -> str:
     """A collection-name prefix of this test's own, for tests sharing one project."""
     return f"{_unique('t')}-"
+
+
+@pytest.fixture
+def pubsub_project(pubsub_emulator_host: str) -> str:
+    """A Pub/Sub project id of this test's own on the emulator (its topics die with it)."""
+    return _unique("pyloto-test")
 
 
 @dataclass(frozen=True, slots=True)

@@ -190,8 +190,9 @@ class PrometheusMetrics:
         self._sends_family.labels(outcome, "" if code is None else str(code)).inc()
 
     def queue_stats(self, stats: QueueStats) -> None:
-        """Set the queue gauges."""
-        self._depth.set(stats.depth)
+        """Set the queue gauges (a depth the queue does not report is left unset)."""
+        if stats.counts_reported:
+            self._depth.set(stats.depth)
         self._oldest.set(stats.oldest_age_s or 0.0)
 
     def render(self) -> tuple[bytes, str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,16 +84,24 @@ def message_text(index: int, greetings: float = 0.0) -> str:
 
 
 def build_webhooks(
-    count: int, users: int, secret: bytes, run_id: str, numbers: int = 1, greetings: float = 0.0
+    count: int,
+    users: int,
+    secret: bytes,
+    run_id: str,
+    numbers: int = 1,
+    greetings: float = 0.0,
+    user_of: Sequence[int] | None = None,
 ) -> list[Webhook]:
     """`count` signed webhooks from `users` senders to `numbers` business numbers (both round
-    robin), wamids unique to `run_id`; a `greetings` share (0..1) are greetings."""
+    robin, or the sender of webhook i is `user_of[i]`), wamids unique to `run_id`; a `greetings`
+    share (0..1) are greetings."""
     now = int(time.time())
     hooks: list[Webhook] = []
     for index in range(count):
         wamid = f"wamid.bench.{run_id}.{index:07d}"
         text = message_text(index, greetings)
-        payload = message_payload(wamid, index % max(users, 1), text, now, index % max(numbers, 1))
+        user = user_of[index] if user_of is not None else index % max(users, 1)
+        payload = message_payload(wamid, user, text, now, index % max(numbers, 1))
         body = json.dumps(payload).encode()
         hooks.append(Webhook(wamid=wamid, body=body, signature=sign(secret, body)))
     return hooks

@@ -150,6 +150,8 @@ class BenchReport:
     send_lag_ms_max: float | None
     reply_cache: ReplyCacheUsage = ReplyCacheUsage(None)
     ack_wire_ms: Latency | None = None  # the server's own, off the loopback wire (benchmarks/)
+    # senders whose replies arrived in another order than their messages (None: not checked)
+    out_of_order: int | None = None
 
     @property
     def clean(self) -> bool:
@@ -214,6 +216,7 @@ class RunRecord:
     fake_llm_cpu_s: float | None = None
     reply_cache: ReplyCacheUsage = ReplyCacheUsage(None)
     wire_acks_s: Sequence[float] | None = None  # the server's acks off the wire, if captured
+    users: Sequence[int] | None = None  # the sender of each webhook, when the run chose them
 
 
 def count(record: RunRecord) -> Counts:
@@ -281,4 +284,22 @@ def summarize(config: Mapping[str, Any], record: RunRecord) -> BenchReport:
         send_lag_ms_max=round(max(lags) * 1000, 2) if lags else None,
         reply_cache=record.reply_cache,
         ack_wire_ms=None if record.wire_acks_s is None else latency_ms(record.wire_acks_s),
+        out_of_order=out_of_order(record),
+    )
+
+
+def out_of_order(record: RunRecord) -> int | None:
+    """How many senders' first replies arrived in another order than their messages were sent
+    (webhook index order); None when the run did not record the senders."""
+    if record.users is None:
+        return None
+    firsts: dict[int, list[tuple[int, float]]] = {}
+    for index, (wamid, user) in enumerate(zip(record.hooks, record.users, strict=True)):
+        times = record.replies.get(wamid)
+        if times:
+            firsts.setdefault(user, []).append((index, min(times)))
+    return sum(
+        1
+        for replies in firsts.values()
+        if [i for i, _ in sorted(replies, key=lambda r: r[1])] != [i for i, _ in replies]
     )

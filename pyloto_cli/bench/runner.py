@@ -16,7 +16,7 @@ import secrets
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -72,6 +72,9 @@ class BenchConfig:
     keep: bool = False  # keep that directory (server log, SQLite files) after the run
     seed: int = 1
     workers: int = 0  # `pyloto serve --workers N`: N worker processes beside the web process
+    queue: str = "sqlite"  # QUEUE_BACKEND (redis and pubsub read their servers from the env)
+    # 0: senders round robin; N: each sender writes N messages 1 s apart, `rate` senders a second
+    messages_per_user: int = 0
 
     @property
     def mode(self) -> str:
@@ -126,7 +129,7 @@ def server_env(config: BenchConfig, graph_url: str, openai_url: str, secret: str
             "OPENAI_ENABLED": "true",
             "OPENAI_API_KEY": "bench",
             "OPENAI_BASE_URL": openai_url,
-            "QUEUE_BACKEND": "sqlite",
+            "QUEUE_BACKEND": config.queue,
             "SESSION_STORE_BACKEND": "sqlite",
             "DEDUPE_BACKEND": "sqlite",
             "PYLOTO_WORKER_ENABLED": "true",
@@ -184,7 +187,7 @@ async def _drain(
         tracker.poll()
         if wanted <= tracker.replies.keys():
             depth, dead = await queue_depth(client, server.url)
-            if depth == 0:
+            if depth in (0, None):  # None: the queue reports no depth (Pub/Sub)
                 break
         await asyncio.sleep(0.05)
     else:
@@ -259,6 +262,18 @@ def _reply_cache(log: Path) -> ReplyCacheUsage:
         return ReplyCacheUsage(None)
 
 
+def senders_of(config: BenchConfig) -> list[int] | None:
+    """With `messages_per_user` N: webhook i's sender, so that each second `rate` senders write,
+    and each sender writes N messages in N consecutive seconds (then the next `rate` senders)."""
+    per_user = config.messages_per_user
+    if per_user <= 0:
+        return None
+    per_second = max(1, round(config.rate))
+    return [
+        (i // per_second // per_user) * per_second + i % per_second for i in range(config.messages)
+    ]
+
+
 def describe(config: BenchConfig) -> dict[str, Any]:
     """The options as plain values, for the report."""
     data = asdict(config)
@@ -299,8 +314,15 @@ async def run_bench(config: BenchConfig, progress: BenchProgress | None = None) 
     secret = secrets.token_hex(16)
     users = config.users or config.messages
     run_id = secrets.token_hex(4)
+    senders = senders_of(config)
     hooks = build_webhooks(
-        config.messages, users, secret.encode(), run_id, config.numbers, config.greetings
+        config.messages,
+        users,
+        secret.encode(),
+        run_id,
+        config.numbers,
+        config.greetings,
+        user_of=senders,
     )
     log_event(_log, "bench_started", **describe(config))
     child_env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
@@ -320,6 +342,7 @@ async def run_bench(config: BenchConfig, progress: BenchProgress | None = None) 
         )
         peers = _Peers(client=client, server=server, graph=graph, llm=llm)
         record = await _measure(config, peers, hooks, progress or _Silent())
+        record = replace(record, users=senders)
     kept = {"workdir": str(workdir) if config.keep else None}
     report = summarize({**describe(config), **kept}, record)
     log_event(

@@ -41,7 +41,7 @@ def _stats_table(stats: QueueStats) -> Table:
     data["oldest_age"] = "-" if age is None else f"{age:.1f} s"
     table = Table(title="queue", title_justify="left", show_header=False)
     for key, value in data.items():
-        table.add_row(key.replace("_", " "), str(value))
+        table.add_row(key.replace("_", " "), "not reported" if value is None else str(value))
     return table
 
 

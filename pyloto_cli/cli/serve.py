@@ -168,6 +168,7 @@ async def run_server(
         intake = await roles.intake()
         push = await roles.push()  # a push queue runs its tasks in this process
         pushed = push is not None
+        pubsub_push = await roles.pubsub_push()  # so does a Pub/Sub push subscription
         async with _in_process_worker(settings, roles, intake, pushed=pushed) as stop_worker:
             if push is None and not settings.worker_enabled:  # else the processing role said it
                 roles.announce("intake")
@@ -176,7 +177,7 @@ async def run_server(
             admin = settings.admin_token
             desk = await roles.conversations() if admin and admin.get_secret_value() else None
             config = uvicorn.Config(
-                deadline.wrap(create_app(settings, intake, push, metrics, desk)),
+                deadline.wrap(create_app(settings, intake, push, metrics, desk, pubsub_push)),
                 http=deadline.protocol,
                 host=host,
                 port=port,
@@ -251,7 +252,8 @@ async def _no_worker() -> None:
 async def _in_process_worker(
     settings: Settings, roles: Roles, intake: Intake, *, pushed: bool
 ) -> AsyncIterator[Callable[[], Awaitable[None]]]:
-    """The worker in this process: on its own thread (SQLite, Redis), on the web loop (the
+    """The worker in this process: on its own thread (SQLite, Redis,
+    Pub/Sub), on the web loop (the
     memory queue), or none (not wanted, or a push queue). Yields what stops it early (the
     worker on the web loop stops with the block, after the web side)."""
     if not settings.worker_enabled or pushed:
@@ -263,7 +265,7 @@ async def _in_process_worker(
         ) as stop:
             yield stop
         return
-    worker = await roles.worker()
+    worker = await roles.runner()
     intake.wakers.append(worker.notify)
     async with run_worker(worker):
         yield _no_worker
@@ -296,7 +298,7 @@ async def run_worker_process(settings: Settings, metrics: Metrics = NO_METRICS) 
     watcher = asyncio.create_task(stop_when_orphaned(stop, settings.parent_pid))
     try:
         async with open_roles(settings, metrics=metrics) as roles:
-            worker = await roles.worker()
+            worker = await roles.runner()
             _freeze_startup_objects()
             stop_listening = listen_for_wakes(loop, settings.wake_fd, worker.notify)
             announce_ready(settings.ready_fd)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from enum import StrEnum
+from typing import Protocol
 
 
 class BreakerState(StrEnum):
@@ -23,6 +24,32 @@ class BreakerState(StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
+
+
+class Breaker(Protocol):
+    """What a caller of a guarded service uses: this module's breaker, or one whose opening is
+    shared by every process (`pipeline.shared_breaker.SharedBreaker`)."""
+
+    @property
+    def state(self) -> BreakerState:
+        """The current state."""
+        ...
+
+    def allow(self) -> bool:
+        """May the caller use the service now?"""
+        ...
+
+    def record_success(self) -> None:
+        """A call succeeded."""
+        ...
+
+    def record_failure(self) -> None:
+        """A call failed."""
+        ...
+
+    def retry_in(self, probe_wait_s: float = 1.0) -> float:
+        """Seconds a refused caller should wait before it tries again."""
+        ...
 
 
 class CircuitBreaker:

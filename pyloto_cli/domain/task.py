@@ -203,6 +203,8 @@ class QueueStats:
     extra: dict[str, Any] = field(default_factory=dict)
     # tasks that ended `reply_expired` (read from the delivery statuses, by `queue stats`)
     reply_expired: int = 0
+    # False for a queue that tells its clients no counts (Pub/Sub): the zeros above mean nothing
+    counts_reported: bool = True
 
     @property
     def depth(self) -> int:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Final, Self
 
-from pyloto_cli.domain.breaker import BreakerState, CircuitBreaker
+from pyloto_cli.domain.breaker import Breaker, BreakerState, CircuitBreaker
 from pyloto_cli.domain.errors import CircuitOpen, TransientError
 from pyloto_cli.domain.reply import NON_TEXT_REPLY, Reply
 from pyloto_cli.logs import get_logger, log_event
@@ -52,7 +52,7 @@ class LLMResponder:
         *,
         stages: Sequence[Stage[Any]] | None = None,
         prompts: Prompts | None = None,
-        breaker: CircuitBreaker | None = None,
+        breaker: Breaker | None = None,
         metrics: Metrics = NO_METRICS,
     ) -> None:
         self._metrics = metrics
@@ -60,7 +60,7 @@ class LLMResponder:
         self._settings = settings
         self._graph = StageGraph(stages if stages is not None else default_stages())
         self._prompts = prompts if prompts is not None else load_prompts(settings.prompts_dir)
-        self.breaker = breaker or CircuitBreaker(
+        self.breaker: Breaker = breaker or CircuitBreaker(
             settings.llm_breaker_failures, settings.llm_breaker_cooldown
         )
 

@@ -18,7 +18,7 @@ import secrets
 import tempfile
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import httpx
@@ -109,6 +109,8 @@ def settings_problems(settings: Settings) -> dict[str, str]:
         problems.update(_redis_problems(settings))
     if settings.queue_backend is QueueBackend.CLOUD_TASKS:
         problems.update(_cloud_tasks_problems(settings))
+    if settings.queue_backend is QueueBackend.PUBSUB and not settings.pubsub_project_id:
+        problems["PUBSUB_PROJECT"] = "PUBSUB_PROJECT (or GOOGLE_CLOUD_PROJECT) is not set"
     if _uses(settings, "firestore") and not settings.google_cloud_project:
         chosen = ", ".join(_chosen_by(settings, "firestore"))
         problems["GOOGLE_CLOUD_PROJECT"] = f"GOOGLE_CLOUD_PROJECT is not set ({chosen} needs it)"
@@ -158,7 +160,11 @@ async def check_settings(settings: Settings) -> str:
 
 # --- extras and backends -----------------------------------------------------------------------
 
-_EXTRA_MODULES = {"redis": ("redis",), "gcp": ("google.cloud.firestore", "google.cloud.tasks_v2")}
+_EXTRA_MODULES = {
+    "redis": ("redis",),
+    "gcp": ("google.cloud.firestore", "google.cloud.tasks_v2"),
+    "pubsub": ("google.cloud.pubsub_v1",),
+}
 
 
 def _installed(module: str) -> bool:
@@ -175,6 +181,8 @@ def needed_extras(settings: Settings) -> list[str]:
         extras.append("redis")
     if _uses(settings, "firestore") or settings.queue_backend is QueueBackend.CLOUD_TASKS:
         extras.append("gcp")
+    if settings.queue_backend is QueueBackend.PUBSUB:
+        extras.append("pubsub")
     return extras
 
 
@@ -252,6 +260,20 @@ async def check_cloud_tasks(settings: Settings) -> str:
     except BackendUnavailable as exc:
         raise Problem(f"CLOUDTASKS_QUEUE_NAME / CLOUDTASKS_LOCATION: {exc}") from exc
     return f"Cloud Tasks queue {config.queue_path} exists"
+
+
+async def check_pubsub(settings: Settings) -> str:
+    """The Pub/Sub topic and subscription exist (never created here, whatever
+    PYLOTO_PUBSUB_CREATE says: a check must not repair what it checks)."""
+    from pyloto_cli.adapters.queue.pubsub import PubSubConfig, prepare
+    from pyloto_cli.domain.errors import BackendUnavailable
+
+    config = replace(PubSubConfig.from_settings(settings), create=False)
+    try:
+        await asyncio.to_thread(prepare, config)
+    except BackendUnavailable as exc:
+        raise Problem(f"PUBSUB_TOPIC / PUBSUB_SUBSCRIPTION: {exc}") from exc
+    return f"Pub/Sub topic {config.topic_path} and subscription {config.subscription} exist"
 
 
 # --- Graph, OpenAI, the webhook ------------------------------------------------------------------
@@ -372,6 +394,8 @@ def plan(settings: Settings, openers: Openers, webhook_url: str | None = None) -
         checks.append(
             Check("cloud tasks", "CLOUDTASKS_QUEUE_NAME", lambda: check_cloud_tasks(settings))
         )
+    if extras_ok and settings.queue_backend is QueueBackend.PUBSUB and unblocked("PUBSUB_PROJECT"):
+        checks.append(Check("pubsub", "PUBSUB_SUBSCRIPTION", lambda: check_pubsub(settings)))
     if unblocked("WHATSAPP_ACCESS_TOKEN", "WHATSAPP_PHONE_NUMBER_ID"):
         checks.append(Check("graph", "GRAPH_API_URL", lambda: check_graph(settings, openers)))
     if settings.llm_active:

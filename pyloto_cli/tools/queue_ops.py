@@ -42,7 +42,19 @@ def iso_time(epoch: float | None) -> str | None:
 
 
 def stats_json(stats: QueueStats) -> dict[str, Any]:
-    """A queue snapshot as one JSON object."""
+    """A queue snapshot as one JSON object; counts the queue does not report are null, with a
+    note saying so (Pub/Sub tells its clients no depth)."""
+    if not stats.counts_reported:
+        return {
+            "backend": stats.backend,
+            "depth": None,
+            "ready": None,
+            "leased": None,
+            "retrying": None,
+            "dead_lettered": stats.dead,
+            "oldest_age_s": None,
+            "note": f"{stats.backend} reports no depth; see its own monitoring",
+        }
     return {
         "backend": stats.backend,
         "depth": stats.depth,
@@ -134,7 +146,10 @@ async def run_drain(
     async with open_roles(settings) as roles:
         admin = await _admin(roles)
         if not await roles.pulls():
-            raise ToolUsageError("this queue backend pushes tasks; there is nothing to drain")
+            raise ToolUsageError(
+                "this queue backend pushes or streams its tasks to workers; there is nothing to"
+                " drain"
+            )
         worker = await roles.worker()
         total = (await admin.stats()).depth
         started = time.perf_counter()

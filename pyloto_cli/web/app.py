@@ -31,6 +31,7 @@ from pyloto_cli.settings import Settings
 from pyloto_cli.web.admin import admin_routes, authorized
 from pyloto_cli.web.body import CLOSE, read_body
 from pyloto_cli.web.intake import Intake
+from pyloto_cli.web.pubsub_push import PubSubPushRole, process_pubsub_push
 from pyloto_cli.web.tasks import PushRole, process_pushed
 
 _log = get_logger("web")
@@ -177,17 +178,20 @@ def create_app(
     push: PushRole | None = None,
     metrics: Metrics = NO_METRICS,
     conversations: ConversationDesk | None = None,
+    pubsub_push: PubSubPushRole | None = None,
 ) -> Starlette:
     """The ASGI app over roles the caller opened (and closes): `intake` takes webhooks in;
-    `push`, for a push queue (Cloud Tasks), runs what `/tasks/process` is given. `GET
-    /metrics` exists only when `settings.metrics` is on (else 404); the admin API over
-    `conversations` only when PYLOTO_ADMIN_TOKEN is set (web/admin.py)."""
+    `push`, for a push queue (Cloud Tasks), runs what `/tasks/process` is given; `pubsub_push`
+    what a Pub/Sub push subscription sends to `/pubsub/push`. `GET /metrics` exists only when
+    `settings.metrics` is on (else 404); the admin API over `conversations` only when
+    PYLOTO_ADMIN_TOKEN is set (web/admin.py)."""
     routes = [
         Route("/webhooks/whatsapp", verify_handshake, methods=["GET"]),
         Route("/webhooks/whatsapp", receive_webhook, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/tasks/process", process_pushed, methods=["POST"]),
+        Route("/pubsub/push", process_pubsub_push, methods=["POST"]),
     ]
     if settings.metrics:
         routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
@@ -201,4 +205,5 @@ def create_app(
     app.state.settings = settings
     app.state.intake = intake
     app.state.push = push
+    app.state.pubsub_push = pubsub_push
     return app

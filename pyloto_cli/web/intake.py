@@ -74,7 +74,8 @@ class Intake:
         checks: dict[str, Any] = {}
         if self.admin is not None:
             stats = await self.admin.stats()
-            checks["queue"] = {"backend": stats.backend, "depth": stats.depth, "dead": stats.dead}
+            depth = stats.depth if stats.counts_reported else None
+            checks["queue"] = {"backend": stats.backend, "depth": depth, "dead": stats.dead}
         await self.sessions.exists("__readyz__")
         checks["sessions"] = "ok"
         return checks

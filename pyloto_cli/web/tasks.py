@@ -12,10 +12,16 @@ makes too (`pipeline.settlement.settle`):
 pyloto counts attempts itself (`X-Pyloto-Attempt` on re-created tasks plus Cloud Tasks'
 `X-CloudTasks-TaskRetryCount`) and dead-letters once its policy is spent, which must happen
 before the queue's own `max_attempts`, or a task would vanish with no dead letter.
+
+A message runs only while its call holds the conversation's lease (`ConversationLease`): a call
+whose conversation another call is running waits for it, up to PYLOTO_CONVERSATION_WAIT_SECONDS.
+If it is still held then, the task is re-created due in `Retry-After` seconds with its attempt
+unchanged (a 5xx would count as an attempt in Cloud Tasks' retry count) and the answer is 200.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -33,9 +39,11 @@ from pyloto_cli.domain.task import (
     DeadLetter,
     FailureKind,
     Task,
+    TaskKind,
     read_stored,
 )
 from pyloto_cli.logs import bind, get_logger, log_event
+from pyloto_cli.pipeline.conversation_lease import ConversationLease
 from pyloto_cli.pipeline.process import Pipeline, TaskResult
 from pyloto_cli.pipeline.settlement import Action, settle
 from pyloto_cli.ports import DeadLetterStore, TaskRescheduler
@@ -43,6 +51,7 @@ from pyloto_cli.web.body import CLOSE, read_body
 from pyloto_cli.web.tasks_auth import TaskAuthenticator, TaskAuthError
 
 RESCHEDULE_AFTER_S = 10.0  # longer waits than this are scheduled, not left to Cloud Tasks
+BUSY_RETRY_S = 5.0  # a task whose conversation stayed busy is tried again this much later
 _log = get_logger("tasks")
 
 
@@ -55,6 +64,7 @@ class PushRole:
     scheduler: TaskRescheduler
     dead_letters: DeadLetterStore
     policy: RetryPolicy
+    lease: ConversationLease | None = None
 
 
 def pushed_attempt(headers: Mapping[str, str]) -> int:
@@ -88,13 +98,32 @@ async def process_pushed(request: Request) -> Response:
         return await _dead_on_arrival(push, task, unreadable, attempt)
     with bind(task_id=task.task_id, attempt=attempt):
         log_event(_log, "task_dequeued", kind=task.kind.value, queue="cloud_tasks")
-        started = time.perf_counter()
         previous = FailureKind.parse(request.headers.get(PREVIOUS_FAILURE_HEADER.lower()))
-        result = await push.pipeline.process(task, attempt, previous)
-        duration_ms = round((time.perf_counter() - started) * 1000, 2)
-        response = await _settle(push, task, attempt, result, duration_ms)
+        async with _conversation(push, task) as held:
+            if not held:
+                return await _busy(push, task, attempt, previous)
+            started = time.perf_counter()
+            result = await push.pipeline.process(task, attempt, previous)
+            duration_ms = round((time.perf_counter() - started) * 1000, 2)
+            response = await _settle(push, task, attempt, result, duration_ms)
         push.pipeline.metrics.task_processed(result.outcome.value, duration_ms / 1000)
         return response
+
+
+def _conversation(push: PushRole, task: Task) -> contextlib.AbstractAsyncContextManager[bool]:
+    """The conversation's lease for a message (statuses and events change no session)."""
+    if push.lease is None or task.kind is not TaskKind.MESSAGE:
+        return contextlib.nullcontext(True)
+    return push.lease.hold(task.conversation_key)
+
+
+async def _busy(push: PushRole, task: Task, attempt: int, previous: FailureKind | None) -> Response:
+    """Another call kept the conversation for the whole wait: run this task later, as the same
+    attempt (it has not run)."""
+    salt = f"busy:{time.time_ns()}"  # same attempt, so a name of its own (per call)
+    await push.scheduler.reschedule(task, BUSY_RETRY_S, attempt, salt, previous)
+    log_event(_log, "task_conversation_busy", delay_s=BUSY_RETRY_S)
+    return PlainTextResponse("conversation busy", headers={"Retry-After": str(round(BUSY_RETRY_S))})
 
 
 def _pushed_name(headers: Mapping[str, str], body: bytes) -> str:

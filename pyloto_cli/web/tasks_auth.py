@@ -146,7 +146,7 @@ class OidcVerifier:
         if claims.get("iss") not in GOOGLE_ISSUERS:
             raise TaskUnauthenticated(f"ID token issuer {claims.get('iss')!r} is not Google")
         if claims.get("email") != self.service_account or claims.get("email_verified") is not True:
-            raise TaskForbidden("ID token is not the configured Cloud Tasks service account's")
+            raise TaskForbidden("ID token is not the configured service account's")
         return claims
 
 
@@ -223,4 +223,32 @@ def build_task_authenticator(
             certs=certs if certs is not None else GoogleCerts(),
         )
     token = settings.tasks_token.get_secret_value() if settings.tasks_token else None
+    return TaskAuthenticator(token=token or None, verifier=verifier)
+
+
+def build_pubsub_push_authenticator(
+    settings: Settings, *, certs: CertSource | None = None
+) -> TaskAuthenticator | None:
+    """Who may call `POST /pubsub/push`: the push subscription's OIDC token
+    (PUBSUB_PUSH_SERVICE_ACCOUNT, audience PUBSUB_PUSH_AUDIENCE) and/or PYLOTO_TASKS_TOKEN.
+    None when neither is set: the endpoint is then off (404), never open."""
+    token = settings.tasks_token.get_secret_value() if settings.tasks_token else ""
+    account, audience = settings.pubsub_push_service_account, settings.pubsub_push_audience
+    if not token and not account:
+        return None
+    if account and not audience:
+        raise TaskAuthConfigError(
+            "PUBSUB_PUSH_SERVICE_ACCOUNT needs PUBSUB_PUSH_AUDIENCE, the ID token's audience"
+        )
+    if token and len(token) < MIN_TOKEN_LENGTH:
+        raise TaskAuthConfigError(
+            f"PYLOTO_TASKS_TOKEN must be at least {MIN_TOKEN_LENGTH} characters long"
+        )
+    verifier = None
+    if account and audience:
+        verifier = OidcVerifier(
+            audience=audience,
+            service_account=account,
+            certs=certs if certs is not None else GoogleCerts(),
+        )
     return TaskAuthenticator(token=token or None, verifier=verifier)

@@ -26,6 +26,7 @@ from pyloto_cli.web.tasks_auth import (
     TaskAuthenticator,
     TaskForbidden,
     TaskUnauthenticated,
+    build_pubsub_push_authenticator,
     build_task_authenticator,
     check_tasks_auth_settings,
 )
@@ -277,3 +278,45 @@ class TestGoogleCerts:
         source = GoogleCerts(http_get=lambda url: (503, {}, b""))
         with pytest.raises(TaskUnauthenticated, match="503"):
             source.certs()
+
+
+class TestPubSubPush:
+    """`/pubsub/push` takes the push subscription's token, for its own audience only."""
+
+    PUSH_AUDIENCE = "https://pyloto.example.run.app/pubsub/push"
+    PUSH_ACCOUNT = "pyloto-push@pyloto-test.iam.gserviceaccount.com"
+
+    def authenticator(
+        self, make_settings: Callable[..., Settings], certs: StaticCerts
+    ) -> TaskAuthenticator:
+        settings = make_settings(
+            pubsub_push_audience=self.PUSH_AUDIENCE,
+            pubsub_push_service_account=self.PUSH_ACCOUNT,
+            cloudtasks_service_account=ACCOUNT,  # Cloud Tasks' account is not the push one
+            cloudtasks_handler_url=AUDIENCE,
+        )
+        built = build_pubsub_push_authenticator(settings, certs=certs)
+        assert built is not None
+        return built
+
+    async def test_the_push_accounts_token_for_the_push_audience_passes(
+        self,
+        make_settings: Callable[..., Settings],
+        certs: StaticCerts,
+        sign: Callable[..., str],
+    ) -> None:
+        auth = self.authenticator(make_settings, certs)
+        token = sign(aud=self.PUSH_AUDIENCE, email=self.PUSH_ACCOUNT)
+        await auth.authenticate(bearer(token))
+
+    async def test_a_cloud_tasks_token_is_refused(
+        self,
+        make_settings: Callable[..., Settings],
+        certs: StaticCerts,
+        sign: Callable[..., str],
+    ) -> None:
+        auth = self.authenticator(make_settings, certs)
+        with pytest.raises(TaskUnauthenticated):  # Cloud Tasks' audience
+            await auth.authenticate(bearer(sign()))
+        with pytest.raises(TaskForbidden):  # the right audience, another account
+            await auth.authenticate(bearer(sign(aud=self.PUSH_AUDIENCE)))

@@ -109,7 +109,10 @@ class CloudTasksConfig:
             handler_url=str(settings.cloudtasks_handler_url),
             service_account=settings.cloudtasks_service_account,
             tasks_token=token,
-            dispatch_deadline_s=dispatch_deadline_for(settings.llm_deadline),
+            # a call may first wait for its conversation's lease, then run the pipeline
+            dispatch_deadline_s=dispatch_deadline_for(
+                settings.llm_deadline + settings.conversation_wait_seconds
+            ),
             emulator_host=settings.cloud_tasks_emulator_host,
         )
 

@@ -48,7 +48,7 @@ from httpx_aiohttp import HttpxAiohttpClient
 
 from pyloto_cli.adapters.sender.limiter import SendLimiter
 from pyloto_cli.domain import ids, json_codec
-from pyloto_cli.domain.breaker import BreakerState, CircuitBreaker
+from pyloto_cli.domain.breaker import Breaker, BreakerState, CircuitBreaker
 from pyloto_cli.domain.errors import (
     AmbiguousSendError,
     CircuitOpen,
@@ -61,7 +61,7 @@ from pyloto_cli.domain.graph_errors import Action, GraphError, classify
 from pyloto_cli.domain.outbound import mark_read_body
 from pyloto_cli.domain.task import JsonObject
 from pyloto_cli.logs import get_logger, log_event
-from pyloto_cli.ports import SendResult
+from pyloto_cli.ports import SendResult, SharedBuckets
 from pyloto_cli.settings import Settings
 
 _MAX_URLS = 1024  # parsed URLs kept (least recently used out), one per business number
@@ -152,7 +152,7 @@ class GraphSender:
         base_url: str = "https://graph.facebook.com",
         limiter: SendLimiter | None = None,
         auth_pause_s: float = 300.0,
-        breaker: CircuitBreaker | None = None,
+        breaker: Breaker | None = None,
         clock: Callable[[], float] = time.monotonic,
         logger: logging.Logger | None = None,
     ) -> None:
@@ -174,8 +174,17 @@ class GraphSender:
         self._pair_strikes: dict[tuple[str, str], int] = {}
 
     @classmethod
-    def from_settings(cls, client: httpx.AsyncClient, settings: Settings) -> GraphSender:
-        """A sender for `settings`' Graph URL, version, token and per-number rate."""
+    def from_settings(
+        cls,
+        client: httpx.AsyncClient,
+        settings: Settings,
+        *,
+        shared: SharedBuckets | None = None,
+        breaker: Breaker | None = None,
+    ) -> GraphSender:
+        """A sender for `settings`' Graph URL, version, token and per-number rate (taken from
+        `shared` buckets when given: every process together keeps to it), behind `breaker`
+        (by default one of its own, from the settings)."""
         if settings.whatsapp_access_token is None:
             raise ValueError("WHATSAPP_ACCESS_TOKEN is required to send through the Graph API")
         return cls(
@@ -183,10 +192,8 @@ class GraphSender:
             access_token=settings.whatsapp_access_token.get_secret_value(),
             api_version=settings.graph_api_version,
             base_url=settings.graph_api_url,
-            limiter=SendLimiter(settings.send_rate_per_number),
-            breaker=CircuitBreaker(
-                settings.graph_breaker_failures, settings.graph_breaker_cooldown
-            ),
+            limiter=SendLimiter(settings.send_rate_per_number, shared=shared),
+            breaker=breaker or graph_breaker(settings),
         )
 
     def __repr__(self) -> str:
@@ -464,3 +471,8 @@ class GraphSender:
         if self._paused_until is not None:
             self._paused_until = None
             log_event(self._log, "graph_auth_restored", logging.WARNING)
+
+
+def graph_breaker(settings: Settings) -> CircuitBreaker:
+    """The breaker that pauses sending while Meta is unreachable, from the settings."""
+    return CircuitBreaker(settings.graph_breaker_failures, settings.graph_breaker_cooldown)

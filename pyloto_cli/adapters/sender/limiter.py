@@ -6,6 +6,9 @@ once (no lock, no polling, first come first served) and sleeps until it. Meta's 
 and per recipient a burst of 45, then 1 message per 6 s. A send that would wait longer than
 `max_wait_s` reserves nothing and raises RateLimited with `retry_after` = the wait, so a
 worker is never held for long: the task goes back to the queue, spending no attempt.
+
+Given `shared` buckets (Redis, or the host's SQLite file), the per-number bucket is taken there
+instead, so every process of a deployment together keeps to the number's rate.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pyloto_cli.domain.errors import RateLimited
+from pyloto_cli.ports import SharedBuckets
 
 _PRUNE_AT = 10_000  # recipients tracked before idle buckets are dropped
 
@@ -62,6 +66,7 @@ class SendLimiter:
         pair_interval_s: float = 6.0,
         max_wait_s: float = 3.0,
         clock: Callable[[], float] = time.monotonic,
+        shared: SharedBuckets | None = None,
     ) -> None:
         if rate_per_number <= 0:
             raise ValueError("rate_per_number must be positive")
@@ -72,6 +77,7 @@ class SendLimiter:
         self.pair_interval_s = pair_interval_s
         self.max_wait_s = max_wait_s
         self._clock = clock
+        self._shared = shared
         self._numbers: dict[str, Bucket] = {}
         self._pairs: dict[tuple[str, str], Bucket] = {}
 
@@ -83,6 +89,9 @@ class SendLimiter:
         if recipient is not None:
             pair = self._pair(phone_number_id, recipient)
             await self._take(pair, "pair_rate_limit")
+        if self._shared is not None:
+            await self._take_shared(self._shared, phone_number_id)
+            return
         await self._take(self._number(phone_number_id), "number_rate_limit")
 
     def penalize(self, phone_number_id: str, recipient: str, seconds: float) -> None:
@@ -102,6 +111,16 @@ class SendLimiter:
         delay = bucket.reserve(now)
         if delay > 0:
             await asyncio.sleep(delay)
+
+    async def _take_shared(self, shared: SharedBuckets, phone_number_id: str) -> None:
+        """Take a token when one is free, waiting up to `max_wait_s` in all: the processes
+        compete for each token rather than booking slots ahead."""
+        key, interval = f"number:{phone_number_id}", 1.0 / self.rate_per_number
+        deadline = self._clock() + self.max_wait_s
+        while (wait := await shared.take(key, interval, self.number_burst)) > 0:
+            if self._clock() + wait > deadline:
+                raise RateLimited("number_rate_limit", retry_after=wait)
+            await asyncio.sleep(wait)  # until a token is free; another process may take it
 
     def _number(self, phone_number_id: str) -> Bucket:
         bucket = self._numbers.get(phone_number_id)
