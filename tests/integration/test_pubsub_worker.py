@@ -140,10 +140,11 @@ async def test_a_permanent_failure_is_kept_as_a_dead_letter_and_requeued(
 async def test_spent_attempts_end_in_a_dead_letter_not_a_redelivery_loop(
     config: PubSubConfig,
 ) -> None:
-    def always_transient(call: int) -> Exception | None:
-        return TransientError("graph 503")
+    def always_unknown(call: int) -> Exception | None:
+        # a failure of unknown kind: the attempts bound it (a known transient one has a horizon)
+        return RuntimeError("unexpected")
 
-    async with running(config, always_transient) as run:
+    async with running(config, always_unknown) as run:
         await run.publish("wamid.T1")
         await wait_until(run.has_dead_letter, within=20.0, what="a dead letter")
         assert (await run.letter("wamid.T1")).attempts == POLICY.max_attempts
