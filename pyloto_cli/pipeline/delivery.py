@@ -1,18 +1,22 @@
 """Sending a reply at most once, and paying for it once: the task memo of one inbound message.
 
 What an attempt has paid for is written to `ports.TaskMemos` under the wamid the reply
-answers, before anything after it can fail:
+answers, whenever something after it can fail without taking it along:
 
-- the computed reply and the Graph bodies that carry it (`reply`, `bodies`), before the first
-  send: a retry after a failed send sends the same bodies without asking the LLM again;
-- each body's sent wamid (`sent.<n>`), as soon as Meta accepted it: a retry after a failed
-  session save, or after part n was accepted, sends only what was not accepted yet.
+- the computed reply and the Graph bodies that carry it (`reply`, `bodies`): a retry after a
+  failed send sends the same bodies without asking the LLM again;
+- each body's sent wamid (`sent.<n>`): a retry after a failed session save, or after part n was
+  accepted, sends only what was not accepted yet.
 
-A memo store that refuses a write (a full disk, Redis down) does not fail the task: the memo is
-held in this process's memory, which the retry (same worker, same process) reads first, so only
-a crash at that very moment can still send a reply twice. Without a memo store the process's
-memory is the memo (nothing survives a crash). The memo is forgotten once the
-task is done; otherwise it expires with its TTL.
+A one-part reply whose send and session save succeed writes nothing: the session save records
+the sent wamid itself, in the same step the memo would have, so a memo would only add a write
+per message. The memo is written when the send or the save fails (before the failure is
+raised), and before the second part of a long reply goes. A memo store that refuses a write (a
+full disk, Redis down) does not fail the task: the memo is held in this process's memory, which
+the retry (same worker, same process) reads first, so only a crash at that very moment can
+still send a reply twice. Without a memo store the process's memory is the memo (nothing
+survives a crash). The memo is forgotten once the task is done; otherwise it expires with its
+TTL.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ class Memo:
     reply: Reply | None = None
     bodies: list[JsonObject] | None = None
     sent: dict[int, str] = field(default_factory=dict)
+    stored: bool = False  # the store may hold fields of it: forget them once done
 
     @property
     def fully_sent(self) -> bool:
@@ -88,6 +93,7 @@ class Delivery:
             log_event(_log, "memo_read_failed", logging.WARNING, message_id=key, error=_name(exc))
             stored = {}
         memo = _decode(stored) if stored else Memo()
+        memo.stored = bool(stored)
         held = self._held.get(key)
         if held is not None:
             if held.reply is not None:
@@ -95,14 +101,32 @@ class Delivery:
             memo.sent.update(held.sent)
         return memo
 
-    async def remember_reply(self, key: str, reply: Reply, bodies: Sequence[JsonObject]) -> None:
-        """Keep the computed reply and its bodies, so no retry pays for them again."""
-        if self.memos is not None:
-            fields = {REPLY_FIELD: _encode_reply(reply), BODIES_FIELD: json.dumps(list(bodies))}
-            if await self._stored(self.memos, key, fields) and key not in self._held:
+    async def remember_reply(
+        self, key: str, memo: Memo, reply: Reply, bodies: Sequence[JsonObject]
+    ) -> None:
+        """Keep the computed reply and its bodies in `memo`; in the store too when it has more
+        than one part (a part accepted must never be paid for or sent again)."""
+        memo.reply, memo.bodies = reply, list(bodies)
+        if len(bodies) > 1:
+            await self.persist(key, memo)
+
+    async def persist(self, key: str, memo: Memo) -> None:
+        """Write what `memo` holds to the store (held in memory when it refuses), before a
+        failure is raised: the retry neither pays for the reply nor sends an accepted part."""
+        fields: dict[str, str] = {f"{SENT_PREFIX}{i}": wamid for i, wamid in memo.sent.items()}
+        if memo.reply is not None and memo.bodies is not None:
+            fields[REPLY_FIELD] = _encode_reply(memo.reply)
+            fields[BODIES_FIELD] = json.dumps(memo.bodies)
+        if not fields:
+            return
+        if self.memos is not None and await self._stored(self.memos, key, fields):
+            memo.stored = True
+            if key not in self._held:
                 return
         held = self._hold(key)
-        held.reply, held.bodies = reply, list(bodies)
+        if memo.reply is not None:
+            held.reply, held.bodies = memo.reply, memo.bodies
+        held.sent.update(memo.sent)
 
     async def send_parts(
         self,
@@ -135,31 +159,25 @@ class Delivery:
                 raise
             self.metrics.graph_send("sent")
             memo.sent[index] = sent.message_id
-            await self._record_sent(key, index, sent.message_id)
+            if len(bodies) > 1:  # recorded before the next part goes
+                await self.persist(key, memo)
             if len(bodies) > 1:
                 log_event(
                     _log, "reply_part_sent", message_id=key, part=index + 1, parts=len(bodies)
                 )
         return [memo.sent[i] for i in range(len(bodies))], None
 
-    async def forget(self, key: str) -> None:
-        """The task is done: drop its memo (a failure leaves it to expire)."""
+    async def forget(self, key: str, memo: Memo | None = None) -> None:
+        """The task is done: drop its memo (a failure leaves it to expire). Given the `memo`
+        of this attempt, the store is asked only when it may hold something."""
         self._held.pop(key, None)
         self._held_at.pop(key, None)
-        if self.memos is None:
+        if self.memos is None or (memo is not None and not memo.stored):
             return
         try:
             await self.memos.forget(key)
         except Exception as exc:  # harmless: the memo expires, and the wamid is marked done
             log_event(_log, "memo_forget_failed", logging.WARNING, message_id=key, error=_name(exc))
-
-    async def _record_sent(self, key: str, index: int, message_id: str) -> None:
-        if self.memos is not None:
-            fields = {f"{SENT_PREFIX}{index}": message_id}
-            stored = await self._stored(self.memos, key, fields)
-            if stored and key not in self._held:
-                return
-        self._hold(key).sent[index] = message_id
 
     async def _stored(self, memos: TaskMemos, key: str, fields: Mapping[str, str]) -> bool:
         """Write `fields` to the memo store; False (logged) when it refused them."""

@@ -9,9 +9,10 @@ The order of the side effects is the at-least-once contract:
 2b. apply the conversation's mode rules (`pipeline/conversation.py`): an opt-out / opt-in
    keyword's confirmation replaces the responder; a conversation a person handles (or that
    opted out) gets its messages stored and marked done, nothing sent;
-3. ask the responder, build the body, send it from the number that received the message; the
-   reply, then each part Meta accepted, is kept in the task memo first (pipeline/delivery.py):
-   a retry sends what is left of the same reply, and asks the LLM nothing;
+3. ask the responder, build the body, send it from the number that received the message; when
+   the send or the save fails, the reply and each part Meta accepted are kept in the task memo
+   first (pipeline/delivery.py; a long reply's parts as they go): a retry sends what is left of
+   the same reply, and asks the LLM nothing;
 4. append the user's turn and the reply (with the sent wamid) to the session, and mark the
    wamid done, at once: either record alone keeps a redelivery from being answered again.
 
@@ -60,7 +61,7 @@ from pyloto_cli.domain.webhook import InboundMessage, inbound_message, needs_rep
 from pyloto_cli.logs import get_logger, log_event, mask_phone
 from pyloto_cli.pipeline import conversation as modes
 from pyloto_cli.pipeline import window
-from pyloto_cli.pipeline.delivery import Delivery, Gate
+from pyloto_cli.pipeline.delivery import Delivery, Gate, Memo
 from pyloto_cli.pipeline.media import MediaReader, read_media
 from pyloto_cli.ports import (
     NO_METRICS,
@@ -232,9 +233,11 @@ class Pipeline:
         """
         claimed: list[InboundMessage] = []
         try:
-            claims, loaded = await asyncio.gather(
+            # the memo too: on SQLite all three share one trip to the writer thread
+            claims, loaded, memo = await asyncio.gather(
                 self._claim_all(msgs, claimed),
                 self.sessions.load(msgs[-1].conversation_key),
+                self.delivery.recall(msgs[-1].id),
                 return_exceptions=True,
             )
             if isinstance(claims, BaseException):
@@ -246,7 +249,8 @@ class Pipeline:
                 return claims
             if not claimed:
                 return TaskResult(Outcome.SKIPPED)
-            return await self._answer(claimed, loaded)
+            fetched = None if isinstance(memo, BaseException) else (msgs[-1].id, memo)
+            return await self._answer(claimed, loaded, fetched)
         except BaseException:
             await self._release(claimed)
             raise
@@ -274,7 +278,12 @@ class Pipeline:
         for msg in msgs:
             await self.deduper.release(msg.id)
 
-    async def _answer(self, msgs: list[InboundMessage], session: Session | None) -> TaskResult:
+    async def _answer(
+        self,
+        msgs: list[InboundMessage],
+        session: Session | None,
+        fetched: tuple[str, Memo] | None = None,
+    ) -> TaskResult:
         fresh: list[InboundMessage] = []
         for msg in msgs:
             if session is not None and _already_answered(session, msg.id):
@@ -290,7 +299,8 @@ class Pipeline:
         replying = [m for m in fresh if needs_reply(m)]
         if verdict.keyword_message is not None:  # its confirmation, not the LLM's reply
             confirm = Reply(text=verdict.confirmation or "", event=verdict.event)
-            return await self._reply_once(fresh, verdict.keyword_message, session, tracker, confirm)
+            keyword = verdict.keyword_message
+            return await self._reply_once(fresh, keyword, session, tracker, confirm, fetched)
         stale = self._stale(replying) if verdict.answer else []  # mode rules come first
         replying = [m for m in replying if m not in stale]
         if not replying or not verdict.answer:  # reactions; stale; or a person handles it
@@ -301,7 +311,7 @@ class Pipeline:
             if stale:
                 return TaskResult(Outcome.SKIPPED, reason=window.MESSAGE_STALE)
             return TaskResult(Outcome.DONE)
-        return await self._reply_once(fresh, replying[-1], session, tracker)
+        return await self._reply_once(fresh, replying[-1], session, tracker, None, fetched)
 
     async def _reply_once(
         self,
@@ -310,25 +320,35 @@ class Pipeline:
         session: Session | None,
         tracker: modes.ConversationTracker,
         fixed: Reply | None = None,
+        fetched: tuple[str, Memo] | None = None,
     ) -> TaskResult:
         """One reply to `last` for the words of every message in `msgs` (often just `last`);
-        `fixed` is sent as it is, without the read receipt or the LLM (a confirmation)."""
+        `fixed` is sent as it is, without the read receipt or the LLM (a confirmation).
+        `fetched` is the memo read with the session, and the wamid it was read for."""
         ids.phone_number_id(last.phone_number_id)  # no number to reply from: dead, not asked
         now = self._clock()
         turn_number = _turn_number(session)
-        memo = await self.delivery.recall(last.id)
+        if fetched is not None and fetched[0] == last.id:
+            memo = fetched[1]
+        else:
+            memo = await self.delivery.recall(last.id)
         reply, bodies = memo.reply, memo.bodies
         if reply is None or bodies is None:  # not paid for yet: ask the responder
-            reply, bodies, msgs, last = await self._compose(msgs, last, session, turn_number, fixed)
+            composed = await self._compose(msgs, last, session, turn_number, fixed, memo)
+            reply, bodies, msgs, last = composed
         elif memo.fully_sent:
             log_event(_log, "reply_already_sent", message_id=last.id, parts=len(bodies))
         leaving = tracker.before.mode if fixed else None
-        sent_ids, stopped = await self.delivery.send_parts(
-            last.id, last.phone_number_id, memo, bodies, self._gate(last, leaving)
-        )
+        try:
+            sent_ids, stopped = await self.delivery.send_parts(
+                last.id, last.phone_number_id, memo, bodies, self._gate(last, leaving)
+            )
+        except BaseException:  # the retry sends this same reply, and no accepted part again
+            await self.delivery.persist(last.id, memo)
+            raise
         if stopped is not None:  # held back before a part went: the mode or the window
             result = await self._not_replied(msgs, last, reply, stopped, turn_number, tracker)
-            await self.delivery.forget(last.id)
+            await self.delivery.forget(last.id, memo)
             return result
         user_turns = tuple(
             Turn(
@@ -350,11 +370,19 @@ class Pipeline:
             reply_to=last.id,
         )
         modes.after_reply(tracker, reply.event, self._clock())
-        await self._save(
-            last, (*user_turns, bot_turn), done=msgs, turn_number=turn_number, extra=tracker.meta()
-        )
+        try:
+            await self._save(
+                last,
+                (*user_turns, bot_turn),
+                done=msgs,
+                turn_number=turn_number,
+                extra=tracker.meta(),
+            )
+        except BaseException:  # sent: the retry saves the session and sends nothing
+            await self.delivery.persist(last.id, memo)
+            raise
         tracker.log_changes()
-        await self.delivery.forget(last.id)
+        await self.delivery.forget(last.id, memo)
         if len(msgs) > 1:
             log_event(_log, "burst_answered", message_id=last.id, messages=len(msgs))
         return TaskResult(Outcome.DONE, sent_id=sent_ids[0], reply=reply, sent_ids=tuple(sent_ids))
@@ -366,6 +394,7 @@ class Pipeline:
         session: Session | None,
         turn_number: int,
         fixed: Reply | None,
+        memo: Memo,
     ) -> tuple[Reply, list[JsonObject], list[InboundMessage], InboundMessage]:
         """Read the turn's media, ask the responder (or take `fixed`, a confirmation, without
         the read receipt or the LLM), build the bodies, and keep them in the memo before any
@@ -388,7 +417,7 @@ class Pipeline:
         bodies = reply_bodies(
             reply, last.recipient, callback_data=last.id, max_parts=self.config.max_reply_parts
         )
-        await self.delivery.remember_reply(last.id, reply, bodies)
+        await self.delivery.remember_reply(last.id, memo, reply, bodies)
         return reply, bodies, msgs, last
 
     def _stale(self, msgs: list[InboundMessage]) -> list[InboundMessage]:

@@ -27,7 +27,7 @@ from pyloto_cli.domain.session import Role
 from pyloto_cli.domain.task import JsonObject
 from pyloto_cli.domain.webhook import inbound_message, split_webhook
 from pyloto_cli.logs import event_fields
-from pyloto_cli.pipeline.delivery import Delivery
+from pyloto_cli.pipeline.delivery import Delivery, Memo
 from pyloto_cli.pipeline.process import Outcome, Pipeline, PipelineConfig
 from pyloto_cli.pipeline.responder import LLMResponder
 from pyloto_cli.pipeline.worker import Worker
@@ -36,6 +36,28 @@ from pyloto_cli.settings import Settings
 from tests.unit.pipeline_support import PNID, FlakyDeduper, RecordingSender, message, webhook
 
 KEY = f"{PNID}:15550001234"
+
+
+class CountingMemos(MemoryTaskMemos):
+    """In-memory memos that count the calls the pipeline makes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets = self.puts = self.forgets = 0
+
+    async def get(self, key: str) -> dict[str, str]:
+        self.gets += 1
+        return await super().get(key)
+
+    async def put(self, key: str, fields: Mapping[str, str], ttl_s: float) -> None:
+        self.puts += 1
+        await super().put(key, fields, ttl_s)
+
+    async def forget(self, key: str) -> None:
+        self.forgets += 1
+        await super().forget(key)
+
+
 POLICY = RetryPolicy(base_s=0.0, cap_s=0.0, jitter=0.0, max_attempts=3)
 
 
@@ -337,15 +359,32 @@ async def test_only_an_unusable_answer_gets_the_safe_reply_which_promises_nothin
 
 
 async def test_what_is_held_in_memory_expires_with_the_memo_ttl() -> None:
-    """Without a memo store the process holds the memos; one never forgotten (a dead letter)
-    goes once the TTL has passed, so memory stays bounded."""
+    """Without a memo store the process holds the memos a failure persisted; one never
+    forgotten (a dead letter) goes once the TTL has passed, so memory stays bounded."""
     now = [0.0]
     delivery = Delivery(None, RecordingSender(), ttl_s=10.0, clock=lambda: now[0])
-    await delivery.remember_reply("wamid.A", Reply(text="a"), [{"type": "text"}])
+
+    async def failed_after_compose(key: str, text: str) -> None:
+        memo = Memo()
+        await delivery.remember_reply(key, memo, Reply(text=text), [{"type": "text"}])
+        await delivery.persist(key, memo)
+
+    await failed_after_compose("wamid.A", "a")
     now[0] = 5.0
-    await delivery.remember_reply("wamid.B", Reply(text="b"), [{"type": "text"}])
+    await failed_after_compose("wamid.B", "b")
     assert (await delivery.recall("wamid.A")).reply == Reply(text="a")
     now[0] = 11.0
-    await delivery.remember_reply("wamid.C", Reply(text="c"), [{"type": "text"}])
+    await failed_after_compose("wamid.C", "c")
     assert (await delivery.recall("wamid.A")).reply is None
     assert (await delivery.recall("wamid.B")).reply == Reply(text="b")
+
+
+async def test_a_one_part_reply_sent_and_saved_writes_no_memo() -> None:
+    """The session save records the sent wamid itself: a reply that goes and is saved at the
+    first try costs the memo store nothing, not even a delete."""
+    memos = CountingMemos()
+    async with rig(RecordingSender(), CountingResponder(), memos=memos) as r:
+        await r.deliver(message("wamid.Q1", "hi"))
+        await r.worker.drain()
+    assert (memos.puts, memos.forgets) == (0, 0)
+    assert memos.gets == 1
