@@ -20,7 +20,7 @@ acknowledged message is answered or dead-lettered (at most `--settle` seconds); 
   stage (a message's answer calls each stage once when nothing fails: 1.00x);
 - recovery s: from the end of the fault (the outage over, the restarted process ready) until
   every message acknowledged before then is answered or dead-lettered;
-- holding replies: sends of the default safe reply (a promise to answer later); a message
+- holding replies: sends of the default safe reply (a stand-in, not an answer); a message
   answered only by one counts as answered above.
 
 Scenarios: `llm-errors` (20 % of LLM calls answer 500 or 429), `graph-errors` (20 % of sends
@@ -129,7 +129,7 @@ class Row:
     llm_calls: int
     llm_stages: int  # the stages a message's answer calls the LLM for (routes the fake saw)
     recovery_s: float | None
-    holding: int = 0  # sends of the safe reply ("we'll get back to you"), not an answer
+    holding: int = 0  # sends of the safe reply: a stand-in, not an answer
     outage_s: float = 0.0
 
     @property
