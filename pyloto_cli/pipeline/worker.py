@@ -191,7 +191,8 @@ class Worker:
             log_event(_log, "task_dequeued", logging.DEBUG, kind=task.kind.value)
             started = time.perf_counter()
             holder = [lease]
-            renewer = asyncio.create_task(self._renew(holder))
+            finished = asyncio.Event()
+            renewer = asyncio.create_task(self._renew(holder, finished))
             try:
                 result = await self._process(holder)
             except asyncio.CancelledError:  # the stop's grace is over: hand the task back
@@ -201,7 +202,9 @@ class Worker:
                 _log.exception("task_failed")
                 result = TaskResult(Outcome.RETRY, reason=f"{type(exc).__name__}: {exc}")
             finally:
-                renewer.cancel()
+                # told, not cancelled: a renewal cancelled in the middle of its queue call can
+                # leave the client waiting for a reply it no longer reads (seen with Redis)
+                finished.set()
                 with contextlib.suppress(asyncio.CancelledError):
                     await renewer
             duration_ms = round((time.perf_counter() - started) * 1000, 2)
@@ -263,10 +266,16 @@ class Worker:
             except StaleLeaseError:
                 log_event(_log, "task_lease_lost", stage="coalesce", task_id=lease.task.task_id)
 
-    async def _renew(self, holder: list[Leased]) -> None:
+    async def _renew(self, holder: list[Leased], finished: asyncio.Event) -> None:
+        """Renew every lease of `holder` each third of the lease time until `finished`."""
         lost: set[int] = set()
         while True:
-            await asyncio.sleep(self.lease_s / 3)
+            try:
+                async with asyncio.timeout(self.lease_s / 3):
+                    await finished.wait()
+                return
+            except TimeoutError:
+                pass
             for i, lease in enumerate(holder):
                 if i in lost:
                     continue
