@@ -38,10 +38,12 @@ async def test_web_process_scrape_adds_the_worker_process(tmp_path: Path) -> Non
                     assert response.status_code == 200, response.text
                     samples = scrape_text(response.text)
                     done = value(samples, "pyloto_tasks_processed_total", outcome="done")
-                    return samples if done == 3 else None
+                    # a task is counted before its ack commits (the ack joins the next commit)
+                    drained = value(samples, "pyloto_queue_depth") == 0
+                    return samples if done == 3 and drained else None
 
                 samples = await wait_until(
-                    scrape, within=20.0, what="3 tasks done in /metrics", details=serve.log_tail
+                    scrape, within=20.0, what="3 tasks done and acked in /metrics", details=serve.log_tail
                 )
         finally:
             serve.terminate()
