@@ -43,7 +43,7 @@ async def test_web_process_scrape_adds_the_worker_process(tmp_path: Path) -> Non
                     return samples if done == 3 and drained else None
 
                 samples = await wait_until(
-                    scrape, within=20.0, what="3 tasks done and acked in /metrics", details=serve.log_tail
+                    scrape, within=20.0, what="3 tasks acked in /metrics", details=serve.log_tail
                 )
         finally:
             serve.terminate()
