@@ -89,6 +89,7 @@ class Shared:
     sqlite: SqliteFiles = field(default_factory=SqliteFiles)
     _redis: Any = None
     _firestore: Any = None
+    _openai: Any = None
 
     async def sqlite_db(self, name: str) -> SqliteDatabase:
         """`<data_dir>/<name>`, opened once per process."""
@@ -109,6 +110,14 @@ class Shared:
             conn = RedisConnection(self.settings.redis_url, role="shared")
             self._redis = (await self.stack.enter_async_context(conn)).client
         return self._redis
+
+    async def openai(self) -> Any:
+        """One `AsyncOpenAI` for the LLM stages and the transcriber (one connection pool)."""
+        if self._openai is None:
+            from pyloto_cli.adapters.llm.openai import open_openai_client
+
+            self._openai = await self.stack.enter_async_context(open_openai_client(self.settings))
+        return self._openai
 
     async def firestore(self) -> Any:
         """One Firestore `AsyncClient` for every Firestore adapter (GOOGLE_CLOUD_PROJECT)."""
@@ -456,14 +465,14 @@ async def open_shared_limits(shared: Shared) -> SharedLimits | None:
 
 
 async def open_responder(
-    settings: Settings,
-    stack: Stack,
+    shared: Shared,
     metrics: Metrics = NO_METRICS,
     breakers: SharedBreakers | None = None,
 ) -> Responder:
     """The three LLM stages with an OpenAI key, else the offline stand-in; behind the reply
     cache when PYLOTO_REPLY_CACHE is on. With `breakers`, the LLM breaker's opening is shared."""
-    responder = await _open_llm_responder(settings, stack, metrics, breakers)
+    settings, stack = shared.settings, shared.stack
+    responder = await _open_llm_responder(shared, metrics, breakers)
     if not settings.reply_cache:
         return responder
     from pyloto_cli.adapters.llm.cache import CachingResponder
@@ -473,15 +482,16 @@ async def open_responder(
 
 
 async def _open_llm_responder(
-    settings: Settings, stack: Stack, metrics: Metrics, breakers: SharedBreakers | None
+    shared: Shared, metrics: Metrics, breakers: SharedBreakers | None
 ) -> Responder:
+    settings, stack = shared.settings, shared.stack
     if settings.llm_active:
-        from pyloto_cli.adapters.llm.openai import OpenAIChatModel, open_openai_client
+        from pyloto_cli.adapters.llm.openai import OpenAIChatModel
         from pyloto_cli.domain.breaker import Breaker, CircuitBreaker
         from pyloto_cli.pipeline.responder import LLMResponder
         from pyloto_cli.pipeline.shared_breaker import SharedBreaker
 
-        client = await stack.enter_async_context(open_openai_client(settings))
+        client = await shared.openai()
         cooldown = settings.llm_breaker_cooldown
         local = CircuitBreaker(settings.llm_breaker_failures, cooldown)
         breaker: Breaker = local
@@ -522,10 +532,11 @@ async def open_sender(
     return await stack.enter_async_context(DryRunSender())
 
 
-async def open_media(settings: Settings, stack: Stack) -> MediaReader | None:
+async def open_media(shared: Shared) -> MediaReader | None:
     """What reads a user's voice notes, images and documents for the LLM stages: None with
     the offline responder (it answers media from the webhook alone); no downloads without an
     access token (locations and contacts are still read as text)."""
+    settings, stack = shared.settings, shared.stack
     if not settings.llm_active:
         return None
     config = MediaConfig(
@@ -538,14 +549,15 @@ async def open_media(settings: Settings, stack: Stack) -> MediaReader | None:
     )
     if settings.whatsapp_access_token is None:
         return MediaReader(config)
-    from pyloto_cli.adapters.llm.openai import OpenAITranscriber, open_openai_client
+    from pyloto_cli.adapters.llm.openai import OpenAITranscriber
     from pyloto_cli.adapters.media.graph import GraphMediaFetcher, open_media_client
 
     client = await stack.enter_async_context(open_media_client(settings))
     fetcher = await stack.enter_async_context(GraphMediaFetcher.from_settings(client, settings))
-    openai_client = await stack.enter_async_context(open_openai_client(settings))
     transcriber = OpenAITranscriber(
-        openai_client, model=settings.transcribe_model, timeout_s=settings.transcribe_timeout
+        await shared.openai(),
+        model=settings.transcribe_model,
+        timeout_s=settings.transcribe_timeout,
     )
     return MediaReader(config, fetcher=fetcher, transcriber=transcriber)
 

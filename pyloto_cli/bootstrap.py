@@ -135,11 +135,11 @@ class Roles:
         if self._pipeline is None:
             parts = await self.queue_parts()
             stores = await self.stores()
-            settings, stack = self.settings, self._shared.stack
+            settings = self.settings
             limits = await self.shared_limits()
-            responder = await backends.open_responder(settings, stack, self.metrics, limits)
+            responder = await backends.open_responder(self._shared, self.metrics, limits)
             sender = await self.sender()
-            media = await backends.open_media(settings, stack)
+            media = await backends.open_media(self._shared)
             memos = await backends.open_memos(self._shared)
             self._pipeline = Pipeline(
                 sessions=stores.sessions,

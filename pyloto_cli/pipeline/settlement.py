@@ -13,13 +13,16 @@ answer and Cloud Tasks.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from enum import StrEnum
 
 from pyloto_cli.domain.retry import RetryPolicy
-from pyloto_cli.domain.task import FailureKind
+from pyloto_cli.domain.task import DeadLetter, FailureKind, Task
+from pyloto_cli.logs import log_event
 from pyloto_cli.pipeline.process import Outcome, TaskResult
+from pyloto_cli.ports import DeadLetterStore, Metrics
 
 # a pause with no length of its own (no Retry-After on the token error) waits this long
 DEFAULT_DEFER_S = 60.0
@@ -86,3 +89,19 @@ def settle(
 def _until(delay: float, now: float, deadline: float | None) -> float:
     """`delay`, shortened so the next try is no later than `deadline`."""
     return delay if deadline is None else max(0.0, min(delay, deadline - now))
+
+
+async def keep_dead_letter(
+    dead_letters: DeadLetterStore,
+    metrics: Metrics,
+    log: logging.Logger,
+    task: Task,
+    reason: str,
+    attempt: int,
+    **fields: object,
+) -> None:
+    """Keep the dead letter, count it and warn (`task_dead_lettered`): what a push endpoint
+    does before it answers 200, so the queue lets the task go."""
+    await dead_letters.record(DeadLetter(task, reason, attempt, time.time()))
+    metrics.task_dead_lettered()
+    log_event(log, "task_dead_lettered", logging.WARNING, reason=reason, **fields)

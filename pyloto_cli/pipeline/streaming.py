@@ -25,6 +25,7 @@ from pyloto_cli.domain.task import DeadLetter, FailureKind
 from pyloto_cli.logs import bind, get_logger, log_event
 from pyloto_cli.pipeline.process import Outcome, Pipeline, TaskResult
 from pyloto_cli.pipeline.settlement import Action, settle
+from pyloto_cli.pipeline.worker import wind_down
 from pyloto_cli.ports import NO_METRICS, DeadLetterStore, Delivery, Metrics, TaskStream
 
 _log = get_logger("worker")
@@ -107,13 +108,7 @@ class StreamWorker:
         task.add_done_callback(self._inflight.discard)
 
     async def _wind_down(self) -> None:
-        if self._inflight:
-            _, pending = await asyncio.wait(self._inflight, timeout=self.grace_s)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending)
-                log_event(_log, "worker_cancelled_tasks", count=len(pending))
+        await wind_down(self._inflight, self.grace_s)
 
     async def _handle(self, delivery: Delivery) -> None:
         task = delivery.task

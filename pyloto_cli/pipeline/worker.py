@@ -177,13 +177,7 @@ class Worker:
                 waiter.cancel()
 
     async def _wind_down(self) -> None:
-        if self._inflight:
-            _, pending = await asyncio.wait(self._inflight, timeout=self.grace_s)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending)
-                log_event(_log, "worker_cancelled_tasks", count=len(pending))
+        await wind_down(self._inflight, self.grace_s)
 
     async def _handle(self, lease: Leased) -> None:
         task = lease.task
@@ -360,3 +354,16 @@ def _replyable(lease: Leased) -> bool:
         return needs_reply(inbound_message(lease.task))
     except InvalidTask:
         return False
+
+
+async def wind_down(inflight: set[asyncio.Task[None]], grace_s: float) -> None:
+    """Let the tasks in flight finish within `grace_s`, then cancel the rest (each hands its
+    task back to the queue) and wait for them; shared by the pull and the streaming worker."""
+    if not inflight:
+        return
+    _, pending = await asyncio.wait(inflight, timeout=grace_s)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending)
+        log_event(_log, "worker_cancelled_tasks", count=len(pending))

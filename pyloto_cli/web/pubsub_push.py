@@ -20,7 +20,6 @@ import asyncio
 import base64
 import binascii
 import json
-import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -30,10 +29,10 @@ from starlette.responses import PlainTextResponse, Response
 
 from pyloto_cli.domain.errors import PayloadTooLarge, RequestTimeout
 from pyloto_cli.domain.retry import RetryPolicy
-from pyloto_cli.domain.task import DeadLetter, FailureKind, Task, read_stored
+from pyloto_cli.domain.task import FailureKind, Task, read_stored
 from pyloto_cli.logs import bind, get_logger, log_event
 from pyloto_cli.pipeline.process import Outcome, Pipeline, TaskResult
-from pyloto_cli.pipeline.settlement import Action, settle
+from pyloto_cli.pipeline.settlement import Action, keep_dead_letter, settle
 from pyloto_cli.ports import DeadLetterStore
 from pyloto_cli.web.body import CLOSE, read_body
 from pyloto_cli.web.tasks_auth import TASK_TOKEN_HEADER, TaskAuthenticator, TaskAuthError
@@ -152,7 +151,6 @@ async def _bury(
     role: PubSubPushRole, task: Task, reason: str, attempt: int, **fields: object
 ) -> Response:
     """Keep the letter, count it, warn; 200, so Pub/Sub lets the message go."""
-    await role.dead_letters.record(DeadLetter(task, reason, attempt, time.time()))
-    role.pipeline.metrics.task_dead_lettered()
-    log_event(_log, "task_dead_lettered", logging.WARNING, reason=reason, **fields)
+    metrics = role.pipeline.metrics
+    await keep_dead_letter(role.dead_letters, metrics, _log, task, reason, attempt, **fields)
     return PlainTextResponse("dead-lettered")

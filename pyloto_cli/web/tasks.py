@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,7 +35,6 @@ from pyloto_cli.domain.retry import RetryPolicy
 from pyloto_cli.domain.task import (
     ATTEMPT_HEADER,
     PREVIOUS_FAILURE_HEADER,
-    DeadLetter,
     FailureKind,
     Task,
     TaskKind,
@@ -45,7 +43,7 @@ from pyloto_cli.domain.task import (
 from pyloto_cli.logs import bind, get_logger, log_event
 from pyloto_cli.pipeline.conversation_lease import ConversationLease
 from pyloto_cli.pipeline.process import Pipeline, TaskResult
-from pyloto_cli.pipeline.settlement import Action, settle
+from pyloto_cli.pipeline.settlement import Action, keep_dead_letter, settle
 from pyloto_cli.ports import DeadLetterStore, TaskRescheduler
 from pyloto_cli.web.body import CLOSE, read_body
 from pyloto_cli.web.tasks_auth import TaskAuthenticator, TaskAuthError
@@ -143,9 +141,8 @@ async def _dead_letter(
     push: PushRole, task: Task, reason: str, attempt: int, **fields: object
 ) -> Response:
     """Keep the letter, count it, warn; 200, so Cloud Tasks lets the task go."""
-    await push.dead_letters.record(DeadLetter(task, reason, attempt, time.time()))
-    push.pipeline.metrics.task_dead_lettered()
-    log_event(_log, "task_dead_lettered", logging.WARNING, reason=reason, **fields)
+    metrics = push.pipeline.metrics
+    await keep_dead_letter(push.dead_letters, metrics, _log, task, reason, attempt, **fields)
     return PlainTextResponse("dead-lettered")
 
 

@@ -83,8 +83,9 @@ async def rig(
         }
         settings = make_settings(**{**values, **overrides})
         async with contextlib.AsyncExitStack() as stack:
-            media = await backends.open_media(settings, stack)
-            responder = await backends.open_responder(settings, stack)
+            shared = backends.Shared(settings, stack)
+            media = await backends.open_media(shared)
+            responder = await backends.open_responder(shared)
             sender = RecordingSender()
             sessions = MemorySessionStore()
             pipeline = Pipeline(
@@ -547,8 +548,9 @@ async def test_offline_nothing_is_read_and_without_a_token_nothing_is_downloaded
     make_settings: Callable[..., Settings],
 ) -> None:
     async with contextlib.AsyncExitStack() as stack:
-        assert await backends.open_media(make_settings(), stack) is None
-        reader = await backends.open_media(make_settings(openai_api_key="k"), stack)
+        assert await backends.open_media(backends.Shared(make_settings(), stack)) is None
+        keyed = backends.Shared(make_settings(openai_api_key="k"), stack)
+        reader = await backends.open_media(keyed)
         assert reader is not None
         assert reader.fetcher is None
         assert reader.transcriber is None

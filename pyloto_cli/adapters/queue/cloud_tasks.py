@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NoReturn, Self
 
 import grpc
 from google.api_core import exceptions as gexc
@@ -30,6 +29,7 @@ from google.auth.exceptions import DefaultCredentialsError
 from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcAsyncIOTransport
 
+from pyloto_cli.adapters.queue.google_batch import once_each, raise_batch_failure
 from pyloto_cli.domain.errors import BackendUnavailable, TransientError
 from pyloto_cli.domain.task import (
     ATTEMPT_HEADER,
@@ -196,13 +196,7 @@ class CloudTasksSink:
 
     async def enqueue(self, tasks: Sequence[Task]) -> EnqueueResult:
         """Create one task per item, concurrently; return once all are stored or known."""
-        unique: dict[str, Task] = {}
-        repeated: list[str] = []
-        for task in tasks:  # one POST may repeat an item; Cloud Tasks sees each name once
-            if task.task_id in unique:
-                repeated.append(task.task_id)
-            else:
-                unique[task.task_id] = task
+        unique, repeated = once_each(tasks)  # Cloud Tasks sees each name once
         created = await asyncio.gather(
             *(self._create(self._http_task(t, cloud_task_id(t.task_id))) for t in unique.values()),
             return_exceptions=True,
@@ -354,22 +348,12 @@ class CloudTasksSink:
             return False
         return True
 
-    def _raise_failed(self, failures: list[tuple[str, BaseException]], total: int) -> None:
-        for _, error in failures:
-            if not isinstance(error, Exception):  # cancellation and the like pass through
-                raise error
-        first = failures[0][1]
-        reason = first.message if isinstance(first, gexc.GoogleAPICallError) else str(first)
-        log_event(
+    def _raise_failed(self, failures: list[tuple[str, BaseException]], total: int) -> NoReturn:
+        raise_batch_failure(
             _log,
-            "cloud_tasks_enqueue_failed",
-            logging.WARNING,
-            failed=len(failures),
-            total=total,
+            [error for _, error in failures],
+            total,
+            event="cloud_tasks_enqueue_failed",
+            summary="Cloud Tasks stored {ok} of {total} tasks",
             queue=self.config.queue,
-            error=f"{type(first).__name__}: {reason}",
         )
-        raise TransientError(
-            f"Cloud Tasks stored {total - len(failures)} of {total} tasks "
-            f"({type(first).__name__}: {reason})"
-        ) from first

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NoReturn, Self
 
 import google.cloud.pubsub_v1 as pubsub_v1
 import grpc
@@ -38,6 +38,7 @@ from google.auth.exceptions import DefaultCredentialsError
 from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
 from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
+from pyloto_cli.adapters.queue.google_batch import once_each, raise_batch_failure
 from pyloto_cli.domain.errors import BackendUnavailable, TransientError
 from pyloto_cli.domain.task import (
     EnqueueResult,
@@ -256,13 +257,7 @@ class PubSubSink:
     async def enqueue(self, tasks: Sequence[Task]) -> EnqueueResult:
         """Publish one message per task (a task repeated in `tasks` once); return once Pub/Sub
         confirmed every one. Pub/Sub does not de-duplicate: the Deduper does."""
-        unique: dict[str, Task] = {}
-        repeated: list[str] = []
-        for task in tasks:
-            if task.task_id in unique:
-                repeated.append(task.task_id)
-            else:
-                unique[task.task_id] = task
+        unique, repeated = once_each(tasks)
         published = [self._publish(task) for task in unique.values()]  # in order, per key
         outcomes = await asyncio.gather(*published, return_exceptions=True)
         failures: list[tuple[Task, BaseException]] = [
@@ -313,27 +308,17 @@ class PubSubSink:
         if publisher is not None:
             publisher.resume_publish(self.config.topic_path, ordering_key(task.conversation_key))
 
-    def _raise_failed(self, failures: list[tuple[Task, BaseException]], total: int) -> None:
+    def _raise_failed(self, failures: list[tuple[Task, BaseException]], total: int) -> NoReturn:
         for task, _ in failures:
             self._resume(task)
-        for _, error in failures:
-            if not isinstance(error, Exception):  # cancellation and the like pass through
-                raise error
-        first = failures[0][1]
-        reason = first.message if isinstance(first, gexc.GoogleAPICallError) else str(first)
-        log_event(
+        raise_batch_failure(
             _log,
-            "pubsub_publish_failed",
-            logging.WARNING,
-            failed=len(failures),
-            total=total,
+            [error for _, error in failures],
+            total,
+            event="pubsub_publish_failed",
+            summary="Pub/Sub confirmed {ok} of {total} publishes",
             topic=self.config.topic,
-            error=f"{type(first).__name__}: {reason}",
         )
-        raise TransientError(
-            f"Pub/Sub confirmed {total - len(failures)} of {total} publishes "
-            f"({type(first).__name__}: {reason})"
-        ) from first
 
 
 @dataclass(slots=True)
