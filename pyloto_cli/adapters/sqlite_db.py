@@ -1,7 +1,8 @@
 """One SQLite file behind one writer thread, with group commit.
 
-sqlite3 blocks, so no call runs on the event loop: every operation is a plain function of the
-connection, handed to a dedicated thread. The thread takes
+sqlite3 blocks, so no write runs on the event loop: every operation is a plain function of the
+connection, handed to a dedicated thread (the one exception is `read`, a single-statement point
+read that WAL lets run at once on the caller's thread). The thread takes
 everything waiting, runs it in one transaction (each operation inside its own SAVEPOINT, so one
 failing operation does not undo the others), commits once, and then resolves each caller's
 future. Concurrent webhook requests therefore share a commit, and a caller hears back only
@@ -201,6 +202,7 @@ class SqliteDatabase:
         self._closed = False
         self._dirty = threading.Event()
         self._stopping = threading.Event()
+        self._readers: dict[int, sqlite3.Connection] = {}  # by thread: see `read`
         self.commits = 0  # transactions committed (group commit shows here)
         self.checkpoints = 0  # background checkpoints run so far
         self.truncations = 0  # of them, those that also emptied the log
@@ -255,6 +257,9 @@ class SqliteDatabase:
         if self._thread is not None:
             self._jobs.put(None)
             await asyncio.to_thread(self._thread.join)
+        readers, self._readers = self._readers, {}
+        for reader in readers.values():
+            reader.close()
 
     async def run(self, op: Operation[T], *, readonly: bool = False, lazy: bool = False) -> T:
         """Run `op(conn)` in the writer thread inside a transaction; return once committed.
@@ -279,6 +284,39 @@ class SqliteDatabase:
             if _damaged(exc):  # a damaged page found by a read: one line naming the file
                 raise unusable(self.path, exc) from exc
             raise
+
+    async def read(self, op: Operation[T]) -> T:
+        """Run the one-statement read `op(conn)` at once, on the calling thread's own read-only
+        connection, not in the writer thread.
+
+        A point read just before a send (is the conversation still the assistant's?) is worth
+        less than the trip: two thread wake-ups and a transaction of its own. In WAL mode a
+        reader never waits for the writer and sees every commit made before it starts, so the
+        statement takes microseconds on the calling thread. When SQLite answers busy (a
+        checkpoint is resetting the log), the read goes through the writer thread instead.
+        """
+        if self._closed or self._thread is None:
+            raise BackendUnavailable(f"sqlite: {self.path} is not open")
+        try:
+            return op(self._reader())
+        except sqlite3.DatabaseError as exc:
+            if _damaged(exc):
+                raise unusable(self.path, exc) from exc
+            if not is_busy(exc):
+                raise
+        return await self.run(op, readonly=True)
+
+    def _reader(self) -> sqlite3.Connection:
+        thread = threading.get_ident()
+        reader = self._readers.get(thread)
+        if reader is None:
+            reader = sqlite3.connect(
+                self.path, timeout=0, isolation_level=None, check_same_thread=False
+            )
+            reader.row_factory = sqlite3.Row
+            reader.execute("PRAGMA query_only=ON")
+            self._readers[thread] = reader
+        return reader
 
     # --- the writer thread ---------------------------------------------------------------------
 
@@ -497,3 +535,9 @@ class SqliteAttachment:
         if not self._open:
             raise BackendUnavailable(f"sqlite {self._role}: {self.db.path} is not open")
         return await self.db.run(op, readonly=readonly, lazy=lazy)
+
+    async def read(self, op: Operation[T]) -> T:
+        """`op(conn)`, one statement, read at once on this thread (see `SqliteDatabase.read`)."""
+        if not self._open:
+            raise BackendUnavailable(f"sqlite {self._role}: {self.db.path} is not open")
+        return await self.db.read(op)

@@ -14,7 +14,7 @@ import pytest
 
 from pyloto_cli.adapters import sqlite_db
 from pyloto_cli.adapters.sqlite_db import SqliteDatabase, begin, is_busy
-from pyloto_cli.domain.errors import BackendUnavailable
+from pyloto_cli.domain.errors import BackendUnavailable, DataFileUnusable
 from tests.waiting import wait_until
 
 SCHEMA = ("CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY, v TEXT)",)
@@ -298,3 +298,94 @@ async def test_close_commits_a_write_made_just_before_it(tmp_path: Path) -> None
     await asyncio.wait_for(write, timeout=10)
     with sqlite3.connect(path) as other:
         assert keys(other) == ["last"]
+
+
+def count_rows(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT count(*) FROM t").fetchone()[0])
+
+
+async def test_a_read_runs_on_the_calling_thread_and_sees_the_last_commit(tmp_path: Path) -> None:
+    """`read` answers on the caller's thread (no trip to the writer) with what is committed."""
+    seen: list[str] = []
+
+    def rows(conn: sqlite3.Connection) -> int:
+        seen.append(threading.current_thread().name)
+        return count_rows(conn)
+
+    async with SqliteDatabase(tmp_path / "db.sqlite", schema=SCHEMA) as db:
+        commits = db.commits
+        assert await db.read(rows) == 0
+        await db.run(insert("a"))
+        assert await db.read(rows) == 1
+        assert db.commits == commits + 1  # the reads took no transaction of the writer's
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            await db.read(insert("b"))  # the reading connection cannot write
+    assert seen == [threading.current_thread().name] * 2
+    with pytest.raises(BackendUnavailable):
+        await db.read(rows)
+
+
+def busy_error(path: Path) -> sqlite3.OperationalError:
+    """A real SQLITE_BUSY, as SQLite raises it to a connection that finds the file locked."""
+    holder = sqlite3.connect(path, timeout=0, isolation_level=None)
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.OperationalError) as raised:
+            other.execute("BEGIN IMMEDIATE")
+        holder.execute("ROLLBACK")
+    finally:
+        holder.close()
+        other.close()
+    assert is_busy(raised.value)
+    return raised.value
+
+
+async def test_a_read_refused_as_busy_goes_through_the_writer_thread(tmp_path: Path) -> None:
+    """When SQLite answers busy on the caller's thread (a checkpoint resetting the log), the
+    read is run again in the writer thread, which waits for the lock, instead of failing."""
+    path = tmp_path / "db.sqlite"
+    seen: list[str] = []
+
+    async with SqliteDatabase(path, schema=SCHEMA) as db:
+        await db.run(insert("a"))
+        busy = busy_error(path)
+
+        def rows(conn: sqlite3.Connection) -> int:
+            seen.append(threading.current_thread().name)
+            if len(seen) == 1:
+                raise busy
+            return count_rows(conn)
+
+        assert await db.read(rows) == 1
+    assert seen[0] == threading.current_thread().name
+    assert seen[1].startswith("sqlite-writer")
+
+
+async def test_a_read_that_fails_otherwise_is_not_retried(tmp_path: Path) -> None:
+    """Any other error reaches the caller as it was raised, once."""
+    calls: list[int] = []
+
+    def broken(conn: sqlite3.Connection) -> int:
+        calls.append(1)
+        return int(conn.execute("SELECT nope FROM t").fetchone()[0])
+
+    async with SqliteDatabase(tmp_path / "db.sqlite", schema=SCHEMA) as db:
+        with pytest.raises(sqlite3.OperationalError, match="no such column"):
+            await db.read(broken)
+    assert calls == [1]
+
+
+async def test_a_read_that_finds_the_file_damaged_is_one_line_naming_it(tmp_path: Path) -> None:
+    """SQLite's "not a database" from a read becomes the same one-line error as from the writer."""
+    garbage = tmp_path / "garbage.sqlite"
+    garbage.write_bytes(b"not a database at all" * 300)
+    with pytest.raises(sqlite3.DatabaseError) as raised:
+        sqlite3.connect(garbage).execute("SELECT 1 FROM sqlite_master").fetchone()
+
+    def spoiled(conn: sqlite3.Connection) -> int:
+        raise raised.value
+
+    async with SqliteDatabase(tmp_path / "db.sqlite", schema=SCHEMA) as db:
+        with pytest.raises(DataFileUnusable, match=r"db\.sqlite is damaged"):
+            await db.read(spoiled)

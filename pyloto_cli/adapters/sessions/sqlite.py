@@ -140,7 +140,7 @@ class SqliteSessionStore(Attached):
 
     async def head(self, key: str) -> SessionHead | None:
         """The session's key, last update and meta, without decoding its turns."""
-        return await self._sql.run(lambda conn: _head(conn, key), readonly=True)
+        return await self._sql.read(lambda conn: _head(conn, key))
 
     async def list(self, limit: int = 10_000) -> Sequence[SessionHead]:
         """Up to `limit` sessions without turns, most recently updated first (one SELECT)."""
