@@ -32,6 +32,10 @@ class Mode(StrEnum):
     OPTED_OUT = "opted_out"  # the user asked not to be messaged: nothing reaches them
 
 
+# a mode by its stored value (a lookup: read on every message, where `Mode(v)` costs more)
+_MODES: dict[str, Mode] = {mode.value: mode for mode in Mode}
+
+
 @dataclass(frozen=True, slots=True)
 class ConversationState:
     """A typed view of the conversation fields kept in a session's meta.
@@ -51,12 +55,8 @@ class ConversationState:
     @classmethod
     def from_meta(cls, meta: Mapping[str, str]) -> ConversationState:
         """Read the state from a session's meta; unknown or malformed values read as defaults."""
-        try:
-            mode = Mode(meta.get(MODE_KEY, Mode.ASSISTANT))
-        except ValueError:
-            mode = Mode.ASSISTANT
         return cls(
-            mode=mode,
+            mode=_MODES.get(meta.get(MODE_KEY) or "", Mode.ASSISTANT),
             mode_reason=meta.get(MODE_REASON_KEY) or None,
             mode_changed_at=_float(meta.get(MODE_CHANGED_AT_KEY)),
             staff_active_at=_float(meta.get(STAFF_ACTIVE_AT_KEY)),
@@ -80,6 +80,19 @@ class ConversationState:
     def with_mode(self, mode: Mode, reason: str, now: float) -> ConversationState:
         """A copy in `mode`, recording why and when."""
         return replace(self, mode=mode, mode_reason=reason, mode_changed_at=now)
+
+    def with_last_inbound(self, at: float) -> ConversationState:
+        """A copy whose user last wrote at `at` (built directly: this runs on every message,
+        where `dataclasses.replace` costs several times more)."""
+        return ConversationState(
+            mode=self.mode,
+            mode_reason=self.mode_reason,
+            mode_changed_at=self.mode_changed_at,
+            staff_active_at=self.staff_active_at,
+            last_inbound_at=at,
+            marketing_opt_out=self.marketing_opt_out,
+            reengaged_window=self.reengaged_window,
+        )
 
     def window_open(self, now: float) -> bool:
         """True while the user's last inbound message is less than 24 hours old."""

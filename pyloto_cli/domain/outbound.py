@@ -53,7 +53,10 @@ _KEYCAP: Final = "\u20e3"
 
 def wa_len(text: str) -> int:
     """Length as WhatsApp counts it: UTF-16 code units."""
-    return len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
+    if text.isascii():
+        return len(text)
+    # a lone surrogate (which JSON can carry) counts as the one unit it is
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
 
 
 def _extends(ch: str) -> bool:

@@ -22,7 +22,9 @@ is logged as `conversation_mode_changed` and kept in a bounded history (`mode_hi
 
 from __future__ import annotations
 
+import itertools
 import json
+import operator
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -63,7 +65,10 @@ class Reason(StrEnum):
 def normalize_keyword(text: str) -> str:
     """`text` trimmed, without accents (NFKD, combining marks dropped) and case-folded."""
     decomposed = unicodedata.normalize("NFKD", text.strip())
-    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+    if decomposed.isascii():  # most texts: no mark to drop
+        return decomposed.casefold()
+    kept = map(operator.not_, map(unicodedata.combining, decomposed))
+    return "".join(itertools.compress(decomposed, kept)).casefold()
 
 
 def keyword_set(csv: str) -> frozenset[str]:
@@ -126,7 +131,7 @@ class ConversationTracker:
         """The user wrote at `timestamp` (the message's own time, epoch seconds)."""
         last = self.state.last_inbound_at
         if timestamp > 0 and (last is None or timestamp > last):
-            self.state = replace(self.state, last_inbound_at=float(timestamp))
+            self.state = self.state.with_last_inbound(float(timestamp))
 
     def staff_active(self, now: float) -> None:
         """A person at the business acted on the conversation."""

@@ -126,6 +126,8 @@ class MediaReader:
         memos: TaskMemos | None = None,
     ) -> MediaRead:
         """Each message of the turn, read; downloaded files are deleted when `files` closes."""
+        if not any(_has_media(msg) for msg in msgs):  # most turns: text alone, nothing to read
+            return MediaRead(tuple(msgs), last)
         stand_back = session is not None and (
             ConversationState.from_meta(session.meta).mode in _STAND_BACK
         )
@@ -329,6 +331,11 @@ def pdf_text(path: Path, max_pages: int) -> str:
     if len(reader.pages) > max_pages:
         raise _TooManyPages
     return "\n".join(page.extract_text() or "" for page in reader.pages)
+
+
+def _has_media(msg: InboundMessage) -> bool:
+    """Whether `msg` carries something to download or to put into words."""
+    return readable_text(msg) is not None or media_ref(msg) is not None
 
 
 def _unlink(path: Path) -> None:

@@ -91,7 +91,7 @@ def with_inbound(state: ConversationState, msg: InboundMessage, now: float) -> C
     at = float(msg.timestamp) if msg.timestamp > 0 else now
     if state.last_inbound_at is not None and state.last_inbound_at >= at:
         return state
-    return replace(state, last_inbound_at=at)
+    return state.with_last_inbound(at)
 
 
 def check_before_send(
