@@ -106,6 +106,7 @@ class Worker:
         backoff, up to `MAX_LEASE_BACKOFF_S`: the loop never ends on its own.
         """
         failures = 0
+        stopping = asyncio.create_task(self._wake_on(stop))
         try:
             while not stop.is_set():
                 self._wake.clear()  # before the lease: a wake during it is not lost
@@ -121,7 +122,13 @@ class Worker:
                 if not more:
                     await self._idle(stop, self.poll_interval)
         finally:
+            stopping.cancel()
             await self._wind_down()
+
+    async def _wake_on(self, stop: asyncio.Event) -> None:
+        """Wake the idle loop when `stop` is set (`_idle` then waits on one event only)."""
+        await stop.wait()
+        self._wake.set()
 
     async def _back_off(self, stop: asyncio.Event, exc: Exception, failures: int) -> None:
         delay = min(self.poll_interval * 2**failures, MAX_LEASE_BACKOFF_S)
@@ -169,12 +176,13 @@ class Worker:
         return len(leased) == free
 
     async def _idle(self, stop: asyncio.Event, timeout_s: float) -> None:
-        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
-        try:
-            await asyncio.wait(waiters, timeout=timeout_s, return_when="FIRST_COMPLETED")
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
+        """Wait for a wake (new work, or `stop` through `_wake_on`) or `timeout_s`: one wait on
+        one event, where a wait on both would make two tasks per idle spell, one per message."""
+        if stop.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._wake.wait()
 
     async def _wind_down(self) -> None:
         await wind_down(self._inflight, self.grace_s)
