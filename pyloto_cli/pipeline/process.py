@@ -408,9 +408,8 @@ class Pipeline:
                 read = await read_media(self.media, msgs, last, session, media_files, self.memos)
                 msgs, last = list(read.messages), read.last
                 joined = "\n".join(m.text for m in msgs if m.text and needs_reply(m)) or None
-                request = ResponderRequest(
-                    replace(last, text=joined), session, turn_number, images=read.images
-                )
+                asked = last if joined == last.text else replace(last, text=joined)
+                request = ResponderRequest(asked, session, turn_number, images=read.images)
                 reply = read.reply or await self.responder.respond(request)
         for stage in reply.errors:
             log_event(_log, "reply_fallback", stage=stage, message_id=last.id)
