@@ -389,3 +389,39 @@ async def test_a_read_that_finds_the_file_damaged_is_one_line_naming_it(tmp_path
     async with SqliteDatabase(tmp_path / "db.sqlite", schema=SCHEMA) as db:
         with pytest.raises(DataFileUnusable, match=r"db\.sqlite is damaged"):
             await db.read(spoiled)
+
+
+async def test_a_batch_runs_once_without_savepoints_and_again_isolated_after_a_failure(
+    tmp_path: Path,
+) -> None:
+    """A batch whose operations all succeed runs each once, with no SAVEPOINT statement; when
+    one fails, the transaction is undone and the batch run again with each in its SAVEPOINT:
+    the others' writes are committed once, the failing one's not at all."""
+    statements: list[str] = []
+    runs: list[str] = []
+
+    def counted(key: str) -> Callable[[sqlite3.Connection], object]:
+        def op(conn: sqlite3.Connection) -> object:
+            runs.append(key)
+            conn.set_trace_callback(statements.append)
+            return conn.execute("INSERT INTO t VALUES (?, 'x')", (key,))
+
+        return op
+
+    async with SqliteDatabase(tmp_path / "db.sqlite", schema=SCHEMA, lazy_wait_s=30.0) as db:
+        await db.run(insert("a"))
+        first = asyncio.create_task(db.run(counted("b"), lazy=True))
+        await asyncio.sleep(0)  # one loop turn: the task hands its write to the database
+        await db.run(counted("c"))
+        await first
+        assert runs == ["b", "c"]
+        assert not [s for s in statements if "SAVEPOINT" in s]
+        runs.clear()
+        kept = asyncio.create_task(db.run(counted("d"), lazy=True))
+        await asyncio.sleep(0)
+        with pytest.raises(sqlite3.IntegrityError):
+            await db.run(insert("a"))
+        await kept
+        assert runs == ["d", "d"]
+        assert [s for s in statements if "SAVEPOINT" in s]
+        assert await db.run(keys) == ["a", "b", "c", "d"]
