@@ -474,6 +474,19 @@ class FakeGraphServer:
         fault = self._take_fault(body)
         if fault is None and state.random_rate and state.rng.random() < state.random_rate:
             fault = Fault(code=state.rng.choice(state.random_codes))
+        refused = await self._delay_and_refuse(request, fault)
+        if refused is not None:
+            return refused
+        if isinstance(body, dict) and body.get("status") == "read":
+            return 200, {"success": True}
+        return 200, self._accepted(body)
+
+    async def _delay_and_refuse(
+        self, request: Request, fault: Fault | None
+    ) -> tuple[int, Any] | None:
+        """What every call goes through before its own answer: the configured latency (and the
+        fault's), the token check, then the fault's error; None when the call goes on."""
+        state = self._state
         delay = state.delay_s + (fault.delay_s if fault else 0.0)
         if delay:
             await asyncio.sleep(delay)
@@ -485,9 +498,7 @@ class FakeGraphServer:
             return status, error_body(fault.code)
         if fault is not None and fault.http_status is not None:
             return fault.http_status, {"detail": "fake failure (no Graph error object)"}
-        if isinstance(body, dict) and body.get("status") == "read":
-            return 200, {"success": True}
-        return 200, self._accepted(body)
+        return None
 
     def _take_fault(self, body: Any) -> Fault | None:
         for fault in self._state.faults:
@@ -543,23 +554,13 @@ class FakeGraphServer:
     async def _upload_answer(
         self, request: Request, fields: dict[str, Any], upload: UploadFile | None
     ) -> tuple[int, Any]:
-        state = self._state
-        fault = self._take_fault({"upload": True})
-        delay = state.delay_s + (fault.delay_s if fault else 0.0)
-        if delay:
-            await asyncio.sleep(delay)
-        token = state.token
-        if token is not None and request.headers.get("authorization") != f"Bearer {token}":
-            return 401, error_body(190)
-        if fault is not None and fault.code is not None:
-            status = fault.http_status or KNOWN_ERRORS.get(fault.code, (400, ""))[0]
-            return status, error_body(fault.code)
-        if fault is not None and fault.http_status is not None:
-            return fault.http_status, {"detail": "fake failure (no Graph error object)"}
+        refused = await self._delay_and_refuse(request, self._take_fault({"upload": True}))
+        if refused is not None:
+            return refused
         if fields["messaging_product"] != "whatsapp" or not fields["type"] or upload is None:
             message = "(#100) file, type and messaging_product=whatsapp are required"
             return 400, error_body(100, message)
-        return 200, {"id": str(next(state.media_ids))}
+        return 200, {"id": str(next(self._state.media_ids))}
 
     async def _list_uploads(self, request: Request) -> Response:
         return JSONResponse([u.summary() for u in self._state.uploads])

@@ -227,6 +227,17 @@ class FakeOpenAIServer:
         raw = await request.read()
         body = json.loads(raw)
         route = route_of(body)
+        record, answer = await self._arrive(request, route, body, arrived)
+        response = self._response(answer, route, str(body.get("model", "fake")))
+        record.finished = time.monotonic()
+        record.status = response.status
+        return response
+
+    async def _arrive(
+        self, request: web.Request, route: str, body: dict[str, Any], arrived: float
+    ) -> tuple[RecordedRequest, FakeAnswer]:
+        """Record the request (waking whoever waits for it), pick its answer, and hold it for
+        the route's latency (cut short when the server closes)."""
         headers = {k.lower(): v for k, v in request.headers.items()}
         record = RecordedRequest(route=route, body=body, arrived=arrived, headers=headers)
         async with self._arrival:
@@ -237,10 +248,7 @@ class FakeOpenAIServer:
         if delay > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), delay)
-        response = self._response(answer, route, str(body.get("model", "fake")))
-        record.finished = time.monotonic()
-        record.status = response.status
-        return response
+        return record, answer
 
     async def _transcribe(self, request: web.Request) -> web.Response:
         arrived = time.monotonic()
@@ -255,16 +263,7 @@ class FakeOpenAIServer:
             elif part.name is not None:
                 body[part.name] = await part.text()
         route = "transcription"
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        record = RecordedRequest(route=route, body=body, arrived=arrived, headers=headers)
-        async with self._arrival:
-            self.requests.append(record)
-            self._arrival.notify_all()
-        answer = self._answer_for(route)
-        delay = self._latency_s(route, answer)
-        if delay > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), delay)
+        record, answer = await self._arrive(request, route, body, arrived)
         if answer.raw_body is not None:
             response = web.Response(text=answer.raw_body, status=answer.status)
         elif answer.status >= 400:
