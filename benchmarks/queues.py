@@ -37,6 +37,7 @@ from benchmarks.systems import PYLOTO_DEFAULTS
 from pyloto_cli.bench import BenchConfig, BenchReport, run_bench
 from pyloto_cli.logs import configure_logging
 from pyloto_cli.loops import loop_factory
+from tests.emulators import pubsub_jar, redis_args
 
 QUEUES = ("sqlite", "redis", "pubsub")
 
@@ -86,12 +87,11 @@ def servers(queues: list[str], workdir: Path) -> Iterator[dict[str, dict[str, st
             if binary is None:
                 raise SystemExit("redis-server not found (scripts/install-test-deps.sh)")
             port = _free_port()
-            args = ["--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
-            started.append(subprocess.Popen([binary, *args], stdout=subprocess.DEVNULL))
+            started.append(subprocess.Popen([binary, *redis_args(port)], stdout=subprocess.DEVNULL))
             _redis_ready(port, started[-1])
             env["redis"]["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
         if "pubsub" in queues:
-            java, jar = shutil.which("java"), _pubsub_jar()
+            java, jar = shutil.which("java"), pubsub_jar()
             if java is None or jar is None:
                 raise SystemExit("java or the Pub/Sub emulator jar not found")
             port = _free_port()
@@ -109,18 +109,6 @@ def servers(queues: list[str], workdir: Path) -> Iterator[dict[str, dict[str, st
         for process in started:
             process.terminate()
             process.wait(timeout=30)
-
-
-def _pubsub_jar() -> Path | None:
-    configured = os.environ.get("PUBSUB_EMULATOR_JAR")
-    if configured:
-        return Path(configured)
-    gcloud = shutil.which("gcloud")
-    if gcloud is None:
-        return None
-    lib = Path(gcloud).resolve().parent.parent / "platform" / "pubsub-emulator" / "lib"
-    jars = sorted(lib.glob("cloud-pubsub-emulator-*-all.jar"))
-    return jars[-1] if jars else None
 
 
 def table(reports: dict[str, BenchReport]) -> Table:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.emulators import firestore_jar, pubsub_jar, redis_args
 from tests.waiting import poll_until
 
 if TYPE_CHECKING:
@@ -197,33 +198,6 @@ def _start_server(
     pytest.fail(f"{failure}\n{hint}", pytrace=False)
 
 
-def _firestore_jar() -> Path | None:
-    configured = os.environ.get("FIRESTORE_EMULATOR_JAR")
-    if configured:
-        return Path(configured)
-    gcloud = shutil.which("gcloud")
-    if gcloud is None:
-        return None
-    sdk_root = Path(gcloud).resolve().parent.parent
-    return sdk_root / "platform" / "cloud-firestore-emulator" / "cloud-firestore-emulator.jar"
-
-
-def _pubsub_jar() -> Path | None:
-    configured = os.environ.get("PUBSUB_EMULATOR_JAR")
-    if configured:
-        return Path(configured)
-    gcloud = shutil.which("gcloud")
-    if gcloud is None:
-        return None
-    lib = Path(gcloud).resolve().parent.parent / "platform" / "pubsub-emulator" / "lib"
-    jars = sorted(lib.glob("cloud-pubsub-emulator-*-all.jar"))
-    return jars[-1] if jars else None
-
-
-def _redis_args(port: int) -> list[str]:
-    return ["--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
-
-
 def _host_port(port: int) -> list[str]:
     return ["--host", "127.0.0.1", "--port", str(port)]
 
@@ -252,7 +226,7 @@ def redis_url(pytestconfig: pytest.Config, _server_logs: Path) -> Iterator[str]:
         pytest.fail(REDIS_HINT, pytrace=False)
     started, port = _start_server(
         "redis",
-        lambda port: [binary, *_redis_args(port)],
+        lambda port: [binary, *redis_args(port)],
         lambda port: _redis_answers(f"redis://127.0.0.1:{port}/0"),
         _server_logs,
         REDIS_HINT,
@@ -272,7 +246,7 @@ def firestore_emulator_host(pytestconfig: pytest.Config, _server_logs: Path) -> 
     if configured and _firestore_answers(configured):
         yield configured
         return
-    java, jar = shutil.which("java"), _firestore_jar()
+    java, jar = shutil.which("java"), firestore_jar()
     if java is None or jar is None or not jar.is_file():
         pytest.fail(f"{FIRESTORE_HINT}\n(java: {java}, jar: {jar})", pytrace=False)
     main = "com.google.cloud.datastore.emulator.firestore.CloudFirestore"
@@ -325,7 +299,7 @@ def pubsub_emulator_host(pytestconfig: pytest.Config, _server_logs: Path) -> Ite
     if configured and _firestore_answers(configured):  # both answer `GET /` with "Ok"
         yield configured
         return
-    java, jar = shutil.which("java"), _pubsub_jar()
+    java, jar = shutil.which("java"), pubsub_jar()
     if java is None or jar is None or not jar.is_file():
         pytest.fail(f"{PUBSUB_HINT}\n(java: {java}, jar: {jar})", pytrace=False)
     started, port = _start_server(
