@@ -272,8 +272,7 @@ class SqliteDatabase:
         A `lazy` operation does not wake the writer: it joins the next transaction, or one of
         its own within `lazy_wait_s`. The caller still hears back only once it is committed.
         """
-        if self._closed or self._thread is None:
-            raise BackendUnavailable(f"sqlite: {self.path} is not open")
+        self._check_open()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         job = _Job(op, future, loop, readonly)
@@ -288,6 +287,10 @@ class SqliteDatabase:
                 raise unusable(self.path, exc) from exc
             raise
 
+    def _check_open(self) -> None:
+        if self._closed or self._thread is None:
+            raise BackendUnavailable(f"sqlite: {self.path} is not open")
+
     async def read(self, op: Operation[T]) -> T:
         """Run the one-statement read `op(conn)` at once, on the calling thread's own read-only
         connection, not in the writer thread.
@@ -298,8 +301,7 @@ class SqliteDatabase:
         statement takes microseconds on the calling thread. When SQLite answers busy (a
         checkpoint is resetting the log), the read goes through the writer thread instead.
         """
-        if self._closed or self._thread is None:
-            raise BackendUnavailable(f"sqlite: {self.path} is not open")
+        self._check_open()
         try:
             return op(self._reader())
         except sqlite3.DatabaseError as exc:
@@ -558,14 +560,16 @@ class SqliteAttachment:
         if self._owned:
             await self.db.close()
 
-    async def run(self, op: Operation[T], *, readonly: bool = False, lazy: bool = False) -> T:
-        """`op(conn)` in the database's writer thread, committed (see `SqliteDatabase.run`)."""
+    def _check_open(self) -> None:
         if not self._open:
             raise BackendUnavailable(f"sqlite {self._role}: {self.db.path} is not open")
+
+    async def run(self, op: Operation[T], *, readonly: bool = False, lazy: bool = False) -> T:
+        """`op(conn)` in the database's writer thread, committed (see `SqliteDatabase.run`)."""
+        self._check_open()
         return await self.db.run(op, readonly=readonly, lazy=lazy)
 
     async def read(self, op: Operation[T]) -> T:
         """`op(conn)`, one statement, read at once on this thread (see `SqliteDatabase.read`)."""
-        if not self._open:
-            raise BackendUnavailable(f"sqlite {self._role}: {self.db.path} is not open")
+        self._check_open()
         return await self.db.read(op)
