@@ -101,7 +101,8 @@ async def keep_dead_letter(
     **fields: object,
 ) -> None:
     """Keep the dead letter, count it and warn (`task_dead_lettered`): what a push endpoint
-    does before it answers 200, so the queue lets the task go."""
+    does before it answers 200, and the stream worker before it acks, so the queue lets the
+    task go."""
     await dead_letters.record(DeadLetter(task, reason, attempt, time.time()))
     metrics.task_dead_lettered()
     log_event(log, "task_dead_lettered", logging.WARNING, reason=reason, **fields)

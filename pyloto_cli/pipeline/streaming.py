@@ -21,10 +21,10 @@ import time
 from typing import Protocol
 
 from pyloto_cli.domain.retry import RetryPolicy
-from pyloto_cli.domain.task import DeadLetter, FailureKind
+from pyloto_cli.domain.task import FailureKind
 from pyloto_cli.logs import bind, get_logger, log_event
 from pyloto_cli.pipeline.process import Outcome, Pipeline, TaskResult
-from pyloto_cli.pipeline.settlement import Action, settle
+from pyloto_cli.pipeline.settlement import Action, keep_dead_letter, settle
 from pyloto_cli.pipeline.worker import wind_down
 from pyloto_cli.ports import NO_METRICS, DeadLetterStore, Delivery, Metrics, TaskStream
 
@@ -165,14 +165,14 @@ class StreamWorker:
         """Keep the dead letter, then ack: a letter that could not be kept is not lost, as
         the message is then nacked and comes back."""
         try:
-            await self.dead_letters.record(DeadLetter(delivery.task, reason, attempt, time.time()))
+            await keep_dead_letter(
+                self.dead_letters, self.metrics, _log, delivery.task, reason, attempt, **fields
+            )
         except Exception:
             _log.exception("dead_letter_not_recorded")
             delivery.nack()
             return
         delivery.ack()
-        self.metrics.task_dead_lettered()
-        log_event(_log, "task_dead_lettered", logging.WARNING, reason=reason, **fields)
 
 
 async def _wait(stop: asyncio.Event, delay_s: float) -> bool:

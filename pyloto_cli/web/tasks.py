@@ -93,7 +93,9 @@ async def process_pushed(request: Request) -> Response:
     attempt = pushed_attempt(request.headers)
     task, unreadable = read_stored(_pushed_name(request.headers, body), "", body)
     if unreadable is not None:
-        return await _dead_on_arrival(push, task, unreadable, attempt)
+        # never processable: kept as a dead letter and answered 200, so Cloud Tasks does not
+        # retry it until its own limit
+        return await _dead_letter(push, task, unreadable, attempt, task_id=task.task_id)
     with bind(task_id=task.task_id, attempt=attempt):
         log_event(_log, "task_dequeued", kind=task.kind.value, queue="cloud_tasks")
         previous = FailureKind.parse(request.headers.get(PREVIOUS_FAILURE_HEADER.lower()))
@@ -129,12 +131,6 @@ def _pushed_name(headers: Mapping[str, str], body: bytes) -> str:
     the task, else a hash of the body (the same body, the same letter)."""
     name = headers.get("x-cloudtasks-taskname")
     return name or f"unreadable-{hashlib.sha256(body).hexdigest()[:16]}"
-
-
-async def _dead_on_arrival(push: PushRole, task: Task, reason: str, attempt: int) -> Response:
-    """An authenticated body that is not a task can never be processed: it is kept as a dead
-    letter and answered 200, so Cloud Tasks does not retry it until its own limit."""
-    return await _dead_letter(push, task, reason, attempt, task_id=task.task_id)
 
 
 async def _dead_letter(

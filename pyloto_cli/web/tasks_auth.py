@@ -190,6 +190,31 @@ def _bearer(value: str) -> str:
     return credentials.strip() if scheme.lower() == "bearer" else ""
 
 
+def _shared_token(settings: Settings) -> str:
+    """PYLOTO_TASKS_TOKEN, "" when unset; TaskAuthConfigError when set but too short."""
+    token = settings.tasks_token.get_secret_value() if settings.tasks_token else ""
+    if token and len(token) < MIN_TOKEN_LENGTH:
+        raise TaskAuthConfigError(
+            f"PYLOTO_TASKS_TOKEN must be at least {MIN_TOKEN_LENGTH} characters long"
+        )
+    return token
+
+
+def _authenticator(
+    token: str, account: str | None, audience: str | None, certs: CertSource | None
+) -> TaskAuthenticator:
+    """The shared token (when set) and/or an OIDC check of `account`'s ID tokens for
+    `audience` (when both are set); `certs` defaults to Google's."""
+    verifier = None
+    if account and audience:
+        verifier = OidcVerifier(
+            audience=audience,
+            service_account=account,
+            certs=certs if certs is not None else GoogleCerts(),
+        )
+    return TaskAuthenticator(token=token or None, verifier=verifier)
+
+
 def check_tasks_auth_settings(settings: Settings) -> None:
     """Raise TaskAuthConfigError unless the settings authenticate `/tasks/process`."""
     token = settings.tasks_token.get_secret_value() if settings.tasks_token else ""
@@ -204,10 +229,7 @@ def check_tasks_auth_settings(settings: Settings) -> None:
         raise TaskAuthConfigError(
             "CLOUDTASKS_SERVICE_ACCOUNT needs CLOUDTASKS_HANDLER_URL, the ID token's audience"
         )
-    if token and len(token) < MIN_TOKEN_LENGTH:
-        raise TaskAuthConfigError(
-            f"PYLOTO_TASKS_TOKEN must be at least {MIN_TOKEN_LENGTH} characters long"
-        )
+    _shared_token(settings)
 
 
 def build_task_authenticator(
@@ -215,15 +237,8 @@ def build_task_authenticator(
 ) -> TaskAuthenticator:
     """The authenticator the settings ask for (checked first); `certs` defaults to Google's."""
     check_tasks_auth_settings(settings)
-    verifier = None
-    if settings.cloudtasks_service_account and settings.cloudtasks_handler_url:
-        verifier = OidcVerifier(
-            audience=settings.cloudtasks_handler_url,
-            service_account=settings.cloudtasks_service_account,
-            certs=certs if certs is not None else GoogleCerts(),
-        )
-    token = settings.tasks_token.get_secret_value() if settings.tasks_token else None
-    return TaskAuthenticator(token=token or None, verifier=verifier)
+    account, audience = settings.cloudtasks_service_account, settings.cloudtasks_handler_url
+    return _authenticator(_shared_token(settings), account, audience, certs)
 
 
 def build_pubsub_push_authenticator(
@@ -240,15 +255,4 @@ def build_pubsub_push_authenticator(
         raise TaskAuthConfigError(
             "PUBSUB_PUSH_SERVICE_ACCOUNT needs PUBSUB_PUSH_AUDIENCE, the ID token's audience"
         )
-    if token and len(token) < MIN_TOKEN_LENGTH:
-        raise TaskAuthConfigError(
-            f"PYLOTO_TASKS_TOKEN must be at least {MIN_TOKEN_LENGTH} characters long"
-        )
-    verifier = None
-    if account and audience:
-        verifier = OidcVerifier(
-            audience=audience,
-            service_account=account,
-            certs=certs if certs is not None else GoogleCerts(),
-        )
-    return TaskAuthenticator(token=token or None, verifier=verifier)
+    return _authenticator(_shared_token(settings), account, audience, certs)

@@ -12,16 +12,15 @@ import pytest
 
 from pyloto_cli.adapters.deadletters.memory import MemoryDeadLetterStore
 from pyloto_cli.adapters.dedupe.sqlite import SqliteDeduper
-from pyloto_cli.bootstrap import open_roles, pipeline_config, retry_policy
+from pyloto_cli.bootstrap import open_roles, retry_policy
 from pyloto_cli.domain.task import JsonObject
 from pyloto_cli.pipeline.conversation_lease import ConversationLease
-from pyloto_cli.pipeline.process import Pipeline
 from pyloto_cli.ports import ClaimResult, Deduper, SendResult
 from pyloto_cli.settings import Settings
 from pyloto_cli.web.app import create_app
 from pyloto_cli.web.tasks import BUSY_RETRY_S, PushRole
 from pyloto_cli.web.tasks_auth import TaskAuthenticator
-from tests.unit.test_tasks_endpoint import TOKEN, FakeSink, message_task
+from tests.unit.test_tasks_endpoint import TOKEN, FakeSink, message_task, push_pipeline
 from tests.waiting import wait_until
 
 USER = "15550007777"
@@ -85,14 +84,7 @@ def harness_for(wait_s: float) -> Callable[..., AsyncIterator[Harness]]:
             stores, intake = await roles.stores(), await roles.intake()
             sender, sink = GatedSender(), FakeSink()
             deduper = CountingDeduper(stores.deduper)
-            pipeline = Pipeline(
-                sessions=stores.sessions,
-                deduper=deduper,
-                responder=(await roles.pipeline()).responder,
-                sender=sender,
-                statuses=stores.statuses,
-                config=pipeline_config(settings, exclusive_queue=False),
-            )
+            pipeline = await push_pipeline(roles, settings, sender, deduper=deduper)
             role = PushRole(
                 pipeline=pipeline,
                 auth=TaskAuthenticator(token=TOKEN),

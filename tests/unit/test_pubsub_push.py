@@ -13,10 +13,9 @@ import httpx
 import pytest
 
 from pyloto_cli.adapters.deadletters.memory import MemoryDeadLetterStore
-from pyloto_cli.bootstrap import open_roles, pipeline_config, retry_policy
+from pyloto_cli.bootstrap import open_roles, retry_policy
 from pyloto_cli.domain.errors import PermanentError, TransientError
 from pyloto_cli.domain.task import Task
-from pyloto_cli.pipeline.process import Pipeline
 from pyloto_cli.settings import Settings
 from pyloto_cli.web.app import create_app
 from pyloto_cli.web.pubsub_push import PubSubPushRole, read_envelope
@@ -25,7 +24,7 @@ from pyloto_cli.web.tasks_auth import (
     TaskAuthenticator,
     build_pubsub_push_authenticator,
 )
-from tests.unit.test_tasks_endpoint import ScriptedSender, message_task
+from tests.unit.test_tasks_endpoint import ScriptedSender, message_task, push_pipeline
 
 TOKEN = "p" * 32
 
@@ -49,15 +48,8 @@ async def harness(make_settings: Callable[..., Settings]) -> AsyncIterator[Harne
     )
     async with open_roles(settings) as roles:
         sender, dead = ScriptedSender(), MemoryDeadLetterStore()
-        stores, intake = await roles.stores(), await roles.intake()
-        pipeline = Pipeline(
-            sessions=stores.sessions,
-            deduper=stores.deduper,
-            responder=(await roles.pipeline()).responder,
-            sender=sender,
-            statuses=stores.statuses,
-            config=pipeline_config(settings, exclusive_queue=False),
-        )
+        intake = await roles.intake()
+        pipeline = await push_pipeline(roles, settings, sender)
         role = PubSubPushRole(
             pipeline=pipeline,
             auth=TaskAuthenticator(token=TOKEN),

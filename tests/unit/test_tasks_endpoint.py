@@ -22,7 +22,7 @@ import pytest
 from pyloto_cli.adapters.deadletters.memory import MemoryDeadLetterStore
 from pyloto_cli.adapters.metrics import PrometheusMetrics
 from pyloto_cli.adapters.queue.cloud_tasks import TOKEN_HEADER
-from pyloto_cli.bootstrap import Stores, open_roles, pipeline_config, retry_policy
+from pyloto_cli.bootstrap import Roles, Stores, open_roles, pipeline_config, retry_policy
 from pyloto_cli.domain.errors import AmbiguousSendError, PermanentError, SendPaused, TransientError
 from pyloto_cli.domain.task import (
     ATTEMPT_HEADER,
@@ -34,7 +34,7 @@ from pyloto_cli.domain.task import (
 from pyloto_cli.domain.webhook_split import split_webhook
 from pyloto_cli.logs import event_fields
 from pyloto_cli.pipeline.process import Pipeline
-from pyloto_cli.ports import SendResult
+from pyloto_cli.ports import NO_METRICS, Deduper, Metrics, Sender, SendResult
 from pyloto_cli.settings import Settings
 from pyloto_cli.web.app import create_app
 from pyloto_cli.web.intake import Intake
@@ -139,6 +139,28 @@ def message_task(
     return task
 
 
+async def push_pipeline(
+    roles: Roles,
+    settings: Settings,
+    sender: Sender,
+    *,
+    deduper: Deduper | None = None,
+    metrics: Metrics = NO_METRICS,
+) -> Pipeline:
+    """The pipeline a push endpoint runs: the roles' stores and responder, `sender` sending
+    (and `deduper`, when given, in place of the roles' one)."""
+    stores = await roles.stores()
+    return Pipeline(
+        sessions=stores.sessions,
+        deduper=stores.deduper if deduper is None else deduper,
+        responder=(await roles.pipeline()).responder,
+        sender=sender,
+        statuses=stores.statuses,
+        config=pipeline_config(settings, exclusive_queue=False),
+        metrics=metrics,
+    )
+
+
 @pytest.fixture
 async def harness(make_settings: Callable[..., Settings]) -> AsyncIterator[Harness]:
     settings = make_settings(
@@ -153,15 +175,7 @@ async def harness(make_settings: Callable[..., Settings]) -> AsyncIterator[Harne
     async with open_roles(settings, metrics=metrics) as roles:
         sender, sink, dead = ScriptedSender(), FakeSink(), MemoryDeadLetterStore()
         stores, intake = await roles.stores(), await roles.intake()
-        pipeline = Pipeline(
-            sessions=stores.sessions,
-            deduper=stores.deduper,
-            responder=(await roles.pipeline()).responder,
-            sender=sender,
-            statuses=stores.statuses,
-            config=pipeline_config(settings, exclusive_queue=False),
-            metrics=metrics,
-        )
+        pipeline = await push_pipeline(roles, settings, sender, metrics=metrics)
         role = PushRole(
             pipeline=pipeline,
             auth=TaskAuthenticator(token=TOKEN),

@@ -47,7 +47,8 @@ class ProcessOwner:
 @functools.cache
 def this_process() -> ProcessOwner:
     """This process (computed once: a process keeps its pid and start time)."""
-    return ProcessOwner(socket.gethostname(), psutil.Process().pid, psutil.Process().create_time())
+    process = psutil.Process()
+    return ProcessOwner(socket.gethostname(), process.pid, process.create_time())
 
 
 def is_gone(owner: ProcessOwner) -> bool:
