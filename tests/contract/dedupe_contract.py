@@ -2,13 +2,7 @@
 
 A backend's test module subclasses the contract and provides the fixtures:
 
-    class TestMemoryDeduper(DeduperContract):
-        @pytest.fixture
-        def clock(self): return FakeClock()
-
-        @pytest.fixture
-        def advance(self, clock): return clock.advance_async
-
+    class TestMemoryDeduper(FakeClockFixtures, DeduperContract):
         @pytest.fixture
         async def deduper(self, clock):
             async with MemoryDeduper(clock=clock) as deduper:
@@ -19,11 +13,13 @@ Fixtures:
   its own (a fresh file, a uuid key prefix or collection), cleaned up afterwards. Tests use
   fixed keys such as `KEY`.
 - `advance` (required): `async advance(seconds)` makes `seconds` pass for the adapter. Backends
-  with an injectable clock move a `FakeClock` (`clock.advance_async`); servers that expire by
-  real time (Redis `PX`) pass `asyncio.sleep`. The suite advances `PAST_SHORT_TTL_S` at most
-  four times in total, so real sleeps stay under one second.
+  with an injectable clock move a `FakeClock` (`clock.advance_async`; `FakeClockFixtures`
+  provides both); servers that expire by real time (Redis `PX`) pass `asyncio.sleep`. The
+  suite advances `PAST_SHORT_TTL_S` at most four times in total, so real sleeps stay under one
+  second.
 - `open_deduper` (required by `DeduperDurabilityContract` only): a plain callable returning a
-  new, unopened adapter (an async context manager) on the same storage and clock.
+  new, unopened adapter (an async context manager) on the same storage and clock; that
+  contract then opens `deduper` from it unless the subclass provides its own.
 
 Time scale, as class attributes a subclass may raise for a slow real server: claims and markers
 meant to expire get `SHORT_TTL_S`, and `advance(PAST_SHORT_TTL_S)` must take them past it; the
@@ -34,7 +30,7 @@ through a test get `LONG_TTL_S`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
 import pytest
@@ -64,6 +60,18 @@ class FakeClock:
     async def advance_async(self, seconds: float) -> None:
         """`advance` as the contract's `advance` fixture expects it."""
         self.advance(seconds)
+
+
+class FakeClockFixtures:
+    """The `clock` and `advance` fixtures of a backend that takes an injectable clock."""
+
+    @pytest.fixture
+    def clock(self) -> FakeClock:
+        return FakeClock()
+
+    @pytest.fixture
+    def advance(self, clock: FakeClock) -> Advance:
+        return clock.advance_async
 
 
 class DeduperContract:
@@ -154,6 +162,11 @@ class DeduperDurabilityContract:
     """Markers outlive the adapter: for backends that persist (needs `open_deduper`)."""
 
     LONG_TTL_S = 60.0
+
+    @pytest.fixture
+    async def deduper(self, open_deduper: OpenDeduper) -> AsyncIterator[Deduper]:
+        async with open_deduper() as deduper:
+            yield deduper
 
     async def test_markers_survive_close_and_reopen(self, open_deduper: OpenDeduper) -> None:
         """Claims and done markers written by one adapter bind a new one on the same storage."""

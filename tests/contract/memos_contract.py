@@ -2,13 +2,7 @@
 
 A backend's test module subclasses the contract and provides the fixtures:
 
-    class TestMemoryTaskMemos(TaskMemosContract):
-        @pytest.fixture
-        def clock(self): return FakeClock()
-
-        @pytest.fixture
-        def advance(self, clock): return clock.advance_async
-
+    class TestMemoryTaskMemos(FakeClockFixtures, TaskMemosContract):
         @pytest.fixture
         async def memos(self, clock):
             async with MemoryTaskMemos(clock=clock) as memos:
@@ -18,16 +12,18 @@ Fixtures:
 - `memos` (required): an async fixture yielding an opened adapter over an empty namespace of
   its own (a fresh file, a uuid key prefix or project), cleaned up afterwards.
 - `advance` (required): `async advance(seconds)` makes `seconds` pass for the adapter: a
-  `FakeClock`'s `advance_async` where the backend takes a clock, `asyncio.sleep` where the
-  server expires by its own (Redis). The suite advances `PAST_SHORT_TTL_S` three times in all.
+  `FakeClock`'s `advance_async` where the backend takes a clock (`FakeClockFixtures` provides
+  both), `asyncio.sleep` where the server expires by its own (Redis). The suite advances
+  `PAST_SHORT_TTL_S` three times in all.
 - `open_memos` (required by `TaskMemosDurabilityContract` only): a plain callable returning a
-  new, unopened adapter on the same storage and clock.
+  new, unopened adapter on the same storage and clock; that contract then opens `memos` from it
+  unless the subclass provides its own.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
 import pytest
@@ -143,6 +139,11 @@ class TaskMemosDurabilityContract:
     """Records outlive the adapter: for backends that persist (needs `open_memos`)."""
 
     LONG_TTL_S = 60.0
+
+    @pytest.fixture
+    async def memos(self, open_memos: OpenMemos) -> AsyncIterator[TaskMemos]:
+        async with open_memos() as memos:
+            yield memos
 
     async def test_records_survive_close_and_reopen(self, open_memos: OpenMemos) -> None:
         """What one process paid for is read by the next one on the same storage."""

@@ -3,45 +3,31 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import datetime
 
 import pytest
 
 from pyloto_cli.adapters.dedupe.firestore import FirestoreDeduper
 from pyloto_cli.adapters.firestore_db import FirestoreDatabase, doc_id
-from pyloto_cli.ports import ClaimResult, Deduper
+from pyloto_cli.ports import ClaimResult
 from tests.contract.dedupe_contract import (
     KEY,
-    Advance,
     DeduperContract,
     DeduperDurabilityContract,
     FakeClock,
+    FakeClockFixtures,
     OpenDeduper,
 )
 
 pytestmark = pytest.mark.firestore
 
 
-class TestFirestoreDeduper(DeduperContract, DeduperDurabilityContract):
+class TestFirestoreDeduper(FakeClockFixtures, DeduperContract, DeduperDurabilityContract):
     """The Firestore deduper keeps the whole contract; markers outlive the adapter."""
-
-    @pytest.fixture
-    def clock(self) -> FakeClock:
-        return FakeClock()
-
-    @pytest.fixture
-    def advance(self, clock: FakeClock) -> Advance:
-        return clock.advance_async
 
     @pytest.fixture
     def open_deduper(self, firestore_project: str, clock: FakeClock) -> OpenDeduper:
         return lambda: FirestoreDeduper(firestore_project, clock=clock)
-
-    @pytest.fixture
-    async def deduper(self, open_deduper: OpenDeduper) -> AsyncIterator[Deduper]:
-        async with open_deduper() as deduper:
-            yield deduper
 
 
 async def test_markers_carry_an_expires_at_timestamp_for_a_ttl_policy(

@@ -8,19 +8,11 @@ import pytest
 
 from pyloto_cli.adapters.dedupe.memory import MemoryDeduper
 from pyloto_cli.ports import ClaimResult, Deduper
-from tests.contract.dedupe_contract import Advance, DeduperContract, FakeClock
+from tests.contract.dedupe_contract import DeduperContract, FakeClock, FakeClockFixtures
 
 
-class TestMemoryDeduper(DeduperContract):
+class TestMemoryDeduper(FakeClockFixtures, DeduperContract):
     """The in-process deduper keeps the whole contract."""
-
-    @pytest.fixture
-    def clock(self) -> FakeClock:
-        return FakeClock()
-
-    @pytest.fixture
-    def advance(self, clock: FakeClock) -> Advance:
-        return clock.advance_async
 
     @pytest.fixture
     async def deduper(self, clock: FakeClock) -> AsyncIterator[Deduper]:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
 
 from pyloto_cli.adapters.dedupe.redis import RedisDeduper
 from pyloto_cli.domain.errors import BackendUnavailable
-from pyloto_cli.ports import ClaimResult, Deduper
+from pyloto_cli.ports import ClaimResult
 from tests.contract.dedupe_contract import (
     KEY,
     Advance,
@@ -32,11 +31,6 @@ class TestRedisDeduper(DeduperContract, DeduperDurabilityContract):
     @pytest.fixture
     def open_deduper(self, redis_url: str, redis_prefix: str) -> OpenDeduper:
         return lambda: RedisDeduper(redis_url, prefix=redis_prefix)
-
-    @pytest.fixture
-    async def deduper(self, open_deduper: OpenDeduper) -> AsyncIterator[Deduper]:
-        async with open_deduper() as deduper:
-            yield deduper
 
 
 async def test_markers_carry_their_ttl_on_the_server(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -12,37 +11,24 @@ from pyloto_cli.adapters.dedupe.sqlite import SqliteDeduper
 from pyloto_cli.adapters.sessions.sqlite import SqliteSessionStore
 from pyloto_cli.adapters.sqlite_db import SqliteDatabase
 from pyloto_cli.domain.errors import BackendUnavailable
-from pyloto_cli.ports import ClaimResult, Deduper
+from pyloto_cli.ports import ClaimResult
 from tests.contract.dedupe_contract import (
-    Advance,
     DeduperContract,
     DeduperDurabilityContract,
     FakeClock,
+    FakeClockFixtures,
     OpenDeduper,
 )
 from tests.contract.session_contract import KEY as SESSION_KEY
 from tests.contract.session_contract import ids, user_turn
 
 
-class TestSqliteDeduper(DeduperContract, DeduperDurabilityContract):
+class TestSqliteDeduper(FakeClockFixtures, DeduperContract, DeduperDurabilityContract):
     """The SQLite deduper keeps the whole contract and survives a restart."""
-
-    @pytest.fixture
-    def clock(self) -> FakeClock:
-        return FakeClock()
-
-    @pytest.fixture
-    def advance(self, clock: FakeClock) -> Advance:
-        return clock.advance_async
 
     @pytest.fixture
     def open_deduper(self, tmp_path: Path, clock: FakeClock) -> OpenDeduper:
         return lambda: SqliteDeduper(tmp_path / "dedupe.db", clock=clock)
-
-    @pytest.fixture
-    async def deduper(self, open_deduper: OpenDeduper) -> AsyncIterator[Deduper]:
-        async with open_deduper() as deduper:
-            yield deduper
 
 
 async def _rows(db: SqliteDatabase) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime
 
 import pytest
@@ -12,10 +11,8 @@ from google.cloud import firestore
 from pyloto_cli.adapters.firestore_db import FirestoreDatabase, close_client, doc_id
 from pyloto_cli.adapters.memos.firestore import FirestoreTaskMemos
 from pyloto_cli.domain.errors import BackendUnavailable, TransientError
-from pyloto_cli.ports import TaskMemos
-from tests.contract.dedupe_contract import KEY, FakeClock
+from tests.contract.dedupe_contract import KEY, FakeClock, FakeClockFixtures
 from tests.contract.memos_contract import (
-    Advance,
     OpenMemos,
     TaskMemosContract,
     TaskMemosDurabilityContract,
@@ -24,25 +21,12 @@ from tests.contract.memos_contract import (
 pytestmark = pytest.mark.firestore
 
 
-class TestFirestoreTaskMemos(TaskMemosContract, TaskMemosDurabilityContract):
+class TestFirestoreTaskMemos(FakeClockFixtures, TaskMemosContract, TaskMemosDurabilityContract):
     """Firestore keeps the whole contract; records outlive the adapter."""
-
-    @pytest.fixture
-    def clock(self) -> FakeClock:
-        return FakeClock()
-
-    @pytest.fixture
-    def advance(self, clock: FakeClock) -> Advance:
-        return clock.advance_async
 
     @pytest.fixture
     def open_memos(self, firestore_project: str, clock: FakeClock) -> OpenMemos:
         return lambda: FirestoreTaskMemos(firestore_project, clock=clock)
-
-    @pytest.fixture
-    async def memos(self, open_memos: OpenMemos) -> AsyncIterator[TaskMemos]:
-        async with open_memos() as memos:
-            yield memos
 
 
 async def test_a_record_is_one_document_with_a_ttl_timestamp(firestore_project: str) -> None:

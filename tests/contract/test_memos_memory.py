@@ -8,20 +8,12 @@ import pytest
 
 from pyloto_cli.adapters.memos.memory import MemoryTaskMemos
 from pyloto_cli.ports import TaskMemos
-from tests.contract.dedupe_contract import FakeClock
-from tests.contract.memos_contract import Advance, TaskMemosContract
+from tests.contract.dedupe_contract import FakeClock, FakeClockFixtures
+from tests.contract.memos_contract import TaskMemosContract
 
 
-class TestMemoryTaskMemos(TaskMemosContract):
+class TestMemoryTaskMemos(FakeClockFixtures, TaskMemosContract):
     """The in-process memos keep the whole contract."""
-
-    @pytest.fixture
-    def clock(self) -> FakeClock:
-        return FakeClock()
-
-    @pytest.fixture
-    def advance(self, clock: FakeClock) -> Advance:
-        return clock.advance_async
 
     @pytest.fixture
     async def memos(self, clock: FakeClock) -> AsyncIterator[TaskMemos]:

@@ -4,7 +4,6 @@ specifics."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import pytest
@@ -12,7 +11,6 @@ import redis.asyncio as aioredis
 
 from pyloto_cli.adapters.memos.redis import RedisTaskMemos
 from pyloto_cli.domain.errors import BackendUnavailable, TransientError
-from pyloto_cli.ports import TaskMemos
 from tests.contract.dedupe_contract import KEY
 from tests.contract.memos_contract import (
     Advance,
@@ -34,11 +32,6 @@ class TestRedisTaskMemos(TaskMemosContract, TaskMemosDurabilityContract):
     @pytest.fixture
     def open_memos(self, redis_url: str, redis_prefix: str) -> OpenMemos:
         return lambda: RedisTaskMemos(redis_url, prefix=redis_prefix)
-
-    @pytest.fixture
-    async def memos(self, open_memos: OpenMemos) -> AsyncIterator[TaskMemos]:
-        async with open_memos() as memos:
-            yield memos
 
 
 async def test_a_record_is_one_hash_with_its_ttl(

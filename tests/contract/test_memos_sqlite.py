@@ -4,7 +4,7 @@ existing data dir in place, and a full disk."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,11 +14,10 @@ from pyloto_cli.adapters.memos.sqlite import SqliteTaskMemos
 from pyloto_cli.adapters.sessions.sqlite import SqliteSessionStore
 from pyloto_cli.adapters.sqlite_db import SqliteDatabase
 from pyloto_cli.domain.errors import BackendUnavailable, TransientError
-from pyloto_cli.ports import ClaimResult, TaskMemos
-from tests.contract.dedupe_contract import KEY, FakeClock
+from pyloto_cli.ports import ClaimResult
+from tests.contract.dedupe_contract import KEY, FakeClock, FakeClockFixtures
 from tests.contract.memos_contract import (
     REPLY,
-    Advance,
     OpenMemos,
     TaskMemosContract,
     TaskMemosDurabilityContract,
@@ -27,25 +26,12 @@ from tests.contract.session_contract import KEY as SESSION_KEY
 from tests.contract.session_contract import ids, user_turn
 
 
-class TestSqliteTaskMemos(TaskMemosContract, TaskMemosDurabilityContract):
+class TestSqliteTaskMemos(FakeClockFixtures, TaskMemosContract, TaskMemosDurabilityContract):
     """The SQLite memos keep the whole contract and survive a restart."""
-
-    @pytest.fixture
-    def clock(self) -> FakeClock:
-        return FakeClock()
-
-    @pytest.fixture
-    def advance(self, clock: FakeClock) -> Advance:
-        return clock.advance_async
 
     @pytest.fixture
     def open_memos(self, tmp_path: Path, clock: FakeClock) -> OpenMemos:
         return lambda: SqliteTaskMemos(tmp_path / "state.db", clock=clock)
-
-    @pytest.fixture
-    async def memos(self, open_memos: OpenMemos) -> AsyncIterator[TaskMemos]:
-        async with open_memos() as memos:
-            yield memos
 
 
 async def _keys(db: SqliteDatabase) -> list[str]:

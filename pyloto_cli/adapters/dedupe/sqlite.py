@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pyloto_cli.adapters.attached import Attached
 from pyloto_cli.adapters.sqlite_db import SqliteAttachment, SqliteDatabase
+from pyloto_cli.adapters.sqlite_expiry import ExpiryPurge
 from pyloto_cli.ports import ClaimResult
 
 SCHEMA = (
@@ -34,8 +35,6 @@ SCHEMA = (
 
 _UPSERT = """INSERT INTO dedupe (key, done, expires_at) VALUES (?, ?, ?)
     ON CONFLICT (key) DO UPDATE SET done = excluded.done, expires_at = excluded.expires_at"""
-_PURGE = """DELETE FROM dedupe WHERE key IN
-    (SELECT key FROM dedupe WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)"""
 
 
 def _check_ttl(ttl_s: float) -> None:
@@ -72,18 +71,15 @@ class SqliteDeduper(Attached):
     ) -> None:
         self._sql = SqliteAttachment(source, synchronous=synchronous, schema=SCHEMA, role="dedupe")
         super().__init__(self._sql)
-        self._clock = clock
-        self._purge_every_s = purge_every_s
-        self._purge_batch = purge_batch
-        self._next_purge = float("-inf")
+        self._purge = ExpiryPurge("dedupe", clock, purge_every_s, purge_batch)
 
     async def claim(self, key: str, ttl_s: float) -> ClaimResult:
         """Claim `key` for `ttl_s` seconds unless it is done or claimed by someone else."""
         _check_ttl(ttl_s)
-        now, purge = self._begin()
+        now, purge = self._purge.begin()
 
         def op(conn: sqlite3.Connection) -> ClaimResult:
-            self._maybe_purge(conn, now, purge)
+            self._purge.run(conn, now, purge)
             return _claim(conn, key, now, ttl_s)
 
         return await self._sql.run(op)
@@ -92,10 +88,10 @@ class SqliteDeduper(Attached):
         """Record `key` as processed for `ttl_s` seconds, replacing any claim (lazy, like the
         session append it goes with: `SqliteDatabase.run`)."""
         _check_ttl(ttl_s)
-        now, purge = self._begin()
+        now, purge = self._purge.begin()
 
         def op(conn: sqlite3.Connection) -> None:
-            self._maybe_purge(conn, now, purge)
+            self._purge.run(conn, now, purge)
             conn.execute(_UPSERT, (key, 1, now + ttl_s))
 
         await self._sql.run(op, lazy=True)
@@ -107,15 +103,3 @@ class SqliteDeduper(Attached):
             conn.execute("DELETE FROM dedupe WHERE key = ? AND done = 0", (key,))
 
         await self._sql.run(op)
-
-    def _begin(self) -> tuple[float, bool]:
-        """Check the adapter is open; return now and whether this call purges."""
-        now = self._clock()
-        purge = now >= self._next_purge
-        if purge:
-            self._next_purge = now + self._purge_every_s
-        return now, purge
-
-    def _maybe_purge(self, conn: sqlite3.Connection, now: float, purge: bool) -> None:
-        if purge:
-            conn.execute(_PURGE, (now, self._purge_batch))

@@ -32,6 +32,7 @@ from typing import TypeVar
 
 from pyloto_cli.adapters.attached import Attached
 from pyloto_cli.adapters.sqlite_db import Operation, SqliteAttachment, SqliteDatabase
+from pyloto_cli.adapters.sqlite_expiry import ExpiryPurge
 from pyloto_cli.domain import json_codec
 from pyloto_cli.domain.errors import TransientError
 
@@ -49,8 +50,6 @@ SCHEMA = (
 _SELECT = "SELECT fields FROM task_memos WHERE key = ? AND expires_at > ?"
 _UPSERT = """INSERT INTO task_memos (key, fields, expires_at) VALUES (?, ?, ?)
     ON CONFLICT (key) DO UPDATE SET fields = excluded.fields, expires_at = excluded.expires_at"""
-_PURGE = """DELETE FROM task_memos WHERE key IN
-    (SELECT key FROM task_memos WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)"""
 
 
 def _read(conn: sqlite3.Connection, key: str, now: float) -> dict[str, str]:
@@ -83,9 +82,7 @@ class SqliteTaskMemos(Attached):
         )
         super().__init__(self._sql)
         self._clock = clock
-        self._purge_every_s = purge_every_s
-        self._purge_batch = purge_batch
-        self._next_purge = float("-inf")
+        self._purge = ExpiryPurge("task_memos", clock, purge_every_s, purge_batch)
 
     async def get(self, key: str) -> dict[str, str]:
         """The fields stored for `key` (empty when there are none or they expired)."""
@@ -97,15 +94,11 @@ class SqliteTaskMemos(Attached):
         once committed."""
         if not ttl_s > 0:
             raise ValueError(f"ttl_s must be positive, got {ttl_s}")
-        now = self._clock()
-        purge = now >= self._next_purge
-        if purge:
-            self._next_purge = now + self._purge_every_s
+        now, purge = self._purge.begin()
         update = dict(fields)
 
         def op(conn: sqlite3.Connection) -> None:
-            if purge:
-                conn.execute(_PURGE, (now, self._purge_batch))
+            self._purge.run(conn, now, purge)
             merged = {**_read(conn, key, now), **update}
             conn.execute(_UPSERT, (key, json_codec.dumps(merged).decode(), now + ttl_s))
 

@@ -73,14 +73,13 @@ class MemorySessionStore:
     async def head(self, key: str) -> SessionHead | None:
         """The session without its turns, or None."""
         data = self._data.get(key)
-        if data is None:
-            return None
-        return SessionHead(key, float(data.get("updated_at", 0.0)), dict(data.get("meta", {})))
+        return None if data is None else _session_head(key, data)
 
     async def list(self, limit: int = 10_000) -> Sequence[SessionHead]:
         """Up to `limit` sessions without turns, most recently updated first."""
-        heads = [
-            SessionHead(key, float(data.get("updated_at", 0.0)), dict(data.get("meta", {})))
-            for key, data in self._data.items()
-        ]
+        heads = [_session_head(key, data) for key, data in self._data.items()]
         return sorted(heads, key=lambda h: h.updated_at, reverse=True)[:limit]
+
+
+def _session_head(key: str, data: dict[str, Any]) -> SessionHead:
+    return SessionHead(key, float(data.get("updated_at", 0.0)), dict(data.get("meta", {})))

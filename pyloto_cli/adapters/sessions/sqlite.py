@@ -42,29 +42,26 @@ def _read(conn: sqlite3.Connection, key: str) -> Session | None:
     return None if row is None else Session.from_dict(json_codec.loads(row["data"]))
 
 
+# json_extract reads the meta out of the stored JSON in SQLite: the turns are not decoded
+_HEADS = """SELECT key, updated_at, json_extract(data, '$.meta') AS meta FROM sessions
+    ORDER BY updated_at DESC, key LIMIT ?"""
+_HEAD = "SELECT key, updated_at, json_extract(data, '$.meta') AS meta FROM sessions WHERE key = ?"
+
+
+def _session_head(row: sqlite3.Row) -> SessionHead:
+    meta = json_codec.loads(row["meta"]) if row["meta"] else {}
+    return SessionHead(
+        row["key"], float(row["updated_at"]), {str(k): str(v) for k, v in meta.items()}
+    )
+
+
 def _heads(conn: sqlite3.Connection, limit: int) -> list[SessionHead]:
-    rows = conn.execute(
-        "SELECT key, data, updated_at FROM sessions ORDER BY updated_at DESC, key LIMIT ?",
-        (limit,),
-    ).fetchall()
-    return [SessionHead(row["key"], float(row["updated_at"]), _meta(row["data"])) for row in rows]
+    return [_session_head(row) for row in conn.execute(_HEADS, (limit,)).fetchall()]
 
 
 def _head(conn: sqlite3.Connection, key: str) -> SessionHead | None:
-    # json_extract reads the meta out of the stored JSON in SQLite: the turns are not decoded
-    row = conn.execute(
-        "SELECT updated_at, json_extract(data, '$.meta') AS meta FROM sessions WHERE key = ?",
-        (key,),
-    ).fetchone()
-    if row is None:
-        return None
-    meta = json_codec.loads(row["meta"]) if row["meta"] else {}
-    return SessionHead(key, float(row["updated_at"]), {str(k): str(v) for k, v in meta.items()})
-
-
-def _meta(data: str) -> dict[str, str]:
-    meta = json_codec.loads(data).get("meta") or {}
-    return {str(name): str(value) for name, value in meta.items()}
+    row = conn.execute(_HEAD, (key,)).fetchone()
+    return None if row is None else _session_head(row)
 
 
 def _write(conn: sqlite3.Connection, session: Session) -> None:
