@@ -43,6 +43,7 @@ from pyloto_cli.private_files import private_dir
 from pyloto_cli.settings import QueueBackend, Settings, StoreBackend
 
 if TYPE_CHECKING:
+    from pyloto_cli.domain.breaker import Breaker, CircuitBreaker
     from pyloto_cli.web.tasks_auth import TaskAuthenticator
 
 Stack = contextlib.AsyncExitStack
@@ -487,17 +488,13 @@ async def _open_llm_responder(
     settings, stack = shared.settings, shared.stack
     if settings.llm_active:
         from pyloto_cli.adapters.llm.openai import OpenAIChatModel
-        from pyloto_cli.domain.breaker import Breaker, CircuitBreaker
+        from pyloto_cli.domain.breaker import CircuitBreaker
         from pyloto_cli.pipeline.responder import LLMResponder
-        from pyloto_cli.pipeline.shared_breaker import SharedBreaker
 
         client = await shared.openai()
         cooldown = settings.llm_breaker_cooldown
         local = CircuitBreaker(settings.llm_breaker_failures, cooldown)
-        breaker: Breaker = local
-        if breakers is not None:  # its opening stops the calls of every process
-            shared_breaker = SharedBreaker(local, breakers, "llm", cooldown)
-            breaker = await stack.enter_async_context(shared_breaker)
+        breaker = await _shared_breaker(stack, local, breakers, "llm", cooldown)
         responder = LLMResponder(
             OpenAIChatModel(client), settings, breaker=breaker, metrics=metrics
         )
@@ -507,6 +504,21 @@ async def _open_llm_responder(
     return await stack.enter_async_context(OfflineResponder.from_settings(settings))
 
 
+async def _shared_breaker(
+    stack: Stack,
+    local: CircuitBreaker,
+    shared: SharedBreakers | None,
+    name: str,
+    cooldown_s: float,
+) -> Breaker:
+    """`local`, or with `shared` the breaker whose opening stops the calls of every process."""
+    if shared is None:
+        return local
+    from pyloto_cli.pipeline.shared_breaker import SharedBreaker
+
+    return await stack.enter_async_context(SharedBreaker(local, shared, name, cooldown_s))
+
+
 async def open_sender(
     settings: Settings, stack: Stack, limits: SharedLimits | None = None
 ) -> Sender:
@@ -514,17 +526,11 @@ async def open_sender(
     per-number send rate and the Graph breaker's opening are shared by every process."""
     if settings.whatsapp_access_token is not None:
         from pyloto_cli.adapters.sender.graph import GraphSender, graph_breaker, open_graph_client
-        from pyloto_cli.domain.breaker import Breaker
-        from pyloto_cli.pipeline.shared_breaker import SharedBreaker
 
         client = await stack.enter_async_context(open_graph_client(settings))
-        local = graph_breaker(settings)
-        breaker: Breaker = local
-        if limits is not None:  # Meta unreachable from one process pauses the sends of all
-            cooldown = settings.graph_breaker_cooldown
-            breaker = await stack.enter_async_context(
-                SharedBreaker(local, limits, "graph", cooldown)
-            )
+        # Meta unreachable from one process pauses the sends of all
+        cooldown = settings.graph_breaker_cooldown
+        breaker = await _shared_breaker(stack, graph_breaker(settings), limits, "graph", cooldown)
         sender = GraphSender.from_settings(client, settings, shared=limits, breaker=breaker)
         return await stack.enter_async_context(sender)
     from pyloto_cli.adapters.sender.dry_run import DryRunSender

@@ -252,9 +252,8 @@ async def _no_worker() -> None:
 async def _in_process_worker(
     settings: Settings, roles: Roles, intake: Intake, *, pushed: bool
 ) -> AsyncIterator[Callable[[], Awaitable[None]]]:
-    """The worker in this process: on its own thread (SQLite, Redis,
-    Pub/Sub), on the web loop (the
-    memory queue), or none (not wanted, or a push queue). Yields what stops it early (the
+    """The worker in this process: on its own thread (SQLite, Redis, Pub/Sub), on the web loop
+    (the memory queue), or none (not wanted, or a push queue). Yields what stops it early (the
     worker on the web loop stops with the block, after the web side)."""
     if not settings.worker_enabled or pushed:
         yield _no_worker

@@ -92,7 +92,8 @@ def _safe_cut(text: str, index: int) -> int:
     return index
 
 
-def _prefix_within(text: str, units: int) -> str:
+def prefix_within(text: str, units: int) -> str:
+    """The longest prefix of `text` within `units` UTF-16 units that cuts no grapheme cluster."""
     used = 0
     for index, ch in enumerate(text):
         used += 2 if ord(ch) > 0xFFFF else 1
@@ -101,16 +102,11 @@ def _prefix_within(text: str, units: int) -> str:
     return text
 
 
-def prefix_within(text: str, units: int) -> str:
-    """The longest prefix of `text` within `units` UTF-16 units that cuts no grapheme cluster."""
-    return _prefix_within(text, units)
-
-
 def shorten(text: str, limit: int) -> str:
     """`text` if it fits in `limit` UTF-16 units, else a cluster-safe prefix plus an ellipsis."""
     if wa_len(text) <= limit:
         return text
-    return _prefix_within(text, limit - wa_len(ELLIPSIS)).rstrip() + ELLIPSIS
+    return prefix_within(text, limit - wa_len(ELLIPSIS)).rstrip() + ELLIPSIS
 
 
 def _fit_id(raw: str, limit: int, seen: set[str], index: int) -> str:
@@ -118,9 +114,9 @@ def _fit_id(raw: str, limit: int, seen: set[str], index: int) -> str:
     value = raw.strip() or f"option_{index + 1}"
     if wa_len(value) > limit:
         digest = hashlib.sha256(value.encode()).hexdigest()[:10]
-        value = _prefix_within(value, limit - 11) + "~" + digest
+        value = prefix_within(value, limit - 11) + "~" + digest
     if value in seen:
-        value = _prefix_within(value, limit - 4) + f"~{index + 1}"
+        value = prefix_within(value, limit - 4) + f"~{index + 1}"
     seen.add(value)
     return value
 

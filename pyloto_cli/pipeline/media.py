@@ -126,16 +126,18 @@ class MediaReader:
         memos: TaskMemos | None = None,
     ) -> MediaRead:
         """Each message of the turn, read; downloaded files are deleted when `files` closes."""
-        if not any(_has_media(msg) for msg in msgs):  # most turns: text alone, nothing to read
-            return MediaRead(tuple(msgs), last)
+        # each message's words (a location, contacts) or media, worked out once
+        parts = [(msg, readable_text(msg), media_ref(msg)) for msg in msgs]
+        if all(readable is None and ref is None for _, readable, ref in parts):
+            return MediaRead(tuple(msgs), last)  # most turns: text alone, nothing to read
         stand_back = session is not None and (
             ConversationState.from_meta(session.meta).mode in _STAND_BACK
         )
         if self.config.keep_s > 0:
             await asyncio.to_thread(_sweep, self.config.directory, self.config.keep_s)
         reads: list[_Read] = []
-        for msg in msgs:
-            reads.append(await self._one(msg, stand_back, files, memos))
+        for msg, readable, ref in parts:
+            reads.append(await self._one(msg, readable, ref, stand_back, files, memos))
         messages = tuple(r.message for r in reads)
         last_read = reads[[m.id for m in msgs].index(last.id)]
         replies = [r.reply for r in reads if r.reply is not None]
@@ -153,14 +155,14 @@ class MediaReader:
     async def _one(
         self,
         msg: InboundMessage,
+        readable: str | None,
+        ref: MediaRef | None,
         stand_back: bool,
         files: contextlib.AsyncExitStack,
         memos: TaskMemos | None,
     ) -> _Read:
-        readable = readable_text(msg)
         if readable is not None:
             return _Read(replace(msg, text=readable))
-        ref = media_ref(msg)
         if ref is None:
             return _Read(msg)
         if stand_back:  # a person answers, or the user opted out: pyloto reads nothing
@@ -296,7 +298,7 @@ class MediaReader:
             directory=self.config.directory,
         )
         if self.config.keep_s <= 0:
-            files.callback(_unlink, fetched.path)
+            files.callback(fetched.path.unlink, missing_ok=True)
         return fetched
 
 
@@ -331,16 +333,6 @@ def pdf_text(path: Path, max_pages: int) -> str:
     if len(reader.pages) > max_pages:
         raise _TooManyPages
     return "\n".join(page.extract_text() or "" for page in reader.pages)
-
-
-def _has_media(msg: InboundMessage) -> bool:
-    """Whether `msg` carries something to download or to put into words."""
-    return readable_text(msg) is not None or media_ref(msg) is not None
-
-
-def _unlink(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
 
 
 def _sweep(directory: Path, keep_s: float) -> None:

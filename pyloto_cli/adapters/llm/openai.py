@@ -29,6 +29,7 @@ from openai import AsyncOpenAI, DefaultAioHttpClient
 
 from pyloto_cli.domain import json_codec
 from pyloto_cli.domain.llm import ChatMessage, ChatRequest, LLMCallError
+from pyloto_cli.domain.media import base_mime
 from pyloto_cli.settings import Settings
 
 
@@ -131,7 +132,7 @@ class OpenAITranscriber:
 
     async def transcribe(self, path: Path, mime_type: str) -> str:
         """The transcript's text; raises LLMCallError (chained to the SDK's error)."""
-        base = mime_type.split(";", 1)[0].strip().lower()
+        base = base_mime(mime_type)
         name = f"audio.{_AUDIO_SUFFIXES.get(base, 'ogg')}"
         # an open file, not its bytes: the multipart body is read from it in chunks as it is
         # sent (again from the start on a retry), so a 16 MB voice note is never whole in memory

@@ -18,7 +18,6 @@ and a refused download after the fresh URL are `MediaUnavailable` (asking again 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -178,17 +177,17 @@ class GraphMediaFetcher:
                     raise self._unavailable(media_id, "too_large")
                 digest, size = await _stream_to(path, response, max_bytes)
         except httpx.TransportError as exc:
-            _unlink(path)
+            path.unlink(missing_ok=True)
             raise self._transient(media_id, f"download_failed: {type(exc).__name__}") from exc
         except _TooLarge:
-            _unlink(path)
+            path.unlink(missing_ok=True)
             raise self._unavailable(media_id, "too_large") from None
         except BaseException:
-            _unlink(path)
+            path.unlink(missing_ok=True)
             raise
         expected = expected_digest(sha256)
         if expected is not None and expected != digest:
-            _unlink(path)
+            path.unlink(missing_ok=True)
             raise self._unavailable(media_id, "sha256_mismatch")
         return path, size
 
@@ -248,8 +247,3 @@ def _int(value: Any) -> int | None:
     if isinstance(value, str) and value.strip().isdigit():
         return int(value)
     return None
-
-
-def _unlink(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
