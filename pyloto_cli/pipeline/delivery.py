@@ -161,7 +161,6 @@ class Delivery:
             memo.sent[index] = sent.message_id
             if len(bodies) > 1:  # recorded before the next part goes
                 await self.persist(key, memo)
-            if len(bodies) > 1:
                 log_event(
                     _log, "reply_part_sent", message_id=key, part=index + 1, parts=len(bodies)
                 )
