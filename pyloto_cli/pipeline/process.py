@@ -160,7 +160,6 @@ class Pipeline:
         self._clock = clock
         self.delivery = Delivery(
             memos,  # None: what attempts paid for is held in this process only
-            sender,
             ttl_s=self.config.memo_ttl_s,
             metrics=metrics,
         )
@@ -342,7 +341,7 @@ class Pipeline:
         leaving = tracker.before.mode if fixed else None
         try:
             sent_ids, stopped = await self.delivery.send_parts(
-                last.id, last.phone_number_id, memo, bodies, self._gate(last, leaving)
+                last.id, memo, bodies, self._gate(last, leaving)
             )
         except BaseException:  # the retry sends this same reply, and no accepted part again
             await self.delivery.persist(last.id, memo)

@@ -349,7 +349,7 @@ async def test_what_is_held_in_memory_expires_with_the_memo_ttl() -> None:
     """Without a memo store the process holds the memos a failure persisted; one never
     forgotten (a dead letter) goes once the TTL has passed, so memory stays bounded."""
     now = [0.0]
-    delivery = Delivery(None, RecordingSender(), ttl_s=10.0, clock=lambda: now[0])
+    delivery = Delivery(None, ttl_s=10.0, clock=lambda: now[0])
 
     async def failed_after_compose(key: str, text: str) -> None:
         memo = Memo()
