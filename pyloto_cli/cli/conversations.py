@@ -111,7 +111,7 @@ def show(ident: IdArg, as_json: JsonOpt = False) -> None:
 
 def _report(change: ModeChange, as_json: bool) -> None:
     if as_json:
-        print_json({"id": change.conversation.id, "old": change.old.value, "new": change.new.value})
+        print_json(change.to_json())
         return
     what = "now" if change.old is not change.new else "already"
     Console().print(

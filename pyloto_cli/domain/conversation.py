@@ -77,6 +77,23 @@ class ConversationState:
             REENGAGED_WINDOW_KEY: _text(self.reengaged_window),
         }
 
+    def changed_meta(self, before: ConversationState) -> dict[str, str]:
+        """The fields of `to_meta` whose text differs from `before`'s, in its order: only what
+        changed is encoded (this runs on every message)."""
+        changed: dict[str, str] = {}
+        for key, new, old in (
+            (MODE_KEY, self.mode, before.mode),
+            (MODE_REASON_KEY, self.mode_reason, before.mode_reason),
+            (MODE_CHANGED_AT_KEY, self.mode_changed_at, before.mode_changed_at),
+            (STAFF_ACTIVE_AT_KEY, self.staff_active_at, before.staff_active_at),
+            (LAST_INBOUND_AT_KEY, self.last_inbound_at, before.last_inbound_at),
+            (MARKETING_OPT_OUT_KEY, self.marketing_opt_out, before.marketing_opt_out),
+            (REENGAGED_WINDOW_KEY, self.reengaged_window, before.reengaged_window),
+        ):
+            if new is not old and (text := _meta_text(new)) != _meta_text(old):
+                changed[key] = text
+        return changed
+
     def with_mode(self, mode: Mode, reason: str, now: float) -> ConversationState:
         """A copy in `mode`, recording why and when."""
         return replace(self, mode=mode, mode_reason=reason, mode_changed_at=now)
@@ -119,3 +136,14 @@ def _float(value: str | None) -> float | None:
 
 def _text(value: float | None) -> str:
     return "" if value is None else repr(value)
+
+
+def _meta_text(value: Mode | str | float | bool | None) -> str:
+    """A field as `to_meta` writes it."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Mode):
+        return value.value
+    return value if isinstance(value, str) else repr(value)

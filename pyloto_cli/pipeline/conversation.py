@@ -139,8 +139,7 @@ class ConversationTracker:
 
     def meta(self) -> dict[str, str]:
         """The meta fields this task changed, with the history when the mode changed."""
-        before, after = self.before.to_meta(), self.state.to_meta()
-        changed = {k: v for k, v in after.items() if before.get(k) != v}
+        changed = self.state.changed_meta(self.before)
         if self.changes:
             changed[HISTORY_KEY] = _history_json(self.history, self.changes)
         return changed

@@ -101,6 +101,10 @@ class ModeChange:
     old: Mode
     new: Mode
 
+    def to_json(self) -> dict[str, str]:
+        """What the CLI's `--json` and the admin API answer: the id, the mode before and after."""
+        return {"id": self.conversation.id, "old": self.old.value, "new": self.new.value}
+
 
 class ConversationDesk:
     """The operator's view of the conversations in `sessions`."""
@@ -140,7 +144,7 @@ class ConversationDesk:
         session = await self.sessions.load(matches[0].key)
         if session is None:  # deleted since the listing
             raise ConversationNotFound(f"no conversation {_shown(ident)}")
-        return Conversation.of(SessionHead(session.key, session.updated_at, session.meta), session)
+        return Conversation.of(_head(session), session)
 
     async def handoff(self, ident: str) -> ModeChange:
         """Hand the conversation to a person: the assistant stops answering it."""
@@ -171,8 +175,12 @@ class ConversationDesk:
                 new=mode.value,
                 reason=OPERATOR,
             )
-        head = SessionHead(session.key, session.updated_at, session.meta)
-        return ModeChange(Conversation.of(head), old, mode)
+        return ModeChange(Conversation.of(_head(session)), old, mode)
+
+
+def _head(session: Session) -> SessionHead:
+    """The head of a session just read or written (what a listing would show of it)."""
+    return SessionHead(session.key, session.updated_at, session.meta)
 
 
 def _names(head: SessionHead, wanted: str) -> bool:

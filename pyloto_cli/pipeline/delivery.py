@@ -39,7 +39,7 @@ from pyloto_cli.domain.reply import ListSection, Reply, ReplyKind, ReplyOption
 from pyloto_cli.domain.task import JsonObject
 from pyloto_cli.logs import get_logger, log_event
 from pyloto_cli.pipeline.window import Gated, Verdict
-from pyloto_cli.ports import NO_METRICS, Metrics, Sender, TaskMemos
+from pyloto_cli.ports import NO_METRICS, Metrics, TaskMemos
 
 _log = get_logger("pipeline")
 REPLY_FIELD = "reply"
@@ -66,19 +66,18 @@ class Memo:
 
 
 class Delivery:
-    """Reads and writes task memos (falling back to process memory) and sends reply parts."""
+    """Reads and writes task memos (falling back to process memory) and sends reply parts
+    through the gate the pipeline gives it."""
 
     def __init__(
         self,
         memos: TaskMemos | None,
-        sender: Sender,
         *,
         ttl_s: float,
         metrics: Metrics = NO_METRICS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.memos = memos
-        self.sender = sender
         self.ttl_s = ttl_s
         self.metrics = metrics
         self._clock = clock
@@ -131,10 +130,9 @@ class Delivery:
     async def send_parts(
         self,
         key: str,
-        phone_number_id: str,
         memo: Memo,
         bodies: Sequence[JsonObject],
-        gate: Gate | None = None,
+        gate: Gate,
     ) -> tuple[list[str], Gated | None]:
         """Send, one after another, the bodies not yet accepted; the wamid of every body.
 
@@ -147,13 +145,10 @@ class Delivery:
             if index in memo.sent:
                 continue
             try:
-                if gate is None:
-                    sent = await self.sender.send(phone_number_id, body)
-                else:
-                    gated = await gate(body)
-                    if gated.sent is None or gated.decision.verdict is not Verdict.SEND:
-                        return [memo.sent[i] for i in sorted(memo.sent)], gated
-                    sent = gated.sent
+                gated = await gate(body)
+                if gated.sent is None or gated.decision.verdict is not Verdict.SEND:
+                    return [memo.sent[i] for i in sorted(memo.sent)], gated
+                sent = gated.sent
             except (TransientError, PermanentError) as exc:
                 self.metrics.graph_send(_send_outcome(exc), exc.code)
                 raise
@@ -161,7 +156,6 @@ class Delivery:
             memo.sent[index] = sent.message_id
             if len(bodies) > 1:  # recorded before the next part goes
                 await self.persist(key, memo)
-            if len(bodies) > 1:
                 log_event(
                     _log, "reply_part_sent", message_id=key, part=index + 1, parts=len(bodies)
                 )

@@ -160,7 +160,6 @@ class Pipeline:
         self._clock = clock
         self.delivery = Delivery(
             memos,  # None: what attempts paid for is held in this process only
-            sender,
             ttl_s=self.config.memo_ttl_s,
             metrics=metrics,
         )
@@ -304,9 +303,10 @@ class Pipeline:
         stale = self._stale(replying) if verdict.answer else []  # mode rules come first
         replying = [m for m in replying if m not in stale]
         if not replying or not verdict.answer:  # reactions; stale; or a person handles it
+            extra = tracker.meta()
             for msg in fresh:
-                turn = Turn(Role.USER, msg.text or "", msg.id, self._clock(), None, msg.raw_type)
-                await self._save(msg, (turn,), done=(msg,), extra=tracker.meta())
+                turn = _user_turn(msg, self._clock())
+                await self._save(msg, (turn,), done=(msg,), extra=extra)
             tracker.log_changes()
             if stale:
                 return TaskResult(Outcome.SKIPPED, reason=window.MESSAGE_STALE)
@@ -341,7 +341,7 @@ class Pipeline:
         leaving = tracker.before.mode if fixed else None
         try:
             sent_ids, stopped = await self.delivery.send_parts(
-                last.id, last.phone_number_id, memo, bodies, self._gate(last, leaving)
+                last.id, memo, bodies, self._gate(last, leaving)
             )
         except BaseException:  # the retry sends this same reply, and no accepted part again
             await self.delivery.persist(last.id, memo)
@@ -350,17 +350,7 @@ class Pipeline:
             result = await self._not_replied(msgs, last, reply, stopped, turn_number, tracker)
             await self.delivery.forget(last.id, memo)
             return result
-        user_turns = tuple(
-            Turn(
-                Role.USER,
-                m.text or "",
-                m.id,
-                now,
-                event=reply.event if m is last else None,
-                message_type=m.raw_type,
-            )
-            for m in msgs
-        )
+        user_turns = tuple(_user_turn(m, now, reply.event if m is last else None) for m in msgs)
         bot_turn = Turn(
             Role.ASSISTANT,
             reply.text,
@@ -461,7 +451,7 @@ class Pipeline:
         """The reply did not go: the conversation left the assistant (skipped), the window had
         closed (the template went instead, or `reply_expired`). The user's turns are kept."""
         now, decision = self._clock(), gated.decision
-        turns = tuple(Turn(Role.USER, m.text or "", m.id, now, None, m.raw_type) for m in msgs)
+        turns = tuple(_user_turn(m, now) for m in msgs)
         if gated.sent is not None:  # the re-engagement template went, once for this window
             template = self.config.window_rules.template if self.config.window_rules else None
             bot = Turn(
@@ -528,7 +518,7 @@ class Pipeline:
                 _log,
                 "session_saved",
                 message_id=msg.id,
-                conversation=_masked_key(msg.conversation_key),
+                conversation=modes.masked_key(msg.conversation_key),
                 turns_added=len(turns),
             )
         for outcome in (appended, *marked):
@@ -545,6 +535,11 @@ class Pipeline:
 
 
 _NO_STATE = ConversationState()
+
+
+def _user_turn(msg: InboundMessage, at: float, event: str | None = None) -> Turn:
+    """The user's turn of `msg`, recorded at `at` (with the event its reply detected)."""
+    return Turn(Role.USER, msg.text or "", msg.id, at, event, msg.raw_type)
 
 
 def _already_answered(session: Session, message_id: str) -> bool:
@@ -595,11 +590,6 @@ def _turn_number(session: Session | None) -> int:
     if counted is not None and counted.isdigit():
         return int(counted) + 1
     return session.user_turns + 1
-
-
-def _masked_key(key: str) -> str:
-    number, _, user = key.partition(":")
-    return f"{number}:{mask_phone(user)}"
 
 
 def _reason(exc: TransientError | PermanentError) -> str:

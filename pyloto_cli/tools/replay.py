@@ -49,7 +49,7 @@ from pyloto_cli.domain.webhook import (
     split_webhook,
     status_update,
 )
-from pyloto_cli.domain.webhook_content import int_of
+from pyloto_cli.domain.webhook_content import int_of, obj_of, objs_of
 from pyloto_cli.logs import get_logger, log_event, mask_phone, mask_phone_fields
 from pyloto_cli.pipeline.process import Outcome, Pipeline, TaskResult
 from pyloto_cli.ports import Responder, ResponderRequest, Sender, SendResult
@@ -84,20 +84,12 @@ def newest_timestamp(requests: Iterable[Request]) -> float | None:
         stamp
         for request in requests
         if isinstance(request.body, dict)
-        for entry in _dicts(request.body.get("entry"))
-        for change in _dicts(entry.get("changes"))
-        for message in _dicts(_dict(change.get("value")).get("messages"))
+        for entry in objs_of(request.body, "entry")
+        for change in objs_of(entry, "changes")
+        for message in objs_of(obj_of(change, "value"), "messages")
         if (stamp := int_of(message.get("timestamp"))) is not None and stamp > 0
     ]
     return float(max(stamps)) if stamps else None
-
-
-def _dicts(value: Any) -> list[dict[str, Any]]:
-    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
 def replay_settings(settings: Settings, *, live_llm: bool = False) -> Settings:

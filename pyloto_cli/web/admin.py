@@ -103,9 +103,7 @@ async def _change(request: Request, *, to_human: bool) -> Response:
         return _error(404, str(exc))
     except ModeChangeRefused as exc:
         return _error(409, str(exc))
-    return JSONResponse(
-        {"id": change.conversation.id, "old": change.old.value, "new": change.new.value}
-    )
+    return JSONResponse(change.to_json())
 
 
 def admin_routes() -> list[Route]:

@@ -1,4 +1,4 @@
-"""What the pipeline and coalescing tests share: a recording sender and webhook builders."""
+"""What the pipeline tests share: a recording sender, a counting responder, webhook builders."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from pyloto_cli.adapters.dedupe.memory import MemoryDeduper
+from pyloto_cli.adapters.llm.offline import OfflineResponder
+from pyloto_cli.domain.errors import TransientError
+from pyloto_cli.domain.reply import Reply
 from pyloto_cli.domain.task import JsonObject
-from pyloto_cli.ports import SendResult
+from pyloto_cli.ports import ResponderRequest, SendResult
 
 PNID = "900000000000002"
 
@@ -89,3 +92,22 @@ class FlakyDeduper(MemoryDeduper):
             self.failed = True
             raise RuntimeError("crash after save, before done")
         await super().mark_done(key, ttl_s)
+
+
+@dataclass
+class CountingResponder:
+    """The offline responder, or a fixed text, counting the calls (what the LLM would cost);
+    `fail_first` raises that many transient LLM failures first."""
+
+    text: str | None = None
+    fail_first: int = 0
+    calls: int = 0
+    inner: OfflineResponder = field(default_factory=OfflineResponder)
+
+    async def respond(self, request: ResponderRequest) -> Reply:
+        self.calls += 1
+        if self.calls <= self.fail_first:
+            raise TransientError("llm_unavailable: http_500")
+        if self.text is not None:
+            return Reply(text=self.text)
+        return await self.inner.respond(request)

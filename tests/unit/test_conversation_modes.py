@@ -20,7 +20,6 @@ from pyloto_cli.adapters.llm.offline import OfflineResponder
 from pyloto_cli.adapters.sessions.memory import MemorySessionStore
 from pyloto_cli.adapters.statuses.memory import MemoryStatusStore
 from pyloto_cli.domain.conversation import ConversationState, Mode, conversation_id
-from pyloto_cli.domain.reply import Reply
 from pyloto_cli.domain.session import Role, Session, Turn
 from pyloto_cli.domain.task import JsonObject, Task
 from pyloto_cli.domain.webhook import split_webhook
@@ -35,26 +34,13 @@ from pyloto_cli.pipeline.conversation import (
     normalize_keyword,
 )
 from pyloto_cli.pipeline.process import Outcome, Pipeline, PipelineConfig, TaskResult
-from pyloto_cli.ports import ResponderRequest
-from tests.unit.pipeline_support import PNID, RecordingSender, message, webhook
+from tests.unit.pipeline_support import PNID, CountingResponder, RecordingSender, message, webhook
 
 USER = "15550001234"
 KEY = f"{PNID}:{USER}"
 T0 = 1_767_225_600.0
 HANDOFF = "A person will answer here."
 TIMEOUT = 3600.0
-
-
-class CountingResponder:
-    """The offline responder (human_handoff overrides) counting its calls."""
-
-    def __init__(self) -> None:
-        self.inner = OfflineResponder({"human_handoff": HANDOFF})
-        self.calls = 0
-
-    async def respond(self, request: ResponderRequest) -> Reply:
-        self.calls += 1
-        return await self.inner.respond(request)
 
 
 @dataclass
@@ -111,7 +97,8 @@ async def rig() -> AsyncIterator[Rig]:
         MemoryDeduper() as deduper,
         MemoryStatusStore() as statuses,
     ):
-        sender, responder = ReadRecordingSender(), CountingResponder()
+        sender = ReadRecordingSender()
+        responder = CountingResponder(inner=OfflineResponder({"human_handoff": HANDOFF}))
         pipeline = Pipeline(
             sessions=sessions,
             deduper=deduper,

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 from pyloto_cli.adapters.dedupe.memory import MemoryDeduper
-from pyloto_cli.adapters.llm.offline import OfflineResponder
 from pyloto_cli.adapters.memos.memory import MemoryTaskMemos
 from pyloto_cli.adapters.queue.memory import MemoryMessageQueue
 from pyloto_cli.adapters.sender.limiter import SendLimiter
@@ -33,7 +32,14 @@ from pyloto_cli.pipeline.responder import LLMResponder
 from pyloto_cli.pipeline.worker import Worker
 from pyloto_cli.ports import ResponderRequest, SendResult
 from pyloto_cli.settings import Settings
-from tests.unit.pipeline_support import PNID, FlakyDeduper, RecordingSender, message, webhook
+from tests.unit.pipeline_support import (
+    PNID,
+    CountingResponder,
+    FlakyDeduper,
+    RecordingSender,
+    message,
+    webhook,
+)
 
 KEY = f"{PNID}:15550001234"
 
@@ -59,25 +65,6 @@ class CountingMemos(MemoryTaskMemos):
 
 
 POLICY = RetryPolicy(base_s=0.0, cap_s=0.0, jitter=0.0, max_attempts=3)
-
-
-@dataclass
-class CountingResponder:
-    """The offline responder, or a fixed text, counting the calls (what the LLM would cost);
-    `fail_first` raises that many transient LLM failures first."""
-
-    text: str | None = None
-    fail_first: int = 0
-    calls: int = 0
-    inner: OfflineResponder = field(default_factory=OfflineResponder)
-
-    async def respond(self, request: ResponderRequest) -> Reply:
-        self.calls += 1
-        if self.calls <= self.fail_first:
-            raise TransientError("llm_unavailable: http_500")
-        if self.text is not None:
-            return Reply(text=self.text)
-        return await self.inner.respond(request)
 
 
 class FailingMemos(MemoryTaskMemos):
@@ -362,7 +349,7 @@ async def test_what_is_held_in_memory_expires_with_the_memo_ttl() -> None:
     """Without a memo store the process holds the memos a failure persisted; one never
     forgotten (a dead letter) goes once the TTL has passed, so memory stays bounded."""
     now = [0.0]
-    delivery = Delivery(None, RecordingSender(), ttl_s=10.0, clock=lambda: now[0])
+    delivery = Delivery(None, ttl_s=10.0, clock=lambda: now[0])
 
     async def failed_after_compose(key: str, text: str) -> None:
         memo = Memo()

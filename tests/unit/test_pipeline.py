@@ -486,18 +486,6 @@ class _WakeDuringLease(MemoryMessageQueue):
         return await super().lease(max_items, lease_s)
 
 
-@contextlib.asynccontextmanager
-async def _running(worker: Worker) -> AsyncIterator[None]:
-    """`worker.run` for the block, then stopped."""
-    stop = asyncio.Event()
-    running = asyncio.create_task(worker.run(stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        await running
-
-
 async def _wait_for(done: Callable[[], bool], within_s: float) -> None:
     await wait_until(done, within=within_s, what="the worker's sends")
 
@@ -507,7 +495,7 @@ def _sent_at_least(sender: RecordingSender, count: int) -> bool:
 
 
 async def _run_until(worker: Worker, done: Callable[[], bool], within_s: float) -> None:
-    async with _running(worker):
+    async with running(worker):
         await _wait_for(done, within_s)
 
 
@@ -555,7 +543,7 @@ async def test_a_trickle_costs_one_lease_per_message(sender: RecordingSender) ->
     async with (
         _CountingLeases(policy) as queue,
         worker_on(queue, sender, policy=policy, poll_interval=30.0, grace_s=1.0) as harness,
-        _running(harness.worker),
+        running(harness.worker),
     ):
         await queue.leased.wait()  # the start's lease, on an empty queue
         for n in range(1, 6):
