@@ -17,7 +17,9 @@ A download that cannot succeed (`MediaUnavailable`) is answered from the caption
 one, else with a short reply asking to send it again: never a dead letter. A `TransientError`
 (5xx, a timeout) is raised: the queue retries. A failed transcription is a failed LLM stage:
 the safe reply, the stage named in `Reply.errors`. A conversation a person has taken over, or
-whose user opted out, downloads nothing. Downloaded files live under `<data dir>/media` and
+whose user opted out, downloads nothing: the pipeline's mode rules stop its turn before this
+step, judged on the mode as this turn leaves it (a handoff that has timed out is the
+assistant's again). Downloaded files live under `<data dir>/media` and
 are deleted when the reply is decided, unless `keep_s` keeps them that long.
 """
 
@@ -33,7 +35,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
-from pyloto_cli.domain.conversation import ConversationState, Mode
 from pyloto_cli.domain.errors import TransientError
 from pyloto_cli.domain.llm import LLMCallError
 from pyloto_cli.domain.media import (
@@ -51,7 +52,6 @@ from pyloto_cli.domain.media import (
     unreadable_document_reply,
 )
 from pyloto_cli.domain.reply import Reply
-from pyloto_cli.domain.session import Session
 from pyloto_cli.domain.webhook import InboundMessage, MessageType
 from pyloto_cli.logs import get_logger, log_event
 from pyloto_cli.ports import FetchedMedia, MediaFetcher, TaskMemos, Transcriber
@@ -61,7 +61,6 @@ TRANSCRIPTION_STAGE: Final = "transcription"
 MEDIA_DIR: Final = "media"
 DOCUMENT_TEXT_MAX_CHARS: Final = 30_000
 _MEMO_TRANSCRIPT: Final = "transcript"
-_STAND_BACK: Final = frozenset({Mode.HUMAN, Mode.OPTED_OUT})
 _log = get_logger("media")
 
 
@@ -121,7 +120,6 @@ class MediaReader:
         self,
         msgs: Sequence[InboundMessage],
         last: InboundMessage,
-        session: Session | None,
         files: contextlib.AsyncExitStack,
         memos: TaskMemos | None = None,
     ) -> MediaRead:
@@ -130,14 +128,11 @@ class MediaReader:
         parts = [(msg, readable_text(msg), media_ref(msg)) for msg in msgs]
         if all(readable is None and ref is None for _, readable, ref in parts):
             return MediaRead(tuple(msgs), last)  # most turns: text alone, nothing to read
-        stand_back = session is not None and (
-            ConversationState.from_meta(session.meta).mode in _STAND_BACK
-        )
         if self.config.keep_s > 0:
             await asyncio.to_thread(_sweep, self.config.directory, self.config.keep_s)
         reads: list[_Read] = []
         for msg, readable, ref in parts:
-            reads.append(await self._one(msg, readable, ref, stand_back, files, memos))
+            reads.append(await self._one(msg, readable, ref, files, memos))
         messages = tuple(r.message for r in reads)
         last_read = reads[[m.id for m in msgs].index(last.id)]
         replies = [r.reply for r in reads if r.reply is not None]
@@ -157,16 +152,12 @@ class MediaReader:
         msg: InboundMessage,
         readable: str | None,
         ref: MediaRef | None,
-        stand_back: bool,
         files: contextlib.AsyncExitStack,
         memos: TaskMemos | None,
     ) -> _Read:
         if readable is not None:
             return _Read(replace(msg, text=readable))
         if ref is None:
-            return _Read(msg)
-        if stand_back:  # a person answers, or the user opted out: pyloto reads nothing
-            log_event(_log, "media_skipped", message_id=msg.id, reason="conversation_mode")
             return _Read(msg)
         if self.fetcher is None:  # no access token: nothing is downloaded
             return _Read(msg)
@@ -306,7 +297,6 @@ async def read_media(
     reader: MediaReader | None,
     msgs: Sequence[InboundMessage],
     last: InboundMessage,
-    session: Session | None,
     files: contextlib.AsyncExitStack,
     memos: TaskMemos | None = None,
 ) -> MediaRead:
@@ -314,7 +304,7 @@ async def read_media(
     if reader is None:
         return MediaRead(tuple(msgs), last)
     try:
-        return await reader.read(msgs, last, session, files, memos)
+        return await reader.read(msgs, last, files, memos)
     except TransientError:
         raise
     except OSError as exc:  # the data dir cannot hold the download: try again later

@@ -395,7 +395,7 @@ class Pipeline:
             else:
                 if self.config.mark_read or self.config.typing_indicator:
                     await self._mark_read(last)
-                read = await read_media(self.media, msgs, last, session, media_files, self.memos)
+                read = await read_media(self.media, msgs, last, media_files, self.memos)
                 msgs, last = list(read.messages), read.last
                 joined = "\n".join(m.text for m in msgs if m.text and needs_reply(m)) or None
                 asked = last if joined == last.text else replace(last, text=joined)

@@ -7,6 +7,7 @@ import base64
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from pyloto_cli.domain.webhook import split_webhook
 from pyloto_cli.fakes.graph_server import FakeGraphServer
 from pyloto_cli.fakes.openai_server import FakeAnswer, FakeOpenAIServer, RecordedRequest
 from pyloto_cli.logs import event_fields
+from pyloto_cli.pipeline.conversation import ConversationRules
 from pyloto_cli.pipeline.media import MEDIA_DIR, TRANSCRIPT_TYPE
 from pyloto_cli.pipeline.process import Outcome, Pipeline, TaskResult
 from pyloto_cli.settings import Settings
@@ -477,11 +479,32 @@ class TestFailures:
     ) -> None:
         media_id = graph.add_media(VOICE, "audio/ogg")
         async with rig() as r:
-            state = ConversationState().with_mode(mode, "test", 1767225000.0)
+            state = ConversationState().with_mode(mode, "test", time.time())  # a handoff now
             await r.sessions.append("900000000000002:15550001234", (), 50, state.to_meta())
             msg = media_message("audio", media_id, graph.media_sha256(media_id), "audio/ogg")
             await r.deliver(msg)
             assert len(graph.downloads()) == downloads
+
+    async def test_a_handoff_that_timed_out_reads_the_voice_note_again(
+        self, rig: Any, graph: FakeGraphServer, openai_fake: FakeOpenAIServer
+    ) -> None:
+        """The mode that counts is the one this turn leaves with: a person's conversation idle
+        past the handoff timeout is the assistant's again, and its voice note is transcribed."""
+        media_id = graph.add_media(VOICE, "audio/ogg")
+        openai_fake.script("transcription", FakeAnswer(content="are you open today"))
+        async with rig() as r:
+            idle_since = time.time() - 2 * ConversationRules().handoff_timeout_s
+            state = ConversationState().with_mode(Mode.HUMAN, "test", idle_since)
+            await r.sessions.append("900000000000002:15550001234", (), 50, state.to_meta())
+            msg = media_message("audio", media_id, graph.media_sha256(media_id), "audio/ogg")
+            result = await r.deliver(msg)
+            assert result.outcome is Outcome.DONE
+            assert len(graph.downloads()) == 1
+            (chat,) = openai_fake.by_route("text")
+            assert user_texts(chat)[-1] == "are you open today"
+            session = await r.sessions.load("900000000000002:15550001234")
+            assert session is not None
+            assert ConversationState.from_meta(session.meta).mode is Mode.ASSISTANT
 
 
 async def test_logs_hold_no_media_bytes_no_token_and_no_download_url(
