@@ -492,9 +492,8 @@ async def _open_llm_responder(
         from pyloto_cli.pipeline.responder import LLMResponder
 
         client = await shared.openai()
-        cooldown = settings.llm_breaker_cooldown
-        local = CircuitBreaker(settings.llm_breaker_failures, cooldown)
-        breaker = await _shared_breaker(stack, local, breakers, "llm", cooldown)
+        local = CircuitBreaker(settings.llm_breaker_failures, settings.llm_breaker_cooldown)
+        breaker = await _shared_breaker(stack, local, breakers, "llm")
         responder = LLMResponder(
             OpenAIChatModel(client), settings, breaker=breaker, metrics=metrics
         )
@@ -509,14 +508,13 @@ async def _shared_breaker(
     local: CircuitBreaker,
     shared: SharedBreakers | None,
     name: str,
-    cooldown_s: float,
 ) -> Breaker:
     """`local`, or with `shared` the breaker whose opening stops the calls of every process."""
     if shared is None:
         return local
     from pyloto_cli.pipeline.shared_breaker import SharedBreaker
 
-    return await stack.enter_async_context(SharedBreaker(local, shared, name, cooldown_s))
+    return await stack.enter_async_context(SharedBreaker(local, shared, name))
 
 
 async def open_sender(
@@ -529,8 +527,7 @@ async def open_sender(
 
         client = await stack.enter_async_context(open_graph_client(settings))
         # Meta unreachable from one process pauses the sends of all
-        cooldown = settings.graph_breaker_cooldown
-        breaker = await _shared_breaker(stack, graph_breaker(settings), limits, "graph", cooldown)
+        breaker = await _shared_breaker(stack, graph_breaker(settings), limits, "graph")
         sender = GraphSender.from_settings(client, settings, shared=limits, breaker=breaker)
         return await stack.enter_async_context(sender)
     from pyloto_cli.adapters.sender.dry_run import DryRunSender

@@ -72,6 +72,11 @@ class CircuitBreaker:
         self._probe_at: float | None = None
 
     @property
+    def cooldown_s(self) -> float:
+        """How long an opened breaker stays open before a probe."""
+        return self._cooldown
+
+    @property
     def state(self) -> BreakerState:
         """The current state (open turns half-open lazily, on the next `allow`)."""
         return self._state

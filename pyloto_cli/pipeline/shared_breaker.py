@@ -33,7 +33,6 @@ class SharedBreaker:
         local: CircuitBreaker,
         store: SharedBreakers,
         name: str,
-        cooldown_s: float,
         *,
         refresh_s: float = REFRESH_S,
         clock: Callable[[], float] = time.time,
@@ -41,7 +40,6 @@ class SharedBreaker:
         self.local = local
         self.name = name
         self._store = store
-        self._cooldown_s = cooldown_s
         self._refresh_s = refresh_s
         self._clock = clock
         self._open_until = 0.0
@@ -93,7 +91,7 @@ class SharedBreaker:
         was_open = self.local.state is BreakerState.OPEN
         self.local.record_failure()
         if self.local.state is BreakerState.OPEN and not was_open:
-            until = self._clock() + self._cooldown_s
+            until = self._clock() + self.local.cooldown_s
             self._open_until = max(self._open_until, until)
             task = asyncio.get_running_loop().create_task(self._publish(until))
             self._tasks.add(task)

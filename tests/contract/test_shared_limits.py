@@ -79,9 +79,9 @@ async def test_a_breaker_opened_in_one_process_stops_calls_in_the_other(
     open_pair: OpenPair,
 ) -> None:
     async with open_pair() as (one, two):
-        opener = SharedBreaker(CircuitBreaker(2, 30.0), one, "llm", 30.0, refresh_s=0.02)
-        other = SharedBreaker(CircuitBreaker(2, 30.0), two, "llm", 30.0, refresh_s=0.02)
-        graph = SharedBreaker(CircuitBreaker(2, 30.0), two, "graph", 30.0, refresh_s=0.02)
+        opener = SharedBreaker(CircuitBreaker(2, 30.0), one, "llm", refresh_s=0.02)
+        other = SharedBreaker(CircuitBreaker(2, 30.0), two, "llm", refresh_s=0.02)
+        graph = SharedBreaker(CircuitBreaker(2, 30.0), two, "graph", refresh_s=0.02)
         async with opener, other, graph:
             assert other.allow()
             opener.record_failure()
