@@ -67,32 +67,28 @@ class ConversationState:
 
     def to_meta(self) -> dict[str, str]:
         """The meta fields to merge into the session (every key, so a reset is written too)."""
-        return {
-            MODE_KEY: self.mode.value,
-            MODE_REASON_KEY: self.mode_reason or "",
-            MODE_CHANGED_AT_KEY: _text(self.mode_changed_at),
-            STAFF_ACTIVE_AT_KEY: _text(self.staff_active_at),
-            LAST_INBOUND_AT_KEY: _text(self.last_inbound_at),
-            MARKETING_OPT_OUT_KEY: "true" if self.marketing_opt_out else "false",
-            REENGAGED_WINDOW_KEY: _text(self.reengaged_window),
-        }
+        return {key: _meta_text(value) for key, value in self._fields()}
 
     def changed_meta(self, before: ConversationState) -> dict[str, str]:
         """The fields of `to_meta` whose text differs from `before`'s, in its order: only what
         changed is encoded (this runs on every message)."""
         changed: dict[str, str] = {}
-        for key, new, old in (
-            (MODE_KEY, self.mode, before.mode),
-            (MODE_REASON_KEY, self.mode_reason, before.mode_reason),
-            (MODE_CHANGED_AT_KEY, self.mode_changed_at, before.mode_changed_at),
-            (STAFF_ACTIVE_AT_KEY, self.staff_active_at, before.staff_active_at),
-            (LAST_INBOUND_AT_KEY, self.last_inbound_at, before.last_inbound_at),
-            (MARKETING_OPT_OUT_KEY, self.marketing_opt_out, before.marketing_opt_out),
-            (REENGAGED_WINDOW_KEY, self.reengaged_window, before.reengaged_window),
-        ):
+        for (key, new), (_, old) in zip(self._fields(), before._fields(), strict=True):
             if new is not old and (text := _meta_text(new)) != _meta_text(old):
                 changed[key] = text
         return changed
+
+    def _fields(self) -> tuple[tuple[str, Mode | str | float | bool | None], ...]:
+        """Each meta key with the value it holds, in the order `to_meta` writes them."""
+        return (
+            (MODE_KEY, self.mode),
+            (MODE_REASON_KEY, self.mode_reason),
+            (MODE_CHANGED_AT_KEY, self.mode_changed_at),
+            (STAFF_ACTIVE_AT_KEY, self.staff_active_at),
+            (LAST_INBOUND_AT_KEY, self.last_inbound_at),
+            (MARKETING_OPT_OUT_KEY, self.marketing_opt_out),
+            (REENGAGED_WINDOW_KEY, self.reengaged_window),
+        )
 
     def with_mode(self, mode: Mode, reason: str, now: float) -> ConversationState:
         """A copy in `mode`, recording why and when."""
@@ -132,10 +128,6 @@ def _float(value: str | None) -> float | None:
         return float(value)
     except ValueError:
         return None
-
-
-def _text(value: float | None) -> str:
-    return "" if value is None else repr(value)
 
 
 def _meta_text(value: Mode | str | float | bool | None) -> str:
